@@ -1,0 +1,223 @@
+// Array<T>: a fixed number of Ts stored under a name in a Segment, under one lock
+// (Python's multiprocessing.Array).
+//
+// Shared: the elements and one robust lock. T is Shareable (segment.hpp). The length is
+//   fixed at creation; reopening with another length is TypeMismatch.
+// Guarded by: the lock, held for the whole of load(i), store(i, v), update(i, f),
+//   fill(v), snapshot() and for the life of a Guard from lock(), which gives a std::span
+//   over all elements for longer work.
+// Visibility: once a write returns in one process, every later read anywhere sees it.
+// Owner death: as Value<T> (value.hpp): the death is counted; a death during a
+//   multi-store write (fill, a non-scalar element, or while a Guard is held) poisons the
+//   array: reads work, writes throw OwnerDied until clear_poison().
+// Errors: IndexOutOfRange for an index at or past size(), naming index, size, array
+//   and segment; InvalidArgument for a length of 0 at creation; TypeMismatch, SegmentFull,
+//   AlreadyExists, NotFound, InvalidName on creation or opening; OwnerDied on writes to a
+//   poisoned array.
+#pragma once
+
+#include <procshare/mutex.hpp>
+#include <procshare/segment.hpp>
+#include <procshare/value.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+namespace procshare {
+namespace detail {
+
+// Throws IndexOutOfRange for `index` in the array `handle` of `size` elements.
+[[noreturn]] PROCSHARE_API void throw_index_out_of_range(const HandleCore& handle,
+                                                         std::size_t index, std::size_t size);
+// Throws InvalidArgument for an array length of 0.
+[[noreturn]] PROCSHARE_API void throw_empty_array(const Segment& segment, std::string_view name);
+
+// Elements start on the cache line after the lock's.
+inline constexpr std::size_t array_data_offset = sizeof(LockBlock);
+
+}  // namespace detail
+
+template <class T>
+class Array {
+  static_assert((detail::check_shareable<T>(), true));
+
+public:
+  // Holds the array's lock and gives a span over its elements; the array is marked dirty
+  // meanwhile, so a holder that dies poisons it. Move-only; unlocks on destruction.
+  class Guard {
+  public:
+    Guard(Guard&& other) noexcept
+        : block_(std::exchange(other.block_, nullptr)), elements_(other.elements_) {}
+    Guard& operator=(Guard&&) = delete;
+    ~Guard() { release(); }
+    // The locked elements.
+    std::span<T> span() const noexcept { return elements_; }
+    T& operator[](std::size_t index) const noexcept { return elements_[index]; }
+    std::size_t size() const noexcept { return elements_.size(); }
+    auto begin() const noexcept { return elements_.begin(); }
+    auto end() const noexcept { return elements_.end(); }
+    // Unlocks now rather than at destruction.
+    void unlock() noexcept { release(); }
+
+  private:
+    friend class Array;
+    Guard(detail::LockBlock* block, std::span<T> elements) noexcept
+        : block_(block), elements_(elements) {}
+    void release() noexcept {
+      if (block_ == nullptr) return;
+      std::atomic_thread_fence(std::memory_order_release);
+      block_->lock.dirty = 0;
+      detail::unlock(std::exchange(block_, nullptr)->lock);
+    }
+    detail::LockBlock* block_;
+    std::span<T> elements_;
+  };
+
+  // An empty handle: every call throws NotFound until one is assigned.
+  Array() = default;
+
+  // The number of elements (fixed at creation).
+  std::size_t size() const { return block().header.length; }
+  // Reads element `index`. Throws IndexOutOfRange.
+  T load(std::size_t index) const {
+    auto& b = block();
+    check(index, b);
+    detail::ScopedLock held(b.lock, core_, kind);
+    return data(b)[index];
+  }
+  // Writes element `index`. Throws IndexOutOfRange, OwnerDied.
+  void store(std::size_t index, const T& desired) {
+    auto& b = block();
+    check(index, b);
+    detail::ScopedLock held(b.lock, core_, kind);
+    detail::check_writable(b.lock, core_, kind);
+    if constexpr (detail::single_store_v<T>) {
+      data(b)[index] = desired;
+    } else {
+      detail::DirtyScope dirty(b.lock);
+      data(b)[index] = desired;
+    }
+  }
+  // Stores f(element) at `index` and returns it, under the lock; f works on a copy, so
+  // if it throws or its process dies the element is unchanged. Throws IndexOutOfRange,
+  // OwnerDied, and whatever f throws.
+  template <class F>
+    requires std::is_invocable_r_v<T, F&, const T&>
+  T update(std::size_t index, F&& f) {
+    auto& b = block();
+    check(index, b);
+    detail::ScopedLock held(b.lock, core_, kind);
+    detail::check_writable(b.lock, core_, kind);
+    T next = std::invoke(f, std::as_const(data(b)[index]));
+    if constexpr (detail::single_store_v<T>) {
+      data(b)[index] = next;
+    } else {
+      detail::DirtyScope dirty(b.lock);
+      data(b)[index] = next;
+    }
+    return next;
+  }
+  // Sets every element to `v`. Throws OwnerDied.
+  void fill(const T& v) {
+    auto& b = block();
+    detail::ScopedLock held(b.lock, core_, kind);
+    detail::check_writable(b.lock, core_, kind);
+    detail::DirtyScope dirty(b.lock);
+    std::fill_n(data(b), b.header.length, v);
+  }
+  // A copy of every element, taken under the lock (also when poisoned).
+  std::vector<T> snapshot() const {
+    auto& b = block();
+    detail::ScopedLock held(b.lock, core_, kind);
+    return std::vector<T>(data(b), data(b) + b.header.length);
+  }
+  // Locks the array for longer work over all elements (see Guard). Throws OwnerDied if
+  // poisoned.
+  [[nodiscard]] Guard lock() {
+    auto& b = block();
+    if (const int error = detail::lock(b.lock))
+      detail::throw_lock_error(core_, kind, "lock", error);
+    if (b.lock.poisoned.load(std::memory_order_relaxed)) {
+      detail::unlock(b.lock);
+      detail::throw_poisoned(core_, kind);
+    }
+    b.lock.dirty = 1;
+    std::atomic_thread_fence(std::memory_order_release);
+    return Guard(&b, std::span<T>(data(b), b.header.length));
+  }
+
+  // Whether a holder died mid-write (see top of file).
+  bool poisoned() const { return block().lock.poisoned.load(std::memory_order_relaxed) != 0; }
+  // Makes a poisoned array writable again, keeping its current contents.
+  void clear_poison() {
+    auto& b = block();
+    detail::ScopedLock held(b.lock, core_, kind);
+    b.lock.poisoned.store(0, std::memory_order_relaxed);
+  }
+  // How many holders of its lock died holding it; the pid of the last one (0 if none).
+  std::uint32_t owner_deaths() const { return block().lock.deaths.load(std::memory_order_relaxed); }
+  pid_t last_dead_owner() const {
+    return block().lock.last_dead_pid.load(std::memory_order_relaxed);
+  }
+  // The name it has in its segment (a directory lookup: not for hot paths).
+  std::string name() const { return detail::object_name(core_); }
+  // The handle's record (segment uuid, offset, type hash).
+  const detail::HandleCore& handle() const noexcept { return core_; }
+
+private:
+  friend class Segment;
+  static constexpr ObjectKind kind = ObjectKind::array;
+
+  explicit Array(detail::HandleCore core) : core_(core) {}
+
+  // Bytes for `length` elements; saturates (and so fails as SegmentFull) on overflow.
+  static std::size_t bytes_for(std::size_t length) {
+    constexpr std::size_t most = (SIZE_MAX - detail::array_data_offset) / sizeof(T);
+    return length > most ? SIZE_MAX : detail::array_data_offset + length * sizeof(T);
+  }
+  detail::LockBlock& block() const {
+    auto* header = detail::resolve(core_, kind, detail::array_data_offset);
+    return *reinterpret_cast<detail::LockBlock*>(header);
+  }
+  static T* data(detail::LockBlock& b) noexcept {
+    return reinterpret_cast<T*>(reinterpret_cast<std::byte*>(&b) + detail::array_data_offset);
+  }
+  void check(std::size_t index, const detail::LockBlock& b) const {
+    if (index >= b.header.length) [[unlikely]]
+      detail::throw_index_out_of_range(core_, index, b.header.length);
+  }
+  static Array place(Segment& segment, std::string_view name, detail::Intent intent,
+                     std::size_t length, const T* initial) {
+    if (intent != detail::Intent::open && length == 0) detail::throw_empty_array(segment, name);
+    const detail::ObjectSpec spec{kind, type_name<T>::value, sizeof(T), alignof(T), length,
+                                  intent == detail::Intent::open ? 0 : bytes_for(length)};
+    auto init = [](detail::ObjectHeader* object, const void* context) {
+      auto* b = reinterpret_cast<detail::LockBlock*>(object);
+      if (detail::init_lock(b->lock, false) != 0) return false;
+      T* elements = data(*b);
+      for (std::uint64_t i = 0; i < object->length; ++i)
+        ::new (static_cast<void*>(elements + i)) T(*static_cast<const T*>(context));
+      return true;
+    };
+    return Array(detail::place(segment, name, spec, intent, init, initial).handle);
+  }
+
+  detail::HandleCore core_;
+};
+
+template <class T>
+Array<T> Segment::create_array(std::string_view name, std::size_t length, const T& initial) {
+  return Array<T>::place(*this, name, detail::Intent::create, length, &initial);
+}
+template <class T> Array<T> Segment::open_array(std::string_view name) {
+  return Array<T>::place(*this, name, detail::Intent::open, 0, nullptr);
+}
+template <class T>
+Array<T> Segment::array(std::string_view name, std::size_t length, const T& initial) {
+  return Array<T>::place(*this, name, detail::Intent::create_or_open, length, &initial);
+}
+
+}  // namespace procshare

@@ -1,0 +1,79 @@
+// procshare error family: every failure a procshare call can report.
+//
+// Every exception thrown by procshare derives from procshare::Error, itself a
+// std::runtime_error. Messages have one shape, built with fmt:
+//
+//   segment 'jobs-4711': array 'results': index 12 out of range (size 8)
+//
+// i.e. the segment, then the object (its kind and name), then what was wrong, and any
+// OS reason after a final ": ". Parts that do not apply are left out. segment() and
+// object() return the first two parts on their own, so callers need not parse text.
+// Boost.Interprocess exceptions never escape procshare: they are rethrown as these.
+#pragma once
+
+#include <procshare/detail/config.hpp>
+
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace procshare {
+
+// Base of every procshare exception. Copyable, like std::runtime_error.
+class PROCSHARE_API Error : public std::runtime_error {
+public:
+  // Builds "segment 'S': OBJECT: DETAIL"; an empty segment or object is left out.
+  // `object` is the object's description, e.g. "array 'results'".
+  Error(std::string segment, std::string object, std::string_view detail);
+
+  // The segment's name, or "" if the error concerns no particular segment.
+  const std::string& segment() const noexcept { return segment_; }
+  // The object's kind and name, e.g. "value 'done'", or "" for segment-level errors.
+  const std::string& object() const noexcept { return object_; }
+
+private:
+  std::string segment_;
+  std::string object_;
+};
+
+// Declares `class NAME : public Error` with Error's constructor.
+#define PROCSHARE_DECLARE_ERROR(NAME)                                                    \
+  class PROCSHARE_API NAME : public Error {                                              \
+  public:                                                                                \
+    using Error::Error;                                                                  \
+  }
+
+// A segment or object that should exist does not (open_* of a missing name, a handle
+// whose segment is not mapped in this process or was removed and recreated).
+PROCSHARE_DECLARE_ERROR(NotFound);
+// create_* of a segment or object name that is already taken.
+PROCSHARE_DECLARE_ERROR(AlreadyExists);
+// A segment or object name that is empty, too long, contains '/' or a non-printable
+// character, or is "." or "..".
+PROCSHARE_DECLARE_ERROR(InvalidName);
+// A size, length, count, capacity or option outside its documented range, or a call
+// that makes no sense in the object's state (e.g. relocking a Mutex this thread holds).
+PROCSHARE_DECLARE_ERROR(InvalidArgument);
+// An Array index at or past the end.
+PROCSHARE_DECLARE_ERROR(IndexOutOfRange);
+// Reopening an object under another kind, element type or length.
+PROCSHARE_DECLARE_ERROR(TypeMismatch);
+// No room left: /dev/shm cannot reserve the segment, or the segment cannot hold
+// another object (bytes or directory slots).
+PROCSHARE_DECLARE_ERROR(SegmentFull);
+// A segment file that is empty, short, foreign, of another layout version, not fully
+// initialised, or whose directory or offsets point outside it.
+PROCSHARE_DECLARE_ERROR(CorruptSegment);
+// The OS refused access to a segment file (EACCES, EPERM).
+PROCSHARE_DECLARE_ERROR(PermissionDenied);
+// unlock() of a Mutex the calling thread does not hold.
+PROCSHARE_DECLARE_ERROR(NotOwner);
+// A write to an object poisoned by a process that died in the middle of writing it.
+// Reads still work; clear_poison() makes it writable again.
+PROCSHARE_DECLARE_ERROR(OwnerDied);
+// A timed call whose deadline passed, where the call reports that by exception.
+PROCSHARE_DECLARE_ERROR(Timeout);
+
+#undef PROCSHARE_DECLARE_ERROR
+
+}  // namespace procshare

@@ -1,0 +1,101 @@
+// fmt formatters for every procshare object, so `fmt::print("{}", done)` prints what a
+// program means by it.
+//
+// - Value<T>, Atomic<T>: the current value, formatted as T (format specs pass through:
+//   "{:>8}", "{:.2f}"). Value takes its lock for the read; Atomic loads it (seq_cst).
+// - Array<T>: "[1, 2, 3]" from one snapshot taken under the lock; the spec applies to each
+//   element ("{:.1f}" -> "[1.0, 2.5]").
+// - Flag: "set" or "clear".
+// - Mutex, RecursiveMutex: "mutex 'name'", plus " (2 owner deaths, last pid 4711)" if any.
+// - Segment: "segment 'name' (used 9216 of 65536 bytes, 3 objects)".
+// Errors: as the read they make (NotFound for a handle whose segment is not mapped here).
+#pragma once
+
+#include <procshare/array.hpp>
+#include <procshare/flag.hpp>
+#include <procshare/mutex.hpp>
+#include <procshare/segment.hpp>
+#include <procshare/value.hpp>
+
+#include <fmt/format.h>
+
+namespace procshare::detail {
+
+
+// "mutex 'name'" plus the owner-death count when there is one.
+template <class Lock> std::string describe_lock(const Lock& lock, std::string_view kind) {
+  std::string text = fmt::format("{} '{}'", kind, lock.name());
+  if (const auto deaths = lock.owner_deaths())
+    text += fmt::format(" ({} owner death{}, last pid {})", deaths, deaths == 1 ? "" : "s",
+                        lock.last_dead_owner());
+  return text;
+}
+
+}  // namespace procshare::detail
+
+template <class T>
+  requires fmt::is_formattable<T>::value
+struct fmt::formatter<procshare::Value<T>> : fmt::formatter<T> {
+  template <class Context>
+  auto format(const procshare::Value<T>& value, Context& context) const {
+    return fmt::formatter<T>::format(value.load(), context);
+  }
+};
+
+template <class T>
+  requires fmt::is_formattable<T>::value
+struct fmt::formatter<procshare::Atomic<T>> : fmt::formatter<T> {
+  template <class Context>
+  auto format(const procshare::Atomic<T>& value, Context& context) const {
+    return fmt::formatter<T>::format(value.load(), context);
+  }
+};
+
+template <class T>
+  requires fmt::is_formattable<T>::value
+struct fmt::formatter<procshare::Array<T>> : fmt::formatter<T> {
+  template <class Context>
+  auto format(const procshare::Array<T>& array, Context& context) const {
+    const std::vector<T> elements = array.snapshot();
+    auto out = context.out();
+    *out++ = '[';
+    for (std::size_t i = 0; i < elements.size(); ++i) {
+      if (i != 0) out = fmt::format_to(out, ", ");
+      context.advance_to(out);
+      out = fmt::formatter<T>::format(elements[i], context);
+    }
+    *out++ = ']';
+    return out;
+  }
+};
+
+template <> struct fmt::formatter<procshare::Flag> : fmt::formatter<std::string_view> {
+  template <class Context> auto format(const procshare::Flag& flag, Context& context) const {
+    return fmt::formatter<std::string_view>::format(flag.is_set() ? "set" : "clear", context);
+  }
+};
+
+template <> struct fmt::formatter<procshare::Mutex> : fmt::formatter<std::string_view> {
+  template <class Context> auto format(const procshare::Mutex& lock, Context& context) const {
+    return fmt::formatter<std::string_view>::format(procshare::detail::describe_lock(lock, "mutex"),
+                                                    context);
+  }
+};
+
+template <> struct fmt::formatter<procshare::RecursiveMutex> : fmt::formatter<std::string_view> {
+  template <class Context>
+  auto format(const procshare::RecursiveMutex& lock, Context& context) const {
+    return fmt::formatter<std::string_view>::format(
+        procshare::detail::describe_lock(lock, "recursive_mutex"), context);
+  }
+};
+
+template <> struct fmt::formatter<procshare::Segment> : fmt::formatter<std::string_view> {
+  template <class Context>
+  auto format(const procshare::Segment& segment, Context& context) const {
+    return fmt::formatter<std::string_view>::format(
+        fmt::format("segment '{}' (used {} of {} bytes, {} objects)", segment.name(),
+                    segment.used(), segment.size(), segment.objects().size()),
+        context);
+  }
+};

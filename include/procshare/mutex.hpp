@@ -1,0 +1,261 @@
+// Mutex and RecursiveMutex: robust, process-shared locks stored by name in a Segment.
+//
+// Shared: a process-shared robust pthread mutex (error-checking, or recursive), the pid
+//   of its current holder, and an owner-death record (count and last dead pid).
+// Guarded by: whatever the program decides; the mutex knows nothing of it.
+// Visibility: everything written before unlock() in one process is seen by the next
+//   process whose lock() returns (acquire/release ordering).
+// Owner death: lock() never throws because a holder died, whether a process was killed
+//   or a thread exited holding it. It makes the mutex consistent, records the dead holder
+//   (owner_deaths(), last_dead_owner()) and returns with the lock held; the program
+//   decides whether what the lock guarded needs repair. The shared objects (Value,
+//   Array, ...) do that themselves: see "Poisoning" in value.hpp.
+// Errors: NotOwner when unlock() is called by a thread that does not hold the lock;
+//   InvalidArgument when a thread relocks a (non-recursive) Mutex it already holds;
+//   NotFound when the handle's segment is not mapped in this process.
+//
+// Both are TimedLockable, so std::scoped_lock, std::unique_lock and try_lock_for work.
+// A handle is a small trivially copyable record: copy it freely, also into children.
+#pragma once
+
+#include <procshare/segment.hpp>
+
+#include <pthread.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+
+namespace procshare {
+namespace detail {
+
+// The lock inside every lockable object, in shared memory.
+struct RobustLock {
+  pthread_mutex_t mutex;                     // robust, process-shared
+  std::int32_t owner_pid;                    // pid of the holder, written after each lock
+  std::atomic<std::int32_t> last_dead_pid;   // pid of the last holder that died holding it
+  std::atomic<std::uint32_t> deaths;         // how many holders died holding it
+  std::uint8_t dirty;                        // a multi-store write or a guard is under way;
+                                             // written only by the holder
+  std::atomic<std::uint8_t> poisoned;        // a holder died while dirty
+};
+
+// This process's pid, cached (refreshed in forked children).
+PROCSHARE_API extern pid_t cached_pid;
+
+// Initialises `lock` in place (robust, process-shared; recursive or error-checking).
+// Returns 0 or an errno value.
+PROCSHARE_API int init_lock(RobustLock& lock, bool recursive) noexcept;
+
+// The slow half of lock(): handles EOWNERDEAD (makes the mutex consistent, records the
+// death, poisons a dirty object) and returns 0, or returns the error.
+PROCSHARE_API int finish_lock(RobustLock& lock, int result) noexcept;
+
+// Locks; returns 0 or an errno value (EDEADLK: this thread holds it already).
+inline int lock(RobustLock& lock) noexcept {
+  const int result = pthread_mutex_lock(&lock.mutex);
+  if (result == 0) [[likely]] {
+    lock.owner_pid = cached_pid;
+    return 0;
+  }
+  return finish_lock(lock, result);
+}
+
+// Tries to lock; returns 0, EBUSY or another errno value.
+inline int try_lock(RobustLock& lock) noexcept {
+  const int result = pthread_mutex_trylock(&lock.mutex);
+  if (result == 0) [[likely]] {
+    lock.owner_pid = cached_pid;
+    return 0;
+  }
+  return finish_lock(lock, result);
+}
+
+// Locks with a CLOCK_MONOTONIC deadline; returns 0, ETIMEDOUT or another errno value.
+PROCSHARE_API int lock_until(RobustLock& lock,
+                             std::chrono::steady_clock::time_point deadline) noexcept;
+
+// Unlocks; returns 0, or EPERM if the calling thread does not hold the lock.
+inline int unlock(RobustLock& lock) noexcept { return pthread_mutex_unlock(&lock.mutex); }
+
+// Throws the procshare error for a lock operation on `handle` that returned `error`.
+[[noreturn]] PROCSHARE_API void throw_lock_error(const HandleCore& handle, ObjectKind kind,
+                                                 std::string_view operation, int error);
+
+// A lockable object's shared state: ObjectHeader, then the lock on its own cache line.
+struct alignas(64) LockBlock {
+  ObjectHeader header;
+  RobustLock lock;
+};
+
+// Holds an object's lock for a scope. Throws the object's error if locking fails.
+class ScopedLock {
+public:
+  ScopedLock(RobustLock& lock, const HandleCore& handle, ObjectKind kind) : lock_(lock) {
+    if (const int error = detail::lock(lock)) throw_lock_error(handle, kind, "lock", error);
+  }
+  ~ScopedLock() { detail::unlock(lock_); }
+  ScopedLock(const ScopedLock&) = delete;
+  ScopedLock& operator=(const ScopedLock&) = delete;
+
+private:
+  RobustLock& lock_;
+};
+
+// Throws OwnerDied for a write to the poisoned object `handle`.
+[[noreturn]] PROCSHARE_API void throw_poisoned(const HandleCore& handle, ObjectKind kind);
+
+// Called with the lock held before a write: throws OwnerDied if the object is poisoned.
+inline void check_writable(const RobustLock& lock, const HandleCore& handle, ObjectKind kind) {
+  if (lock.poisoned.load(std::memory_order_relaxed)) [[unlikely]]
+    throw_poisoned(handle, kind);
+}
+
+// Marks an object dirty for a scope, with the lock held: a holder dying inside the scope
+// poisons the object. The marks are ordered before and after the writes they surround.
+class DirtyScope {
+public:
+  explicit DirtyScope(RobustLock& lock) noexcept : lock_(lock) {
+    lock_.dirty = 1;
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+  ~DirtyScope() {
+    std::atomic_thread_fence(std::memory_order_release);
+    lock_.dirty = 0;
+  }
+  DirtyScope(const DirtyScope&) = delete;
+  DirtyScope& operator=(const DirtyScope&) = delete;
+
+private:
+  RobustLock& lock_;
+};
+
+// The common part of Mutex (K = mutex) and RecursiveMutex (K = recursive_mutex).
+template <ObjectKind K>
+class MutexHandle {
+public:
+  MutexHandle() = default;
+  explicit MutexHandle(HandleCore core) : core_(core) {}
+
+  void lock() {
+    if (const int error = detail::lock(block().lock)) throw_lock_error(core_, kind(), "lock", error);
+  }
+  bool try_lock() {
+    const int error = detail::try_lock(block().lock);
+    if (error == EBUSY) return false;
+    if (error) throw_lock_error(core_, kind(), "try_lock", error);
+    return true;
+  }
+  template <class Rep, class Period>
+  bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return try_lock_until(std::chrono::steady_clock::now() + timeout);
+  }
+  template <class Clock, class Duration>
+  bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    const auto steady = std::chrono::steady_clock::now() +
+                        std::chrono::ceil<std::chrono::steady_clock::duration>(deadline - Clock::now());
+    const int error = detail::lock_until(block().lock, steady);
+    if (error == ETIMEDOUT) return false;
+    if (error) throw_lock_error(core_, kind(), "try_lock_until", error);
+    return true;
+  }
+  void unlock() {
+    if (const int error = detail::unlock(block().lock))
+      throw_lock_error(core_, kind(), "unlock", error);
+  }
+  std::uint32_t owner_deaths() const {
+    return block().lock.deaths.load(std::memory_order_relaxed);
+  }
+  pid_t last_dead_owner() const {
+    return block().lock.last_dead_pid.load(std::memory_order_relaxed);
+  }
+  std::string name() const { return object_name(core_); }
+  const HandleCore& handle() const noexcept { return core_; }
+
+private:
+  static constexpr ObjectKind kind() noexcept { return K; }
+  LockBlock& block() const {
+    return *reinterpret_cast<LockBlock*>(resolve(core_, K, sizeof(LockBlock)));
+  }
+
+  HandleCore core_;
+};
+
+}  // namespace detail
+
+// Mutex: a non-recursive robust lock (Python's multiprocessing.Lock).
+// Made by Segment::create_mutex / open_mutex / mutex(name).
+class Mutex {
+public:
+  // An empty handle: every call throws NotFound until one is assigned.
+  Mutex() = default;
+
+  // Blocks until this thread holds the lock. After a holder died, returns holding the
+  // lock and counts the death (see top of file). Throws InvalidArgument if this thread
+  // holds it already.
+  void lock() { impl_.lock(); }
+  // Takes the lock if free; returns false at once if another thread holds it.
+  bool try_lock() { return impl_.try_lock(); }
+  // Blocks at most `timeout` (steady clock); returns false if the lock was not taken.
+  template <class Rep, class Period>
+  bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return impl_.try_lock_for(timeout);
+  }
+  // Blocks until `deadline` at most; returns false if the lock was not taken.
+  template <class Clock, class Duration>
+  bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return impl_.try_lock_until(deadline);
+  }
+  // Releases the lock. Throws NotOwner if this thread does not hold it.
+  void unlock() { impl_.unlock(); }
+  // How many holders died holding this lock.
+  std::uint32_t owner_deaths() const { return impl_.owner_deaths(); }
+  // The pid of the last holder that died holding it, or 0.
+  pid_t last_dead_owner() const { return impl_.last_dead_owner(); }
+  // The name it has in its segment.
+  std::string name() const { return impl_.name(); }
+
+private:
+  friend class Segment;
+  explicit Mutex(detail::HandleCore core) : impl_(core) {}
+  detail::MutexHandle<ObjectKind::mutex> impl_;
+};
+
+// RecursiveMutex: a robust lock the holding thread may take again (Python's RLock); it is
+// released when unlock() has been called as often as lock(). Same contract as Mutex.
+class RecursiveMutex {
+public:
+  // An empty handle: every call throws NotFound until one is assigned.
+  RecursiveMutex() = default;
+
+  // Blocks until this thread holds the lock (again); counts a dead holder.
+  void lock() { impl_.lock(); }
+  // Takes the lock if free or held by this thread; false if another thread holds it.
+  bool try_lock() { return impl_.try_lock(); }
+  // Blocks at most `timeout`; returns false if the lock was not taken.
+  template <class Rep, class Period>
+  bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return impl_.try_lock_for(timeout);
+  }
+  // Blocks until `deadline` at most; returns false if the lock was not taken.
+  template <class Clock, class Duration>
+  bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return impl_.try_lock_until(deadline);
+  }
+  // Releases one level. Throws NotOwner if this thread does not hold it.
+  void unlock() { impl_.unlock(); }
+  // How many holders died holding this lock.
+  std::uint32_t owner_deaths() const { return impl_.owner_deaths(); }
+  // The pid of the last holder that died holding it, or 0.
+  pid_t last_dead_owner() const { return impl_.last_dead_owner(); }
+  // The name it has in its segment.
+  std::string name() const { return impl_.name(); }
+
+private:
+  friend class Segment;
+  explicit RecursiveMutex(detail::HandleCore core) : impl_(core) {}
+  detail::MutexHandle<ObjectKind::recursive_mutex> impl_;
+};
+
+}  // namespace procshare

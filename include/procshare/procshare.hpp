@@ -1,0 +1,11 @@
+// procshare: Python multiprocessing's shared state (Value, Array, Lock, ...) for C++
+// processes, in named shared-memory segments. This umbrella header includes them all.
+#pragma once
+
+#include <procshare/array.hpp>
+#include <procshare/error.hpp>
+#include <procshare/flag.hpp>
+#include <procshare/format.hpp>
+#include <procshare/mutex.hpp>
+#include <procshare/segment.hpp>
+#include <procshare/value.hpp>

@@ -1,0 +1,91 @@
+// Robust locks: initialisation, owner-death recovery, timed locking, lock errors.
+#include <procshare/mutex.hpp>
+
+#include "detail/names.hpp"
+
+#include <fmt/format.h>
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <ctime>
+
+namespace procshare::detail {
+
+pid_t cached_pid = [] {
+  ::pthread_atfork(nullptr, nullptr, [] { cached_pid = ::getpid(); });
+  return ::getpid();
+}();
+
+int init_lock(RobustLock& lock, bool recursive) noexcept {
+  pthread_mutexattr_t attributes;
+  if (const int error = ::pthread_mutexattr_init(&attributes)) return error;
+  int error = ::pthread_mutexattr_setpshared(&attributes, PTHREAD_PROCESS_SHARED);
+  if (error == 0) error = ::pthread_mutexattr_setrobust(&attributes, PTHREAD_MUTEX_ROBUST);
+  if (error == 0)
+    error = ::pthread_mutexattr_settype(
+        &attributes, recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_ERRORCHECK);
+  if (error == 0) error = ::pthread_mutex_init(&lock.mutex, &attributes);
+  ::pthread_mutexattr_destroy(&attributes);
+  lock.owner_pid = 0;
+  lock.last_dead_pid.store(0, std::memory_order_relaxed);
+  lock.deaths.store(0, std::memory_order_relaxed);
+  lock.dirty = 0;
+  lock.poisoned.store(0, std::memory_order_relaxed);
+  return error;
+}
+
+int finish_lock(RobustLock& lock, int result) noexcept {
+  if (result == 0) {
+    lock.owner_pid = cached_pid;
+    return 0;
+  }
+  if (result != EOWNERDEAD) return result;
+  // The previous holder died holding the lock: we hold it now. Repair, record, go on.
+  ::pthread_mutex_consistent(&lock.mutex);
+  lock.last_dead_pid.store(lock.owner_pid, std::memory_order_relaxed);
+  lock.deaths.fetch_add(1, std::memory_order_relaxed);
+  if (lock.dirty != 0) {
+    lock.poisoned.store(1, std::memory_order_relaxed);
+    lock.dirty = 0;
+  }
+  lock.owner_pid = cached_pid;
+  return 0;
+}
+
+int lock_until(RobustLock& lock, std::chrono::steady_clock::time_point deadline) noexcept {
+  // steady_clock is CLOCK_MONOTONIC on Linux.
+  const auto since_epoch = deadline.time_since_epoch();
+  const auto seconds = std::chrono::floor<std::chrono::seconds>(since_epoch);
+  timespec when{};
+  if (since_epoch.count() > 0) {
+    when.tv_sec = static_cast<time_t>(seconds.count());
+    when.tv_nsec = static_cast<long>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - seconds).count());
+  }
+  return finish_lock(lock, ::pthread_mutex_clocklock(&lock.mutex, CLOCK_MONOTONIC, &when));
+}
+
+void throw_lock_error(const HandleCore& handle, ObjectKind kind, std::string_view operation,
+                      int error) {
+  const std::string segment = segment_name(handle);
+  const std::string object = describe(handle, kind);
+  switch (error) {
+    case EPERM:
+      throw NotOwner(segment, object,
+                     fmt::format("{}: the calling thread does not hold the lock", operation));
+    case EDEADLK:
+      throw InvalidArgument(segment, object,
+                            fmt::format("{}: the calling thread already holds the lock", operation));
+    default:
+      throw Error(segment, object, fmt::format("{}: {}", operation, os_reason(error)));
+  }
+}
+
+void throw_poisoned(const HandleCore& handle, ObjectKind kind) {
+  throw OwnerDied(segment_name(handle), describe(handle, kind),
+                  "poisoned: a process died while writing it; reads still work, writes need "
+                  "clear_poison() first");
+}
+
+}  // namespace procshare::detail

@@ -1,0 +1,54 @@
+#include "detail/names.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+namespace procshare {
+
+std::string_view to_string(ObjectKind kind) noexcept {
+  switch (kind) {
+    case ObjectKind::value: return "value";
+    case ObjectKind::atomic: return "atomic";
+    case ObjectKind::array: return "array";
+    case ObjectKind::flag: return "flag";
+    case ObjectKind::mutex: return "mutex";
+    case ObjectKind::recursive_mutex: return "recursive_mutex";
+  }
+  return "object";
+}
+
+namespace detail {
+
+std::string printable(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte >= 0x7f)
+      out += fmt::format("\\x{:02x}", byte);
+    else
+      out += c;
+  }
+  return out;
+}
+
+std::string describe_type(ObjectKind kind, std::string_view type, std::uint64_t length) {
+  switch (kind) {
+    case ObjectKind::value:
+    case ObjectKind::atomic: return fmt::format("{}<{}>", to_string(kind), type);
+    case ObjectKind::array: return fmt::format("array<{}, {}>", type, length);
+    default: return std::string(to_string(kind));
+  }
+}
+
+std::string describe_object(ObjectKind kind, std::string_view name) {
+  return fmt::format("{} '{}'", to_string(kind), printable(name));
+}
+
+std::string os_reason(int error) {
+  char buffer[256];
+  return ::strerror_r(error, buffer, sizeof buffer);
+}
+
+}  // namespace detail
+}  // namespace procshare

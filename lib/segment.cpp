@@ -1,0 +1,704 @@
+// Segment: creation, validation, the directory and allocator, the handle registry.
+#include <procshare/array.hpp>
+#include <procshare/flag.hpp>
+#include <procshare/mutex.hpp>
+#include <procshare/segment.hpp>
+
+#include "detail/layout.hpp"
+#include "detail/names.hpp"
+
+#include <boost/interprocess/exceptions.hpp>
+#include <fmt/format.h>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <mutex>
+#include <new>
+#include <thread>
+
+namespace bip = boost::interprocess;
+
+namespace procshare {
+namespace detail {
+
+RegistrySlot registry_slots[max_mapped_segments];
+std::atomic<std::uint32_t> registry_used{0};
+
+namespace {
+
+// ---------------------------------------------------------------- registry
+
+std::mutex registry_mutex;                                    // guards registration
+std::weak_ptr<Mapping> registry_owners[max_mapped_segments];  // by slot
+
+std::shared_ptr<Mapping> find_mapped(const Uuid& uuid) {
+  std::lock_guard guard(registry_mutex);
+  for (std::uint32_t i = 0; i < registry_used.load(); ++i) {
+    RegistrySlot& slot = registry_slots[i];
+    if (slot.base.load() != nullptr && slot.uuid_high.load() == uuid.high &&
+        slot.uuid_low.load() == uuid.low)
+      if (auto mapping = registry_owners[i].lock()) return mapping;
+  }
+  return nullptr;
+}
+
+void register_mapping(const std::shared_ptr<Mapping>& mapping) {
+  std::lock_guard guard(registry_mutex);
+  std::uint32_t index = 0;
+  const std::uint32_t used = registry_used.load();
+  while (index < used && registry_slots[index].base.load() != nullptr) ++index;
+  if (index == max_mapped_segments)
+    throw InvalidArgument(mapping->name, "",
+                          fmt::format("cannot map more than {} segments in one process",
+                                      max_mapped_segments));
+  RegistrySlot& slot = registry_slots[index];
+  const Uuid uuid = mapping->header().uuid;
+  slot.uuid_high.store(uuid.high, std::memory_order_relaxed);
+  slot.uuid_low.store(uuid.low, std::memory_order_relaxed);
+  slot.size.store(mapping->size(), std::memory_order_relaxed);
+  slot.base.store(mapping->base(), std::memory_order_release);
+  registry_owners[index] = mapping;
+  mapping->registry_slot = index;
+  if (index == used) registry_used.store(used + 1, std::memory_order_release);
+}
+
+std::shared_ptr<Mapping> mapping_of(const Uuid& uuid) { return find_mapped(uuid); }
+
+// ---------------------------------------------------------------- helpers
+
+std::atomic<void (*)(const char*)> allocation_fault_hook{nullptr};
+
+void fault_point(const char* step) {
+  if (auto hook = allocation_fault_hook.load(std::memory_order_relaxed)) hook(step);
+}
+
+constexpr std::uint64_t align_up(std::uint64_t n, std::uint64_t alignment) {
+  return (n + alignment - 1) / alignment * alignment;
+}
+
+std::uint64_t hash_tag(const ObjectSpec& spec) {
+  std::uint64_t hash = 0xcbf29ce484222325ULL;  // FNV-1a
+  auto mix = [&hash](const void* data, std::size_t size) {
+    for (std::size_t i = 0; i < size; ++i) {
+      hash ^= static_cast<const unsigned char*>(data)[i];
+      hash *= 0x100000001b3ULL;
+    }
+  };
+  const std::uint32_t numbers[] = {static_cast<std::uint32_t>(spec.kind), spec.elem_size,
+                                   spec.elem_align};
+  mix(numbers, sizeof numbers);
+  mix(spec.type.data(), spec.type.size());
+  return hash == 0 ? 1 : hash;
+}
+
+Uuid random_uuid() {
+  Uuid uuid;
+  std::byte bytes[sizeof(Uuid)];
+  std::size_t got = 0;
+  while (got < sizeof bytes) {
+    const ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0 && errno != EINTR) throw Error("", "", fmt::format("getrandom: {}", os_reason(errno)));
+    if (n > 0) got += static_cast<std::size_t>(n);
+  }
+  std::memcpy(&uuid, bytes, sizeof uuid);
+  if (uuid == Uuid{}) uuid.low = 1;
+  return uuid;
+}
+
+// Field 22 of /proc/PID/stat: the process's start time in clock ticks since boot, which
+// tells a live creator from an unrelated process that reuses its pid. 0 if unknown.
+std::uint64_t process_start_time(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto paren = text.rfind(')');
+  if (paren == std::string::npos) return 0;
+  std::size_t position = paren + 2;  // field 3 starts here
+  for (int field = 3; field < 22 && position < text.size(); ++field)
+    position = text.find(' ', position) + 1;
+  return std::strtoull(text.c_str() + position, nullptr, 10);
+}
+
+void validate_segment_name(std::string_view name) {
+  auto invalid = [&](std::string_view why) {
+    throw InvalidName(printable(name), "", fmt::format("invalid segment name: {}", why));
+  };
+  if (name.empty()) invalid("it is empty");
+  if (name.size() > max_name_length)
+    invalid(fmt::format("it is {} characters long (at most {})", name.size(), max_name_length));
+  if (name == "." || name == "..") invalid("'.' and '..' are not segment names");
+  for (const char c : name) {
+    if (c == '/') invalid("it contains '/'");
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte <= 0x20 || byte >= 0x7f) invalid("it contains a space or non-printable character");
+  }
+}
+
+void validate_object_name(const Mapping& mapping, ObjectKind kind, std::string_view name) {
+  auto invalid = [&](std::string_view why) {
+    throw InvalidName(mapping.name, describe_object(kind, name),
+                      fmt::format("invalid object name: {}", why));
+  };
+  if (name.empty()) invalid("it is empty");
+  if (name.size() > max_object_name_length)
+    invalid(fmt::format("it is {} characters long (at most {})", name.size(),
+                        max_object_name_length));
+  for (const char c : name) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte >= 0x7f) invalid("it contains a non-printable character");
+  }
+}
+
+// Rethrows a Boost exception met while opening or creating segment `name`.
+[[noreturn]] void rethrow_os(const std::string& name, std::string_view what, int error) {
+  const std::string detail = fmt::format("{}: {}", what, os_reason(error));
+  switch (error) {
+    case ENOENT: throw NotFound(name, "", fmt::format("{}: no such segment", what));
+    case EEXIST: throw AlreadyExists(name, "", fmt::format("{}: it already exists", what));
+    case EACCES:
+    case EPERM: throw PermissionDenied(name, "", detail);
+    case ENOSPC: throw SegmentFull(name, "", detail);
+    case ENAMETOOLONG: throw InvalidName(name, "", detail);
+    default: throw Error(name, "", detail);
+  }
+}
+
+// Takes flock(`operation` | LOCK_NB), retrying for up to a second while another process
+// holds a conflicting lock (a creator initialising, or a cleaner).
+void lock_file(const Mapping& mapping, int operation) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (::flock(mapping.fd(), operation | LOCK_NB) != 0) {
+    if (errno == EINTR) continue;
+    if (errno != EWOULDBLOCK) rethrow_os(mapping.name, "cannot lock segment file", errno);
+    if (std::chrono::steady_clock::now() > deadline)
+      throw Timeout(mapping.name, "",
+                    "another process has held the segment file's exclusive lock for over a second");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+// Unlinks `name` if it still names the file `fd` is open on.
+void unlink_if_same(const std::string& name, int fd) {
+  struct stat mine{}, named{};
+  if (::fstat(fd, &mine) != 0) return;
+  if (::stat(fmt::format("/dev/shm/{}", name).c_str(), &named) != 0) return;
+  if (mine.st_ino != named.st_ino || mine.st_dev != named.st_dev) return;
+  ::shm_unlink(fmt::format("/{}", name).c_str());
+}
+
+// The reason a freshly mapped file is not a usable segment, or "" if it is.
+std::string invalid_header_reason(const Mapping& mapping) {
+  const std::size_t size = mapping.size();
+  const Header& h = mapping.header();
+  if (h.magic != segment_magic) return "not a procshare segment (bad magic number)";
+  if (h.version != layout_version)
+    return fmt::format("layout version {}, this library reads version {}", h.version,
+                       layout_version);
+  if (h.header_bytes != sizeof(Header) || h.entry_bytes != sizeof(Entry))
+    return "header or directory entry size does not match this library";
+  if (h.ready.load(std::memory_order_acquire) != ready_word)
+    return "not fully initialised (its creator died while creating it)";
+  if (h.size != size)
+    return fmt::format("header says {} bytes but the file has {} (truncated?)", h.size, size);
+  if (h.directory_offset < sizeof(Header) || h.directory_offset % 64 != 0 ||
+      h.directory_slots == 0 || h.directory_slots > max_directory_slots ||
+      h.directory_offset + h.directory_slots * sizeof(Entry) > h.data_offset ||
+      h.data_offset % 64 != 0 || h.data_offset > size)
+    return "directory lies outside the segment";
+  const std::uint64_t bump = h.bump.load(std::memory_order_relaxed);
+  if (bump < h.data_offset || bump > size) return "allocation pointer lies outside the segment";
+  return "";
+}
+
+// Whether `entry` describes an object inside the segment, matching its header.
+bool entry_in_bounds(const Mapping& mapping, const Entry& entry) {
+  const Header& h = mapping.header();
+  if (entry.offset < h.data_offset || entry.offset % 64 != 0 || entry.bytes < sizeof(ObjectHeader) ||
+      entry.offset > mapping.size() || entry.bytes > mapping.size() - entry.offset)
+    return false;
+  const auto* object = reinterpret_cast<const ObjectHeader*>(mapping.base() + entry.offset);
+  return object->tag_hash == entry.tag_hash && object->kind == entry.kind &&
+         object->length == entry.length;
+}
+
+std::string_view entry_name(const Entry& entry) {
+  return {entry.name, ::strnlen(entry.name, sizeof entry.name)};
+}
+std::string_view entry_type(const Entry& entry) {
+  return {entry.type, ::strnlen(entry.type, sizeof entry.type)};
+}
+
+// Holds the directory lock of `mapping`; discards entries left RESERVED by a process that
+// died mid-allocation (only a holder of this lock can be in the middle of one).
+class DirectoryLock {
+public:
+  explicit DirectoryLock(Mapping& mapping) : mapping_(mapping) {
+    if (const int error = detail::lock(mapping.header().lock))
+      throw Error(mapping.name, "", fmt::format("cannot lock the directory: {}", os_reason(error)));
+    Entry* entries = mapping.directory();
+    for (std::uint64_t i = 0; i < mapping.header().directory_slots; ++i)
+      if (entries[i].state.load(std::memory_order_relaxed) == entry_reserved)
+        entries[i].state.store(entry_free, std::memory_order_release);
+  }
+  ~DirectoryLock() { detail::unlock(mapping_.header().lock); }
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+
+private:
+  Mapping& mapping_;
+};
+
+std::shared_ptr<Mapping> map_file(const std::string& name, bip::shared_memory_object file) {
+  auto mapping = std::make_shared<Mapping>();
+  mapping->name = name;
+  mapping->file = std::move(file);
+  return mapping;
+}
+
+}  // namespace
+
+Mapping::~Mapping() {
+  if (region.get_address() == nullptr || registry_slot >= max_mapped_segments) return;
+  std::lock_guard guard(registry_mutex);
+  RegistrySlot& slot = registry_slots[registry_slot];
+  if (slot.base.load() != base()) return;
+  slot.base.store(nullptr, std::memory_order_release);
+  slot.uuid_high.store(0, std::memory_order_relaxed);
+  slot.uuid_low.store(0, std::memory_order_relaxed);
+  registry_owners[registry_slot].reset();
+}
+
+void set_allocation_fault_hook(void (*hook)(const char*)) noexcept {
+  allocation_fault_hook.store(hook, std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------- handles
+
+void throw_unresolved(const HandleCore& handle, ObjectKind kind) {
+  if (handle.segment == Uuid{})
+    throw NotFound("", std::string(to_string(kind)),
+                   "empty handle (default-constructed, never assigned an object)");
+  const auto mapping = mapping_of(handle.segment);
+  if (!mapping)
+    throw NotFound("", std::string(to_string(kind)),
+                   fmt::format("its segment (uuid {:016x}{:016x}) is not open in this process: "
+                               "it was closed, or removed and recreated",
+                               handle.segment.high, handle.segment.low));
+  const std::string object = describe(handle, kind);
+  if (handle.offset % 64 != 0 || handle.offset >= mapping->size())
+    throw CorruptSegment(mapping->name, object,
+                         fmt::format("handle offset {} lies outside the segment", handle.offset));
+  throw TypeMismatch(mapping->name, object, "the handle was made for another type of object");
+}
+
+std::string segment_name(const HandleCore& handle) {
+  const auto mapping = mapping_of(handle.segment);
+  return mapping ? mapping->name : std::string();
+}
+
+std::string object_name(const HandleCore& handle) {
+  const auto mapping = mapping_of(handle.segment);
+  if (!mapping) return {};
+  const Entry* entries = mapping->directory();
+  for (std::uint64_t i = 0; i < mapping->header().directory_slots; ++i)
+    if (entries[i].state.load(std::memory_order_acquire) == entry_ready &&
+        entries[i].offset == handle.offset)
+      return std::string(entry_name(entries[i]));
+  return {};
+}
+
+std::string describe(const HandleCore& handle, ObjectKind kind) {
+  return describe_object(kind, object_name(handle));
+}
+
+// ---------------------------------------------------------------- place
+
+Placement place(Segment& segment, std::string_view name, const ObjectSpec& spec, Intent intent,
+                InitFn init, const void* context) {
+  if (!segment.mapping_)
+    throw NotFound("", describe_object(spec.kind, name), "the Segment handle was moved from");
+  Mapping& mapping = *segment.mapping_;
+  validate_object_name(mapping, spec.kind, name);
+  const std::string object = describe_object(spec.kind, name);
+  const std::uint64_t tag_hash = hash_tag(spec);
+  Header& h = mapping.header();
+  Entry* entries = mapping.directory();
+
+  DirectoryLock held(mapping);
+  Entry* free_slot = nullptr;
+  for (std::uint64_t i = 0; i < h.directory_slots; ++i) {
+    Entry& entry = entries[i];
+    const auto state = entry.state.load(std::memory_order_acquire);
+    if (state == entry_free) {
+      if (free_slot == nullptr) free_slot = &entry;
+      continue;
+    }
+    if (entry_name(entry) != name) continue;
+    if (intent == Intent::create)
+      throw AlreadyExists(mapping.name, object, "an object of that name already exists");
+    const auto stored_kind = static_cast<ObjectKind>(entry.kind);
+    if (entry.kind != static_cast<std::uint32_t>(spec.kind) || entry_type(entry) != spec.type ||
+        entry.elem_size != spec.elem_size || entry.elem_align != spec.elem_align ||
+        (spec.length != 0 && entry.length != spec.length))
+      throw TypeMismatch(mapping.name, object,
+                         fmt::format("type mismatch: it was created as {}, not {}",
+                                     describe_type(stored_kind, entry_type(entry), entry.length),
+                                     describe_type(spec.kind, spec.type,
+                                                   spec.length ? spec.length : entry.length)));
+    if (!entry_in_bounds(mapping, entry))
+      throw CorruptSegment(mapping.name, object, "its directory entry points outside the segment");
+    return {{h.uuid, entry.offset, tag_hash}, entry.length, false};
+  }
+  if (intent == Intent::open) throw NotFound(mapping.name, object, "no object of that name");
+  if (spec.type.size() > max_type_name_length)
+    throw InvalidName(mapping.name, object,
+                      fmt::format("type name '{}' is longer than {} characters", spec.type,
+                                  max_type_name_length));
+  if (free_slot == nullptr)
+    throw SegmentFull(mapping.name, object,
+                      fmt::format("the directory is full ({} objects)", h.directory_slots));
+  const std::uint64_t offset = align_up(h.bump.load(std::memory_order_relaxed), 64);
+  const std::uint64_t bytes = spec.bytes > mapping.size() ? spec.bytes : align_up(spec.bytes, 64);
+  if (offset > mapping.size() || bytes > mapping.size() - offset)
+    throw SegmentFull(mapping.name, object,
+                      fmt::format("needs {} bytes, but only {} of the segment's {} are free",
+                                  spec.bytes, mapping.size() - std::min<std::uint64_t>(offset, mapping.size()),
+                                  mapping.size()));
+
+  // Fill the slot while it is FREE (nobody reads it), then publish each step with one store.
+  Entry& entry = *free_slot;
+  std::memset(entry.name, 0, sizeof entry.name);
+  std::memcpy(entry.name, name.data(), name.size());
+  std::memset(entry.type, 0, sizeof entry.type);
+  std::memcpy(entry.type, spec.type.data(), spec.type.size());
+  entry.tag_hash = tag_hash;
+  entry.offset = offset;
+  entry.bytes = bytes;
+  entry.length = spec.length;
+  entry.kind = static_cast<std::uint32_t>(spec.kind);
+  entry.elem_size = spec.elem_size;
+  entry.elem_align = spec.elem_align;
+  entry.state.store(entry_reserved, std::memory_order_release);
+  fault_point("reserved");
+  h.bump.store(offset + bytes, std::memory_order_release);
+  fault_point("bumped");
+  std::byte* memory = mapping.base() + offset;
+  std::memset(memory, 0, bytes);
+  auto* header = ::new (memory) ObjectHeader{tag_hash, static_cast<std::uint32_t>(spec.kind),
+                                             spec.elem_size, spec.length};
+  if (!init(header, context)) {
+    entry.state.store(entry_free, std::memory_order_release);
+    throw Error(mapping.name, object, "cannot initialise its lock");
+  }
+  fault_point("constructed");
+  entry.state.store(entry_ready, std::memory_order_release);
+  return {{h.uuid, offset, tag_hash}, spec.length, true};
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------- Segment
+
+using detail::Header;
+using detail::Mapping;
+
+Segment::Segment(std::shared_ptr<detail::Mapping> mapping, bool created)
+    : mapping_(std::move(mapping)), created_(created) {}
+
+Segment::Segment(Segment&& other) noexcept
+    : mapping_(std::move(other.mapping_)),
+      created_(std::exchange(other.created_, false)),
+      keep_(other.keep_) {}
+
+Segment& Segment::operator=(Segment&& other) noexcept {
+  if (this != &other) {
+    Segment old(std::move(*this));
+    mapping_ = std::move(other.mapping_);
+    created_ = std::exchange(other.created_, false);
+    keep_ = other.keep_;
+  }
+  return *this;
+}
+
+Segment::~Segment() {
+  if (!mapping_) return;
+  if (created_ && !keep_ && mapping_->creator_pid == ::getpid())
+    detail::unlink_if_same(mapping_->name, mapping_->fd());
+}
+
+Segment Segment::create(std::string_view name_view, std::size_t bytes,
+                        const SegmentOptions& options) {
+  using namespace detail;
+  validate_segment_name(name_view);
+  const std::string name(name_view);
+  if (options.permissions > 07777)
+    throw InvalidArgument(name, "", fmt::format("permissions {:o} are not mode bits",
+                                                options.permissions));
+  if (options.max_objects == 0 || options.max_objects > max_directory_slots)
+    throw InvalidArgument(name, "",
+                          fmt::format("max_objects {} is out of range (1 to {})",
+                                      options.max_objects, max_directory_slots));
+  const std::uint64_t directory_offset = align_up(sizeof(Header), 64);
+  const std::uint64_t data_offset =
+      align_up(directory_offset + std::uint64_t{options.max_objects} * sizeof(Entry), 64);
+  const std::uint64_t minimum = data_offset + 128;
+  if (bytes < minimum)
+    throw InvalidArgument(name, "",
+                          fmt::format("{} bytes is too small: the header and a directory of {} "
+                                      "objects need at least {}",
+                                      bytes, options.max_objects, minimum));
+  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (bytes > (std::uint64_t{1} << 46))
+    throw SegmentFull(name, "", fmt::format("{} bytes is more than this library maps", bytes));
+  const std::uint64_t size = align_up(bytes, page);
+
+  bip::shared_memory_object file;
+  try {
+    file = bip::shared_memory_object(bip::create_only, name.c_str(), bip::read_write,
+                                     bip::permissions(options.permissions));
+  } catch (const bip::interprocess_exception& e) {
+    rethrow_os(name, "cannot create segment", e.get_native_error());
+  }
+  auto mapping = map_file(name, std::move(file));
+  const int fd = mapping->fd();
+  try {
+    lock_file(*mapping, LOCK_EX);
+    if (::fchmod(fd, options.permissions) != 0)
+      rethrow_os(name, "cannot set permissions", errno);
+    if (const int error = ::posix_fallocate(fd, 0, static_cast<off_t>(size)))
+      rethrow_os(name, fmt::format("cannot reserve {} bytes in /dev/shm", size), error);
+    try {
+      mapping->region = bip::mapped_region(mapping->file, bip::read_write, 0, size);
+    } catch (const bip::interprocess_exception& e) {
+      rethrow_os(name, "cannot map segment", e.get_native_error());
+    }
+    Header& h = *::new (mapping->base()) Header{};
+    h.magic = segment_magic;
+    h.version = layout_version;
+    h.header_bytes = sizeof(Header);
+    h.entry_bytes = sizeof(Entry);
+    h.uuid = random_uuid();
+    h.creator_pid = ::getpid();
+    h.creator_start_time = process_start_time(h.creator_pid);
+    h.created_unix_time = static_cast<std::int64_t>(::time(nullptr));
+    h.size = size;
+    h.directory_offset = directory_offset;
+    h.directory_slots = options.max_objects;
+    h.data_offset = data_offset;
+    h.bump.store(data_offset);
+    for (std::uint64_t i = 0; i < h.directory_slots; ++i) ::new (&mapping->directory()[i]) Entry{};
+    if (const int error = init_lock(h.lock, false))
+      rethrow_os(name, "cannot initialise the directory lock", error);
+    h.ready.store(ready_word, std::memory_order_release);
+    lock_file(*mapping, LOCK_SH);
+    mapping->creator_pid = h.creator_pid;
+    register_mapping(mapping);
+  } catch (...) {
+    unlink_if_same(name, fd);
+    throw;
+  }
+  return Segment(std::move(mapping), true);
+}
+
+namespace {
+
+// Opens and validates `name`. With `tolerate_unready`, returns nullptr instead of throwing
+// for a file that may still be being created (too short, or not ready yet).
+std::shared_ptr<Mapping> open_mapping(const std::string& name, bool tolerate_unready) {
+  using namespace detail;
+  bip::shared_memory_object file;
+  try {
+    file = bip::shared_memory_object(bip::open_only, name.c_str(), bip::read_write);
+  } catch (const bip::interprocess_exception& e) {
+    rethrow_os(name, "cannot open segment", e.get_native_error());
+  }
+  auto mapping = map_file(name, std::move(file));
+  lock_file(*mapping, LOCK_SH);
+  struct stat status{};
+  if (::fstat(mapping->fd(), &status) != 0) rethrow_os(name, "cannot stat segment", errno);
+  const auto size = static_cast<std::uint64_t>(status.st_size);
+  if (size < sizeof(Header)) {
+    if (tolerate_unready) return nullptr;
+    throw CorruptSegment(name, "",
+                         size == 0 ? std::string("the file is empty")
+                                   : fmt::format("the file is {} bytes, smaller than a segment "
+                                                 "header ({} bytes)",
+                                                 size, sizeof(Header)));
+  }
+  try {
+    mapping->region = bip::mapped_region(mapping->file, bip::read_write, 0, size);
+  } catch (const bip::interprocess_exception& e) {
+    rethrow_os(name, "cannot map segment", e.get_native_error());
+  }
+  if (const std::string reason = invalid_header_reason(*mapping); !reason.empty()) {
+    if (tolerate_unready && mapping->header().magic == segment_magic &&
+        mapping->header().ready.load() != ready_word)
+      return nullptr;
+    throw CorruptSegment(name, "", reason);
+  }
+  if (auto existing = find_mapped(mapping->header().uuid)) return existing;
+  register_mapping(mapping);
+  return mapping;
+}
+
+}  // namespace
+
+Segment Segment::open(std::string_view name) {
+  detail::validate_segment_name(name);
+  return Segment(open_mapping(std::string(name), false), false);
+}
+
+Segment Segment::open_or_create(std::string_view name, std::size_t bytes,
+                                const SegmentOptions& options) {
+  detail::validate_segment_name(name);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  for (;;) {
+    try {
+      return create(name, bytes, options);
+    } catch (const AlreadyExists&) {
+    }
+    const bool late = std::chrono::steady_clock::now() > deadline;
+    try {
+      if (auto mapping = open_mapping(std::string(name), !late)) return Segment(std::move(mapping), false);
+    } catch (const NotFound&) {
+      if (late) throw;  // removed again and again: give up
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+bool Segment::remove(std::string_view name) {
+  detail::validate_segment_name(name);
+  if (::shm_unlink(fmt::format("/{}", name).c_str()) == 0) return true;
+  if (errno == ENOENT) return false;
+  detail::rethrow_os(std::string(name), "cannot remove segment", errno);
+}
+
+const std::string& Segment::name() const noexcept {
+  static const std::string none;
+  return mapping_ ? mapping_->name : none;
+}
+std::size_t Segment::size() const noexcept { return mapping_ ? mapping_->size() : 0; }
+std::size_t Segment::used() const noexcept {
+  return mapping_ ? mapping_->header().bump.load(std::memory_order_relaxed) : 0;
+}
+pid_t Segment::creator_pid() const noexcept { return mapping_ ? mapping_->header().creator_pid : 0; }
+bool Segment::created() const noexcept { return created_; }
+void Segment::keep(bool keep) noexcept { keep_ = keep; }
+detail::Uuid Segment::uuid() const noexcept {
+  return mapping_ ? mapping_->header().uuid : detail::Uuid{};
+}
+
+std::vector<ObjectInfo> Segment::objects() const {
+  using namespace detail;
+  std::vector<ObjectInfo> result;
+  if (!mapping_) return result;
+  Mapping& mapping = *mapping_;
+  DirectoryLock held(mapping);
+  const Entry* entries = mapping.directory();
+  for (std::uint64_t i = 0; i < mapping.header().directory_slots; ++i) {
+    const Entry& entry = entries[i];
+    if (entry.state.load(std::memory_order_acquire) != entry_ready) continue;
+    const auto kind = static_cast<ObjectKind>(entry.kind);
+    if (!entry_in_bounds(mapping, entry))
+      throw CorruptSegment(mapping.name, describe_object(kind, entry_name(entry)),
+                           "its directory entry points outside the segment");
+    ObjectInfo info{std::string(entry_name(entry)), kind, std::string(entry_type(entry)),
+                    describe_type(kind, entry_type(entry), entry.length), entry.length,
+                    entry.bytes, false, 0, 0};
+    if (kind == ObjectKind::value || kind == ObjectKind::array || kind == ObjectKind::mutex ||
+        kind == ObjectKind::recursive_mutex) {
+      const auto& block = *reinterpret_cast<const LockBlock*>(mapping.base() + entry.offset);
+      info.poisoned = block.lock.poisoned.load(std::memory_order_relaxed) != 0;
+      info.owner_deaths = block.lock.deaths.load(std::memory_order_relaxed);
+      info.last_dead_owner = block.lock.last_dead_pid.load(std::memory_order_relaxed);
+    }
+    result.push_back(std::move(info));
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------- untyped objects
+
+namespace {
+
+template <ObjectKind K>
+detail::HandleCore place_lock(Segment& segment, std::string_view name, detail::Intent intent) {
+  const detail::ObjectSpec spec{K, "", 0, 0, 1,
+                                intent == detail::Intent::open ? 0 : sizeof(detail::LockBlock)};
+  auto init = [](detail::ObjectHeader* object, const void*) {
+    return detail::init_lock(reinterpret_cast<detail::LockBlock*>(object)->lock,
+                             K == ObjectKind::recursive_mutex) == 0;
+  };
+  return detail::place(segment, name, spec, intent, init, nullptr).handle;
+}
+
+}  // namespace
+
+Mutex Segment::create_mutex(std::string_view name) {
+  return Mutex(place_lock<ObjectKind::mutex>(*this, name, detail::Intent::create));
+}
+Mutex Segment::open_mutex(std::string_view name) {
+  return Mutex(place_lock<ObjectKind::mutex>(*this, name, detail::Intent::open));
+}
+Mutex Segment::mutex(std::string_view name) {
+  return Mutex(place_lock<ObjectKind::mutex>(*this, name, detail::Intent::create_or_open));
+}
+RecursiveMutex Segment::create_recursive_mutex(std::string_view name) {
+  return RecursiveMutex(place_lock<ObjectKind::recursive_mutex>(*this, name, detail::Intent::create));
+}
+RecursiveMutex Segment::open_recursive_mutex(std::string_view name) {
+  return RecursiveMutex(place_lock<ObjectKind::recursive_mutex>(*this, name, detail::Intent::open));
+}
+RecursiveMutex Segment::recursive_mutex(std::string_view name) {
+  return RecursiveMutex(place_lock<ObjectKind::recursive_mutex>(*this, name, detail::Intent::create_or_open));
+}
+
+namespace {
+
+detail::HandleCore place_flag(Segment& segment, std::string_view name, detail::Intent intent, bool initial) {
+  const detail::ObjectSpec spec{ObjectKind::flag, "", 0, 0, 1,
+                                intent == detail::Intent::open ? 0 : sizeof(detail::FlagBlock)};
+  auto init = [](detail::ObjectHeader* object, const void* context) {
+    reinterpret_cast<detail::FlagBlock*>(object)->word.store(*static_cast<const bool*>(context));
+    return true;
+  };
+  return detail::place(segment, name, spec, intent, init, &initial).handle;
+}
+
+}  // namespace
+
+Flag Segment::create_flag(std::string_view name, bool initial) {
+  return Flag(place_flag(*this, name, detail::Intent::create, initial));
+}
+Flag Segment::open_flag(std::string_view name) {
+  return Flag(place_flag(*this, name, detail::Intent::open, false));
+}
+Flag Segment::flag(std::string_view name, bool initial) {
+  return Flag(place_flag(*this, name, detail::Intent::create_or_open, initial));
+}
+
+namespace detail {
+
+void throw_index_out_of_range(const HandleCore& handle, std::size_t index, std::size_t size) {
+  throw IndexOutOfRange(segment_name(handle), describe(handle, ObjectKind::array),
+                        fmt::format("index {} out of range (size {})", index, size));
+}
+
+void throw_empty_array(const Segment& segment, std::string_view name) {
+  throw InvalidArgument(segment.name(), describe_object(ObjectKind::array, name),
+                        "length 0: an array needs at least one element");
+}
+
+}  // namespace detail
+}  // namespace procshare

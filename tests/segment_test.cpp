@@ -1,0 +1,294 @@
+// Segment: creation intent, validation of what is found in /dev/shm, the directory and
+// allocator, ownership and removal.
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <random>
+
+using namespace procshare;
+using procshare::test::SegmentName;
+
+namespace {
+
+// Writes `bytes` as the whole content of /dev/shm/NAME.
+void write_shm_file(const std::string& name, const std::string& bytes) {
+  std::ofstream out("/dev/shm/" + name, std::ios::binary);
+  out << bytes;
+}
+
+}  // namespace
+
+TEST_SUITE("segment") {
+
+TEST_CASE("create then open by name shares the same objects") {
+  SegmentName name("share");
+  auto created = Segment::create(name, 64 * 1024);
+  CHECK(created.created());
+  CHECK(created.size() == 64 * 1024);
+  CHECK(created.creator_pid() == ::getpid());
+  auto counter = created.create_value<long>("counter", 41);
+  auto opened = Segment::open(name);
+  CHECK_FALSE(opened.created());
+  CHECK(opened.uuid() == created.uuid());
+  auto again = opened.open_value<long>("counter");
+  again += 1;
+  CHECK(counter.load() == 42);
+}
+
+TEST_CASE("the size is rounded up to whole pages and used() grows with each object") {
+  SegmentName name("size");
+  auto segment = Segment::create(name, 40000);
+  CHECK(segment.size() == 40960);
+  const auto before = segment.used();
+  segment.create_array<double>("a", 100);
+  CHECK(segment.used() >= before + 100 * sizeof(double));
+}
+
+TEST_CASE("create of a name that exists throws AlreadyExists") {
+  SegmentName name("exists");
+  auto first = Segment::create(name, 64 * 1024);
+  CHECK_THROWS_WITH_AS(Segment::create(name, 64 * 1024),
+                       ("segment '" + name.str() + "': cannot create segment: it already exists")
+                           .c_str(),
+                       AlreadyExists);
+  CHECK(first.open_or_create(name, 64 * 1024).uuid() == first.uuid());
+}
+
+TEST_CASE("open of a missing segment throws NotFound naming it") {
+  SegmentName name("missing");
+  CHECK_THROWS_WITH_AS(Segment::open(name),
+                       ("segment '" + name.str() + "': cannot open segment: no such segment")
+                           .c_str(),
+                       NotFound);
+}
+
+TEST_CASE("bad segment names throw InvalidName") {
+  CHECK_THROWS_WITH_AS(Segment::create("", 65536), "invalid segment name: it is empty",
+                       InvalidName);
+  CHECK_THROWS_WITH_AS(Segment::open("a/b"), "segment 'a/b': invalid segment name: it contains '/'",
+                       InvalidName);
+  CHECK_THROWS_AS(Segment::open(".."), InvalidName);
+  CHECK_THROWS_AS(Segment::open(std::string(201, 'x')), InvalidName);
+  CHECK_THROWS_WITH_AS(Segment::open("tab\there"),
+                       "segment 'tab\\x09here': invalid segment name: it contains a space or "
+                       "non-printable character",
+                       InvalidName);
+  CHECK_THROWS_AS(Segment::remove("a/b"), InvalidName);
+}
+
+TEST_CASE("bad sizes and options throw InvalidArgument and create nothing") {
+  SegmentName name("small");
+  CHECK_THROWS_AS(Segment::create(name, 100), InvalidArgument);
+  CHECK_THROWS_AS(Segment::create(name, 65536, {.permissions = 0600, .max_objects = 0}),
+                  InvalidArgument);
+  CHECK_THROWS_AS(Segment::create(name, 65536, {.permissions = 010000, .max_objects = 8}),
+                  InvalidArgument);
+  CHECK_FALSE(procshare::test::shm_exists(name));
+}
+
+TEST_CASE("new segments are 0600 whatever the umask, or the mode asked for") {
+  SegmentName a("mode"), b("mode");
+  const mode_t old = ::umask(0);
+  auto first = Segment::create(a, 65536);
+  ::umask(0077);
+  auto second = Segment::create(b, 65536, {.permissions = 0640});
+  ::umask(old);
+  struct stat st{};
+  REQUIRE(::stat(("/dev/shm/" + a.str()).c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0600);
+  REQUIRE(::stat(("/dev/shm/" + b.str()).c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0640);
+}
+
+TEST_CASE("an empty file in /dev/shm is CorruptSegment at once") {
+  SegmentName name("empty");
+  write_shm_file(name.str(), "");
+  CHECK_THROWS_WITH_AS(Segment::open(name),
+                       ("segment '" + name.str() + "': the file is empty").c_str(),
+                       CorruptSegment);
+  CHECK_THROWS_AS(Segment::open_or_create(name, 65536), CorruptSegment);
+}
+
+TEST_CASE("a short file is CorruptSegment naming its size") {
+  SegmentName name("short");
+  write_shm_file(name.str(), "0123456789");
+  CHECK_THROWS_WITH_AS(Segment::open(name),
+                       doctest::Contains("the file is 10 bytes, smaller than a segment header"),
+                       CorruptSegment);
+}
+
+TEST_CASE("a garbage file is CorruptSegment, not a crash") {
+  SegmentName name("garbage");
+  std::mt19937 random(7);
+  std::string bytes(65536, '\0');
+  for (auto& c : bytes) c = static_cast<char>(random());
+  write_shm_file(name.str(), bytes);
+  CHECK_THROWS_WITH_AS(Segment::open(name),
+                       ("segment '" + name.str() +
+                        "': not a procshare segment (bad magic number)").c_str(),
+                       CorruptSegment);
+}
+
+TEST_CASE("a truncated segment is CorruptSegment") {
+  SegmentName name("truncated");
+  auto segment = Segment::create(name, 256 * 1024);
+  segment.create_value<int>("x", 1);
+  REQUIRE(::truncate(("/dev/shm/" + name.str()).c_str(), 128 * 1024) == 0);
+  CHECK_THROWS_WITH_AS(Segment::open(name),
+                       doctest::Contains("header says 262144 bytes but the file has 131072"),
+                       CorruptSegment);
+}
+
+TEST_CASE("a segment larger than /dev/shm can hold is SegmentFull at create, leaving nothing") {
+  SegmentName name("huge");
+  const std::size_t terabyte = std::size_t{1} << 40;
+  CHECK_THROWS_WITH_AS(Segment::create(name, terabyte),
+                       doctest::Contains("cannot reserve 1099511627776 bytes in /dev/shm: No "
+                                         "space left on device"),
+                       SegmentFull);
+  CHECK_FALSE(procshare::test::shm_exists(name));
+}
+
+TEST_CASE("an object too big for the segment is SegmentFull and changes nothing") {
+  SegmentName name("full");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto kept = segment.create_value<int>("kept", 5);
+  const auto used = segment.used();
+  CHECK_THROWS_WITH_AS(segment.create_array<double>("big", 100000),
+                       doctest::Contains("array 'big': needs 800128 bytes, but only"),
+                       SegmentFull);
+  CHECK(segment.used() == used);
+  CHECK(segment.objects().size() == 1);
+  CHECK(kept.load() == 5);
+  CHECK_THROWS_AS(segment.open_array<double>("big"), NotFound);
+}
+
+TEST_CASE("a full directory is SegmentFull naming the object count") {
+  SegmentName name("directory");
+  auto segment = Segment::create(name, 64 * 1024, {.max_objects = 2});
+  segment.create_flag("a");
+  segment.create_flag("b");
+  CHECK_THROWS_WITH_AS(segment.create_flag("c"),
+                       ("segment '" + name.str() + "': flag 'c': the directory is full (2 objects)")
+                           .c_str(),
+                       SegmentFull);
+}
+
+TEST_CASE("reopening a Value<long> as Value<double> throws TypeMismatch naming both types") {
+  SegmentName name("mismatch");
+  auto segment = Segment::create(name, 64 * 1024);
+  segment.create_value<long>("x", 1);
+  CHECK_THROWS_WITH_AS(segment.open_value<double>("x"),
+                       ("segment '" + name.str() +
+                        "': value 'x': type mismatch: it was created as value<int64>, not "
+                        "value<float64>").c_str(),
+                       TypeMismatch);
+  CHECK_THROWS_WITH_AS(segment.open_atomic<long>("x"),
+                       doctest::Contains("created as value<int64>, not atomic<int64>"),
+                       TypeMismatch);
+  segment.create_array<int>("a", 8);
+  CHECK_THROWS_WITH_AS(segment.array<int>("a", 9),
+                       doctest::Contains("created as array<int32, 8>, not array<int32, 9>"),
+                       TypeMismatch);
+  CHECK(segment.open_array<int>("a").size() == 8);
+  CHECK(segment.open_value<long>("x").load() == 1);
+}
+
+TEST_CASE("create-or-open creates once and then opens, keeping the first value") {
+  SegmentName name("intent");
+  auto segment = Segment::create(name, 64 * 1024);
+  segment.value<int>("v", 7);
+  auto second = segment.value<int>("v", 99);
+  CHECK(second.load() == 7);
+  CHECK_THROWS_AS(segment.create_value<int>("v", 1), AlreadyExists);
+  CHECK_THROWS_WITH_AS(segment.open_flag("nope"),
+                       ("segment '" + name.str() + "': flag 'nope': no object of that name").c_str(),
+                       NotFound);
+}
+
+TEST_CASE("bad object names throw InvalidName and create nothing") {
+  SegmentName name("objnames");
+  auto segment = Segment::create(name, 64 * 1024);
+  CHECK_THROWS_AS(segment.create_value<int>("", 0), InvalidName);
+  CHECK_THROWS_AS(segment.create_value<int>(std::string(64, 'n'), 0), InvalidName);
+  CHECK_THROWS_AS(segment.create_value<int>("new\nline", 0), InvalidName);
+  CHECK(segment.objects().empty());
+}
+
+TEST_CASE("objects() lists name, kind, type and length in creation order") {
+  SegmentName name("objects");
+  auto segment = Segment::create(name, 64 * 1024);
+  segment.create_value<std::int64_t>("done", 0);
+  segment.create_atomic<std::uint32_t>("hits", 0);
+  segment.create_array<double>("results", 8);
+  segment.create_flag("stop");
+  segment.create_mutex("lock");
+  const auto objects = segment.objects();
+  REQUIRE(objects.size() == 5);
+  CHECK(objects[0].name == "done");
+  CHECK(objects[0].description == "value<int64>");
+  CHECK(objects[1].description == "atomic<uint32>");
+  CHECK(objects[2].kind == ObjectKind::array);
+  CHECK(objects[2].type == "float64");
+  CHECK(objects[2].length == 8);
+  CHECK(objects[2].description == "array<float64, 8>");
+  CHECK(objects[3].description == "flag");
+  CHECK(objects[4].description == "mutex");
+  CHECK_FALSE(objects[0].poisoned);
+}
+
+TEST_CASE("the creating handle removes the segment unless told to keep it") {
+  SegmentName a("owner"), b("keep");
+  { auto segment = Segment::create(a, 65536); }
+  CHECK_FALSE(procshare::test::shm_exists(a));
+  {
+    auto segment = Segment::create(b, 65536);
+    segment.keep();
+  }
+  CHECK(procshare::test::shm_exists(b));
+  CHECK(Segment::remove(b));
+  CHECK_FALSE(Segment::remove(b));
+}
+
+TEST_CASE("a forked child destroying the creating handle does not remove the segment") {
+  SegmentName name("child");
+  auto segment = Segment::create(name, 65536);
+  const pid_t pid = procshare::test::run_child([&] {
+    Segment moved(std::move(segment));  // destroyed in the child as it returns
+  });
+  CHECK(procshare::test::wait_child(pid).ok());
+  CHECK(procshare::test::shm_exists(name));
+}
+
+TEST_CASE("a handle whose segment was closed, or removed and recreated, throws NotFound") {
+  SegmentName name("recreated");
+  Value<int> stale;
+  {
+    auto segment = Segment::create(name, 65536);
+    stale = segment.create_value<int>("v", 3);
+    CHECK(stale.load() == 3);
+  }
+  CHECK_THROWS_WITH_AS(stale.load(), doctest::Contains("is not open in this process"), NotFound);
+  auto segment = Segment::create(name, 65536);
+  segment.create_value<int>("v", 4);
+  CHECK_THROWS_AS(stale.load(), NotFound);
+  Value<int> empty;
+  CHECK_THROWS_WITH_AS(empty.load(),
+                       "value: empty handle (default-constructed, never assigned an object)",
+                       NotFound);
+}
+
+TEST_CASE("open_or_create creates the first time and opens the second") {
+  SegmentName name("ooc");
+  auto first = Segment::open_or_create(name, 65536);
+  auto second = Segment::open_or_create(name, 65536);
+  CHECK(first.created());
+  CHECK_FALSE(second.created());
+  CHECK(first.uuid() == second.uuid());
+}
+
+}  // TEST_SUITE

@@ -1,0 +1,138 @@
+// Test support: unique segment names that are always removed, real child processes,
+// and pipe-based ordering between processes. Children never call doctest macros: they
+// report through their exit code.
+#pragma once
+
+#include <procshare/procshare.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace procshare::test {
+
+// A segment name unique to this process and call: "ps-test-<pid>-<n>-<label>". The name
+// is removed from /dev/shm when the object is destroyed, whatever the test did.
+class SegmentName {
+public:
+  explicit SegmentName(std::string_view label = "t") {
+    static std::atomic<int> counter{0};
+    name_ = "ps-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" +
+            std::string(label);
+  }
+  ~SegmentName() {
+    if (::getpid() == owner_) Segment::remove(name_);
+  }
+  SegmentName(const SegmentName&) = delete;
+  SegmentName& operator=(const SegmentName&) = delete;
+  const std::string& str() const noexcept { return name_; }
+  operator std::string_view() const noexcept { return name_; }
+
+private:
+  std::string name_;
+  pid_t owner_ = ::getpid();
+};
+
+// Forks a child that runs fn() and exits 0, or 1 if fn threw (message on stderr).
+// fn may also _exit with its own code.
+template <class F> pid_t run_child(F&& fn) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) std::abort();
+  if (pid == 0) {
+    int code = 0;
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "child %d: %s\n", ::getpid(), e.what());
+      code = 1;
+    } catch (...) {
+      code = 1;
+    }
+    ::_exit(code);
+  }
+  return pid;
+}
+
+// How a child ended.
+struct ChildStatus {
+  bool exited = false;   // exited normally
+  int code = -1;         // exit code if exited
+  int signal = 0;        // terminating signal if killed
+  bool timed_out = false;  // the watchdog had to kill it
+  bool ok() const { return exited && code == 0; }
+};
+
+// Waits for `pid` at most `timeout`; past it, SIGKILLs and reaps it (timed_out = true).
+inline ChildStatus wait_child(pid_t pid,
+                              std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  ChildStatus status;
+  int raw = 0;
+  for (;;) {
+    const pid_t r = ::waitpid(pid, &raw, WNOHANG);
+    if (r == pid) break;
+    if (r < 0) return status;
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &raw, 0);
+      status.timed_out = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (WIFEXITED(raw)) {
+    status.exited = true;
+    status.code = WEXITSTATUS(raw);
+  } else if (WIFSIGNALED(raw)) {
+    status.signal = WTERMSIG(raw);
+  }
+  return status;
+}
+
+// A one-shot signal between processes over a pipe: notify() in one, wait() in the other.
+class PipeSignal {
+public:
+  PipeSignal() {
+    if (::pipe2(fds_, O_CLOEXEC) != 0) std::abort();
+  }
+  ~PipeSignal() {
+    ::close(fds_[0]);
+    ::close(fds_[1]);
+  }
+  PipeSignal(const PipeSignal&) = delete;
+  PipeSignal& operator=(const PipeSignal&) = delete;
+  void notify() const {
+    const char byte = 1;
+    if (::write(fds_[1], &byte, 1) != 1) std::abort();
+  }
+  // True if notified within `timeout`.
+  bool wait(std::chrono::milliseconds timeout = std::chrono::seconds(30)) const {
+    pollfd p{fds_[0], POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return false;
+    char byte;
+    return ::read(fds_[0], &byte, 1) == 1;
+  }
+
+private:
+  int fds_[2];
+};
+
+// Whether /dev/shm holds `name`.
+inline bool shm_exists(std::string_view name) {
+  return ::access(("/dev/shm/" + std::string(name)).c_str(), F_OK) == 0;
+}
+
+}  // namespace procshare::test
