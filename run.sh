@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# procshare's one setup/run script. Installs the Debian 12 packages that are missing,
+# builds with meson, and runs what you ask for:
+#   bash run.sh demo [ARGS]   the flagship demo (examples/progress_counter for now)
+#   bash run.sh test          every test: suites unit, process and examples
+#   bash run.sh asan          every test, built with AddressSanitizer + UBSan
+#   bash run.sh bench         the benchmarks (tests/bench), printed as ratios
+# Builds go to build/ (build-asan/ for asan). With CI=true, warnings are errors.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+packages=(g++ libboost1.81-dev libfmt-dev doctest-dev meson ninja-build cmake pkg-config)
+
+ensure_packages() {
+  local missing=() p
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "run.sh: installing ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" </dev/null
+}
+
+# build DIR [MESON OPTIONS...]: configure DIR once, then compile it.
+build() {
+  local dir=$1
+  shift
+  local options=("$@")
+  [ "${CI:-}" = "true" ] && options+=(-Dwerror=true)
+  if [ -f "$dir/build.ninja" ]; then
+    meson configure "$dir" "${options[@]}" >/dev/null
+  else
+    meson setup "$dir" "${options[@]}" >/dev/null
+  fi
+  meson compile -C "$dir"
+}
+
+# run_tests DIR LABEL: runs every meson test in DIR, then prints
+# "LABEL: N passed, N failed", counting doctest cases (and each example program as one).
+run_tests() {
+  local dir=$1 label=$2 status=0
+  meson test -C "$dir" --print-errorlogs || status=$?
+  python3 - "$dir/meson-logs/testlog.json" "$label" <<'PY'
+import json, re, sys
+passed = failed = 0
+for line in open(sys.argv[1]):
+    test = json.loads(line)
+    ok = test["result"] in ("OK", "EXPECTEDFAIL")
+    m = re.search(r"test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+) failed", test.get("stdout") or "")
+    if m:
+        passed += int(m.group(2))
+        failed += int(m.group(3)) or (0 if ok else 1)
+    elif ok:
+        passed += 1
+    else:
+        failed += 1
+print(f"{sys.argv[2]}: {passed} passed, {failed} failed")
+PY
+  return $status
+}
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+  demo)
+    ensure_packages
+    build build
+    ./build/examples/progress_counter "$@"
+    ;;
+  test)
+    ensure_packages
+    build build
+    run_tests build tests
+    ;;
+  asan)
+    ensure_packages
+    build build-asan -Db_sanitize=address,undefined -Db_lundef=false
+    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      run_tests build-asan "asan tests"
+    ;;
+  bench)
+    ensure_packages
+    build build -Dbuildtype=release
+    for program in build/tests/bench/*_bench; do "$program" "$@"; done
+    ;;
+  *)
+    echo "usage: bash run.sh demo|test|asan|bench" >&2
+    exit 2
+    ;;
+esac

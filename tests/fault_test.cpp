@@ -1,0 +1,178 @@
+// Owner death for real: children SIGKILLed while holding a lock, inside a guard, and in
+// the middle of an allocation. Nobody hangs; deaths are reported; poison appears exactly
+// where a write was cut; the segment stays usable.
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <csignal>
+
+using namespace procshare;
+using procshare::test::PipeSignal;
+using procshare::test::run_child;
+using procshare::test::SegmentName;
+using procshare::test::wait_child;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Blocks the calling child until it is killed.
+[[noreturn]] void wait_to_be_killed() {
+  for (;;) ::pause();
+}
+
+// Kills `pid` with SIGKILL and checks that is how it ended.
+void kill_child(pid_t pid) {
+  ::kill(pid, SIGKILL);
+  const auto status = wait_child(pid);
+  CHECK(status.signal == SIGKILL);
+}
+
+}  // namespace
+
+TEST_SUITE("fault") {
+
+TEST_CASE("a child killed while holding a Value's lock does not hang the next locker") {
+  SegmentName name("holder");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto v = segment.create_value<std::int64_t>("v", 100);
+  PipeSignal holding;
+  const pid_t pid = run_child([&] {
+    v.update([&](std::int64_t x) -> std::int64_t {  // f runs under the lock, on a copy
+      holding.notify();
+      wait_to_be_killed();
+      return x;
+    });
+  });
+  REQUIRE(holding.wait());
+  kill_child(pid);
+  CHECK((v += 1) == 101);  // returns: no hang, no poison (the write was never started)
+  CHECK(v.owner_deaths() == 1);
+  CHECK(v.last_dead_owner() == pid);
+  CHECK_FALSE(v.poisoned());
+  CHECK(segment.objects().at(0).owner_deaths == 1);
+}
+
+TEST_CASE("a child killed inside a guard poisons the value: reads work, writes throw until clear_poison") {
+  SegmentName name("poison");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto v = segment.create_value<std::int64_t>("v", 7);
+  auto other = segment.create_value<std::int64_t>("other", 1);
+  PipeSignal holding;
+  const pid_t pid = run_child([&] {
+    auto guard = v.lock();
+    *guard = 8;  // half-way through some multi-step change
+    holding.notify();
+    wait_to_be_killed();
+  });
+  REQUIRE(holding.wait());
+  kill_child(pid);
+  CHECK(v.load() == 8);
+  CHECK(v.poisoned());
+  CHECK_THROWS_WITH_AS(v += 1,
+                       ("segment '" + name.str() +
+                        "': value 'v': poisoned: a process died while writing it; reads still "
+                        "work, writes need clear_poison() first").c_str(),
+                       OwnerDied);
+  CHECK_THROWS_AS(v.store(1), OwnerDied);
+  CHECK_THROWS_AS(v.lock(), OwnerDied);
+  CHECK(v.load() == 8);  // nothing changed by the refused writes
+  CHECK(segment.objects().at(0).poisoned);
+  other += 1;  // the rest of the segment is untouched
+  CHECK(other.load() == 2);
+  v.clear_poison();
+  CHECK((v += 1) == 9);
+  CHECK_FALSE(v.poisoned());
+}
+
+TEST_CASE("a child killed holding an Array guard poisons only that array") {
+  SegmentName name("arraypoison");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto a = segment.create_array<int>("a", 4, 0);
+  PipeSignal holding;
+  const pid_t pid = run_child([&] {
+    auto guard = a.lock();
+    guard[0] = 1;
+    holding.notify();
+    wait_to_be_killed();
+  });
+  REQUIRE(holding.wait());
+  kill_child(pid);
+  CHECK(a.snapshot() == std::vector<int>{1, 0, 0, 0});
+  CHECK_THROWS_AS(a.store(1, 5), OwnerDied);
+  CHECK_THROWS_AS(a.fill(5), OwnerDied);
+  CHECK(a.load(1) == 0);
+  a.clear_poison();
+  a.store(1, 5);
+  CHECK(a.load(1) == 5);
+}
+
+TEST_CASE("a child killed holding a Mutex: try_lock_for times out meanwhile, then lock() returns") {
+  SegmentName name("mutexdeath");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto m = segment.create_mutex("m");
+  PipeSignal holding;
+  const pid_t pid = run_child([&] {
+    m.lock();
+    holding.notify();
+    wait_to_be_killed();
+  });
+  REQUIRE(holding.wait());
+  CHECK_FALSE(m.try_lock_for(20ms));
+  kill_child(pid);
+  m.lock();
+  CHECK(m.owner_deaths() == 1);
+  CHECK(m.last_dead_owner() == pid);
+  m.unlock();
+  CHECK(m.try_lock());
+  m.unlock();
+}
+
+TEST_CASE("a child killed at any step of an allocation leaves the segment usable") {
+  for (const char* step : {"reserved", "bumped", "constructed"}) {
+    CAPTURE(step);
+    SegmentName name("alloc");
+    auto segment = Segment::create(name, 64 * 1024);
+    auto kept = segment.create_value<int>("kept", 42);
+    static const char* kill_at;
+    kill_at = step;
+    const pid_t pid = run_child([&] {
+      detail::set_allocation_fault_hook([](const char* at) {
+        if (std::string_view(at) == kill_at) ::kill(::getpid(), SIGKILL);
+      });
+      segment.create_array<int>("half", 16, 1);
+    });
+    const auto status = wait_child(pid);
+    CHECK(status.signal == SIGKILL);
+    // The half-made entry is discarded by the next directory locker.
+    CHECK(segment.objects().size() == 1);
+    CHECK_THROWS_AS(segment.open_array<int>("half"), NotFound);
+    auto half = segment.create_array<int>("half", 16, 2);
+    CHECK(half.snapshot() == std::vector<int>(16, 2));
+    CHECK(kept.load() == 42);
+    CHECK(Segment::open(name).objects().size() == 2);
+  }
+}
+
+TEST_CASE("a child killed while holding the directory lock does not hang object creation") {
+  SegmentName name("dirlock");
+  auto segment = Segment::create(name, 64 * 1024);
+  PipeSignal holding;
+  static PipeSignal* signal;
+  signal = &holding;
+  const pid_t pid = run_child([&] {
+    detail::set_allocation_fault_hook([](const char* at) {
+      if (std::string_view(at) == "bumped") {
+        signal->notify();
+        wait_to_be_killed();
+      }
+    });
+    segment.create_value<int>("x", 1);
+  });
+  REQUIRE(holding.wait());
+  kill_child(pid);
+  auto x = segment.value<int>("x", 5);
+  CHECK(x.load() == 5);
+}
+
+}  // TEST_SUITE
