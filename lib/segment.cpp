@@ -77,10 +77,10 @@ std::shared_ptr<Mapping> mapping_of(const Uuid& uuid) { return find_mapped(uuid)
 
 // ---------------------------------------------------------------- helpers
 
-std::atomic<void (*)(const char*)> allocation_fault_hook{nullptr};
+std::atomic<void (*)(const char*)> fault_hook{nullptr};
 
 void fault_point(const char* step) {
-  if (auto hook = allocation_fault_hook.load(std::memory_order_relaxed)) hook(step);
+  if (auto hook = fault_hook.load(std::memory_order_relaxed)) hook(step);
 }
 
 constexpr std::uint64_t align_up(std::uint64_t n, std::uint64_t alignment) {
@@ -278,8 +278,8 @@ Mapping::~Mapping() {
   registry_owners[registry_slot].reset();
 }
 
-void set_allocation_fault_hook(void (*hook)(const char*)) noexcept {
-  allocation_fault_hook.store(hook, std::memory_order_relaxed);
+void set_fault_hook(void (*hook)(const char*)) noexcept {
+  fault_hook.store(hook, std::memory_order_relaxed);
 }
 
 // ---------------------------------------------------------------- handles
@@ -499,6 +499,7 @@ Segment Segment::create(std::string_view name_view, std::size_t bytes,
     for (std::uint64_t i = 0; i < h.directory_slots; ++i) ::new (&mapping->directory()[i]) Entry{};
     if (const int error = init_lock(h.lock, false))
       rethrow_os(name, "cannot initialise the directory lock", error);
+    fault_point("header");
     h.ready.store(ready_word, std::memory_order_release);
     lock_file(*mapping, LOCK_SH);
     mapping->creator_pid = h.creator_pid;

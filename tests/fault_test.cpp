@@ -137,7 +137,7 @@ TEST_CASE("a child killed at any step of an allocation leaves the segment usable
     static const char* kill_at;
     kill_at = step;
     const pid_t pid = run_child([&] {
-      detail::set_allocation_fault_hook([](const char* at) {
+      detail::set_fault_hook([](const char* at) {
         if (std::string_view(at) == kill_at) ::kill(::getpid(), SIGKILL);
       });
       segment.create_array<int>("half", 16, 1);
@@ -161,7 +161,7 @@ TEST_CASE("a child killed while holding the directory lock does not hang object 
   static PipeSignal* signal;
   signal = &holding;
   const pid_t pid = run_child([&] {
-    detail::set_allocation_fault_hook([](const char* at) {
+    detail::set_fault_hook([](const char* at) {
       if (std::string_view(at) == "bumped") {
         signal->notify();
         wait_to_be_killed();
@@ -173,6 +173,30 @@ TEST_CASE("a child killed while holding the directory lock does not hang object 
   kill_child(pid);
   auto x = segment.value<int>("x", 5);
   CHECK(x.load() == 5);
+}
+
+}  // TEST_SUITE
+
+TEST_SUITE("fault") {
+
+TEST_CASE("a segment whose creator died before it was ready is CorruptSegment, not a wait") {
+  SegmentName name("unready");
+  static const char* segment_name;
+  segment_name = name.str().c_str();
+  const pid_t pid = run_child([] {
+    detail::set_fault_hook([](const char* at) {
+      if (std::string_view(at) == "header") ::kill(::getpid(), SIGKILL);
+    });
+    Segment::create(segment_name, 64 * 1024);
+  });
+  CHECK(wait_child(pid).signal == SIGKILL);
+  REQUIRE(procshare::test::shm_exists(name));
+  CHECK_THROWS_WITH_AS(Segment::open(name),
+                       ("segment '" + name.str() +
+                        "': not fully initialised (its creator died while creating it)").c_str(),
+                       CorruptSegment);
+  // open_or_create gives a concurrent creator a second, then reports the same.
+  CHECK_THROWS_AS(Segment::open_or_create(name, 64 * 1024), CorruptSegment);
 }
 
 }  // TEST_SUITE

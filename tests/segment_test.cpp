@@ -4,6 +4,8 @@
 
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <fstream>
@@ -289,6 +291,50 @@ TEST_CASE("open_or_create creates the first time and opens the second") {
   CHECK(first.created());
   CHECK_FALSE(second.created());
   CHECK(first.uuid() == second.uuid());
+}
+
+}  // TEST_SUITE
+
+TEST_SUITE("segment") {
+
+TEST_CASE("a segment another user cannot read is PermissionDenied for that user") {
+  SegmentName name("perm");
+  auto segment = Segment::create(name, 64 * 1024);  // 0600, owned by us
+  const pid_t pid = procshare::test::run_child([&] {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(3);  // become "nobody"
+    try {
+      Segment::open(name);
+    } catch (const PermissionDenied& e) {
+      ::_exit(std::string_view(e.what()).find("cannot open segment: Permission denied") !=
+                      std::string_view::npos
+                  ? 0
+                  : 4);
+    }
+    ::_exit(5);
+  });
+  const auto status = procshare::test::wait_child(pid);
+  if (::getuid() != 0) {
+    CHECK(status.code == 3);  // only root can switch users: nothing to check here
+  } else {
+    CHECK(status.ok());
+  }
+}
+
+TEST_CASE("open waits at most a second for a segment file someone holds exclusively") {
+  SegmentName name("exclusive");
+  auto segment = Segment::create(name, 64 * 1024);
+  const int fd = ::open(("/dev/shm/" + name.str()).c_str(), O_RDWR);
+  REQUIRE(fd >= 0);
+  // Our own mapping holds LOCK_SH through another descriptor: drop the segment first.
+  segment.keep();
+  { auto gone = std::move(segment); }
+  REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);
+  CHECK_THROWS_WITH_AS(Segment::open(name),
+                       doctest::Contains("another process has held the segment file's "
+                                         "exclusive lock for over a second"),
+                       Timeout);
+  ::close(fd);
+  CHECK(Segment::open(name).objects().empty());
 }
 
 }  // TEST_SUITE

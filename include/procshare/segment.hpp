@@ -221,9 +221,10 @@ struct Placement {
 PROCSHARE_API Placement place(Segment& segment, std::string_view name, const ObjectSpec& spec,
                               Intent intent, InitFn init, const void* context);
 
-// Test-only: called at each step of an allocation with the step's name
-// ("reserved", "bumped", "constructed"), so a test can kill the process there.
-PROCSHARE_API void set_allocation_fault_hook(void (*hook)(const char* step)) noexcept;
+// Test-only: called with the step's name at each step of Segment::create ("header":
+// everything written but the ready word) and of an object allocation ("reserved",
+// "bumped", "constructed"), so a test can kill the process there.
+PROCSHARE_API void set_fault_hook(void (*hook)(const char* step)) noexcept;
 
 struct Mapping;  // lib/: the mapped file, its descriptor and its registry slot
 
