@@ -21,10 +21,13 @@
 //   SIGINT/SIGTERM/SIGHUP; workers die with the parent (PR_SET_PDEATHSIG).
 //
 // Usage: value_bench [--quick] [--scale=F] [--rounds=N] [--no-python]
-//   --quick       about 5 s: a tenth of the iterations, 5 rounds
-//   --scale=F     multiply every iteration count by F (default 1: about 40 s)
+//   --quick       about 5 s: short runs, 5 rounds
+//   --scale=F     make every run F times longer (default 1: about 30 s in all)
 //   --rounds=N    rounds per variant (at least 5; default 7, 5 with --quick)
 //   --no-python   skip the Python comparison
+// Each variant's increments per run are calibrated at start-up so that a run lasts about
+// 0.35 s (times --scale); Python does 100,000 increments per process per run (30,000
+// with --quick).
 #include <procshare/segment.hpp>
 #include <procshare/value.hpp>
 
@@ -50,10 +53,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -396,13 +401,15 @@ import multiprocessing as mp
 import sys
 import time
 
-def work(v, n, ready, go, ends, index):
+def work(v, n, ready, go, ends, cpus, index):
     ready.release()
     go.wait()
+    cpu = time.process_time()
     for _ in range(n):
         with v.get_lock():
             v.value += 1
     ends[index] = time.perf_counter()
+    cpus[index] = time.process_time() - cpu
 
 if __name__ == "__main__":
     n, processes = int(sys.argv[1]), int(sys.argv[2])
@@ -410,7 +417,8 @@ if __name__ == "__main__":
     v = ctx.Value("q", 0)
     ready, go = ctx.Semaphore(0), ctx.Event()
     ends = ctx.Array("d", processes, lock=False)
-    workers = [ctx.Process(target=work, args=(v, n, ready, go, ends, i))
+    cpus = ctx.Array("d", processes, lock=False)
+    workers = [ctx.Process(target=work, args=(v, n, ready, go, ends, cpus, i))
                for i in range(processes)]
     for w in workers:
         w.start()
@@ -424,7 +432,8 @@ if __name__ == "__main__":
         sys.exit("python worker failed")
     if v.value != n * processes:
         sys.exit(f"WRONG TOTAL: {v.value}, expected {n * processes}")
-    print(f"{n * processes / (max(ends) - start):.1f}")
+    seconds = max(ends) - start
+    print(f"{n * processes / seconds:.1f} {sum(cpus) / seconds:.3f}")
 )";
 
 // Whether python3 runs here at all.
@@ -432,9 +441,9 @@ bool python_available() {
   return std::system("python3 -c 'import multiprocessing' >/dev/null 2>&1") == 0;
 }
 
-// Runs the script with `n` increments in each of `processes` processes; returns
-// increments/s. Fails if python fails or prints no rate.
-double run_python(std::int64_t n, int processes) {
+// Runs the script with `n` increments in each of `processes` processes. Fails if python
+// fails or prints no rate.
+RunResult run_python(std::int64_t n, int processes) {
   int out[2];
   if (::pipe(out) != 0) fail("pipe: {}", std::strerror(errno));
   std::fflush(nullptr);
@@ -476,11 +485,13 @@ double run_python(std::int64_t n, int processes) {
   }
   if (!WIFEXITED(*status) || WEXITSTATUS(*status) != 0)
     fail("python ({} processes x {}) {}", processes, n, describe_status(*status));
-  char* parsed_end = nullptr;
-  const double rate = std::strtod(output.c_str(), &parsed_end);
-  if (parsed_end == output.c_str() || !(rate > 0))
+  char* rate_end = nullptr;
+  const double rate = std::strtod(output.c_str(), &rate_end);
+  char* parallelism_end = nullptr;
+  const double parallelism = std::strtod(rate_end, &parallelism_end);
+  if (rate_end == output.c_str() || parallelism_end == rate_end || !(rate > 0))
     fail("python printed no rate: '{}'", output);
-  return rate;
+  return {rate, static_cast<double>(n * processes) / rate, parallelism};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -521,7 +532,7 @@ std::string ratio_text(double ratio) {
 
 struct Options {
   double run_seconds = 0.35;      // target length of one run
-  std::int64_t python_k = 100'000;  // python increments per process per run
+  std::int64_t python_k = 100'000;  // python increments per process per run (~0.1-0.3 s)
   int rounds = 7;
   bool python = true;
 };
@@ -553,7 +564,7 @@ Options parse_options(int argc, char** argv) {
     } else if (arg == "--help" || arg == "-h") {
       std::puts("usage: value_bench [--quick] [--scale=F] [--rounds=N] [--no-python]\n"
                 "  --quick      about 5 s: short runs, 5 rounds\n"
-                "  --scale=F    make every run F times longer (default: about 40 s in all)\n"
+                "  --scale=F    make every run F times longer (default: about 30 s in all)\n"
                 "  --rounds=N   rounds, at least 5 (default 7; 5 with --quick)\n"
                 "  --no-python  skip the comparison with Python's multiprocessing.Value");
       std::exit(0);
@@ -563,7 +574,7 @@ Options parse_options(int argc, char** argv) {
   }
   options.run_seconds *= scale;
   options.python_k = std::max<std::int64_t>(
-      1000, std::llround(static_cast<double>(options.python_k) * std::min(1.0, scale)));
+      1000, std::llround(static_cast<double>(options.python_k) * std::min(1.0, 2 * scale)));
   return options;
 }
 
@@ -573,8 +584,8 @@ struct Pair {
   Variant baseline;
   int processes;
   std::int64_t k = 0;  // increments per worker per run, from calibrate()
-  Series ours_series;
-  Series baseline_series;
+  Series ours_series{};
+  Series baseline_series{};
 };
 
 // Chooses the pair's k so that the slower of the two runs lasts about `run_seconds`
@@ -585,7 +596,9 @@ void calibrate(Shared& shared, Pair& pair, double run_seconds) {
     const RunResult ours = run_workers(shared, pair.ours, pair.processes, k);
     const RunResult baseline = run_workers(shared, pair.baseline, pair.processes, k);
     const double seconds = std::max(ours.seconds, baseline.seconds);
-    if (seconds >= 0.03 || k >= (std::int64_t{1} << 40)) {
+    // Short runs overstate 2-process rates (the second worker may start after the first
+    // is done), so the run measured here must itself be long enough to overlap.
+    if (seconds >= 0.1 || k >= (std::int64_t{1} << 40)) {
       pair.k = std::max<std::int64_t>(
           1000, std::llround(static_cast<double>(k) * run_seconds / seconds));
       return;
@@ -627,6 +640,9 @@ int run(int argc, char** argv) {
              python ? options.python_k : 0);
   if (cpus < 2)
     fmt::print("value_bench: fewer than 2 CPUs: the 2-process runs measure time slicing\n");
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  fmt::print("value_bench: built with a sanitizer: the ratios below are not meaningful\n");
+#endif
   std::fflush(stdout);
 
   const auto started = Clock::now();
@@ -639,7 +655,7 @@ int run(int argc, char** argv) {
       if (!baseline_first)
         pair.baseline_series.add(run_workers(shared, pair.baseline, pair.processes, pair.k));
     }
-    if (python) python_series.rates.push_back(run_python(options.python_k, 2));
+    if (python) python_series.add(run_python(options.python_k, 2));
     if (progress) std::fprintf(stderr, "\rround %d/%d done", round + 1, options.rounds);
   }
   if (progress) std::fprintf(stderr, "\r%40s\r", "");
@@ -694,11 +710,18 @@ int run(int argc, char** argv) {
              options.rounds, elapsed);
   fmt::print("2-process runs, CPUs busy (workers' CPU time / wall time, median; 2.00 = side "
              "by side throughout, 1.00 = taking turns):\n  Value {:.2f}, robust mutex {:.2f}, "
-             "Atomic {:.2f}, std::atomic {:.2f}\n\n",
+             "Atomic {:.2f}, std::atomic {:.2f}{}\n\n",
              median(pairs[1].ours_series.parallelism),
              median(pairs[1].baseline_series.parallelism),
              median(pairs[3].ours_series.parallelism),
-             median(pairs[3].baseline_series.parallelism));
+             median(pairs[3].baseline_series.parallelism),
+             python ? fmt::format(", Python {:.2f}", median(python_series.parallelism)) : "");
+  if (std::min({median(pairs[1].ours_series.parallelism),
+                median(pairs[1].baseline_series.parallelism),
+                median(pairs[3].ours_series.parallelism),
+                median(pairs[3].baseline_series.parallelism)}) < 1.5)
+    fmt::print("WARNING: the 2-process workers mostly took turns on one CPU (other load on the "
+               "machine?),\n  so the 2-process rows measure time slicing, not contention.\n\n");
   for (const std::string& verdict : verdicts) fmt::print("{}\n", verdict);
   return 0;
 }
