@@ -5,7 +5,7 @@
 #   bash run.sh test          every test: suites unit, process and examples
 #   bash run.sh asan          every test, built with AddressSanitizer + UBSan
 #   bash run.sh bench         the benchmarks (tests/bench), printed as ratios
-# Builds go to build/ (build-asan/ for asan). With CI=true, warnings are errors.
+# Builds go to build/ (build-asan/ for asan, build-bench/ for bench). With CI=true, warnings are errors.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -84,8 +84,8 @@ case "$command" in
     ;;
   bench)
     ensure_packages
-    build build -Dbuildtype=release
-    for program in build/tests/bench/*_bench; do "$program" "$@"; done
+    build build-bench -Dbuildtype=release -Dexamples=false
+    for program in build-bench/tests/bench/*_bench; do "$program" "$@"; done
     ;;
   *)
     echo "usage: bash run.sh demo|test|asan|bench" >&2
