@@ -67,10 +67,7 @@ public:
     Guard(detail::LockBlock* block, std::span<T> elements) noexcept
         : block_(block), elements_(elements) {}
     void release() noexcept {
-      if (block_ == nullptr) return;
-      std::atomic_thread_fence(std::memory_order_release);
-      block_->lock.dirty = 0;
-      detail::unlock(std::exchange(block_, nullptr)->lock);
+      if (block_ != nullptr) detail::end_guard(std::exchange(block_, nullptr)->lock);
     }
     detail::LockBlock* block_;
     std::span<T> elements_;
@@ -94,12 +91,7 @@ public:
     check(index, b);
     detail::ScopedLock held(b.lock, core_, kind);
     detail::check_writable(b.lock, core_, kind);
-    if constexpr (detail::single_store_v<T>) {
-      data(b)[index] = desired;
-    } else {
-      detail::DirtyScope dirty(b.lock);
-      data(b)[index] = desired;
-    }
+    detail::write_guarded(b.lock, data(b)[index], desired);
   }
   // Stores f(element) at `index` and returns it, under the lock; f works on a copy, so
   // if it throws or its process dies the element is unchanged. Throws IndexOutOfRange,
@@ -112,12 +104,7 @@ public:
     detail::ScopedLock held(b.lock, core_, kind);
     detail::check_writable(b.lock, core_, kind);
     T next = std::invoke(f, std::as_const(data(b)[index]));
-    if constexpr (detail::single_store_v<T>) {
-      data(b)[index] = next;
-    } else {
-      detail::DirtyScope dirty(b.lock);
-      data(b)[index] = next;
-    }
+    detail::write_guarded(b.lock, data(b)[index], next);
     return next;
   }
   // Sets every element to `v`. Throws OwnerDied.
@@ -138,14 +125,7 @@ public:
   // poisoned.
   [[nodiscard]] Guard lock() {
     auto& b = block();
-    if (const int error = detail::lock(b.lock))
-      detail::throw_lock_error(core_, kind, "lock", error);
-    if (b.lock.poisoned.load(std::memory_order_relaxed)) {
-      detail::unlock(b.lock);
-      detail::throw_poisoned(core_, kind);
-    }
-    b.lock.dirty = 1;
-    std::atomic_thread_fence(std::memory_order_release);
+    detail::begin_guard(b.lock, core_, kind);
     return Guard(&b, std::span<T>(data(b), b.header.length));
   }
 

@@ -112,24 +112,45 @@ inline void check_writable(const RobustLock& lock, const HandleCore& handle, Obj
     throw_poisoned(handle, kind);
 }
 
-// Marks an object dirty for a scope, with the lock held: a holder dying inside the scope
-// poisons the object. The marks are ordered before and after the writes they surround.
+// Marks an object dirty (with its lock held): a holder dying from here until
+// clear_dirty() poisons it. The marks are ordered before and after the writes they
+// surround.
+inline void mark_dirty(RobustLock& lock) noexcept {
+  lock.dirty = 1;
+  std::atomic_thread_fence(std::memory_order_release);
+}
+inline void clear_dirty(RobustLock& lock) noexcept {
+  std::atomic_thread_fence(std::memory_order_release);
+  lock.dirty = 0;
+}
+
+// Marks an object dirty for a scope, with the lock held (see mark_dirty).
 class DirtyScope {
 public:
-  explicit DirtyScope(RobustLock& lock) noexcept : lock_(lock) {
-    lock_.dirty = 1;
-    std::atomic_thread_fence(std::memory_order_release);
-  }
-  ~DirtyScope() {
-    std::atomic_thread_fence(std::memory_order_release);
-    lock_.dirty = 0;
-  }
+  explicit DirtyScope(RobustLock& lock) noexcept : lock_(lock) { mark_dirty(lock_); }
+  ~DirtyScope() { clear_dirty(lock_); }
   DirtyScope(const DirtyScope&) = delete;
   DirtyScope& operator=(const DirtyScope&) = delete;
 
 private:
   RobustLock& lock_;
 };
+
+// Starts a guard (Value::lock(), Array::lock()): locks, refuses a poisoned object with
+// OwnerDied (unlocking again), and marks the object dirty until end_guard().
+inline void begin_guard(RobustLock& lock, const HandleCore& handle, ObjectKind kind) {
+  if (const int error = detail::lock(lock)) throw_lock_error(handle, kind, "lock", error);
+  if (lock.poisoned.load(std::memory_order_relaxed)) [[unlikely]] {
+    detail::unlock(lock);
+    throw_poisoned(handle, kind);
+  }
+  mark_dirty(lock);
+}
+// Ends a guard: clears the dirty mark and unlocks.
+inline void end_guard(RobustLock& lock) noexcept {
+  clear_dirty(lock);
+  detail::unlock(lock);
+}
 
 // The common part of Mutex (K = mutex) and RecursiveMutex (K = recursive_mutex).
 template <ObjectKind K>

@@ -44,6 +44,17 @@ namespace detail {
 // Whether a write of a T is a single store, so a death cannot leave it half-written.
 template <class T> inline constexpr bool single_store_v = std::is_scalar_v<T>;
 
+// Writes `desired` into `target`, an element guarded by `lock` (held): a write that takes
+// more than one store is marked dirty, so a death in the middle of it poisons the object.
+template <class T> void write_guarded(RobustLock& lock, T& target, const T& desired) {
+  if constexpr (single_store_v<T>) {
+    target = desired;
+  } else {
+    DirtyScope dirty(lock);
+    target = desired;
+  }
+}
+
 template <class T>
 consteval void check_shareable() {
   static_assert(std::is_trivially_copyable_v<T>,
@@ -90,10 +101,7 @@ public:
     friend class Value;
     explicit Guard(detail::ValueBlock<T>* block) noexcept : block_(block) {}
     void release() noexcept {
-      if (block_ == nullptr) return;
-      std::atomic_thread_fence(std::memory_order_release);
-      block_->lock.dirty = 0;
-      detail::unlock(std::exchange(block_, nullptr)->lock);
+      if (block_ != nullptr) detail::end_guard(std::exchange(block_, nullptr)->lock);
     }
     detail::ValueBlock<T>* block_;
   };
@@ -140,14 +148,7 @@ public:
   // poisoned.
   [[nodiscard]] Guard lock() {
     auto& b = block();
-    if (const int error = detail::lock(b.lock))
-      detail::throw_lock_error(core_, kind, "lock", error);
-    if (b.lock.poisoned.load(std::memory_order_relaxed)) {
-      detail::unlock(b.lock);
-      detail::throw_poisoned(core_, kind);
-    }
-    b.lock.dirty = 1;
-    std::atomic_thread_fence(std::memory_order_release);
+    detail::begin_guard(b.lock, core_, kind);
     return Guard(&b);
   }
 
@@ -213,14 +214,7 @@ private:
   Block& block() const {
     return *reinterpret_cast<Block*>(detail::resolve(core_, kind, sizeof(Block)));
   }
-  static void write(Block& b, const T& desired) {
-    if constexpr (detail::single_store_v<T>) {
-      b.value = desired;
-    } else {
-      detail::DirtyScope dirty(b.lock);
-      b.value = desired;
-    }
-  }
+  static void write(Block& b, const T& desired) { detail::write_guarded(b.lock, b.value, desired); }
   static Value place(Segment& segment, std::string_view name, detail::Intent intent,
                      const T* initial) {
     const detail::ObjectSpec spec{kind, type_name<T>::value, sizeof(T), alignof(T), 1,
