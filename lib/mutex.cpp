@@ -53,7 +53,8 @@ int finish_lock(RobustLock& lock, int result) noexcept {
   return 0;
 }
 
-int lock_until(RobustLock& lock, std::chrono::steady_clock::time_point deadline) noexcept {
+int lock_until(RobustLock& lock, Deadline deadline) noexcept {
+  if (deadline == no_deadline) return finish_lock(lock, ::pthread_mutex_lock(&lock.mutex));
   // steady_clock is CLOCK_MONOTONIC on Linux.
   const auto since_epoch = deadline.time_since_epoch();
   const auto seconds = std::chrono::floor<std::chrono::seconds>(since_epoch);

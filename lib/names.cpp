@@ -14,6 +14,12 @@ std::string_view to_string(ObjectKind kind) noexcept {
     case ObjectKind::flag: return "flag";
     case ObjectKind::mutex: return "mutex";
     case ObjectKind::recursive_mutex: return "recursive_mutex";
+    case ObjectKind::semaphore: return "semaphore";
+    case ObjectKind::bounded_semaphore: return "bounded_semaphore";
+    case ObjectKind::event: return "event";
+    case ObjectKind::condition: return "condition";
+    case ObjectKind::barrier: return "barrier";
+    case ObjectKind::queue: return "queue";
   }
   return "object";
 }
@@ -35,8 +41,10 @@ std::string printable(std::string_view text) {
 std::string describe_type(ObjectKind kind, std::string_view type, std::uint64_t length) {
   switch (kind) {
     case ObjectKind::value:
-    case ObjectKind::atomic: return fmt::format("{}<{}>", to_string(kind), type);
+    case ObjectKind::atomic:
+    case ObjectKind::queue: return fmt::format("{}<{}>", to_string(kind), type);
     case ObjectKind::array: return fmt::format("array<{}, {}>", type, length);
+    case ObjectKind::barrier: return fmt::format("barrier<{} parties>", length);
     default: return std::string(to_string(kind));
   }
 }

@@ -15,8 +15,10 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -64,10 +66,12 @@ void register_mapping(const std::shared_ptr<Mapping>& mapping) {
                                       max_mapped_segments));
   RegistrySlot& slot = registry_slots[index];
   const Uuid uuid = mapping->header().uuid;
+  slot.version.fetch_add(1, std::memory_order_acq_rel);  // odd: being changed
   slot.uuid_high.store(uuid.high, std::memory_order_relaxed);
   slot.uuid_low.store(uuid.low, std::memory_order_relaxed);
   slot.size.store(mapping->size(), std::memory_order_relaxed);
   slot.base.store(mapping->base(), std::memory_order_release);
+  slot.version.fetch_add(1, std::memory_order_release);
   registry_owners[index] = mapping;
   mapping->registry_slot = index;
   if (index == used) registry_used.store(used + 1, std::memory_order_release);
@@ -102,13 +106,14 @@ std::uint64_t hash_tag(const ObjectSpec& spec) {
   return hash == 0 ? 1 : hash;
 }
 
-Uuid random_uuid() {
+Uuid random_uuid(const std::string& segment) {
   Uuid uuid;
   std::byte bytes[sizeof(Uuid)];
   std::size_t got = 0;
   while (got < sizeof bytes) {
     const ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
-    if (n < 0 && errno != EINTR) throw Error("", "", fmt::format("getrandom: {}", os_reason(errno)));
+    if (n < 0 && errno != EINTR)
+      throw Error(segment, "", fmt::format("cannot draw a uuid: getrandom: {}", os_reason(errno)));
     if (n > 0) got += static_cast<std::size_t>(n);
   }
   std::memcpy(&uuid, bytes, sizeof uuid);
@@ -210,9 +215,12 @@ std::string invalid_header_reason(const Mapping& mapping) {
     return "not fully initialised (its creator died while creating it)";
   if (h.size != size)
     return fmt::format("header says {} bytes but the file has {} (truncated?)", h.size, size);
+  // Checked one bound at a time, so that no crafted value can overflow a sum.
   if (h.directory_offset < sizeof(Header) || h.directory_offset % 64 != 0 ||
-      h.directory_slots == 0 || h.directory_slots > max_directory_slots ||
-      h.directory_offset + h.directory_slots * sizeof(Entry) > h.data_offset ||
+      h.directory_offset > size || h.directory_slots == 0 ||
+      h.directory_slots > max_directory_slots ||
+      h.directory_slots * sizeof(Entry) > size - h.directory_offset ||
+      h.data_offset < h.directory_offset + h.directory_slots * sizeof(Entry) ||
       h.data_offset % 64 != 0 || h.data_offset > size)
     return "directory lies outside the segment";
   const std::uint64_t bump = h.bump.load(std::memory_order_relaxed);
@@ -220,12 +228,17 @@ std::string invalid_header_reason(const Mapping& mapping) {
   return "";
 }
 
-// Whether `entry` describes an object inside the segment, matching its header.
+// Whether `entry` describes an object inside the segment, big enough for its kind and
+// length, and matching the object's own header.
 bool entry_in_bounds(const Mapping& mapping, const Entry& entry) {
   const Header& h = mapping.header();
-  if (entry.offset < h.data_offset || entry.offset % 64 != 0 || entry.bytes < sizeof(ObjectHeader) ||
-      entry.offset > mapping.size() || entry.bytes > mapping.size() - entry.offset)
+  if (entry.offset < h.data_offset || entry.offset % 64 != 0 || entry.offset > mapping.size() ||
+      entry.bytes > mapping.size() - entry.offset)
     return false;
+  const std::uint64_t fixed = minimum_object_bytes(static_cast<ObjectKind>(entry.kind));
+  if (fixed == 0 || entry.bytes < fixed) return false;
+  const std::uint64_t per_element = elements_bytes(static_cast<ObjectKind>(entry.kind), entry.elem_size);
+  if (per_element != 0 && entry.length > (entry.bytes - fixed) / per_element) return false;
   const auto* object = reinterpret_cast<const ObjectHeader*>(mapping.base() + entry.offset);
   return object->tag_hash == entry.tag_hash && object->kind == entry.kind &&
          object->length == entry.length;
@@ -243,7 +256,13 @@ std::string_view entry_type(const Entry& entry) {
 class DirectoryLock {
 public:
   explicit DirectoryLock(Mapping& mapping) : mapping_(mapping) {
-    if (const int error = detail::lock(mapping.header().lock))
+    // Directory work takes microseconds: a lock held for seconds is a wedged (or forged)
+    // segment, reported rather than waited on for ever.
+    const int error = lock_until(mapping.header().lock,
+                                 std::chrono::steady_clock::now() + std::chrono::seconds(5));
+    if (error == ETIMEDOUT)
+      throw Timeout(mapping.name, "", "the directory lock has been held for over 5 seconds");
+    if (error != 0)
       throw Error(mapping.name, "", fmt::format("cannot lock the directory: {}", os_reason(error)));
     Entry* entries = mapping.directory();
     for (std::uint64_t i = 0; i < mapping.header().directory_slots; ++i)
@@ -267,15 +286,55 @@ std::shared_ptr<Mapping> map_file(const std::string& name, bip::shared_memory_ob
 
 }  // namespace
 
+namespace {
+
+// Whether a thread of this process holds `lock` (glibc keeps the holder's tid in it).
+bool held_here(const RobustLock& lock) {
+  const int tid = lock.mutex.__data.__owner;
+  return tid > 0 && ::syscall(SYS_tgkill, ::getpid(), tid, 0) == 0;
+}
+
+// Whether a thread of this process holds a lock inside `mapping`.
+bool holds_lock_inside(const Mapping& mapping) {
+  if (held_here(mapping.header().lock)) return true;
+  const Entry* entries = mapping.directory();
+  for (std::uint64_t i = 0; i < mapping.header().directory_slots; ++i) {
+    const Entry& entry = entries[i];
+    if (entry.state.load(std::memory_order_acquire) != entry_ready ||
+        !has_lock(static_cast<ObjectKind>(entry.kind)) || !entry_in_bounds(mapping, entry))
+      continue;
+    if (held_here(reinterpret_cast<const LockBlock*>(mapping.base() + entry.offset)->lock))
+      return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 Mapping::~Mapping() {
   if (region.get_address() == nullptr || registry_slot >= max_mapped_segments) return;
-  std::lock_guard guard(registry_mutex);
-  RegistrySlot& slot = registry_slots[registry_slot];
-  if (slot.base.load() != base()) return;
-  slot.base.store(nullptr, std::memory_order_release);
-  slot.uuid_high.store(0, std::memory_order_relaxed);
-  slot.uuid_low.store(0, std::memory_order_relaxed);
-  registry_owners[registry_slot].reset();
+  {
+    std::lock_guard guard(registry_mutex);
+    RegistrySlot& slot = registry_slots[registry_slot];
+    if (slot.base.load() == base()) {
+      slot.version.fetch_add(1, std::memory_order_acq_rel);  // odd: being changed
+      slot.base.store(nullptr, std::memory_order_release);
+      slot.uuid_high.store(0, std::memory_order_relaxed);
+      slot.uuid_low.store(0, std::memory_order_relaxed);
+      slot.version.fetch_add(1, std::memory_order_release);
+      registry_owners[registry_slot].reset();
+    }
+  }
+  // Unmapping a lock this process holds would hide it from the kernel's robust-futex
+  // cleanup: if the holder then died, every other process would wait on it for ever.
+  // Such a mapping stays mapped (and the holder can still unlock through its guard).
+  if (holds_lock_inside(*this)) {
+    std::fprintf(stderr,
+                 "procshare: segment '%s' closed while this process holds a lock inside it; "
+                 "keeping its memory mapped\n",
+                 name.c_str());
+    new bip::mapped_region(std::move(region));  // deliberately never unmapped
+  }
 }
 
 void set_fault_hook(void (*hook)(const char*)) noexcept {
@@ -360,10 +419,13 @@ Placement place(Segment& segment, std::string_view name, const ObjectSpec& spec,
     return {{h.uuid, entry.offset, tag_hash}, entry.length, false};
   }
   if (intent == Intent::open) throw NotFound(mapping.name, object, "no object of that name");
-  if (spec.type.size() > max_type_name_length)
+  if (spec.type.size() > max_type_name_length ||
+      std::any_of(spec.type.begin(), spec.type.end(),
+                  [](char c) { return c <= ' ' || c >= 0x7f; }))
     throw InvalidName(mapping.name, object,
-                      fmt::format("type name '{}' is longer than {} characters", spec.type,
-                                  max_type_name_length));
+                      fmt::format("type name '{}' is not up to {} printable characters without "
+                                  "spaces",
+                                  printable(spec.type), max_type_name_length));
   if (free_slot == nullptr)
     throw SegmentFull(mapping.name, object,
                       fmt::format("the directory is full ({} objects)", h.directory_slots));
@@ -398,7 +460,7 @@ Placement place(Segment& segment, std::string_view name, const ObjectSpec& spec,
                                              spec.elem_size, spec.length};
   if (!init(header, context)) {
     entry.state.store(entry_free, std::memory_order_release);
-    throw Error(mapping.name, object, "cannot initialise its lock");
+    throw Error(mapping.name, object, fmt::format("cannot initialise its lock: {}", os_reason(errno ? errno : EINVAL)));
   }
   fault_point("constructed");
   entry.state.store(entry_ready, std::memory_order_release);
@@ -436,6 +498,51 @@ Segment::~Segment() {
     detail::unlink_if_same(mapping_->name, mapping_->fd());
 }
 
+namespace {
+
+// Closes a descriptor at scope exit.
+struct FdCloser {
+  int fd;
+  ~FdCloser() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// Opens and validates `name`: the header first, before anything else is read.
+std::shared_ptr<Mapping> open_mapping(const std::string& name) {
+  using namespace detail;
+  bip::shared_memory_object file;
+  try {
+    file = bip::shared_memory_object(bip::open_only, name.c_str(), bip::read_write);
+  } catch (const bip::interprocess_exception& e) {
+    rethrow_os(name, "cannot open segment", e.get_native_error());
+  }
+  auto mapping = map_file(name, std::move(file));
+  struct stat status{};
+  if (::fstat(mapping->fd(), &status) != 0) rethrow_os(name, "cannot stat segment", errno);
+  if (!S_ISREG(status.st_mode)) throw CorruptSegment(name, "", "not a regular file");
+  lock_file(*mapping, LOCK_SH);
+  const auto size = static_cast<std::uint64_t>(status.st_size);
+  if (size < sizeof(Header))
+    throw CorruptSegment(name, "",
+                         size == 0 ? std::string("the file is empty")
+                                   : fmt::format("the file is {} bytes, smaller than a segment "
+                                                 "header ({} bytes)",
+                                                 size, sizeof(Header)));
+  try {
+    mapping->region = bip::mapped_region(mapping->file, bip::read_write, 0, size);
+  } catch (const bip::interprocess_exception& e) {
+    rethrow_os(name, "cannot map segment", e.get_native_error());
+  }
+  if (const std::string reason = invalid_header_reason(*mapping); !reason.empty())
+    throw CorruptSegment(name, "", reason);
+  if (auto existing = find_mapped(mapping->header().uuid)) return existing;
+  register_mapping(mapping);
+  return mapping;
+}
+
+}  // namespace
+
 Segment Segment::create(std::string_view name_view, std::size_t bytes,
                         const SegmentOptions& options) {
   using namespace detail;
@@ -462,119 +569,82 @@ Segment Segment::create(std::string_view name_view, std::size_t bytes,
     throw SegmentFull(name, "", fmt::format("{} bytes is more than this library maps", bytes));
   const std::uint64_t size = align_up(bytes, page);
 
-  bip::shared_memory_object file;
+  // 1. An anonymous file in /dev/shm, reserved and initialised while nobody can see it:
+  //    a creator that dies here leaves nothing behind, and open() never meets a
+  //    half-made segment.
+  FdCloser file{::open("/dev/shm", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600)};
+  if (file.fd < 0) rethrow_os(name, "cannot create segment", errno);
+  if (::fchmod(file.fd, options.permissions) != 0)
+    rethrow_os(name, "cannot set permissions", errno);
+  if (const int error = ::posix_fallocate(file.fd, 0, static_cast<off_t>(size)))
+    rethrow_os(name, fmt::format("cannot reserve {} bytes in /dev/shm", size), error);
+  void* memory = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, file.fd, 0);
+  if (memory == MAP_FAILED) rethrow_os(name, "cannot map segment", errno);
+  Header& h = *::new (memory) Header{};
+  h.magic = segment_magic;
+  h.version = layout_version;
+  h.header_bytes = sizeof(Header);
+  h.entry_bytes = sizeof(Entry);
+  h.creator_pid = ::getpid();
+  h.creator_start_time = process_start_time(h.creator_pid);
+  h.created_unix_time = static_cast<std::int64_t>(::time(nullptr));
+  h.size = size;
+  h.directory_offset = directory_offset;
+  h.directory_slots = options.max_objects;
+  h.data_offset = data_offset;
+  h.bump.store(data_offset);
+  auto* entries = reinterpret_cast<Entry*>(static_cast<std::byte*>(memory) + directory_offset);
+  for (std::uint64_t i = 0; i < h.directory_slots; ++i) ::new (&entries[i]) Entry{};
+  int error = 0;
   try {
-    file = bip::shared_memory_object(bip::create_only, name.c_str(), bip::read_write,
-                                     bip::permissions(options.permissions));
-  } catch (const bip::interprocess_exception& e) {
-    rethrow_os(name, "cannot create segment", e.get_native_error());
-  }
-  auto mapping = map_file(name, std::move(file));
-  const int fd = mapping->fd();
-  try {
-    lock_file(*mapping, LOCK_EX);
-    if (::fchmod(fd, options.permissions) != 0)
-      rethrow_os(name, "cannot set permissions", errno);
-    if (const int error = ::posix_fallocate(fd, 0, static_cast<off_t>(size)))
-      rethrow_os(name, fmt::format("cannot reserve {} bytes in /dev/shm", size), error);
-    try {
-      mapping->region = bip::mapped_region(mapping->file, bip::read_write, 0, size);
-    } catch (const bip::interprocess_exception& e) {
-      rethrow_os(name, "cannot map segment", e.get_native_error());
-    }
-    Header& h = *::new (mapping->base()) Header{};
-    h.magic = segment_magic;
-    h.version = layout_version;
-    h.header_bytes = sizeof(Header);
-    h.entry_bytes = sizeof(Entry);
-    h.uuid = random_uuid();
-    h.creator_pid = ::getpid();
-    h.creator_start_time = process_start_time(h.creator_pid);
-    h.created_unix_time = static_cast<std::int64_t>(::time(nullptr));
-    h.size = size;
-    h.directory_offset = directory_offset;
-    h.directory_slots = options.max_objects;
-    h.data_offset = data_offset;
-    h.bump.store(data_offset);
-    for (std::uint64_t i = 0; i < h.directory_slots; ++i) ::new (&mapping->directory()[i]) Entry{};
-    if (const int error = init_lock(h.lock, false))
-      rethrow_os(name, "cannot initialise the directory lock", error);
-    fault_point("header");
-    h.ready.store(ready_word, std::memory_order_release);
-    lock_file(*mapping, LOCK_SH);
-    mapping->creator_pid = h.creator_pid;
-    register_mapping(mapping);
+    h.uuid = random_uuid(name);
   } catch (...) {
-    unlink_if_same(name, fd);
+    ::munmap(memory, size);
     throw;
   }
+  const Uuid uuid = h.uuid;
+  error = init_lock(h.lock, false);
+  if (error == 0) {
+    fault_point("header");
+    h.ready.store(ready_word, std::memory_order_release);
+  }
+  ::munmap(memory, size);
+  if (error != 0) rethrow_os(name, "cannot initialise the directory lock", error);
+
+  // 2. Publish it under its name; link() fails if the name is taken: creation is exclusive.
+  const std::string path = fmt::format("/dev/shm/{}", name);
+  if (::linkat(AT_FDCWD, fmt::format("/proc/self/fd/{}", file.fd).c_str(), AT_FDCWD,
+               path.c_str(), AT_SYMLINK_FOLLOW) != 0)
+    rethrow_os(name, "cannot create segment", errno);
+
+  // 3. Map it as any opener does (through Boost, holding the liveness lock).
+  auto mapping = open_mapping(name);
+  if (!(mapping->header().uuid == uuid))
+    throw AlreadyExists(name, "", "cannot create segment: it was replaced as it was created");
+  mapping->creator_pid = ::getpid();
   return Segment(std::move(mapping), true);
 }
 
-namespace {
-
-// Opens and validates `name`. With `tolerate_unready`, returns nullptr instead of throwing
-// for a file that may still be being created (too short, or not ready yet).
-std::shared_ptr<Mapping> open_mapping(const std::string& name, bool tolerate_unready) {
-  using namespace detail;
-  bip::shared_memory_object file;
-  try {
-    file = bip::shared_memory_object(bip::open_only, name.c_str(), bip::read_write);
-  } catch (const bip::interprocess_exception& e) {
-    rethrow_os(name, "cannot open segment", e.get_native_error());
-  }
-  auto mapping = map_file(name, std::move(file));
-  lock_file(*mapping, LOCK_SH);
-  struct stat status{};
-  if (::fstat(mapping->fd(), &status) != 0) rethrow_os(name, "cannot stat segment", errno);
-  const auto size = static_cast<std::uint64_t>(status.st_size);
-  if (size < sizeof(Header)) {
-    if (tolerate_unready) return nullptr;
-    throw CorruptSegment(name, "",
-                         size == 0 ? std::string("the file is empty")
-                                   : fmt::format("the file is {} bytes, smaller than a segment "
-                                                 "header ({} bytes)",
-                                                 size, sizeof(Header)));
-  }
-  try {
-    mapping->region = bip::mapped_region(mapping->file, bip::read_write, 0, size);
-  } catch (const bip::interprocess_exception& e) {
-    rethrow_os(name, "cannot map segment", e.get_native_error());
-  }
-  if (const std::string reason = invalid_header_reason(*mapping); !reason.empty()) {
-    if (tolerate_unready && mapping->header().magic == segment_magic &&
-        mapping->header().ready.load() != ready_word)
-      return nullptr;
-    throw CorruptSegment(name, "", reason);
-  }
-  if (auto existing = find_mapped(mapping->header().uuid)) return existing;
-  register_mapping(mapping);
-  return mapping;
-}
-
-}  // namespace
-
 Segment Segment::open(std::string_view name) {
   detail::validate_segment_name(name);
-  return Segment(open_mapping(std::string(name), false), false);
+  return Segment(open_mapping(std::string(name)), false);
 }
 
 Segment Segment::open_or_create(std::string_view name, std::size_t bytes,
                                 const SegmentOptions& options) {
   detail::validate_segment_name(name);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
-  for (;;) {
+  // Segments appear fully made (see create), so this loops only while other processes
+  // remove the name between our create and our open.
+  for (int attempt = 0;; ++attempt) {
     try {
       return create(name, bytes, options);
     } catch (const AlreadyExists&) {
     }
-    const bool late = std::chrono::steady_clock::now() > deadline;
     try {
-      if (auto mapping = open_mapping(std::string(name), !late)) return Segment(std::move(mapping), false);
+      return Segment(open_mapping(std::string(name)), false);
     } catch (const NotFound&) {
-      if (late) throw;  // removed again and again: give up
+      if (attempt == 100) throw;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 
@@ -617,9 +687,9 @@ std::vector<ObjectInfo> Segment::objects() const {
     ObjectInfo info{std::string(entry_name(entry)), kind, std::string(entry_type(entry)),
                     describe_type(kind, entry_type(entry), entry.length), entry.length,
                     entry.bytes, false, 0, 0};
-    if (kind == ObjectKind::value || kind == ObjectKind::array || kind == ObjectKind::mutex ||
-        kind == ObjectKind::recursive_mutex) {
-      const auto& block = *reinterpret_cast<const LockBlock*>(mapping.base() + entry.offset);
+    if (has_lock(kind)) {
+      auto& block = *reinterpret_cast<LockBlock*>(mapping.base() + entry.offset);
+      observe_deaths(block.lock);
       info.poisoned = block.lock.poisoned.load(std::memory_order_relaxed) != 0;
       info.owner_deaths = block.lock.deaths.load(std::memory_order_relaxed);
       info.last_dead_owner = block.lock.last_dead_pid.load(std::memory_order_relaxed);

@@ -179,7 +179,7 @@ TEST_CASE("a child killed while holding the directory lock does not hang object 
 
 TEST_SUITE("fault") {
 
-TEST_CASE("a segment whose creator died before it was ready is CorruptSegment, not a wait") {
+TEST_CASE("a creator killed before its segment is ready leaves nothing behind") {
   SegmentName name("unready");
   static const char* segment_name;
   segment_name = name.str().c_str();
@@ -190,13 +190,79 @@ TEST_CASE("a segment whose creator died before it was ready is CorruptSegment, n
     Segment::create(segment_name, 64 * 1024);
   });
   CHECK(wait_child(pid).signal == SIGKILL);
-  REQUIRE(procshare::test::shm_exists(name));
-  CHECK_THROWS_WITH_AS(Segment::open(name),
-                       ("segment '" + name.str() +
-                        "': not fully initialised (its creator died while creating it)").c_str(),
-                       CorruptSegment);
-  // open_or_create gives a concurrent creator a second, then reports the same.
-  CHECK_THROWS_AS(Segment::open_or_create(name, 64 * 1024), CorruptSegment);
+  // The segment was made as an anonymous file: the name never appeared.
+  CHECK_FALSE(procshare::test::shm_exists(name));
+  CHECK_THROWS_AS(Segment::open(name), NotFound);
+  CHECK(Segment::open_or_create(name, 64 * 1024).created());
+}
+
+}  // TEST_SUITE
+
+TEST_SUITE("fault") {
+
+TEST_CASE("a process that closes its segment while a thread holds a lock inside still frees it by dying") {
+  SegmentName name("unmapheld");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto v = segment.create_value<int>("v", 1);
+  const pid_t pid = run_child([&] {
+    PipeSignal holding;
+    std::thread holder([&] {
+      auto guard = v.lock();
+      *guard = 2;
+      holding.notify();
+      wait_to_be_killed();
+    });
+    holding.wait();
+    { Segment gone(std::move(segment)); }  // the child's last handle on the segment
+    ::_exit(0);                            // the holder thread dies with the process
+  });
+  CHECK(wait_child(pid).exited);
+  CHECK(v.poisoned());  // seen without waiting: the kernel released the lock
+  CHECK(v.load() == 2);
+  CHECK(v.owner_deaths() == 1);
+}
+
+TEST_CASE("a guard copied into a forked child does not unmark its parent's half-done write") {
+  SegmentName name("forkguard");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto pair = segment.create_array<int>("pair", 2, 0);
+  PipeSignal halfway;
+  const pid_t writer = run_child([&] {
+    auto guard = pair.lock();
+    guard[0] = 1;  // half of a two-step change
+    const pid_t helper = run_child([] {});  // its copy of `guard` goes out of scope there
+    if (!wait_child(helper).ok()) ::_exit(3);
+    halfway.notify();
+    wait_to_be_killed();
+  });
+  REQUIRE(halfway.wait());
+  kill_child(writer);
+  CHECK(pair.poisoned());
+  CHECK(pair.snapshot() == std::vector<int>{1, 0});
+  CHECK_THROWS_AS(pair.store(1, 1), OwnerDied);
+}
+
+TEST_CASE("poisoned() and owner_deaths() see a dead holder before anyone locks again") {
+  SegmentName name("observe");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto v = segment.create_value<int>("v", 0);
+  auto m = segment.create_mutex("m");
+  PipeSignal holding;
+  const pid_t pid = run_child([&] {
+    auto guard = v.lock();
+    m.lock();
+    holding.notify();
+    wait_to_be_killed();
+  });
+  REQUIRE(holding.wait());
+  CHECK_FALSE(v.poisoned());  // alive: not poisoned, and asking does not block
+  kill_child(pid);
+  CHECK(v.poisoned());
+  CHECK(v.owner_deaths() == 1);
+  CHECK(m.owner_deaths() == 1);
+  const auto objects = segment.objects();
+  CHECK(objects.at(0).poisoned);
+  CHECK(objects.at(1).owner_deaths == 1);
 }
 
 }  // TEST_SUITE

@@ -43,4 +43,25 @@ TEST_CASE("mutexes format with their name and owner deaths, segments with their 
         fmt::format("segment '{}' (used {} of 65536 bytes, 1 objects)", name.str(), segment.used()));
 }
 
+TEST_CASE("synchronisation objects format as their state") {
+  SegmentName name("fmtsync");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto sem = segment.create_semaphore("s", 3);
+  auto bounded = segment.create_bounded_semaphore("b", 2);
+  bounded.acquire();
+  auto event = segment.create_event("e");
+  auto m = segment.create_mutex("m");
+  auto cv = segment.create_condition("cv", m);
+  auto barrier = segment.create_barrier("bar", 3);
+  CHECK(fmt::format("{}", sem) == "3");
+  CHECK(fmt::format("{}", bounded) == "1 of 2");
+  CHECK(fmt::format("{}", event) == "clear");
+  event.set();
+  CHECK(fmt::format("{}", event) == "set");
+  CHECK(fmt::format("{}", cv) == "condition 'cv' on mutex 'm'");
+  CHECK(fmt::format("{}", barrier) == "0 of 3 waiting");
+  barrier.abort();
+  CHECK(fmt::format("{}", barrier) == "broken");
+}
+
 }  // TEST_SUITE

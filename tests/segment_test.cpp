@@ -8,7 +8,9 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <fstream>
+#include <thread>
 #include <random>
 
 using namespace procshare;
@@ -335,6 +337,117 @@ TEST_CASE("open waits at most a second for a segment file someone holds exclusiv
                        Timeout);
   ::close(fd);
   CHECK(Segment::open(name).objects().empty());
+}
+
+}  // TEST_SUITE
+
+#include "../lib/detail/layout.hpp"
+
+#include <sys/mman.h>
+
+namespace {
+
+// Maps the file of segment `name` to forge its contents, as a hostile or buggy writer.
+struct ForgedFile {
+  explicit ForgedFile(const std::string& name) {
+    fd = ::open(("/dev/shm/" + name).c_str(), O_RDWR);
+    struct stat st{};
+    ::fstat(fd, &st);
+    size = static_cast<std::size_t>(st.st_size);
+    base = static_cast<std::byte*>(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  }
+  ~ForgedFile() {
+    ::munmap(base, size);
+    ::close(fd);
+  }
+  detail::Header& header() { return *reinterpret_cast<detail::Header*>(base); }
+  detail::Entry& entry(std::size_t i) {
+    return reinterpret_cast<detail::Entry*>(base + header().directory_offset)[i];
+  }
+  int fd;
+  std::size_t size;
+  std::byte* base;
+};
+
+}  // namespace
+
+TEST_SUITE("segment") {
+
+TEST_CASE("a forged directory whose bounds overflow is CorruptSegment, not a crash") {
+  SegmentName name("forgeddir");
+  {
+    auto segment = Segment::create(name, 64 * 1024);
+    segment.keep();
+  }
+  {
+    ForgedFile file(name.str());
+    file.header().directory_slots = 65536;
+    file.header().directory_offset = ~std::uint64_t{0} - 65536 * sizeof(detail::Entry) + 1;
+  }
+  CHECK_THROWS_WITH_AS(Segment::open(name), doctest::Contains("directory lies outside the segment"),
+                       CorruptSegment);
+}
+
+TEST_CASE("a forged array length beyond its bytes is CorruptSegment on open") {
+  SegmentName name("forgedarray");
+  {
+    auto segment = Segment::create(name, 64 * 1024);
+    segment.create_array<int>("a", 4, 0);
+    segment.keep();
+  }
+  {
+    ForgedFile file(name.str());
+    file.entry(0).length = std::uint64_t{1} << 40;
+    reinterpret_cast<detail::ObjectHeader*>(file.base + file.entry(0).offset)->length = std::uint64_t{1} << 40;
+  }
+  auto segment = Segment::open(name);
+  CHECK_THROWS_WITH_AS(segment.open_array<int>("a"),
+                       doctest::Contains("its directory entry points outside the segment"),
+                       CorruptSegment);
+  CHECK_THROWS_AS(segment.objects(), CorruptSegment);
+}
+
+TEST_CASE("open never sees a half-made segment while another process creates and removes it") {
+  SegmentName name("openrace");
+  const pid_t churn = procshare::test::run_child([&] {
+    for (int i = 0; i < 300; ++i) {
+      auto segment = Segment::create(name, 64 * 1024);
+      segment.create_value<int>("v", i);
+    }
+  });
+  int opened = 0, missing = 0;
+  while (::waitpid(churn, nullptr, WNOHANG) == 0) {
+    try {
+      auto segment = Segment::open(name);
+      ++opened;
+    } catch (const NotFound&) {
+      ++missing;
+    }
+  }
+  CHECK(opened + missing > 0);  // and no CorruptSegment escaped
+}
+
+TEST_CASE("handles keep resolving while other threads open and close other segments") {
+  SegmentName name("registry"), other_a("registry-a"), other_b("registry-b");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto v = segment.create_value<int>("v", 0);
+  Segment::create(other_a, 64 * 1024).keep();
+  Segment::create(other_b, 64 * 1024).keep();
+  std::atomic<bool> done{false};
+  std::thread churn([&] {
+    for (int i = 0; i < 3000; ++i) {
+      auto a = Segment::open(other_a);
+      auto b = Segment::open(other_b);
+    }
+    done = true;
+  });
+  int loads = 0;
+  while (!done) {
+    v += 1;
+    ++loads;
+  }
+  churn.join();
+  CHECK(v.load() == loads);
 }
 
 }  // TEST_SUITE

@@ -136,3 +136,24 @@ inline bool shm_exists(std::string_view name) {
 }
 
 }  // namespace procshare::test
+
+namespace procshare::test {
+
+// Waits until process `pid` sleeps in a futex wait (as /proc says), at most `timeout`.
+// Lets a test notify exactly the waiters that are already asleep, without sleeps.
+inline bool wait_until_sleeping(pid_t pid, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const std::string wchan = "/proc/" + std::to_string(pid) + "/wchan";
+  while (std::chrono::steady_clock::now() < deadline) {
+    char buffer[64] = {};
+    if (FILE* f = std::fopen(wchan.c_str(), "r")) {
+      const std::size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
+      std::fclose(f);
+      if (n > 0 && std::string_view(buffer, n).find("futex") != std::string_view::npos) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
+}  // namespace procshare::test

@@ -194,3 +194,30 @@ TEST_CASE("handles are trivially copyable and copies reach the same object") {
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("value") {
+
+TEST_CASE("an exception unwinding through a guard poisons the object; a normal exit does not") {
+  SegmentName name("unwind");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto a = segment.create_array<int>("a", 2, 0);
+  try {
+    auto guard = a.lock();
+    guard[0] = 1;
+    throw std::runtime_error("half way");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(a.poisoned());
+  CHECK(a.snapshot() == std::vector<int>{1, 0});
+  a.clear_poison();
+  try {
+    throw std::runtime_error("outer");
+  } catch (const std::runtime_error&) {
+    auto guard = a.lock();  // made and ended inside a handler: no unwinding through it
+    guard[1] = 1;
+  }
+  CHECK_FALSE(a.poisoned());
+  CHECK(a.owner_deaths() == 0);
+}
+
+}  // TEST_SUITE

@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <span>
 #include <vector>
@@ -46,11 +47,15 @@ class Array {
 
 public:
   // Holds the array's lock and gives a span over its elements; the array is marked dirty
-  // meanwhile, so a holder that dies poisons it. Move-only; unlocks on destruction.
+  // meanwhile, so a holder that dies poisons it, and so does an exception that unwinds
+  // through the guard (the work may be half done). Move-only; unlocks on destruction, only
+  // in the process that took it. Not to be handed to another thread.
   class Guard {
   public:
     Guard(Guard&& other) noexcept
-        : block_(std::exchange(other.block_, nullptr)), elements_(other.elements_) {}
+        : block_(std::exchange(other.block_, nullptr)),
+          elements_(other.elements_),
+          exceptions_(other.exceptions_) {}
     Guard& operator=(Guard&&) = delete;
     ~Guard() { release(); }
     // The locked elements.
@@ -67,10 +72,13 @@ public:
     Guard(detail::LockBlock* block, std::span<T> elements) noexcept
         : block_(block), elements_(elements) {}
     void release() noexcept {
-      if (block_ != nullptr) detail::end_guard(std::exchange(block_, nullptr)->lock);
+      if (block_ != nullptr)
+        detail::end_guard(std::exchange(block_, nullptr)->lock,
+                          std::uncaught_exceptions() > exceptions_);
     }
     detail::LockBlock* block_;
     std::span<T> elements_;
+    int exceptions_ = std::uncaught_exceptions();  // in flight when the guard was made
   };
 
   // An empty handle: every call throws NotFound until one is assigned.
@@ -130,7 +138,10 @@ public:
   }
 
   // Whether a holder died mid-write (see top of file).
-  bool poisoned() const { return block().lock.poisoned.load(std::memory_order_relaxed) != 0; }
+  bool poisoned() const {
+    detail::observe_deaths(block().lock);
+    return block().lock.poisoned.load(std::memory_order_relaxed) != 0;
+  }
   // Makes a poisoned array writable again, keeping its current contents.
   void clear_poison() {
     auto& b = block();
@@ -138,8 +149,12 @@ public:
     b.lock.poisoned.store(0, std::memory_order_relaxed);
   }
   // How many holders of its lock died holding it; the pid of the last one (0 if none).
-  std::uint32_t owner_deaths() const { return block().lock.deaths.load(std::memory_order_relaxed); }
+  std::uint32_t owner_deaths() const {
+    detail::observe_deaths(block().lock);
+    return block().lock.deaths.load(std::memory_order_relaxed);
+  }
   pid_t last_dead_owner() const {
+    detail::observe_deaths(block().lock);
     return block().lock.last_dead_pid.load(std::memory_order_relaxed);
   }
   // The name it has in its segment (a directory lookup: not for hot paths).

@@ -73,6 +73,11 @@ PROCSHARE_DECLARE_ERROR(NotOwner);
 PROCSHARE_DECLARE_ERROR(OwnerDied);
 // A timed call whose deadline passed, where the call reports that by exception.
 PROCSHARE_DECLARE_ERROR(Timeout);
+// A Barrier that is broken: a party timed out, called abort() or reset(), or died;
+// every waiter gets it, and so does every arrival until reset().
+PROCSHARE_DECLARE_ERROR(BrokenBarrier);
+// push to a closed Queue, or pop from a closed Queue that has been drained.
+PROCSHARE_DECLARE_ERROR(QueueClosed);
 
 #undef PROCSHARE_DECLARE_ERROR
 

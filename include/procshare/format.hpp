@@ -8,6 +8,9 @@
 // - Flag: "set" or "clear".
 // - Mutex, RecursiveMutex: "mutex 'name'", plus " (2 owner deaths, last pid 4711)" if any.
 // - Segment: "segment 'name' (used 9216 of 65536 bytes, 3 objects)".
+// - Semaphore: "3" (its count); BoundedSemaphore: "1 of 2".
+// - Event: "set" or "clear". Condition: "condition 'cv' on mutex 'm'".
+// - Barrier: "2 of 3 waiting", or "broken".
 // Errors: as the read they make (NotFound for a handle whose segment is not mapped here).
 #pragma once
 
@@ -15,6 +18,7 @@
 #include <procshare/flag.hpp>
 #include <procshare/mutex.hpp>
 #include <procshare/segment.hpp>
+#include <procshare/sync.hpp>
 #include <procshare/value.hpp>
 
 #include <fmt/format.h>
@@ -96,6 +100,47 @@ template <> struct fmt::formatter<procshare::Segment> : fmt::formatter<std::stri
     return fmt::formatter<std::string_view>::format(
         fmt::format("segment '{}' (used {} of {} bytes, {} objects)", segment.name(),
                     segment.used(), segment.size(), segment.objects().size()),
+        context);
+  }
+};
+
+template <> struct fmt::formatter<procshare::Semaphore> : fmt::formatter<std::string_view> {
+  template <class Context>
+  auto format(const procshare::Semaphore& semaphore, Context& context) const {
+    return fmt::formatter<std::string_view>::format(fmt::format("{}", semaphore.value()), context);
+  }
+};
+
+template <>
+struct fmt::formatter<procshare::BoundedSemaphore> : fmt::formatter<std::string_view> {
+  template <class Context>
+  auto format(const procshare::BoundedSemaphore& semaphore, Context& context) const {
+    return fmt::formatter<std::string_view>::format(
+        fmt::format("{} of {}", semaphore.value(), semaphore.bound()), context);
+  }
+};
+
+template <> struct fmt::formatter<procshare::Event> : fmt::formatter<std::string_view> {
+  template <class Context> auto format(const procshare::Event& event, Context& context) const {
+    return fmt::formatter<std::string_view>::format(event.is_set() ? "set" : "clear", context);
+  }
+};
+
+template <> struct fmt::formatter<procshare::Condition> : fmt::formatter<std::string_view> {
+  template <class Context>
+  auto format(const procshare::Condition& condition, Context& context) const {
+    return fmt::formatter<std::string_view>::format(
+        fmt::format("condition '{}' on mutex '{}'", condition.name(), condition.mutex().name()),
+        context);
+  }
+};
+
+template <> struct fmt::formatter<procshare::Barrier> : fmt::formatter<std::string_view> {
+  template <class Context>
+  auto format(const procshare::Barrier& barrier, Context& context) const {
+    return fmt::formatter<std::string_view>::format(
+        barrier.broken() ? std::string("broken")
+                         : fmt::format("{} of {} waiting", barrier.waiting(), barrier.parties()),
         context);
   }
 };

@@ -18,6 +18,7 @@
 // A handle is a small trivially copyable record: copy it freely, also into children.
 #pragma once
 
+#include <procshare/futex.hpp>
 #include <procshare/segment.hpp>
 
 #include <pthread.h>
@@ -72,12 +73,29 @@ inline int try_lock(RobustLock& lock) noexcept {
   return finish_lock(lock, result);
 }
 
-// Locks with a CLOCK_MONOTONIC deadline; returns 0, ETIMEDOUT or another errno value.
-PROCSHARE_API int lock_until(RobustLock& lock,
-                             std::chrono::steady_clock::time_point deadline) noexcept;
 
-// Unlocks; returns 0, or EPERM if the calling thread does not hold the lock.
-inline int unlock(RobustLock& lock) noexcept { return pthread_mutex_unlock(&lock.mutex); }
+// Locks with a CLOCK_MONOTONIC deadline (no_deadline: for ever); returns 0, ETIMEDOUT or
+// another errno value.
+PROCSHARE_API int lock_until(RobustLock& lock, Deadline deadline) noexcept;
+
+// Unlocks; returns 0, or EPERM if the calling thread does not hold the lock. The holder
+// pid is cleared first, so that a holder killed before it records itself is reported as
+// unknown (0) rather than as the previous holder.
+inline int unlock(RobustLock& lock) noexcept {
+  const std::int32_t holder = lock.owner_pid;
+  if (holder == cached_pid) lock.owner_pid = 0;
+  const int result = pthread_mutex_unlock(&lock.mutex);
+  if (result != 0) lock.owner_pid = holder;  // not ours to clear after all
+  return result;
+}
+
+
+// Records a holder that died, if there is one, by taking the lock for a moment when it is
+// free: the kernel marks a dead holder's lock, and only a locker sees the mark. Lets
+// poisoned() and owner_deaths() report a death before the next real lock.
+inline void observe_deaths(RobustLock& lock) noexcept {
+  if (try_lock(lock) == 0) unlock(lock);
+}
 
 // Throws the procshare error for a lock operation on `handle` that returned `error`.
 [[noreturn]] PROCSHARE_API void throw_lock_error(const HandleCore& handle, ObjectKind kind,
@@ -146,8 +164,13 @@ inline void begin_guard(RobustLock& lock, const HandleCore& handle, ObjectKind k
   }
   mark_dirty(lock);
 }
-// Ends a guard: clears the dirty mark and unlocks.
-inline void end_guard(RobustLock& lock) noexcept {
+// Ends a guard: clears the dirty mark and unlocks, only in the process that holds the lock
+// (a guard copied into a forked child by fork() must not unmark its parent's write). A
+// guard ended by an exception unwinding through it (`unwinding`) poisons the object: its
+// write may be half done, as if the holder had died.
+inline void end_guard(RobustLock& lock, bool unwinding) noexcept {
+  if (lock.owner_pid != cached_pid) return;
+  if (unwinding) lock.poisoned.store(1, std::memory_order_relaxed);
   clear_dirty(lock);
   detail::unlock(lock);
 }
@@ -170,13 +193,14 @@ public:
   }
   template <class Rep, class Period>
   bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return try_lock_until(std::chrono::steady_clock::now() + timeout);
+    const int error = detail::lock_until(block().lock, deadline_after(timeout));
+    if (error == ETIMEDOUT) return false;
+    if (error) throw_lock_error(core_, kind(), "try_lock_for", error);
+    return true;
   }
   template <class Clock, class Duration>
   bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    const auto steady = std::chrono::steady_clock::now() +
-                        std::chrono::ceil<std::chrono::steady_clock::duration>(deadline - Clock::now());
-    const int error = detail::lock_until(block().lock, steady);
+    const int error = detail::lock_until(block().lock, to_deadline(deadline));
     if (error == ETIMEDOUT) return false;
     if (error) throw_lock_error(core_, kind(), "try_lock_until", error);
     return true;
@@ -186,9 +210,11 @@ public:
       throw_lock_error(core_, kind(), "unlock", error);
   }
   std::uint32_t owner_deaths() const {
+    observe_deaths(block().lock);
     return block().lock.deaths.load(std::memory_order_relaxed);
   }
   pid_t last_dead_owner() const {
+    observe_deaths(block().lock);
     return block().lock.last_dead_pid.load(std::memory_order_relaxed);
   }
   std::string name() const { return object_name(core_); }
@@ -230,15 +256,20 @@ public:
   }
   // Releases the lock. Throws NotOwner if this thread does not hold it.
   void unlock() { impl_.unlock(); }
-  // How many holders died holding this lock.
+  // How many holders died holding this lock (a death is seen as soon as the lock is
+  // free, or when the next locker takes it).
   std::uint32_t owner_deaths() const { return impl_.owner_deaths(); }
-  // The pid of the last holder that died holding it, or 0.
+  // The pid of the last holder that died holding it; 0 if none, or if it died within
+  // the few instructions between taking the lock and recording itself.
   pid_t last_dead_owner() const { return impl_.last_dead_owner(); }
   // The name it has in its segment.
   std::string name() const { return impl_.name(); }
+  // The handle's record (segment uuid, offset, type hash).
+  const detail::HandleCore& handle() const noexcept { return impl_.handle(); }
 
 private:
   friend class Segment;
+  friend class Condition;  // Condition::mutex() returns its bound Mutex
   explicit Mutex(detail::HandleCore core) : impl_(core) {}
   detail::MutexHandle<ObjectKind::mutex> impl_;
 };
@@ -266,12 +297,16 @@ public:
   }
   // Releases one level. Throws NotOwner if this thread does not hold it.
   void unlock() { impl_.unlock(); }
-  // How many holders died holding this lock.
+  // How many holders died holding this lock (a death is seen as soon as the lock is
+  // free, or when the next locker takes it).
   std::uint32_t owner_deaths() const { return impl_.owner_deaths(); }
-  // The pid of the last holder that died holding it, or 0.
+  // The pid of the last holder that died holding it; 0 if none, or if it died within
+  // the few instructions between taking the lock and recording itself.
   pid_t last_dead_owner() const { return impl_.last_dead_owner(); }
   // The name it has in its segment.
   std::string name() const { return impl_.name(); }
+  // The handle's record (segment uuid, offset, type hash).
+  const detail::HandleCore& handle() const noexcept { return impl_.handle(); }
 
 private:
   friend class Segment;

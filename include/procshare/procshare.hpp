@@ -8,4 +8,5 @@
 #include <procshare/format.hpp>
 #include <procshare/mutex.hpp>
 #include <procshare/segment.hpp>
+#include <procshare/sync.hpp>
 #include <procshare/value.hpp>

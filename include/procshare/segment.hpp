@@ -53,6 +53,12 @@ template <class T> class Array;
 class Flag;
 class Mutex;
 class RecursiveMutex;
+class Semaphore;
+class BoundedSemaphore;
+class Event;
+class Condition;
+class Barrier;
+template <class T> class Queue;
 class Segment;
 
 // type_name<T>::value: the canonical name under which a T is stored ("int64", "float64",
@@ -69,7 +75,8 @@ template <> struct type_name<char> { static constexpr std::string_view value = "
 template <> struct type_name<float> { static constexpr std::string_view value = "float32"; };
 template <> struct type_name<double> { static constexpr std::string_view value = "float64"; };
 template <class T>
-  requires(std::is_integral_v<T> && !std::is_same_v<T, bool> && !std::is_same_v<T, char>)
+  requires(std::is_integral_v<T> && !std::is_same_v<T, bool> && !std::is_same_v<T, char> &&
+           sizeof(T) <= 8)
 struct type_name<T> {
   static constexpr std::string_view value = [] {
     constexpr bool s = std::is_signed_v<T>;
@@ -97,6 +104,12 @@ enum class ObjectKind : std::uint32_t {
   flag = 4,
   mutex = 5,
   recursive_mutex = 6,
+  semaphore = 7,
+  bounded_semaphore = 8,
+  event = 9,
+  condition = 10,
+  barrier = 11,
+  queue = 12,
 };
 
 // The kind's name as used in messages and by procshare-ctl ("value", "array", ...).
@@ -151,8 +164,10 @@ struct HandleCore {
 };
 
 // The per-process registry of mapped segments that handles resolve through. Slots are
-// written under a process-local mutex and read without it.
+// written under a process-local mutex and read without it, seqlock-style: `version` is
+// odd while a slot changes, so a reader never mixes two segments' fields.
 struct RegistrySlot {
+  std::atomic<std::uint32_t> version{0};
   std::atomic<std::uint64_t> uuid_high{0};
   std::atomic<std::uint64_t> uuid_low{0};
   std::atomic<std::byte*> base{nullptr};   // nullptr while the slot is free
@@ -172,16 +187,23 @@ inline ObjectHeader* resolve(const HandleCore& handle, ObjectKind kind, std::siz
   const std::uint32_t used = registry_used.load(std::memory_order_acquire);
   for (std::uint32_t i = 0; i < used; ++i) {
     RegistrySlot& slot = registry_slots[i];
-    if (slot.uuid_low.load(std::memory_order_relaxed) != handle.segment.low ||
-        slot.uuid_high.load(std::memory_order_relaxed) != handle.segment.high)
-      continue;
-    std::byte* base = slot.base.load(std::memory_order_acquire);
-    if (base == nullptr) continue;
-    const std::uint64_t size = slot.size.load(std::memory_order_relaxed);
-    if (handle.offset % 64 != 0 || handle.offset > size || size - handle.offset < bytes) break;
-    auto* header = reinterpret_cast<ObjectHeader*>(base + handle.offset);
-    if (header->tag_hash != handle.tag_hash) break;
-    return header;
+    for (;;) {
+      const std::uint32_t version = slot.version.load(std::memory_order_acquire);
+      if (slot.uuid_low.load(std::memory_order_relaxed) != handle.segment.low ||
+          slot.uuid_high.load(std::memory_order_relaxed) != handle.segment.high)
+        break;
+      std::byte* base = slot.base.load(std::memory_order_acquire);
+      const std::uint64_t size = slot.size.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (version % 2 != 0 || slot.version.load(std::memory_order_relaxed) != version)
+        continue;  // changed under us: read it again
+      if (base == nullptr) break;
+      if (handle.offset % 64 != 0 || handle.offset > size || size - handle.offset < bytes)
+        throw_unresolved(handle, kind);
+      auto* header = reinterpret_cast<ObjectHeader*>(base + handle.offset);
+      if (header->tag_hash != handle.tag_hash) throw_unresolved(handle, kind);
+      return header;
+    }
   }
   throw_unresolved(handle, kind);
 }
@@ -304,6 +326,34 @@ public:
   RecursiveMutex create_recursive_mutex(std::string_view name);
   RecursiveMutex open_recursive_mutex(std::string_view name);
   RecursiveMutex recursive_mutex(std::string_view name);
+  // Semaphore, BoundedSemaphore: counting semaphores starting at `initial` (sync.hpp).
+  Semaphore create_semaphore(std::string_view name, std::uint32_t initial);
+  Semaphore open_semaphore(std::string_view name);
+  Semaphore semaphore(std::string_view name, std::uint32_t initial);
+  BoundedSemaphore create_bounded_semaphore(std::string_view name, std::uint32_t initial);
+  BoundedSemaphore open_bounded_semaphore(std::string_view name);
+  BoundedSemaphore bounded_semaphore(std::string_view name, std::uint32_t initial);
+  // Event: a flag processes can wait for (sync.hpp).
+  Event create_event(std::string_view name, bool initial = false);
+  Event open_event(std::string_view name);
+  Event event(std::string_view name, bool initial = false);
+  // Condition: a condition variable bound to `mutex`, a Mutex of this segment (sync.hpp).
+  Condition create_condition(std::string_view name, const Mutex& mutex);
+  Condition open_condition(std::string_view name);
+  Condition condition(std::string_view name, const Mutex& mutex);
+  // Barrier: `parties` processes or threads meet at it, again and again (sync.hpp).
+  Barrier create_barrier(std::string_view name, std::uint32_t parties);
+  Barrier open_barrier(std::string_view name);
+  Barrier barrier(std::string_view name, std::uint32_t parties);
+  // Queue<T>: a bounded FIFO of `capacity` items; for Queue<std::string>, each string
+  // holds at most `max_item_bytes` bytes (queue.hpp).
+  template <class T>
+  Queue<T> create_queue(std::string_view name, std::uint32_t capacity,
+                        std::uint32_t max_item_bytes = 256);
+  template <class T> Queue<T> open_queue(std::string_view name);
+  template <class T>
+  Queue<T> queue(std::string_view name, std::uint32_t capacity,
+                 std::uint32_t max_item_bytes = 256);
 
 private:
   friend detail::Placement detail::place(Segment&, std::string_view, const detail::ObjectSpec&,

@@ -33,6 +33,7 @@
 
 #include <atomic>
 #include <concepts>
+#include <exception>
 #include <functional>
 #include <new>
 #include <type_traits>
@@ -42,7 +43,7 @@ namespace procshare {
 namespace detail {
 
 // Whether a write of a T is a single store, so a death cannot leave it half-written.
-template <class T> inline constexpr bool single_store_v = std::is_scalar_v<T>;
+template <class T> inline constexpr bool single_store_v = std::is_scalar_v<T> && sizeof(T) <= 8;
 
 // Writes `desired` into `target`, an element guarded by `lock` (held): a write that takes
 // more than one store is marked dirty, so a death in the middle of it poisons the object.
@@ -85,10 +86,13 @@ class Value {
 
 public:
   // Holds the value's lock and gives access to the T; the value is marked dirty meanwhile,
-  // so a holder that dies poisons it. Move-only; unlocks on destruction.
+  // so a holder that dies poisons it, and so does an exception that unwinds through the
+  // guard (the write may be half done). Move-only; unlocks on destruction, only in the
+  // process that took it. Not to be handed to another thread.
   class Guard {
   public:
-    Guard(Guard&& other) noexcept : block_(std::exchange(other.block_, nullptr)) {}
+    Guard(Guard&& other) noexcept
+        : block_(std::exchange(other.block_, nullptr)), exceptions_(other.exceptions_) {}
     Guard& operator=(Guard&&) = delete;
     ~Guard() { release(); }
     // The locked value.
@@ -101,9 +105,12 @@ public:
     friend class Value;
     explicit Guard(detail::ValueBlock<T>* block) noexcept : block_(block) {}
     void release() noexcept {
-      if (block_ != nullptr) detail::end_guard(std::exchange(block_, nullptr)->lock);
+      if (block_ != nullptr)
+        detail::end_guard(std::exchange(block_, nullptr)->lock,
+                          std::uncaught_exceptions() > exceptions_);
     }
     detail::ValueBlock<T>* block_;
+    int exceptions_ = std::uncaught_exceptions();  // in flight when the guard was made
   };
 
   // An empty handle: every call throws NotFound until one is assigned.
@@ -187,7 +194,10 @@ public:
   T operator--(int) requires requires(Value v) { v.fetch_sub(T{1}); } { return fetch_sub(T{1}); }
 
   // Whether a holder died mid-write (see top of file).
-  bool poisoned() const { return block().lock.poisoned.load(std::memory_order_relaxed) != 0; }
+  bool poisoned() const {
+    detail::observe_deaths(block().lock);
+    return block().lock.poisoned.load(std::memory_order_relaxed) != 0;
+  }
   // Makes a poisoned value writable again, keeping its current contents.
   void clear_poison() {
     auto& b = block();
@@ -195,8 +205,12 @@ public:
     b.lock.poisoned.store(0, std::memory_order_relaxed);
   }
   // How many holders of its lock died holding it; the pid of the last one (0 if none).
-  std::uint32_t owner_deaths() const { return block().lock.deaths.load(std::memory_order_relaxed); }
+  std::uint32_t owner_deaths() const {
+    detail::observe_deaths(block().lock);
+    return block().lock.deaths.load(std::memory_order_relaxed);
+  }
   pid_t last_dead_owner() const {
+    detail::observe_deaths(block().lock);
     return block().lock.last_dead_pid.load(std::memory_order_relaxed);
   }
   // The name it has in its segment (a directory lookup: not for hot paths).

@@ -40,6 +40,39 @@ struct Entry {
 };
 static_assert(sizeof(Entry) % 8 == 0);
 
+// The bytes an object of `kind` needs besides its elements (0: not a kind we know).
+constexpr std::uint64_t minimum_object_bytes(ObjectKind kind) {
+  switch (kind) {
+    case ObjectKind::value:
+    case ObjectKind::atomic:
+    case ObjectKind::array:
+    case ObjectKind::flag:
+    case ObjectKind::mutex:
+    case ObjectKind::recursive_mutex:
+    case ObjectKind::semaphore:
+    case ObjectKind::bounded_semaphore:
+    case ObjectKind::event:
+    case ObjectKind::condition: return 128;
+    case ObjectKind::barrier: return 192;
+    case ObjectKind::queue: return 256;
+  }
+  return 0;
+}
+// The bytes each of its `length` elements takes (0: the length takes no room).
+constexpr std::uint64_t elements_bytes(ObjectKind kind, std::uint32_t elem_size) {
+  switch (kind) {
+    case ObjectKind::array: return elem_size;
+    case ObjectKind::barrier: return 16;  // two watched-party slots per party
+    default: return 0;
+  }
+}
+// Whether objects of `kind` start with a RobustLock after their ObjectHeader.
+constexpr bool has_lock(ObjectKind kind) {
+  return kind == ObjectKind::value || kind == ObjectKind::array || kind == ObjectKind::mutex ||
+         kind == ObjectKind::recursive_mutex || kind == ObjectKind::barrier ||
+         kind == ObjectKind::queue;
+}
+
 // Offset 0 of every segment.
 struct alignas(64) Header {
   std::uint64_t magic;
@@ -64,7 +97,7 @@ struct Mapping {
   std::string name;
   boost::interprocess::shared_memory_object file;
   boost::interprocess::mapped_region region;
-  std::size_t registry_slot = 0;
+  std::size_t registry_slot = max_mapped_segments;  // none until validated and registered
   pid_t creator_pid = 0;  // the pid that created it through this mapping, or 0
 
   Header& header() const { return *static_cast<Header*>(region.get_address()); }

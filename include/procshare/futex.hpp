@@ -1,0 +1,60 @@
+// Internal (detail): waiting on a 32-bit word in shared memory with the Linux futex.
+//
+// Every blocking wait in procshare is one of these: a process reads a sequence word,
+// releases whatever it holds, and sleeps until the word changes or a deadline passes.
+// The futexes are shared (not FUTEX_PRIVATE_FLAG), so a waker in one process wakes a
+// sleeper in another; deadlines are absolute CLOCK_MONOTONIC (std::chrono::steady_clock).
+// A sleeper that dies leaves nothing behind: the kernel drops it from the wait queue.
+// Never pthread_cond_t or std::atomic::wait in shared memory: see DESIGN.md.
+#pragma once
+
+#include <procshare/detail/config.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+namespace procshare::detail {
+
+using Deadline = std::chrono::steady_clock::time_point;
+
+// No deadline: wait for ever.
+inline constexpr Deadline no_deadline = Deadline::max();
+
+// The outcome of one futex_wait.
+enum class WaitResult {
+  woken,      // woken, or the word no longer held `expected`, or interrupted: re-check
+  timed_out,  // the deadline passed
+};
+
+// Sleeps while `word` holds `expected`, until woken or `deadline`. May return `woken`
+// spuriously: callers re-check their condition in a loop.
+PROCSHARE_API WaitResult futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                                    Deadline deadline) noexcept;
+
+// Wakes up to `count` sleepers on `word` (INT_MAX: all). Returns how many were woken.
+PROCSHARE_API int futex_wake(const std::atomic<std::uint32_t>& word, int count = INT_MAX) noexcept;
+
+// steady_clock deadline `timeout` from now; a negative timeout is "now", and one of
+// over a century is no deadline at all.
+template <class Rep, class Period>
+Deadline deadline_after(const std::chrono::duration<Rep, Period>& timeout) {
+  const auto now = std::chrono::steady_clock::now();
+  if (timeout <= timeout.zero()) return now;
+  if (std::chrono::duration<double>(timeout).count() > 3.2e9) return no_deadline;
+  return now + std::chrono::ceil<std::chrono::steady_clock::duration>(timeout);
+}
+
+// A deadline on any clock, converted to steady_clock.
+template <class Clock, class Duration>
+Deadline to_deadline(const std::chrono::time_point<Clock, Duration>& deadline) {
+  if constexpr (std::is_same_v<Clock, std::chrono::steady_clock>) {
+    return std::chrono::time_point_cast<std::chrono::steady_clock::duration>(deadline);
+  } else {
+    return deadline_after(deadline - Clock::now());
+  }
+}
+
+}  // namespace procshare::detail
