@@ -41,8 +41,8 @@ std::string printable(std::string_view text) {
 std::string describe_type(ObjectKind kind, std::string_view type, std::uint64_t length) {
   switch (kind) {
     case ObjectKind::value:
-    case ObjectKind::atomic:
-    case ObjectKind::queue: return fmt::format("{}<{}>", to_string(kind), type);
+    case ObjectKind::atomic: return fmt::format("{}<{}>", to_string(kind), type);
+    case ObjectKind::queue: return fmt::format("queue<{}, {}>", type, length);
     case ObjectKind::array: return fmt::format("array<{}, {}>", type, length);
     case ObjectKind::barrier: return fmt::format("barrier<{} parties>", length);
     default: return std::string(to_string(kind));

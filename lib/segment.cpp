@@ -407,7 +407,8 @@ Placement place(Segment& segment, std::string_view name, const ObjectSpec& spec,
       throw AlreadyExists(mapping.name, object, "an object of that name already exists");
     const auto stored_kind = static_cast<ObjectKind>(entry.kind);
     if (entry.kind != static_cast<std::uint32_t>(spec.kind) || entry_type(entry) != spec.type ||
-        entry.elem_size != spec.elem_size || entry.elem_align != spec.elem_align ||
+        (spec.elem_size != 0 && entry.elem_size != spec.elem_size) ||
+        entry.elem_align != spec.elem_align ||
         (spec.length != 0 && entry.length != spec.length))
       throw TypeMismatch(mapping.name, object,
                          fmt::format("type mismatch: it was created as {}, not {}",
@@ -416,7 +417,7 @@ Placement place(Segment& segment, std::string_view name, const ObjectSpec& spec,
                                                    spec.length ? spec.length : entry.length)));
     if (!entry_in_bounds(mapping, entry))
       throw CorruptSegment(mapping.name, object, "its directory entry points outside the segment");
-    return {{h.uuid, entry.offset, tag_hash}, entry.length, false};
+    return {{h.uuid, entry.offset, entry.tag_hash}, entry.length, false};
   }
   if (intent == Intent::open) throw NotFound(mapping.name, object, "no object of that name");
   if (spec.type.size() > max_type_name_length ||

@@ -219,7 +219,7 @@ PROCSHARE_API std::string describe(const HandleCore& handle, ObjectKind kind);
 struct ObjectSpec {
   ObjectKind kind;
   std::string_view type;     // canonical element type name, "" for untyped kinds
-  std::uint32_t elem_size;   // sizeof the element
+  std::uint32_t elem_size;   // sizeof the element; 0 on open means "whatever it is"
   std::uint32_t elem_align;  // alignof the element
   std::uint64_t length;      // element count; 0 on open means "whatever it is"
   std::uint64_t bytes;       // total bytes, ObjectHeader included (0 on open)

@@ -54,7 +54,7 @@ constexpr std::uint64_t minimum_object_bytes(ObjectKind kind) {
     case ObjectKind::event:
     case ObjectKind::condition: return 128;
     case ObjectKind::barrier: return 192;
-    case ObjectKind::queue: return 256;
+    case ObjectKind::queue: return 192;
   }
   return 0;
 }
@@ -63,6 +63,7 @@ constexpr std::uint64_t elements_bytes(ObjectKind kind, std::uint32_t elem_size)
   switch (kind) {
     case ObjectKind::array: return elem_size;
     case ObjectKind::barrier: return 16;  // two watched-party slots per party
+    case ObjectKind::queue: return elem_size;  // one slot per item
     default: return 0;
   }
 }
