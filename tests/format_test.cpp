@@ -62,6 +62,11 @@ TEST_CASE("synchronisation objects format as their state") {
   CHECK(fmt::format("{}", barrier) == "0 of 3 waiting");
   barrier.abort();
   CHECK(fmt::format("{}", barrier) == "broken");
+  auto queue = segment.create_queue<int>("q", 16);
+  queue.push(1);
+  CHECK(fmt::format("{}", queue) == "1 of 16 items");
+  queue.close();
+  CHECK(fmt::format("{}", queue) == "1 of 16 items, closed");
 }
 
 }  // TEST_SUITE

@@ -11,12 +11,14 @@
 // - Semaphore: "3" (its count); BoundedSemaphore: "1 of 2".
 // - Event: "set" or "clear". Condition: "condition 'cv' on mutex 'm'".
 // - Barrier: "2 of 3 waiting", or "broken".
+// - Queue<T>: "3 of 16 items", plus ", closed" once closed.
 // Errors: as the read they make (NotFound for a handle whose segment is not mapped here).
 #pragma once
 
 #include <procshare/array.hpp>
 #include <procshare/flag.hpp>
 #include <procshare/mutex.hpp>
+#include <procshare/queue.hpp>
 #include <procshare/segment.hpp>
 #include <procshare/sync.hpp>
 #include <procshare/value.hpp>
@@ -141,6 +143,16 @@ template <> struct fmt::formatter<procshare::Barrier> : fmt::formatter<std::stri
     return fmt::formatter<std::string_view>::format(
         barrier.broken() ? std::string("broken")
                          : fmt::format("{} of {} waiting", barrier.waiting(), barrier.parties()),
+        context);
+  }
+};
+
+template <class T> struct fmt::formatter<procshare::Queue<T>> : fmt::formatter<std::string_view> {
+  template <class Context>
+  auto format(const procshare::Queue<T>& queue, Context& context) const {
+    return fmt::formatter<std::string_view>::format(
+        fmt::format("{} of {} items{}", queue.size(), queue.capacity(),
+                    queue.closed() ? ", closed" : ""),
         context);
   }
 };
