@@ -50,10 +50,12 @@ passed = failed = 0
 for line in open(sys.argv[1]):
     test = json.loads(line)
     ok = test["result"] in ("OK", "EXPECTEDFAIL")
-    m = re.search(r"test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+) failed", test.get("stdout") or "")
+    # The last summary is the test program's own (a forked child may print one too).
+    found = re.findall(r"test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+) failed", test.get("stdout") or "")
+    m = found[-1] if found else None
     if m:
-        passed += int(m.group(2))
-        failed += int(m.group(3)) or (0 if ok else 1)
+        passed += int(m[1])
+        failed += int(m[2]) or (0 if ok else 1)
     elif ok:
         passed += 1
     else:

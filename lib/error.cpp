@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
+
 namespace procshare {
 namespace {
 
@@ -20,5 +22,34 @@ Error::Error(std::string segment, std::string object, std::string_view detail)
     : std::runtime_error(compose(segment, object, detail)),
       segment_(std::move(segment)),
       object_(std::move(object)) {}
+
+TaskError::TaskError(std::string segment, std::uint64_t index, std::string type,
+                     std::string message, int worker_pid)
+    : Error(std::move(segment), "pool",
+            fmt::format("item {} failed in worker {}: {}: {}", index, worker_pid, type, message)),
+      index_(index),
+      type_(std::move(type)),
+      message_(std::move(message)),
+      worker_pid_(worker_pid) {}
+
+namespace {
+
+std::string death_text(std::uint64_t index, int pid, int signal, int exit_status) {
+  if (signal != 0)
+    return fmt::format("item {}: worker {} was killed by signal {} ({})", index, pid, signal,
+                       ::strsignal(signal));
+  return fmt::format("item {}: worker {} exited with status {} while running it", index, pid,
+                     exit_status);
+}
+
+}  // namespace
+
+WorkerDied::WorkerDied(std::string segment, std::uint64_t index, int worker_pid, int signal,
+                       int exit_status)
+    : Error(std::move(segment), "pool", death_text(index, worker_pid, signal, exit_status)),
+      index_(index),
+      worker_pid_(worker_pid),
+      signal_(signal),
+      exit_status_(exit_status) {}
 
 }  // namespace procshare

@@ -20,6 +20,7 @@ std::string_view to_string(ObjectKind kind) noexcept {
     case ObjectKind::condition: return "condition";
     case ObjectKind::barrier: return "barrier";
     case ObjectKind::queue: return "queue";
+    case ObjectKind::pool: return "pool";
   }
   return "object";
 }

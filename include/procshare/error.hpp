@@ -13,6 +13,7 @@
 
 #include <procshare/detail/config.hpp>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -79,6 +80,61 @@ PROCSHARE_DECLARE_ERROR(BrokenBarrier);
 // push to a closed Queue, or pop from a closed Queue that has been drained.
 PROCSHARE_DECLARE_ERROR(QueueClosed);
 
+// A pool call after close(), terminate() or a broken start-up (the message says which);
+// also what pending futures and jobs fail with when the pool is terminated.
+PROCSHARE_DECLARE_ERROR(PoolClosed);
+
 #undef PROCSHARE_DECLARE_ERROR
+
+// A pool job that was stopped (cancel(), a task's request_stop(), or a controller's stop
+// flag) before all its items ran: its unstarted work was dropped. Distinct from TaskError.
+class PROCSHARE_API Stopped : public Error {
+public:
+  using Error::Error;
+};
+
+// A task that threw in a pool worker: the item's index, the exception's type and message,
+// and the worker's pid travel back to the caller (an exception_ptr cannot cross processes).
+class PROCSHARE_API TaskError : public Error {
+public:
+  TaskError(std::string segment, std::uint64_t index, std::string type, std::string message,
+            int worker_pid);
+  // The failing item's index in the job (0 for submit()).
+  std::uint64_t index() const noexcept { return index_; }
+  // The exception's type, e.g. "std::runtime_error".
+  const std::string& exception_type() const noexcept { return type_; }
+  // Its what().
+  const std::string& message() const noexcept { return message_; }
+  // The pid of the worker it ran in.
+  int worker_pid() const noexcept { return worker_pid_; }
+
+private:
+  std::uint64_t index_;
+  std::string type_;
+  std::string message_;
+  int worker_pid_;
+};
+
+// A pool worker that died (a signal, abort(), _exit()) while it ran an item: only that
+// item fails with this; the rest of its chunk runs elsewhere.
+class PROCSHARE_API WorkerDied : public Error {
+public:
+  WorkerDied(std::string segment, std::uint64_t index, int worker_pid, int signal,
+             int exit_status);
+  // The item that was running.
+  std::uint64_t index() const noexcept { return index_; }
+  // The dead worker's pid.
+  int worker_pid() const noexcept { return worker_pid_; }
+  // The signal that killed it, or 0 if it exited.
+  int signal() const noexcept { return signal_; }
+  // Its exit status if it exited, or -1.
+  int exit_status() const noexcept { return exit_status_; }
+
+private:
+  std::uint64_t index_;
+  int worker_pid_;
+  int signal_;
+  int exit_status_;
+};
 
 }  // namespace procshare

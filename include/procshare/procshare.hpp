@@ -7,6 +7,7 @@
 #include <procshare/flag.hpp>
 #include <procshare/format.hpp>
 #include <procshare/mutex.hpp>
+#include <procshare/pool.hpp>
 #include <procshare/queue.hpp>
 #include <procshare/segment.hpp>
 #include <procshare/sync.hpp>

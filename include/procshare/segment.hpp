@@ -110,6 +110,7 @@ enum class ObjectKind : std::uint32_t {
   condition = 10,
   barrier = 11,
   queue = 12,
+  pool = 13,
 };
 
 // The kind's name as used in messages and by procshare-ctl ("value", "array", ...).

@@ -55,6 +55,7 @@ constexpr std::uint64_t minimum_object_bytes(ObjectKind kind) {
     case ObjectKind::condition: return 128;
     case ObjectKind::barrier: return 192;
     case ObjectKind::queue: return 192;
+    case ObjectKind::pool: return 1024;
   }
   return 0;
 }

@@ -1,0 +1,657 @@
+// Pool: forked worker processes that run tasks, count progress, stop early and find
+// first results (Python's multiprocessing.Pool and ProcessPoolExecutor, without their
+// hangs).
+//
+// Processes: Pool() forks one single-threaded supervisor, which forks the workers (and a
+//   replacement for each one that dies) and is the only process that reaps them. The
+//   library starts no thread in your process. Workers and supervisor share a control
+//   segment (named, see control_segment()) that procshare-ctl can attach to; they die
+//   with your process (the supervisor watches it; workers die with the supervisor).
+// What a task sees: workers are forks of your process as it was when the Pool was made,
+//   plus every shared segment: memory changed later, or segments mapped later, are not
+//   there (open those by name inside the task). So a task is a stateless callable -- a
+//   function pointer or a capture-less lambda -- and its data travels in explicit
+//   arguments and results that are transportable (see Transportable below). procshare
+//   handles are transportable: hand a task a Value, Array, Flag or Queue as an argument.
+// Failures: a task that throws fails its item with TaskError (index, exception type,
+//   message, worker pid); a worker killed mid-task fails only the item it was running with
+//   WorkerDied, and the rest of its chunk runs elsewhere; map() finishes every other item
+//   and then throws the lowest-index failure. A stopped job throws Stopped. A pool that
+//   cannot start (its initializer keeps failing) throws PoolClosed naming the reason.
+// Threads: Pool() refuses (InvalidArgument) to fork a process that already runs other
+//   threads, unless PoolOptions::allow_threads. A Pool, its Futures and Jobs may be used
+//   from several threads of the creating process (calls are serialised).
+// Errors: PoolClosed after close()/terminate(); InvalidArgument for bad options; the
+//   task failures above.
+#pragma once
+
+#include <procshare/error.hpp>
+#include <procshare/futex.hpp>
+#include <procshare/segment.hpp>
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+namespace procshare {
+
+// Opt a trivially copyable user type in as transportable (it must hold no pointers):
+//   template <> struct procshare::transport_opt_in<Point> : std::true_type {};
+template <class T> struct transport_opt_in : std::false_type {};
+
+namespace detail {
+
+// ---------------------------------------------------------------- transport
+
+template <class T> struct is_handle : std::false_type {};
+template <class T> struct is_handle<Value<T>> : std::true_type {};
+template <class T> struct is_handle<Atomic<T>> : std::true_type {};
+template <class T> struct is_handle<Array<T>> : std::true_type {};
+template <class T> struct is_handle<Queue<T>> : std::true_type {};
+template <> struct is_handle<Flag> : std::true_type {};
+template <> struct is_handle<Mutex> : std::true_type {};
+template <> struct is_handle<RecursiveMutex> : std::true_type {};
+template <> struct is_handle<Semaphore> : std::true_type {};
+template <> struct is_handle<BoundedSemaphore> : std::true_type {};
+template <> struct is_handle<Event> : std::true_type {};
+template <> struct is_handle<Condition> : std::true_type {};
+template <> struct is_handle<Barrier> : std::true_type {};
+
+// Appends the bytes of values.
+struct Writer {
+  std::vector<std::byte>& out;
+  void bytes(const void* data, std::size_t size) {
+    const auto* p = static_cast<const std::byte*>(data);
+    out.insert(out.end(), p, p + size);
+  }
+};
+
+// Reads them back; running past the end is CorruptSegment (never a wild read).
+struct Reader {
+  const std::byte* position;
+  const std::byte* end;
+  void bytes(void* data, std::size_t size) {
+    if (static_cast<std::size_t>(end - position) < size) throw_truncated();
+    std::memcpy(data, position, size);
+    position += size;
+  }
+  [[noreturn]] PROCSHARE_API static void throw_truncated();
+};
+
+// Transport<T>: how a T crosses processes. `ok`: transportable at all; `fixed`: its bytes
+// are its value (so arrays of it are copied as one block).
+template <class T, class = void> struct Transport {
+  static constexpr bool ok = false;
+  static constexpr bool fixed = false;
+};
+
+template <class T>
+inline constexpr bool plain_transport_v =
+    std::is_arithmetic_v<T> || std::is_enum_v<T> || is_handle<T>::value ||
+    (transport_opt_in<T>::value && std::is_trivially_copyable_v<T>);
+
+template <class T> struct Transport<T, std::enable_if_t<plain_transport_v<T>>> {
+  static constexpr bool ok = true;
+  static constexpr bool fixed = true;
+  static void write(Writer& w, const T& v) { w.bytes(&v, sizeof v); }
+  static T read(Reader& r) {
+    T v;
+    r.bytes(&v, sizeof v);
+    return v;
+  }
+};
+
+template <> struct Transport<std::string> {
+  static constexpr bool ok = true;
+  static constexpr bool fixed = false;
+  static void write(Writer& w, const std::string& v) {
+    const std::uint64_t size = v.size();
+    w.bytes(&size, sizeof size);
+    w.bytes(v.data(), v.size());
+  }
+  static std::string read(Reader& r) {
+    std::uint64_t size;
+    r.bytes(&size, sizeof size);
+    if (static_cast<std::uint64_t>(r.end - r.position) < size) Reader::throw_truncated();
+    std::string v(reinterpret_cast<const char*>(r.position), size);
+    r.position += size;
+    return v;
+  }
+};
+
+template <class T> struct Transport<std::vector<T>, std::enable_if_t<Transport<T>::ok>> {
+  static constexpr bool ok = true;
+  static constexpr bool fixed = false;
+  static void write(Writer& w, const std::vector<T>& v) {
+    const std::uint64_t size = v.size();
+    w.bytes(&size, sizeof size);
+    for (const T& x : v) Transport<T>::write(w, x);
+  }
+  static std::vector<T> read(Reader& r) {
+    std::uint64_t size;
+    r.bytes(&size, sizeof size);
+    if (size > static_cast<std::uint64_t>(r.end - r.position)) Reader::throw_truncated();
+    std::vector<T> v;
+    v.reserve(size);
+    for (std::uint64_t i = 0; i < size; ++i) v.push_back(Transport<T>::read(r));
+    return v;
+  }
+};
+
+template <class... Ts> struct TupleTransport {
+  static constexpr bool ok = (Transport<Ts>::ok && ...);
+  static constexpr bool fixed = (Transport<Ts>::fixed && ...);
+  template <class Tuple> static void write(Writer& w, const Tuple& v) {
+    std::apply([&w](const auto&... x) { (Transport<std::remove_cvref_t<decltype(x)>>::write(w, x), ...); }, v);
+  }
+  template <class Tuple> static Tuple read(Reader& r) {
+    return Tuple{Transport<Ts>::read(r)...};  // braced: left to right
+  }
+};
+
+template <class... Ts>
+struct Transport<std::tuple<Ts...>, std::enable_if_t<TupleTransport<Ts...>::ok>> {
+  static constexpr bool ok = true;
+  static constexpr bool fixed = TupleTransport<Ts...>::fixed && std::is_trivially_copyable_v<std::tuple<Ts...>>;
+  static void write(Writer& w, const std::tuple<Ts...>& v) { TupleTransport<Ts...>::write(w, v); }
+  static std::tuple<Ts...> read(Reader& r) {
+    return TupleTransport<Ts...>::template read<std::tuple<Ts...>>(r);
+  }
+};
+
+template <class A, class B>
+struct Transport<std::pair<A, B>, std::enable_if_t<Transport<A>::ok && Transport<B>::ok>> {
+  static constexpr bool ok = true;
+  static constexpr bool fixed = false;
+  static void write(Writer& w, const std::pair<A, B>& v) {
+    Transport<A>::write(w, v.first);
+    Transport<B>::write(w, v.second);
+  }
+  static std::pair<A, B> read(Reader& r) {
+    A a = Transport<A>::read(r);
+    B b = Transport<B>::read(r);
+    return {std::move(a), std::move(b)};
+  }
+};
+
+template <class T, std::size_t N>
+struct Transport<std::array<T, N>, std::enable_if_t<Transport<T>::ok>> {
+  static constexpr bool ok = true;
+  static constexpr bool fixed = Transport<T>::fixed;
+  static void write(Writer& w, const std::array<T, N>& v) {
+    for (const T& x : v) Transport<T>::write(w, x);
+  }
+  static std::array<T, N> read(Reader& r) {
+    std::array<T, N> v;
+    for (T& x : v) x = Transport<T>::read(r);
+    return v;
+  }
+};
+
+}  // namespace detail
+
+// Transportable<T>: T can travel between the parent and pool workers: arithmetic types,
+// enums, procshare handles, std::string, std::vector / std::array / std::pair /
+// std::tuple of transportable types, and opted-in trivially copyable types. Pointers,
+// references, std::string_view and std::span cannot (they would point into the wrong
+// process's memory).
+template <class T>
+concept Transportable = detail::Transport<std::remove_cvref_t<T>>::ok;
+
+namespace detail {
+
+template <class T> consteval bool check_transportable() {
+  static_assert(Transportable<T>,
+                "procshare::Pool: this argument, item or result type cannot cross processes. "
+                "Pointers, references, std::string_view and std::span would point into the "
+                "wrong process; use values, std::string, std::vector, std::array, std::pair, "
+                "std::tuple, procshare handles, or opt a trivially copyable type in with "
+                "procshare::transport_opt_in<T>");
+  return true;
+}
+
+template <class R> consteval bool check_result() {
+  if constexpr (std::is_void_v<R>)
+    return true;
+  else
+    return check_transportable<R>();
+}
+
+template <class F> consteval bool check_stateless() {
+  static_assert(std::is_empty_v<F> || std::is_pointer_v<F>,
+                "procshare::Pool: a task must be a function pointer or a capture-less lambda: "
+                "a worker runs it in another process, where captured state would not exist. "
+                "Pass data as explicit arguments instead");
+  return true;
+}
+
+// ---------------------------------------------------------------- running tasks
+
+using AnyFunction = void (*)();
+
+struct ChunkContext;
+
+// What the worker loop (lib/) offers a running chunk.
+struct ChunkOps {
+  // Called before item `index`: publishes it as the worker's current item; false means
+  // skip it (the job was stopped, or find_first already has a lower match).
+  bool (*begin_item)(ChunkContext&, std::uint64_t index);
+  // Called after it, whatever happened.
+  void (*end_item)(ChunkContext&);
+  // A variable-size result for `index`.
+  void (*emit)(ChunkContext&, std::uint64_t index, const std::byte* data, std::size_t size);
+  // Item `index` threw an exception of (mangled) type `type` with `message`.
+  void (*fail)(ChunkContext&, std::uint64_t index, const char* type, const char* message);
+  // find_first: item `index` matched.
+  void (*found)(ChunkContext&, std::uint64_t index);
+};
+
+// One claimed range of one job, as a worker runs it.
+struct ChunkContext {
+  const ChunkOps* ops;
+  void* worker;                        // the worker loop's own state
+  AnyFunction function;                // the task, when it is a function pointer
+  const std::byte* items;              // fixed-size items, or serialized ones
+  const std::uint64_t* item_offsets;   // offsets of serialized items (null when fixed)
+  std::uint64_t items_size;            // bytes at `items`
+  const std::byte* args;               // the serialized argument tuple
+  std::uint64_t args_size;
+  std::byte* results;                  // fixed-size result slots (null when variable)
+  std::uint64_t first;                 // the range [first, end)
+  std::uint64_t end;
+};
+
+using ChunkFn = void (*)(ChunkContext&);
+
+template <class F, class... A> decltype(auto) call_task(AnyFunction function, A&&... a) {
+  if constexpr (std::is_pointer_v<F>)
+    return reinterpret_cast<F>(function)(std::forward<A>(a)...);
+  else
+    return F{}(std::forward<A>(a)...);
+}
+
+template <class T> T read_item(const ChunkContext& c, std::uint64_t index) {
+  if constexpr (Transport<T>::fixed) {
+    T item;
+    std::memcpy(&item, c.items + index * sizeof(T), sizeof(T));
+    return item;
+  } else {
+    Reader r{c.items + c.item_offsets[index], c.items + c.items_size};
+    return Transport<T>::read(r);
+  }
+}
+
+template <class R> void store_result(ChunkContext& c, std::uint64_t index, const R& value) {
+  if constexpr (Transport<R>::fixed) {
+    std::memcpy(c.results + index * sizeof(R), &value, sizeof(R));
+  } else {
+    std::vector<std::byte> bytes;
+    Writer w{bytes};
+    Transport<R>::write(w, value);
+    c.ops->emit(c, index, bytes.data(), bytes.size());
+  }
+}
+
+enum class JobKind : std::uint32_t { submit = 1, map = 2, find_first = 3 };
+
+// Runs one chunk of a job: submit (T = void: no item), map, or find_first (R = bool
+// from the predicate).
+template <JobKind Kind, class F, class T, class R, class... Args>
+void run_chunk(ChunkContext& c) {
+  Reader args_reader{c.args, c.args + c.args_size};
+  auto args = Transport<std::tuple<Args...>>::read(args_reader);
+  for (std::uint64_t k = c.first; k < c.end; ++k) {
+    if (!c.ops->begin_item(c, k)) continue;
+    try {
+      auto call = [&](auto&&... item) -> decltype(auto) {
+        return std::apply(
+            [&](auto&... a) -> decltype(auto) { return call_task<F>(c.function, item..., a...); },
+            args);
+      };
+      if constexpr (Kind == JobKind::submit) {
+        if constexpr (std::is_void_v<R>)
+          call();
+        else
+          store_result<R>(c, 0, call());
+      } else if constexpr (Kind == JobKind::map) {
+        if constexpr (std::is_void_v<R>)
+          call(read_item<T>(c, k));
+        else
+          store_result<R>(c, k, call(read_item<T>(c, k)));
+      } else {
+        if (call(read_item<T>(c, k))) c.ops->found(c, k);
+      }
+    } catch (const std::exception& e) {
+      c.ops->fail(c, k, typeid(e).name(), e.what());
+    } catch (...) {
+      c.ops->fail(c, k, "", "an exception not derived from std::exception");
+    }
+    c.ops->end_item(c);
+  }
+}
+
+// ---------------------------------------------------------------- the parent's side
+
+// A job's state in the parent: counters, failures, and where results go.
+struct PROCSHARE_API JobState {
+  virtual ~JobState();
+  // A variable-size result for `index` arrived.
+  virtual void accept(std::uint64_t, Reader&) {}
+  // The job is complete: copy fixed-size results out of `slots`.
+  virtual void copy_fixed(const std::byte*) {}
+
+  struct Failure {
+    std::uint64_t index;
+    bool died;            // WorkerDied rather than TaskError
+    std::string type;     // exception type (TaskError)
+    std::string message;  // what() (TaskError)
+    int pid;
+    int signal;
+    int exit_status;
+  };
+
+  std::uint64_t id = 0;
+  std::uint64_t total = 0;
+  JobKind kind = JobKind::map;
+  bool finished = false;           // every item settled and every result moved here
+  bool stopped = false;            // the job's stop flag was raised
+  std::string closed;              // why the pool could not finish it ("" if it did)
+  std::vector<Failure> failures;   // in arrival order
+  std::optional<std::uint64_t> found;  // find_first's match
+  std::uint64_t done = 0, failed = 0, skipped = 0;
+  std::string segment;             // the pool's control segment, for messages
+
+  // Throws what the job ended with, if not success: PoolClosed, the lowest-index failure
+  // (below `limit`), or Stopped.
+  void throw_if_failed(std::uint64_t limit = UINT64_MAX) const;
+};
+
+// A job to start, already serialized.
+struct JobSpec {
+  JobKind kind;
+  ChunkFn run;
+  AnyFunction function;
+  std::span<const std::byte> items;          // fixed-size items, or serialized ones
+  std::span<const std::uint64_t> item_offsets;
+  std::span<const std::byte> args;
+  std::uint64_t total;
+  std::uint64_t result_slot_bytes;           // sizeof R when fixed, else 0
+  std::uint64_t chunk;                       // 0: automatic
+};
+
+class PoolCore;
+
+// Progress of a job: items done, failed, skipped (stopped or above a find_first match),
+// and the total. done + failed + skipped only grows, up to total.
+struct Progress {
+  std::uint64_t done;
+  std::uint64_t failed;
+  std::uint64_t skipped;
+  std::uint64_t total;
+};
+
+PROCSHARE_API void start_job(PoolCore& core, const JobSpec& spec, const std::shared_ptr<JobState>& state);
+PROCSHARE_API bool wait_job(PoolCore& core, JobState& state, Deadline deadline);
+PROCSHARE_API void cancel_job(PoolCore& core, JobState& state);
+PROCSHARE_API Progress job_progress(PoolCore& core, JobState& state);
+PROCSHARE_API unsigned pool_workers(const PoolCore& core);
+
+// Serializes `args` as one tuple.
+template <class... Args> std::vector<std::byte> pack_args(const Args&... args) {
+  std::vector<std::byte> bytes;
+  Writer w{bytes};
+  Transport<std::tuple<Args...>>::write(w, std::tuple<Args...>(args...));
+  return bytes;
+}
+
+template <class R> struct ResultState : JobState {
+  std::vector<std::optional<R>> values;
+  explicit ResultState(std::uint64_t n) : values(n) {}
+  void accept(std::uint64_t index, Reader& r) override {
+    if (index < values.size()) values[index] = Transport<R>::read(r);
+  }
+  void copy_fixed(const std::byte* slots) override {
+    if constexpr (Transport<R>::fixed) {
+      for (std::uint64_t i = 0; i < values.size(); ++i) {
+        R v;
+        std::memcpy(&v, slots + i * sizeof(R), sizeof(R));
+        values[i] = v;
+      }
+    }
+  }
+};
+template <> struct ResultState<void> : JobState {
+  explicit ResultState(std::uint64_t) {}
+};
+
+}  // namespace detail
+
+// Options for Pool.
+struct PoolOptions {
+  // Worker processes; 0 means std::thread::hardware_concurrency().
+  unsigned workers = 0;
+  // Runs once in every worker, replacements included, before it takes work (Python's
+  // initializer + initargs: capture what it needs; it runs in a fork made at Pool(), so
+  // any capture works). If it throws, the worker exits; a pool whose workers keep failing
+  // to start is broken (PoolClosed).
+  std::function<void()> initializer{};
+  // The control segment's name; "" means "procshare-pool-<pid>-<n>".
+  std::string name{};
+  // A worker exits and is replaced after this many tasks or chunks (0: never).
+  std::uint64_t max_tasks_per_child = 0;
+  // Fork even though the process runs other threads (only what fork() copies is safe).
+  bool allow_threads = false;
+  // Bytes of shared memory for jobs' items, arguments and fixed-size results.
+  std::size_t arena_bytes = 64u << 20;
+};
+
+// Future<R>: the result of Pool::submit, filled in as the parent collects results.
+template <class R> class Future {
+public:
+  // Waits for the task and returns its result. Throws TaskError, WorkerDied, Stopped or
+  // PoolClosed as the task ended.
+  R get() {
+    wait();
+    state_->throw_if_failed();
+    if constexpr (!std::is_void_v<R>) return std::move(*state_->values.at(0));
+  }
+  // Waits for the task to end.
+  void wait() { detail::wait_job(*core_, *state_, detail::no_deadline); }
+  // Waits at most `timeout`; returns whether it has ended.
+  template <class Rep, class Period> bool wait_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return detail::wait_job(*core_, *state_, detail::deadline_after(timeout));
+  }
+  // Whether it has ended (collects finished results first; never blocks).
+  bool ready() { return detail::wait_job(*core_, *state_, std::chrono::steady_clock::now()); }
+
+private:
+  friend class Pool;
+  Future(std::shared_ptr<detail::PoolCore> core, std::shared_ptr<detail::ResultState<R>> state)
+      : core_(std::move(core)), state_(std::move(state)) {}
+  std::shared_ptr<detail::PoolCore> core_;
+  std::shared_ptr<detail::ResultState<R>> state_;
+};
+
+// Job<R>: a running map_async, with progress and cancellation.
+template <class R> class Job {
+public:
+  using Progress = detail::Progress;
+  // Items done, failed and skipped so far, and the total.
+  Progress progress() { return detail::job_progress(*core_, *state_); }
+  // Waits at most `timeout` for the job to end; returns whether it has.
+  template <class Rep, class Period> bool wait_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return detail::wait_job(*core_, *state_, detail::deadline_after(timeout));
+  }
+  // Waits for the job; returns the results in input order. Throws the lowest-index
+  // TaskError or WorkerDied after every other item ran, Stopped if it was stopped,
+  // PoolClosed if the pool was terminated.
+  auto get() {
+    detail::wait_job(*core_, *state_, detail::no_deadline);
+    state_->throw_if_failed();
+    if constexpr (!std::is_void_v<R>) {
+      std::vector<R> results;
+      results.reserve(state_->values.size());
+      for (auto& v : state_->values) results.push_back(std::move(*v));
+      return results;
+    }
+  }
+  // Raises the job's stop flag: unstarted items are dropped; get() throws Stopped.
+  void cancel() { detail::cancel_job(*core_, *state_); }
+
+private:
+  friend class Pool;
+  Job(std::shared_ptr<detail::PoolCore> core, std::shared_ptr<detail::ResultState<R>> state)
+      : core_(std::move(core)), state_(std::move(state)) {}
+  std::shared_ptr<detail::PoolCore> core_;
+  std::shared_ptr<detail::ResultState<R>> state_;
+};
+
+// Inside a task: whether the job it belongs to was asked to stop (cancel(), a
+// controller, or request_stop()). Cheap: one load. Outside a task: false.
+PROCSHARE_API bool stop_requested() noexcept;
+// Inside a task: stops the job it belongs to, as cancel() would. Outside a task: no-op.
+PROCSHARE_API void request_stop() noexcept;
+
+// Pool: see the top of this file.
+class PROCSHARE_API Pool {
+public:
+  // Starts the supervisor and the workers. Throws InvalidArgument (bad options, or other
+  // threads running without allow_threads), the Segment errors for the control segment.
+  explicit Pool(PoolOptions options = {});
+  // Waits for submitted work and stops the workers (close() + join()), in the creating
+  // process only; a forked copy does nothing. Never throws.
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  // Runs f(args...) in a worker. Throws PoolClosed after close().
+  template <class F, class... Args>
+  auto submit(F f, const Args&... args) {
+    using R = std::invoke_result_t<F, const Args&...>;
+    static_assert(detail::check_stateless<F>() && (detail::check_transportable<Args>() && ...));
+    static_assert(detail::check_result<R>());
+    const auto args_bytes = detail::pack_args(args...);
+    auto state = std::make_shared<detail::ResultState<R>>(1);
+    detail::JobSpec spec{detail::JobKind::submit,
+                         &detail::run_chunk<detail::JobKind::submit, F, void, R, Args...>,
+                         function_of(f), {}, {}, args_bytes, 1, fixed_size<R>(), 1};
+    detail::start_job(*core_, spec, state);
+    return Future<R>(core_, std::move(state));
+  }
+
+  // Applies f(item, args...) to every item, in parallel; results in input order. Throws
+  // the lowest-index TaskError / WorkerDied once every other item has run; Stopped;
+  // PoolClosed. `chunk` items go to a worker at a time (0: automatic).
+  template <class T, class F, class... Args>
+  auto map(std::span<const T> items, F f, const Args&... args) {
+    return map_async(items, f, args...).get();
+  }
+  template <class T, class F, class... Args>
+  auto map(const std::vector<T>& items, F f, const Args&... args) {
+    return map(std::span<const T>(items), f, args...);
+  }
+  // As map(), without waiting: a Job to watch, cancel and get() later.
+  template <class T, class F, class... Args>
+  auto map_async(std::span<const T> items, F f, const Args&... args) {
+    using R = std::invoke_result_t<F, const T&, const Args&...>;
+    static_assert(detail::check_stateless<F>() && detail::check_transportable<T>() &&
+                  (detail::check_transportable<Args>() && ...));
+    static_assert(detail::check_result<R>());
+    auto state = std::make_shared<detail::ResultState<R>>(items.size());
+    start_items<detail::JobKind::map, T, R, F, Args...>(items, f, state, args...);
+    return Job<R>(core_, std::move(state));
+  }
+  template <class T, class F, class... Args>
+  auto map_async(const std::vector<T>& items, F f, const Args&... args) {
+    return map_async(std::span<const T>(items), f, args...);
+  }
+
+  // The lowest index whose item satisfies pred(item, args...), with the item, or nullopt.
+  // The same answer every run: items are claimed in ascending order, items above the
+  // best match so far are skipped, items below it never are. Throws the TaskError or
+  // WorkerDied of an item below the match.
+  template <class T, class F, class... Args>
+  std::optional<std::pair<std::size_t, T>> find_first(std::span<const T> items, F pred,
+                                                      const Args&... args) {
+    using R = std::invoke_result_t<F, const T&, const Args&...>;
+    static_assert(std::is_convertible_v<R, bool>, "procshare::Pool::find_first: pred must return bool");
+    static_assert(detail::check_stateless<F>() && detail::check_transportable<T>() &&
+                  (detail::check_transportable<Args>() && ...));
+    auto state = std::make_shared<detail::ResultState<void>>(items.size());
+    start_items<detail::JobKind::find_first, T, void, F, Args...>(items, pred, state, args...);
+    detail::wait_job(*core_, *state, detail::no_deadline);
+    state->throw_if_failed(state->found.value_or(UINT64_MAX));
+    if (!state->found) return std::nullopt;
+    return std::pair<std::size_t, T>(*state->found, items[*state->found]);
+  }
+  template <class T, class F, class... Args>
+  std::optional<std::pair<std::size_t, T>> find_first(const std::vector<T>& items, F pred,
+                                                      const Args&... args) {
+    return find_first(std::span<const T>(items), pred, args...);
+  }
+
+  // No new work; what was submitted still runs.
+  void close();
+  // After close(): waits for all work and for every worker and the supervisor to exit.
+  void join();
+  // Kills every worker and the supervisor now (within a second); pending futures and
+  // jobs fail with PoolClosed.
+  void terminate();
+  // How many workers the pool keeps running.
+  unsigned workers() const;
+  // The pids of the workers running now.
+  std::vector<int> worker_pids() const;
+  // The supervisor's pid.
+  int supervisor_pid() const;
+  // The name of the control segment a controller can attach to.
+  std::string control_segment() const;
+
+private:
+  template <class R> static constexpr std::uint64_t fixed_size() {
+    if constexpr (std::is_void_v<R>) return 0;
+    else return detail::Transport<R>::fixed ? sizeof(R) : 0;
+  }
+  template <class F> static detail::AnyFunction function_of(F f) {
+    if constexpr (std::is_pointer_v<F>) return reinterpret_cast<detail::AnyFunction>(f);
+    else return nullptr;
+  }
+  template <detail::JobKind Kind, class T, class R, class F, class... Args>
+  void start_items(std::span<const T> items, F f, const std::shared_ptr<detail::JobState>& state,
+                   const Args&... args) {
+    const auto args_bytes = detail::pack_args(args...);
+    std::vector<std::byte> serialized;
+    std::vector<std::uint64_t> offsets;
+    std::span<const std::byte> item_bytes;
+    if constexpr (detail::Transport<T>::fixed) {
+      item_bytes = std::as_bytes(items);
+    } else {
+      offsets.reserve(items.size());
+      detail::Writer w{serialized};
+      for (const T& item : items) {
+        offsets.push_back(serialized.size());
+        detail::Transport<T>::write(w, item);
+      }
+      item_bytes = serialized;
+    }
+    detail::JobSpec spec{Kind, &detail::run_chunk<Kind, F, T, R, Args...>, function_of(f),
+                         item_bytes, offsets, args_bytes, items.size(),
+                         Kind == detail::JobKind::map ? fixed_size<R>() : 0, 0};
+    detail::start_job(*core_, spec, state);
+  }
+
+  std::shared_ptr<detail::PoolCore> core_;
+};
+
+}  // namespace procshare

@@ -1,0 +1,127 @@
+// Internal: the layout of a pool's control block, the one object ("pool") of its control
+// segment. Shared by the parent, the supervisor, the workers and controllers.
+//
+// Who writes what: the parent fills job slots (under `lock`) and reads result rings; the
+// workers claim chunks (under `lock`), run them and write their own slot and result ring;
+// the supervisor writes worker pids, settles a dead worker's chunk (under `lock`) and the
+// death ring. Every step a death can cut is a single aligned store.
+#pragma once
+
+#include <procshare/mutex.hpp>
+#include <procshare/pool.hpp>
+#include <procshare/segment.hpp>
+
+#include <atomic>
+#include <cstdint>
+
+namespace procshare::detail {
+
+enum class PoolState : std::uint32_t { running = 0, closing = 1, terminating = 2, broken = 3 };
+enum class WorkerState : std::uint32_t { empty = 0, starting = 1, idle = 2, claiming = 3, busy = 4, exited = 5 };
+
+// One worker process and its result ring (it writes; the parent reads).
+struct alignas(64) WorkerSlot {
+  std::atomic<std::int32_t> pid;          // written by the supervisor at fork
+  std::atomic<std::uint32_t> state;       // WorkerState
+  std::atomic<std::uint32_t> job_slot;    // the chunk it claimed
+  std::atomic<std::uint32_t> requeue_index;  // claiming from a requeued range: its index
+  std::atomic<std::uint64_t> job_id;
+  std::atomic<std::uint64_t> chunk_first;
+  std::atomic<std::uint64_t> chunk_end;
+  std::atomic<std::uint64_t> current;     // the item it runs (or will run next)
+  std::atomic<std::uint32_t> running;     // 1 while item `current` runs
+  std::atomic<std::uint32_t> from_requeue;
+  std::atomic<std::uint64_t> chunk_done;  // this chunk's items so far, by outcome
+  std::atomic<std::uint64_t> chunk_failed;
+  std::atomic<std::uint64_t> chunk_skipped;
+  std::atomic<std::uint64_t> tasks_done;  // chunks completed, for controllers
+  alignas(64) std::atomic<std::uint64_t> ring_write;  // bytes published (worker)
+  std::atomic<std::uint32_t> ring_space_sequence;    // futex: bumped when the parent reads
+  std::atomic<std::uint32_t> ring_waiting;           // the worker sleeps for room
+  alignas(64) std::atomic<std::uint64_t> ring_read;   // bytes consumed (parent)
+};
+
+struct Range {
+  std::uint64_t first;
+  std::uint64_t end;
+};
+inline constexpr std::uint32_t max_requeued = 64;
+
+// One job: a submit (1 item), a map or a find_first.
+struct alignas(64) JobSlot {
+  std::atomic<std::uint64_t> id;  // 0: free
+  std::uint32_t kind;             // JobKind
+  std::uint32_t reserved;
+  std::uint64_t sequence;         // submission order: older jobs are served first
+  ChunkFn run;
+  AnyFunction function;
+  std::uint64_t items_offset, items_size, offsets_offset, args_offset, args_size;
+  std::uint64_t results_offset, result_slot_bytes;
+  std::uint64_t total, chunk;
+  std::atomic<std::uint64_t> cursor;   // next unclaimed item
+  std::atomic<std::uint64_t> settled;  // done + failed + skipped
+  std::atomic<std::uint64_t> done, failed, skipped;
+  std::atomic<std::uint32_t> stop;     // raised by cancel(), request_stop(), a controller
+  std::atomic<std::uint64_t> best;     // find_first: the lowest match so far
+  std::atomic<std::uint32_t> requeued_count;
+  Range requeued[max_requeued];        // ranges of dead workers' chunks, to run again
+};
+
+// A worker that died running an item (supervisor -> parent).
+struct DeathRecord {
+  std::uint64_t job_id;
+  std::uint64_t index;
+  std::int32_t pid;
+  std::int32_t signal;
+  std::int32_t exit_status;
+  std::uint32_t reserved;
+};
+inline constexpr std::uint32_t death_ring_size = 256;
+
+// Result ring records: a header, then the payload; 8-byte aligned; never split.
+enum class RecordType : std::uint32_t { result = 1, error = 2, padding = 3 };
+struct RecordHeader {
+  std::uint32_t size;  // whole record, header included
+  std::uint32_t type;  // RecordType
+  std::uint64_t job_id;
+  std::uint64_t index;
+  std::int32_t pid;
+  std::uint32_t type_length;     // error: bytes of the exception type before the message
+  std::uint32_t payload_length;  // bytes after the header, padding excluded
+  std::uint32_t reserved;
+};
+
+struct alignas(64) PoolBlock {
+  ObjectHeader header;
+  RobustLock lock;  // guards claims, requeues and job slot ids
+  alignas(64) std::atomic<std::uint32_t> work_sequence;    // futex: workers wait for work
+  std::atomic<std::uint32_t> workers_waiting;
+  std::atomic<std::uint32_t> parent_sequence;  // futex: the parent waits for progress
+  std::atomic<std::uint32_t> parent_waiting;
+  std::atomic<std::uint32_t> state;            // PoolState
+  std::int32_t parent_pid;
+  std::atomic<std::int32_t> supervisor_pid;
+  std::uint32_t workers;
+  std::uint32_t job_slots;
+  std::uint32_t reserved;
+  std::uint64_t max_tasks_per_child;
+  std::uint64_t ring_bytes;
+  std::uint64_t workers_offset, jobs_offset, rings_offset, arena_offset, arena_bytes;
+  std::atomic<std::uint64_t> items_done;       // over all jobs
+  std::atomic<std::uint32_t> startup_failures; // in a row
+  std::atomic<std::uint32_t> worker_deaths;
+  char broken_reason[256];
+  alignas(64) std::atomic<std::uint64_t> death_write;
+  alignas(64) std::atomic<std::uint64_t> death_read;
+  DeathRecord death_ring[death_ring_size];
+
+  std::byte* base() { return reinterpret_cast<std::byte*>(this); }
+  WorkerSlot& worker(std::uint32_t i) {
+    return reinterpret_cast<WorkerSlot*>(base() + workers_offset)[i];
+  }
+  JobSlot& job(std::uint32_t i) { return reinterpret_cast<JobSlot*>(base() + jobs_offset)[i]; }
+  std::byte* ring(std::uint32_t i) { return base() + rings_offset + i * ring_bytes; }
+  std::byte* arena() { return base() + arena_offset; }
+};
+
+}  // namespace procshare::detail

@@ -1,0 +1,1026 @@
+// Pool: the parent's side (jobs, results, waiting), the supervisor and the worker loop.
+#include <procshare/pool.hpp>
+#include <procshare/value.hpp>
+
+#include "detail/names.hpp"
+#include "detail/pool_layout.hpp"
+
+#include <fmt/format.h>
+
+#include <cxxabi.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+namespace procshare {
+namespace detail {
+namespace {
+
+constexpr std::uint32_t max_workers = 1024;
+constexpr std::uint32_t job_slot_count = 1024;
+constexpr std::uint64_t ring_bytes_per_worker = 1u << 20;
+constexpr std::uint32_t startup_failure_limit = 3;
+constexpr auto supervisor_check_period = std::chrono::milliseconds(50);
+
+constexpr std::uint64_t align_up(std::uint64_t n, std::uint64_t a) { return (n + a - 1) / a * a; }
+
+int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+std::string demangle(const char* mangled) {
+  if (mangled == nullptr || *mangled == '\0') return "unknown exception";
+  int status = 0;
+  char* text = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+  std::string name = status == 0 && text ? text : mangled;
+  std::free(text);
+  return name;
+}
+
+// Other threads in this process (from /proc/self/status).
+int thread_count() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
+  return 1;
+}
+
+void wake_parent(PoolBlock& b) {
+  b.parent_sequence.fetch_add(1, std::memory_order_seq_cst);
+  if (b.parent_waiting.load(std::memory_order_seq_cst) != 0) futex_wake(b.parent_sequence);
+}
+
+void wake_workers(PoolBlock& b) {
+  b.work_sequence.fetch_add(1, std::memory_order_seq_cst);
+  if (b.workers_waiting.load(std::memory_order_seq_cst) != 0) futex_wake(b.work_sequence);
+}
+
+// Holds the pool's robust lock (a holder that died is simply taken over: every step it
+// could have cut is a single store).
+class PoolLock {
+public:
+  explicit PoolLock(PoolBlock& b) : block_(b) {
+    if (const int error = detail::lock(b.lock))
+      throw Error("", "pool", fmt::format("cannot lock the pool: {}", os_reason(error)));
+  }
+  ~PoolLock() { detail::unlock(block_.lock); }
+  PoolLock(const PoolLock&) = delete;
+  PoolLock& operator=(const PoolLock&) = delete;
+
+private:
+  PoolBlock& block_;
+};
+
+// ---------------------------------------------------------------- the worker
+
+// The running worker's state (one per worker process).
+struct WorkerContext {
+  PoolBlock* block;
+  WorkerSlot* slot;
+  JobSlot* job;
+  std::uint32_t index;
+};
+
+std::atomic<std::uint32_t>* current_stop = nullptr;  // the running job's stop flag
+
+// Appends a record to the worker's result ring, waiting for the parent to make room.
+void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
+                   std::span<const std::byte> first, std::span<const std::byte> second = {}) {
+  PoolBlock& b = *w.block;
+  WorkerSlot& s = *w.slot;
+  const std::uint64_t ring = b.ring_bytes;
+  const std::uint64_t need = align_up(sizeof(RecordHeader) + first.size() + second.size(), 8);
+  if (need > ring / 2) {  // too big to ever fit: fail the item instead
+    static const char type_name[] = "procshare::Error";
+    const std::string message =
+        fmt::format("the result takes {} bytes; a worker's result ring holds {} at most", need, ring / 2);
+    append_record(w, RecordType::error, index,
+                  std::as_bytes(std::span(type_name, sizeof type_name - 1)),
+                  std::as_bytes(std::span(message.data(), message.size())));
+    return;
+  }
+  for (;;) {
+    const std::uint64_t write = s.ring_write.load(std::memory_order_relaxed);
+    const std::uint64_t read = s.ring_read.load(std::memory_order_acquire);
+    const std::uint64_t contiguous = ring - write % ring;
+    const std::uint64_t required = need + (contiguous < need ? contiguous : 0);
+    if (ring - (write - read) >= required) break;
+    s.ring_waiting.store(1, std::memory_order_seq_cst);
+    const std::uint32_t sequence = s.ring_space_sequence.load(std::memory_order_seq_cst);
+    if (s.ring_read.load(std::memory_order_seq_cst) == read) {
+      wake_parent(b);
+      futex_wait(s.ring_space_sequence, sequence, deadline_after(std::chrono::milliseconds(50)));
+    }
+    s.ring_waiting.store(0, std::memory_order_relaxed);
+  }
+  std::uint64_t write = s.ring_write.load(std::memory_order_relaxed);
+  std::byte* base = b.ring(w.index);
+  if (ring - write % ring < need) {  // no room before the end: pad to it and wrap
+    RecordHeader pad{static_cast<std::uint32_t>(ring - write % ring),
+                     static_cast<std::uint32_t>(RecordType::padding), 0, 0, 0, 0, 0, 0};
+    std::memcpy(base + write % ring, &pad, sizeof(std::uint32_t) * 2);
+    write += ring - write % ring;
+    s.ring_write.store(write, std::memory_order_release);
+  }
+  RecordHeader header{static_cast<std::uint32_t>(need), static_cast<std::uint32_t>(type),
+                      s.job_id.load(std::memory_order_relaxed), index, cached_pid,
+                      static_cast<std::uint32_t>(first.size()),
+                      static_cast<std::uint32_t>(first.size() + second.size()), 0};
+  std::byte* at = base + write % ring;
+  std::memcpy(at, &header, sizeof header);
+  if (!first.empty()) std::memcpy(at + sizeof header, first.data(), first.size());
+  if (!second.empty()) std::memcpy(at + sizeof header + first.size(), second.data(), second.size());
+  s.ring_write.store(write + need, std::memory_order_release);  // publishes the record
+  wake_parent(b);
+}
+
+bool op_begin_item(ChunkContext& c, std::uint64_t index) {
+  auto& w = *static_cast<WorkerContext*>(c.worker);
+  w.slot->current.store(index, std::memory_order_relaxed);
+  if (w.job->stop.load(std::memory_order_relaxed) != 0 ||
+      index > w.job->best.load(std::memory_order_relaxed)) {
+    w.slot->chunk_skipped.store(w.slot->chunk_skipped.load(std::memory_order_relaxed) + 1,
+                                std::memory_order_relaxed);
+    w.slot->current.store(index + 1, std::memory_order_release);
+    return false;
+  }
+  w.slot->running.store(1, std::memory_order_release);
+  return true;
+}
+
+void op_end_item(ChunkContext& c) {
+  auto& w = *static_cast<WorkerContext*>(c.worker);
+  const std::uint64_t index = w.slot->current.load(std::memory_order_relaxed);
+  w.slot->chunk_done.store(w.slot->chunk_done.load(std::memory_order_relaxed) + 1,
+                           std::memory_order_relaxed);
+  w.slot->running.store(0, std::memory_order_relaxed);
+  w.slot->current.store(index + 1, std::memory_order_release);
+}
+
+void op_emit(ChunkContext& c, std::uint64_t index, const std::byte* data, std::size_t size) {
+  append_record(*static_cast<WorkerContext*>(c.worker), RecordType::result, index,
+                std::span(data, size));
+}
+
+void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char* message) {
+  auto& w = *static_cast<WorkerContext*>(c.worker);
+  const std::string name = demangle(type);
+  append_record(w, RecordType::error, index, std::as_bytes(std::span(name.data(), name.size())),
+                std::as_bytes(std::span(message, std::strlen(message))));
+  // Counted as failed, not done: end_item (which follows) counts it done, so undo that.
+  w.slot->chunk_failed.store(w.slot->chunk_failed.load(std::memory_order_relaxed) + 1,
+                             std::memory_order_relaxed);
+  w.slot->chunk_done.store(w.slot->chunk_done.load(std::memory_order_relaxed) - 1,
+                           std::memory_order_relaxed);
+}
+
+void op_found(ChunkContext& c, std::uint64_t index) {
+  auto& w = *static_cast<WorkerContext*>(c.worker);
+  std::uint64_t best = w.job->best.load(std::memory_order_relaxed);
+  while (index < best && !w.job->best.compare_exchange_weak(best, index)) {
+  }
+}
+
+constexpr ChunkOps chunk_ops{op_begin_item, op_end_item, op_emit, op_fail, op_found};
+
+// Claims a chunk (under the pool lock) into the worker's slot; returns the job's slot or
+// nullptr if there is no work. Stopped jobs' unclaimed items, and find_first items above
+// the match, are settled as skipped here.
+JobSlot* claim(WorkerContext& w) {
+  PoolBlock& b = *w.block;
+  WorkerSlot& s = *w.slot;
+  PoolLock held(b);
+  JobSlot* chosen = nullptr;
+  std::uint32_t chosen_index = 0;
+  for (std::uint32_t i = 0; i < b.job_slots; ++i) {
+    JobSlot& job = b.job(i);
+    if (job.id.load(std::memory_order_acquire) == 0) continue;
+    const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
+    const bool stopped = job.stop.load(std::memory_order_relaxed) != 0;
+    const std::uint64_t best = job.best.load(std::memory_order_relaxed);
+    if ((stopped || cursor > best) && cursor < job.total) {  // drop what never started
+      const std::uint64_t rest = job.total - cursor;
+      job.cursor.store(job.total, std::memory_order_relaxed);
+      job.skipped.fetch_add(rest, std::memory_order_relaxed);
+      if (job.settled.fetch_add(rest, std::memory_order_acq_rel) + rest == job.total) wake_parent(b);
+      continue;
+    }
+    const bool has_work = job.requeued_count.load(std::memory_order_relaxed) > 0 || cursor < job.total;
+    if (has_work && (chosen == nullptr || job.sequence < chosen->sequence)) {
+      chosen = &job;
+      chosen_index = i;
+    }
+  }
+  if (chosen == nullptr) return nullptr;
+  JobSlot& job = *chosen;
+  std::uint64_t first, end;
+  const std::uint32_t requeued = job.requeued_count.load(std::memory_order_relaxed);
+  if (requeued > 0) {
+    // The lowest requeued range first (find_first claims in ascending order).
+    std::uint32_t lowest = 0;
+    for (std::uint32_t r = 1; r < requeued; ++r)
+      if (job.requeued[r].first < job.requeued[lowest].first) lowest = r;
+    std::swap(job.requeued[lowest], job.requeued[requeued - 1]);
+    first = job.requeued[requeued - 1].first;
+    end = job.requeued[requeued - 1].end;
+  } else {
+    first = job.cursor.load(std::memory_order_relaxed);
+    end = std::min(job.total, first + job.chunk);
+  }
+  // Record the claim, then make it (one store), then mark the worker busy: a supervisor
+  // settling a death can tell from `state`, `cursor` and `requeued_count` where it stopped.
+  s.job_slot.store(chosen_index, std::memory_order_relaxed);
+  s.job_id.store(job.id.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  s.chunk_first.store(first, std::memory_order_relaxed);
+  s.chunk_end.store(end, std::memory_order_relaxed);
+  s.current.store(first, std::memory_order_relaxed);
+  s.running.store(0, std::memory_order_relaxed);
+  s.chunk_done.store(0, std::memory_order_relaxed);
+  s.chunk_failed.store(0, std::memory_order_relaxed);
+  s.chunk_skipped.store(0, std::memory_order_relaxed);
+  s.from_requeue.store(requeued > 0 ? 1 : 0, std::memory_order_relaxed);
+  s.requeue_index.store(requeued - 1, std::memory_order_relaxed);
+  s.state.store(static_cast<std::uint32_t>(WorkerState::claiming), std::memory_order_release);
+  if (requeued > 0)
+    job.requeued_count.store(requeued - 1, std::memory_order_release);
+  else
+    job.cursor.store(end, std::memory_order_release);
+  s.state.store(static_cast<std::uint32_t>(WorkerState::busy), std::memory_order_release);
+  return &job;
+}
+
+// Settles the worker's finished chunk into its job.
+void settle_chunk(WorkerContext& w, JobSlot& job) {
+  WorkerSlot& s = *w.slot;
+  const std::uint64_t count = s.chunk_end.load() - s.chunk_first.load();
+  job.done.fetch_add(s.chunk_done.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  job.failed.fetch_add(s.chunk_failed.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  job.skipped.fetch_add(s.chunk_skipped.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  w.block->items_done.fetch_add(s.chunk_done.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  s.state.store(static_cast<std::uint32_t>(WorkerState::idle), std::memory_order_release);
+  s.tasks_done.fetch_add(1, std::memory_order_relaxed);
+  // The last store that touches the job: the parent may free it once settled == total.
+  job.settled.fetch_add(count, std::memory_order_acq_rel);
+  wake_parent(*w.block);
+}
+
+[[noreturn]] void worker_main(PoolBlock& b, std::uint32_t index, pid_t supervisor,
+                              const std::function<void()>& initializer) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != supervisor) ::_exit(1);  // the supervisor died before prctl
+  WorkerSlot& s = b.worker(index);
+  s.state.store(static_cast<std::uint32_t>(WorkerState::starting));
+  if (initializer) {
+    try {
+      initializer();
+    } catch (const std::exception& e) {
+      const std::string reason = fmt::format("the initializer threw {}: {}", demangle(typeid(e).name()), e.what());
+      std::snprintf(b.broken_reason, sizeof b.broken_reason, "%s", reason.c_str());
+      std::fflush(nullptr);
+      ::_exit(3);
+    } catch (...) {
+      std::snprintf(b.broken_reason, sizeof b.broken_reason, "the initializer threw");
+      std::fflush(nullptr);
+      ::_exit(3);
+    }
+  }
+  s.state.store(static_cast<std::uint32_t>(WorkerState::idle));
+  WorkerContext w{&b, &s, nullptr, index};
+  std::uint64_t tasks = 0;
+  for (;;) {
+    const auto state = static_cast<PoolState>(b.state.load(std::memory_order_acquire));
+    if (state == PoolState::terminating || state == PoolState::broken) break;
+    const std::uint32_t sequence = b.work_sequence.load(std::memory_order_seq_cst);
+    JobSlot* job = claim(w);
+    if (job == nullptr) {
+      if (state == PoolState::closing) break;
+      b.workers_waiting.fetch_add(1, std::memory_order_seq_cst);
+      futex_wait(b.work_sequence, sequence, deadline_after(std::chrono::milliseconds(100)));
+      b.workers_waiting.fetch_sub(1, std::memory_order_seq_cst);
+      continue;
+    }
+    w.job = job;
+    current_stop = &job->stop;
+    ChunkContext c{&chunk_ops,
+                   &w,
+                   job->function,
+                   b.arena() + job->items_offset,
+                   job->offsets_offset != UINT64_MAX
+                       ? reinterpret_cast<const std::uint64_t*>(b.arena() + job->offsets_offset)
+                       : nullptr,
+                   job->items_size,
+                   b.arena() + job->args_offset,
+                   job->args_size,
+                   job->result_slot_bytes ? b.arena() + job->results_offset : nullptr,
+                   s.chunk_first.load(),
+                   s.chunk_end.load()};
+    job->run(c);
+    current_stop = nullptr;
+    std::fflush(nullptr);
+    settle_chunk(w, *job);
+    w.job = nullptr;
+    if (b.max_tasks_per_child != 0 && ++tasks >= b.max_tasks_per_child) break;
+  }
+  s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
+  std::fflush(nullptr);
+  ::_exit(0);
+}
+
+// ---------------------------------------------------------------- the supervisor
+
+struct Supervisor {
+  PoolBlock& b;
+  const std::function<void()>& initializer;
+  int commands;  // read end of the parent's command pipe
+  pid_t self = ::getpid();
+  std::vector<int> pidfds;  // per worker slot; -1 if none
+  std::vector<DeathRecord> pending;  // deaths waiting for room in the death ring
+
+  void spawn(std::uint32_t index) {
+    WorkerSlot& s = b.worker(index);
+    s.state.store(static_cast<std::uint32_t>(WorkerState::starting));
+    s.job_id.store(0);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::close(commands);
+      for (int fd : pidfds)
+        if (fd >= 0) ::close(fd);
+      worker_main(b, index, self, initializer);
+    }
+    if (pid < 0) {
+      s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
+      return;
+    }
+    s.pid.store(pid);
+    pidfds[index] = pidfd_open(pid);
+  }
+
+  void publish_deaths() {
+    while (!pending.empty()) {
+      const std::uint64_t write = b.death_write.load(std::memory_order_relaxed);
+      if (write - b.death_read.load(std::memory_order_acquire) >= death_ring_size) return;
+      b.death_ring[write % death_ring_size] = pending.front();
+      pending.erase(pending.begin());
+      b.death_write.store(write + 1, std::memory_order_release);
+    }
+  }
+
+  // A worker ended with `status`: settle the chunk it held and report its running item.
+  void settle_death(std::uint32_t index, const siginfo_t& info) {
+    WorkerSlot& s = b.worker(index);
+    const int signal = info.si_code == CLD_EXITED ? 0 : info.si_status;
+    const int exit_status = info.si_code == CLD_EXITED ? info.si_status : -1;
+    const auto state = static_cast<WorkerState>(s.state.load());
+    PoolLock held(b);
+    if (state == WorkerState::busy || state == WorkerState::claiming) {
+      JobSlot& job = b.job(s.job_slot.load());
+      const std::uint64_t id = s.job_id.load();
+      bool claimed = state == WorkerState::busy;
+      if (state == WorkerState::claiming)  // did its one claiming store happen?
+        claimed = s.from_requeue.load() ? job.requeued_count.load() == s.requeue_index.load()
+                                        : job.cursor.load() == s.chunk_end.load();
+      if (claimed && job.id.load() == id) {
+        const std::uint64_t first = s.chunk_first.load(), end = s.chunk_end.load();
+        std::uint64_t current = s.current.load();
+        const bool running = s.running.load() != 0;
+        current = std::clamp(current, first, end);
+        std::uint64_t settled = current - first;
+        job.done.fetch_add(s.chunk_done.load());
+        job.failed.fetch_add(s.chunk_failed.load());
+        job.skipped.fetch_add(s.chunk_skipped.load());
+        if (running && current < end) {
+          job.failed.fetch_add(1);
+          settled += 1;
+          pending.push_back(DeathRecord{id, current, s.pid.load(), signal, exit_status, 0});
+          current += 1;
+        }
+        if (current < end) {  // the rest of its chunk runs elsewhere
+          const std::uint32_t n = job.requeued_count.load();
+          if (n < max_requeued) {
+            job.requeued[n] = Range{current, end};
+            job.requeued_count.store(n + 1);
+          } else {  // nowhere to put it: those items fail too
+            for (std::uint64_t k = current; k < end; ++k)
+              pending.push_back(DeathRecord{id, k, s.pid.load(), signal, exit_status, 0});
+            job.failed.fetch_add(end - current);
+            settled += end - current;
+          }
+        }
+        publish_deaths();
+        job.settled.fetch_add(settled);
+      }
+    }
+    s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
+    s.job_id.store(0);
+    if (state == WorkerState::starting) {
+      if (b.startup_failures.fetch_add(1) + 1 >= startup_failure_limit) {
+        if (b.broken_reason[0] == '\0')
+          std::snprintf(b.broken_reason, sizeof b.broken_reason,
+                        "workers keep dying at start-up (last: %s %d)",
+                        signal ? "signal" : "exit status", signal ? signal : exit_status);
+        b.state.store(static_cast<std::uint32_t>(PoolState::broken));
+      }
+    } else if (state != WorkerState::exited || exit_status != 0) {
+      b.worker_deaths.fetch_add(1);
+    }
+    if (state != WorkerState::starting) b.startup_failures.store(0);
+  }
+
+  // Whether some job still has items to run (a closing pool replaces dead workers then).
+  bool work_left() {
+    for (std::uint32_t i = 0; i < b.job_slots; ++i)
+      if (b.job(i).id.load() != 0) return true;
+    return false;
+  }
+
+  void kill_workers() {
+    for (std::uint32_t i = 0; i < b.workers; ++i)
+      if (pidfds[i] >= 0) ::syscall(SYS_pidfd_send_signal, pidfds[i], SIGKILL, nullptr, 0);
+    for (std::uint32_t i = 0; i < b.workers; ++i)
+      if (pidfds[i] >= 0) {
+        siginfo_t info{};
+        ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfds[i]), &info, WEXITED);
+        ::close(pidfds[i]);
+        pidfds[i] = -1;
+      }
+  }
+
+  [[noreturn]] void run() {
+    ::setpgid(0, 0);  // the pool's own process group
+    const int parent = pidfd_open(b.parent_pid);
+    if (parent < 0 || ::getppid() != b.parent_pid) ::_exit(1);
+    pidfds.assign(b.workers, -1);
+    b.supervisor_pid.store(self);
+    for (std::uint32_t i = 0; i < b.workers; ++i) spawn(i);
+    for (;;) {
+      std::vector<pollfd> fds{{parent, POLLIN, 0}, {commands, POLLIN, 0}};
+      for (std::uint32_t i = 0; i < b.workers; ++i) fds.push_back({pidfds[i], POLLIN, 0});
+      ::poll(fds.data(), fds.size(), 100);
+      if (fds[0].revents != 0) {  // the parent died: so does the pool
+        kill_workers();
+        ::_exit(0);
+      }
+      if (fds[1].revents != 0) {
+        char command = 0;
+        if (::read(commands, &command, 1) != 1 || command == 'T') {  // terminate (or EOF)
+          b.state.store(static_cast<std::uint32_t>(PoolState::terminating));
+          kill_workers();
+          ::_exit(0);
+        }
+        if (command == 'C') {
+          b.state.store(static_cast<std::uint32_t>(PoolState::closing));
+          wake_workers(b);
+        }
+      }
+      const auto state = static_cast<PoolState>(b.state.load());
+      bool any = false;
+      for (std::uint32_t i = 0; i < b.workers; ++i) {
+        if (pidfds[i] < 0) continue;
+        siginfo_t info{};
+        info.si_pid = 0;
+        if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfds[i]), &info,
+                     WEXITED | WNOHANG) != 0 || info.si_pid == 0) {
+          any = true;
+          continue;
+        }
+        ::close(pidfds[i]);
+        pidfds[i] = -1;
+        settle_death(i, info);
+        wake_parent(b);
+        wake_workers(b);
+        const auto now = static_cast<PoolState>(b.state.load());
+        if (now == PoolState::running || (now == PoolState::closing && work_left())) {
+          spawn(i);
+          any = true;
+        }
+      }
+      publish_deaths();
+      if (static_cast<PoolState>(b.state.load()) == PoolState::broken) {
+        kill_workers();
+        wake_parent(b);
+        ::_exit(0);
+      }
+      if (!any && state != PoolState::running) {
+        wake_parent(b);
+        ::_exit(0);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- the parent's side
+
+class PoolCore {
+public:
+  Segment segment;
+  PoolBlock* block = nullptr;
+  pid_t supervisor = -1;
+  int commands = -1;  // write end of the command pipe
+  pid_t creator = ::getpid();
+  bool closed = false;      // close() or terminate() was called
+  std::string ended;        // why the pool can run nothing more ("" while it can)
+  std::recursive_mutex mutex;
+  std::unordered_map<std::uint64_t, std::shared_ptr<JobState>> active;  // by job id
+  std::unordered_map<std::uint64_t, std::uint32_t> slots;               // job id -> slot
+  std::map<std::uint64_t, std::uint64_t> free_space;  // arena offset -> bytes
+  std::unordered_map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> allocations;
+  std::uint64_t next_id = 1;
+  std::chrono::steady_clock::time_point last_check{};
+
+  explicit PoolCore(Segment s) : segment(std::move(s)) {}
+
+  // ---- arena (parent-only allocator over the shared arena)
+  std::optional<std::uint64_t> allocate(std::uint64_t bytes) {
+    bytes = align_up(std::max<std::uint64_t>(bytes, 1), 64);
+    for (auto it = free_space.begin(); it != free_space.end(); ++it)
+      if (it->second >= bytes) {
+        const std::uint64_t offset = it->first, left = it->second - bytes;
+        free_space.erase(it);
+        if (left) free_space.emplace(offset + bytes, left);
+        return offset;
+      }
+    return std::nullopt;
+  }
+  void release(std::uint64_t offset, std::uint64_t bytes) {
+    bytes = align_up(std::max<std::uint64_t>(bytes, 1), 64);
+    auto it = free_space.emplace(offset, bytes).first;
+    if (auto next = std::next(it); next != free_space.end() && it->first + it->second == next->first) {
+      it->second += next->second;
+      free_space.erase(next);
+    }
+    if (it != free_space.begin()) {
+      auto previous = std::prev(it);
+      if (previous->first + previous->second == it->first) {
+        previous->second += it->second;
+        free_space.erase(it);
+      }
+    }
+  }
+
+  // ---- collecting
+
+  void fail_all(const std::string& reason) {
+    ended = reason;
+    for (auto& [id, state] : active) {
+      state->closed = reason;
+      state->finished = true;
+    }
+    active.clear();
+  }
+
+  void check_supervisor() {
+    if (!ended.empty() || supervisor < 0) return;
+    int status = 0;
+    const pid_t r = ::waitpid(supervisor, &status, WNOHANG);
+    const auto state = static_cast<PoolState>(block->state.load());
+    if (r == supervisor) {
+      supervisor = -1;
+      if (state == PoolState::broken)
+        fail_all(fmt::format("the pool is broken: {}", block->broken_reason));
+      else if (!active.empty() || state == PoolState::running)
+        fail_all(state == PoolState::terminating ? "the pool was terminated"
+                                                 : "the pool's supervisor died");
+    } else if (state == PoolState::broken) {
+      fail_all(fmt::format("the pool is broken: {}", block->broken_reason));
+    }
+  }
+
+  void dispatch(const RecordHeader& header, const std::byte* payload, std::size_t size) {
+    auto it = active.find(header.job_id);
+    if (it == active.end()) return;
+    JobState& state = *it->second;
+    if (header.type == static_cast<std::uint32_t>(RecordType::result)) {
+      Reader r{payload, payload + size};
+      state.accept(header.index, r);
+    } else if (header.type == static_cast<std::uint32_t>(RecordType::error)) {
+      const std::size_t type_length = std::min<std::size_t>(header.type_length, size);
+      state.failures.push_back(JobState::Failure{
+          header.index, false, std::string(reinterpret_cast<const char*>(payload), type_length),
+          std::string(reinterpret_cast<const char*>(payload) + type_length, size - type_length),
+          header.pid, 0, -1});
+    }
+  }
+
+  void drain_rings() {
+    for (std::uint32_t i = 0; i < block->workers; ++i) {
+      WorkerSlot& s = block->worker(i);
+      std::uint64_t read = s.ring_read.load(std::memory_order_relaxed);
+      const std::uint64_t write = s.ring_write.load(std::memory_order_acquire);
+      if (read == write) continue;
+      const std::byte* ring = block->ring(i);
+      const std::uint64_t bytes = block->ring_bytes;
+      while (read < write) {
+        RecordHeader header{};
+        std::memcpy(&header, ring + read % bytes, sizeof(std::uint32_t) * 2);
+        if (header.size < 8 || header.size % 8 != 0 || header.size > bytes - read % bytes) break;  // corrupt
+        if (header.type != static_cast<std::uint32_t>(RecordType::padding) && header.size >= sizeof header) {
+          std::memcpy(&header, ring + read % bytes, sizeof header);
+          dispatch(header, ring + read % bytes + sizeof header,
+                   std::min<std::size_t>(header.payload_length, header.size - sizeof header));
+        }
+        read += header.size;
+      }
+      s.ring_read.store(write, std::memory_order_release);
+      if (s.ring_waiting.load(std::memory_order_seq_cst)) {
+        s.ring_space_sequence.fetch_add(1, std::memory_order_seq_cst);
+        futex_wake(s.ring_space_sequence);
+      }
+    }
+    std::uint64_t read = block->death_read.load(std::memory_order_relaxed);
+    const std::uint64_t write = block->death_write.load(std::memory_order_acquire);
+    for (; read < write; ++read) {
+      const DeathRecord& death = block->death_ring[read % death_ring_size];
+      if (auto it = active.find(death.job_id); it != active.end())
+        it->second->failures.push_back(JobState::Failure{death.index, true, "", "", death.pid,
+                                                         death.signal, death.exit_status});
+    }
+    block->death_read.store(read, std::memory_order_release);
+  }
+
+  // Moves everything finished into its JobState; frees finished jobs' slots and memory.
+  void pump() {
+    std::vector<std::uint64_t> complete;
+    for (auto& [id, state] : active) {
+      JobSlot& job = block->job(slots.at(id));
+      if (job.settled.load(std::memory_order_acquire) >= job.total) complete.push_back(id);
+    }
+    drain_rings();
+    for (const std::uint64_t id : complete) {
+      auto state = active.at(id);
+      const std::uint32_t slot_index = slots.at(id);
+      JobSlot& job = block->job(slot_index);
+      state->done = job.done.load();
+      state->failed = job.failed.load();
+      state->skipped = job.skipped.load();
+      state->stopped = job.stop.load() != 0 && state->skipped > 0;
+      if (state->kind == JobKind::find_first && job.best.load() < job.total) state->found = job.best.load();
+      if (job.result_slot_bytes) state->copy_fixed(block->arena() + job.results_offset);
+      state->finished = true;
+      {
+        PoolLock held(*block);
+        job.id.store(0, std::memory_order_release);
+      }
+      for (const auto& [offset, bytes] : allocations[id]) release(offset, bytes);
+      allocations.erase(id);
+      slots.erase(id);
+      active.erase(id);
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_check >= supervisor_check_period || complete.empty()) {
+      last_check = now;
+      check_supervisor();
+    }
+  }
+
+  // Sleeps until workers report progress, `deadline`, or the next supervisor check.
+  void sleep_until(Deadline deadline) {
+    const std::uint32_t sequence = block->parent_sequence.load(std::memory_order_seq_cst);
+    block->parent_waiting.fetch_add(1, std::memory_order_seq_cst);
+    futex_wait(block->parent_sequence, sequence,
+               std::min(deadline, std::chrono::steady_clock::now() + supervisor_check_period));
+    block->parent_waiting.fetch_sub(1, std::memory_order_seq_cst);
+  }
+
+  void send(char command) {
+    if (commands >= 0 && ::write(commands, &command, 1) != 1) {
+    }
+  }
+};
+
+}  // namespace detail
+
+using detail::JobSlot;
+using detail::PoolBlock;
+using detail::PoolCore;
+
+// ---------------------------------------------------------------- JobState
+
+detail::JobState::~JobState() = default;
+
+void detail::JobState::throw_if_failed(std::uint64_t limit) const {
+  if (!closed.empty()) throw PoolClosed(segment, "pool", closed);
+  const Failure* lowest = nullptr;
+  for (const Failure& f : failures)
+    if (f.index < limit && (lowest == nullptr || f.index < lowest->index)) lowest = &f;
+  if (lowest != nullptr) {
+    if (lowest->died)
+      throw WorkerDied(segment, lowest->index, lowest->pid, lowest->signal, lowest->exit_status);
+    throw TaskError(segment, lowest->index, lowest->type, lowest->message, lowest->pid);
+  }
+  if (stopped && kind != JobKind::find_first)
+    throw Stopped(segment, "pool",
+                  fmt::format("the job was stopped: {} of {} items done, {} dropped", done, total,
+                              skipped));
+}
+
+void detail::Reader::throw_truncated() {
+  throw CorruptSegment("", "pool", "a serialized value runs past the end of its bytes");
+}
+
+// ---------------------------------------------------------------- job functions
+
+void detail::start_job(PoolCore& core, const JobSpec& spec, const std::shared_ptr<JobState>& state) {
+  std::lock_guard guard(core.mutex);
+  if (core.creator != ::getpid())
+    throw PoolClosed(core.segment.name(), "pool", "a pool can only be used by the process that made it");
+  if (core.closed || !core.ended.empty())
+    throw PoolClosed(core.segment.name(), "pool",
+                     core.ended.empty() ? std::string("the pool is closed") : core.ended);
+  PoolBlock& b = *core.block;
+  const std::uint64_t results_bytes = spec.result_slot_bytes * spec.total;
+  const std::uint64_t offsets_bytes = spec.item_offsets.size() * sizeof(std::uint64_t);
+  const std::uint64_t needed = align_up(spec.items.size() + 1, 64) + align_up(offsets_bytes + 1, 64) +
+                               align_up(spec.args.size() + 1, 64) + align_up(results_bytes + 1, 64);
+  if (needed > b.arena_bytes)
+    throw SegmentFull(core.segment.name(), "pool",
+                      fmt::format("the job needs {} bytes of arena, but the pool has {}; raise "
+                                  "PoolOptions::arena_bytes",
+                                  needed, b.arena_bytes));
+  // Wait for a free slot and arena room, collecting results meanwhile.
+  for (;;) {
+    core.pump();
+    if (!core.ended.empty()) throw PoolClosed(core.segment.name(), "pool", core.ended);
+    std::uint32_t slot = UINT32_MAX;
+    for (std::uint32_t i = 0; i < b.job_slots && slot == UINT32_MAX; ++i)
+      if (b.job(i).id.load(std::memory_order_acquire) == 0) slot = i;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> taken;
+    bool room = slot != UINT32_MAX;
+    auto take = [&](std::uint64_t bytes) -> std::uint64_t {
+      if (!room) return 0;
+      auto offset = core.allocate(bytes);
+      if (!offset) {
+        room = false;
+        return 0;
+      }
+      taken.emplace_back(*offset, bytes);
+      return *offset;
+    };
+    const std::uint64_t items_offset = take(spec.items.size());
+    const std::uint64_t offsets_offset = take(offsets_bytes);
+    const std::uint64_t args_offset = take(spec.args.size());
+    const std::uint64_t results_offset = take(results_bytes);
+    if (!room) {
+      for (const auto& [offset, bytes] : taken) core.release(offset, bytes);
+      core.sleep_until(no_deadline);
+      continue;
+    }
+    std::byte* arena = b.arena();
+    if (!spec.items.empty()) std::memcpy(arena + items_offset, spec.items.data(), spec.items.size());
+    if (offsets_bytes) std::memcpy(arena + offsets_offset, spec.item_offsets.data(), offsets_bytes);
+    if (!spec.args.empty()) std::memcpy(arena + args_offset, spec.args.data(), spec.args.size());
+    const std::uint64_t id = core.next_id++;
+    state->id = id;
+    state->total = spec.total;
+    state->kind = spec.kind;
+    state->segment = core.segment.name();
+    JobSlot& job = b.job(slot);
+    job.kind = static_cast<std::uint32_t>(spec.kind);
+    job.sequence = id;
+    job.run = spec.run;
+    job.function = spec.function;
+    job.items_offset = items_offset;
+    job.items_size = spec.items.size();
+    job.offsets_offset = spec.item_offsets.empty() ? UINT64_MAX : offsets_offset;
+    job.args_offset = args_offset;
+    job.args_size = spec.args.size();
+    job.results_offset = results_offset;
+    job.result_slot_bytes = spec.result_slot_bytes;
+    job.total = spec.total;
+    const std::uint64_t per_worker = std::max<std::uint64_t>(1, spec.total / (b.workers * (spec.kind == JobKind::find_first ? 64 : 4)));
+    job.chunk = spec.chunk ? spec.chunk : std::min<std::uint64_t>(per_worker, spec.kind == JobKind::find_first ? 4096 : UINT64_MAX);
+    job.cursor.store(0);
+    job.settled.store(0);
+    job.done.store(0);
+    job.failed.store(0);
+    job.skipped.store(0);
+    job.stop.store(0);
+    job.best.store(UINT64_MAX);
+    job.requeued_count.store(0);
+    core.allocations[id] = std::move(taken);
+    core.slots[id] = slot;
+    core.active[id] = state;
+    {
+      PoolLock held(b);
+      job.id.store(id, std::memory_order_release);  // publishes the job to the workers
+    }
+    detail::wake_workers(b);
+    if (spec.total == 0) core.pump();
+    return;
+  }
+}
+
+bool detail::wait_job(PoolCore& core, JobState& state, Deadline deadline) {
+  std::lock_guard guard(core.mutex);
+  for (;;) {
+    core.pump();
+    if (state.finished) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    core.sleep_until(deadline);
+  }
+}
+
+void detail::cancel_job(PoolCore& core, JobState& state) {
+  std::lock_guard guard(core.mutex);
+  if (auto it = core.slots.find(state.id); it != core.slots.end()) {
+    core.block->job(it->second).stop.store(1, std::memory_order_release);
+    detail::wake_workers(*core.block);
+  }
+}
+
+detail::Progress detail::job_progress(PoolCore& core, JobState& state) {
+  std::lock_guard guard(core.mutex);
+  core.pump();
+  if (auto it = core.slots.find(state.id); it != core.slots.end()) {
+    JobSlot& job = core.block->job(it->second);
+    return {job.done.load(), job.failed.load(), job.skipped.load(), state.total};
+  }
+  return {state.done, state.failed, state.skipped, state.total};
+}
+
+unsigned detail::pool_workers(const PoolCore& core) { return core.block->workers; }
+
+bool stop_requested() noexcept {
+  return detail::current_stop != nullptr && detail::current_stop->load(std::memory_order_relaxed) != 0;
+}
+
+void request_stop() noexcept {
+  if (detail::current_stop != nullptr) detail::current_stop->store(1, std::memory_order_release);
+}
+
+// ---------------------------------------------------------------- Pool
+
+Pool::Pool(PoolOptions options) {
+  static std::atomic<int> counter{0};
+  const unsigned workers = options.workers ? options.workers : std::max(1u, std::thread::hardware_concurrency());
+  const std::string name = options.name.empty()
+                               ? fmt::format("procshare-pool-{}-{}", ::getpid(), counter++)
+                               : options.name;
+  if (workers > detail::max_workers)
+    throw InvalidArgument(name, "pool", fmt::format("{} workers is more than {}", workers, detail::max_workers));
+  if (options.arena_bytes < 4096 || options.arena_bytes > (std::size_t{1} << 40))
+    throw InvalidArgument(name, "pool", fmt::format("arena_bytes {} is out of range (4096 to 2^40)", options.arena_bytes));
+  if (!options.allow_threads) {
+    if (const int threads = detail::thread_count(); threads > 1)
+      throw InvalidArgument(name, "pool",
+                            fmt::format("this process runs {} threads, and forking a threaded "
+                                        "process is unsafe; set PoolOptions::allow_threads if "
+                                        "you know it is fine",
+                                        threads));
+  }
+  // Layout of the control block: header, worker table, job table, rings, arena.
+  const std::uint64_t workers_offset = detail::align_up(sizeof(PoolBlock), 64);
+  const std::uint64_t jobs_offset =
+      detail::align_up(workers_offset + workers * sizeof(detail::WorkerSlot), 64);
+  const std::uint64_t rings_offset =
+      detail::align_up(jobs_offset + detail::job_slot_count * sizeof(JobSlot), 64);
+  const std::uint64_t arena_offset =
+      detail::align_up(rings_offset + workers * detail::ring_bytes_per_worker, 4096);
+  const std::uint64_t arena_bytes = detail::align_up(options.arena_bytes, 4096);
+  const std::uint64_t block_bytes = arena_offset + arena_bytes;
+  auto segment = Segment::create(name, block_bytes + (1u << 16), {.permissions = 0600, .max_objects = 8});
+  struct Layout {
+    std::uint64_t workers_offset, jobs_offset, rings_offset, arena_offset, arena_bytes;
+    unsigned workers;
+    std::uint64_t max_tasks;
+  } const layout{workers_offset, jobs_offset, rings_offset, arena_offset, arena_bytes, workers,
+                 options.max_tasks_per_child};
+  const detail::ObjectSpec spec{ObjectKind::pool, "", 0, 0, workers, block_bytes};
+  auto placed = detail::place(
+      segment, "pool", spec, detail::Intent::create,
+      [](detail::ObjectHeader* object, const void* context) {
+        const auto& l = *static_cast<const Layout*>(context);
+        auto* b = reinterpret_cast<PoolBlock*>(object);
+        if (detail::init_lock(b->lock, false) != 0) return false;
+        b->parent_pid = ::getpid();
+        b->workers = l.workers;
+        b->job_slots = detail::job_slot_count;
+        b->max_tasks_per_child = l.max_tasks;
+        b->ring_bytes = detail::ring_bytes_per_worker;
+        b->workers_offset = l.workers_offset;
+        b->jobs_offset = l.jobs_offset;
+        b->rings_offset = l.rings_offset;
+        b->arena_offset = l.arena_offset;
+        b->arena_bytes = l.arena_bytes;
+        return true;
+      },
+      &layout);
+  auto* block = reinterpret_cast<PoolBlock*>(
+      detail::resolve(placed.handle, ObjectKind::pool, sizeof(PoolBlock)));
+  core_ = std::make_shared<PoolCore>(std::move(segment));
+  core_->block = block;
+  core_->free_space.emplace(0, arena_bytes);
+
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0)
+    throw Error(name, "pool", fmt::format("cannot make a pipe: {}", detail::os_reason(errno)));
+  std::fflush(nullptr);  // nothing buffered may be printed twice
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(pipe_fds[0]);
+    ::close(pipe_fds[1]);
+    throw Error(name, "pool", fmt::format("cannot fork the supervisor: {}", detail::os_reason(errno)));
+  }
+  if (pid == 0) {
+    ::close(pipe_fds[1]);
+    detail::Supervisor supervisor{*block, options.initializer, pipe_fds[0], ::getpid(), {}, {}};
+    supervisor.run();
+  }
+  ::close(pipe_fds[0]);
+  core_->commands = pipe_fds[1];
+  core_->supervisor = pid;
+}
+
+Pool::~Pool() {
+  if (!core_ || core_->creator != ::getpid()) return;
+  try {
+    close();
+    join();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "procshare: ~Pool: %s\n", e.what());
+    try {
+      terminate();
+    } catch (...) {
+    }
+  }
+  if (core_->commands >= 0) ::close(core_->commands);
+  core_->commands = -1;
+}
+
+void Pool::close() {
+  std::lock_guard guard(core_->mutex);
+  core_->closed = true;
+}
+
+void Pool::join() {
+  std::lock_guard guard(core_->mutex);
+  if (!core_->closed)
+    throw InvalidArgument(core_->segment.name(), "pool", "join() before close()");
+  while (!core_->active.empty() && core_->ended.empty()) {
+    core_->pump();
+    if (!core_->active.empty()) core_->sleep_until(detail::no_deadline);
+  }
+  if (core_->supervisor < 0) return;
+  core_->send('C');
+  int status = 0;
+  while (::waitpid(core_->supervisor, &status, 0) < 0 && errno == EINTR) {
+  }
+  core_->supervisor = -1;
+}
+
+void Pool::terminate() {
+  std::lock_guard guard(core_->mutex);
+  core_->closed = true;
+  if (core_->supervisor >= 0) {
+    core_->send('T');
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(800);
+    int status = 0;
+    pid_t r = 0;
+    while ((r = ::waitpid(core_->supervisor, &status, WNOHANG)) == 0 &&
+           std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (r == 0) {  // it did not finish in time: kill it and its workers ourselves
+      for (std::uint32_t i = 0; i < core_->block->workers; ++i)
+        if (const pid_t worker = core_->block->worker(i).pid.load(); worker > 0) ::kill(worker, SIGKILL);
+      ::kill(core_->supervisor, SIGKILL);
+      ::waitpid(core_->supervisor, &status, 0);
+    }
+    core_->supervisor = -1;
+  }
+  core_->fail_all("the pool was terminated");
+}
+
+unsigned Pool::workers() const { return core_->block->workers; }
+
+std::vector<int> Pool::worker_pids() const {
+  std::vector<int> pids;
+  for (std::uint32_t i = 0; i < core_->block->workers; ++i) {
+    const auto& w = core_->block->worker(i);
+    const auto state = static_cast<detail::WorkerState>(w.state.load());
+    if (state != detail::WorkerState::empty && state != detail::WorkerState::exited && w.pid.load() > 0)
+      pids.push_back(w.pid.load());
+  }
+  return pids;
+}
+
+int Pool::supervisor_pid() const { return core_->block->supervisor_pid.load(); }
+
+std::string Pool::control_segment() const { return core_->segment.name(); }
+
+}  // namespace procshare

@@ -1,0 +1,368 @@
+// Pool: results, failures, stopping, find_first and lifetimes, with real processes.
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <sys/file.h>
+
+#include <csignal>
+#include <numeric>
+#include <random>
+#include <set>
+
+using namespace procshare;
+using procshare::test::PipeSignal;
+using procshare::test::run_child;
+using procshare::test::SegmentName;
+using procshare::test::wait_child;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Whether process `pid` is gone (or a zombie nobody has reaped yet).
+bool process_gone(int pid) {
+  if (::kill(pid, 0) != 0) return errno == ESRCH;
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+  if (f == nullptr) return true;
+  char buffer[512] = {};
+  const std::size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
+  std::fclose(f);
+  const std::string_view text(buffer, n);
+  const auto paren = text.rfind(')');
+  return paren != std::string_view::npos && paren + 2 < text.size() && text[paren + 2] == 'Z';
+}
+
+// Waits up to `timeout` for every pid in `pids` to be gone.
+bool all_gone(const std::vector<int>& pids, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (std::all_of(pids.begin(), pids.end(), process_gone)) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+}
+
+std::int64_t square(std::int64_t x) { return x * x; }
+
+}  // namespace
+
+TEST_SUITE("pool") {
+
+TEST_CASE("map over 200,000 items gives exact, ordered results with 1, 2 and 8 workers") {
+  std::vector<std::int64_t> items(200000);
+  std::iota(items.begin(), items.end(), 0);
+  for (const unsigned workers : {1u, 2u, 8u}) {
+    CAPTURE(workers);
+    Pool pool({.workers = workers});
+    const auto results = pool.map(items, square);
+    REQUIRE(results.size() == items.size());
+    bool exact = true;
+    for (std::size_t i = 0; i < items.size(); ++i) exact = exact && results[i] == items[i] * items[i];
+    CHECK(exact);
+    const auto strings = pool.map(std::vector<int>{1, 22, 333}, [](int x, const std::string& unit) {
+      return std::to_string(x) + unit;
+    }, std::string(" apples"));
+    CHECK(strings == std::vector<std::string>{"1 apples", "22 apples", "333 apples"});
+  }
+}
+
+TEST_CASE("submit returns a Future; 20,000 outstanding futures are all collected at the end") {
+  Pool pool({.workers = 2});
+  auto one = pool.submit([](int a, int b) { return a + b; }, 2, 40);
+  CHECK(one.get() == 42);
+  std::vector<Future<std::int64_t>> futures;
+  for (std::int64_t i = 0; i < 20000; ++i) futures.push_back(pool.submit(square, i));
+  std::int64_t sum = 0;
+  for (auto& f : futures) sum += f.get();
+  std::int64_t expected = 0;
+  for (std::int64_t i = 0; i < 20000; ++i) expected += i * i;
+  CHECK(sum == expected);
+  auto nothing = pool.submit([] {});
+  nothing.get();
+  CHECK(nothing.ready());
+}
+
+TEST_CASE("a task that throws fails its future with TaskError: index, type, message and pid") {
+  Pool pool({.workers = 2});
+  auto f = pool.submit([](int x) -> int { throw std::invalid_argument("bad x " + std::to_string(x)); }, 7);
+  try {
+    f.get();
+    FAIL("no exception");
+  } catch (const TaskError& e) {
+    CHECK(e.index() == 0);
+    CHECK(e.exception_type() == "std::invalid_argument");
+    CHECK(e.message() == "bad x 7");
+    const auto pids = pool.worker_pids();
+    CHECK(std::find(pids.begin(), pids.end(), e.worker_pid()) != pids.end());
+    CHECK(std::string(e.what()).find("item 0 failed in worker") != std::string::npos);
+  }
+}
+
+TEST_CASE("map finishes every other item, then throws the lowest-index TaskError") {
+  SegmentName name("mapfail");
+  auto segment = Segment::create(name, 1 << 20);
+  auto ran = segment.create_array<int>("ran", 1000, 0);
+  Pool pool({.workers = 2});
+  std::vector<int> items(1000);
+  std::iota(items.begin(), items.end(), 0);
+  try {
+    pool.map(items, [](int i, Array<int> ran) {
+      ran.store(i, 1);
+      if (i == 700 || i == 300) throw std::runtime_error("item " + std::to_string(i));
+      return i;
+    }, ran);
+    FAIL("no exception");
+  } catch (const TaskError& e) {
+    CHECK(e.index() == 300);
+    CHECK(e.message() == "item 300");
+  }
+  CHECK(ran.snapshot() == std::vector<int>(1000, 1));
+}
+
+TEST_CASE("a worker killed mid-task fails only that item with WorkerDied; the rest is correct") {
+  SegmentName name("killed");
+  auto segment = Segment::create(name, 1 << 20);
+  auto results = segment.create_array<std::int64_t>("results", 2000, -1);
+  Pool pool({.workers = 2});
+  const auto before = pool.worker_pids();
+  std::vector<std::int64_t> items(2000);
+  std::iota(items.begin(), items.end(), 0);
+  for (const int way : {0, 1, 2}) {  // SIGKILL, abort(), _exit(3)
+    CAPTURE(way);
+    results.fill(-1);
+    try {
+      pool.map(items, [](std::int64_t i, Array<std::int64_t> out, int how) {
+        if (i == 1234) {
+          if (how == 0) ::kill(::getpid(), SIGKILL);
+          if (how == 1) {
+            std::signal(SIGABRT, SIG_DFL);  // not the test framework's crash handler
+            std::abort();
+          }
+          ::_exit(3);
+        }
+        out.store(static_cast<std::size_t>(i), i * 3);
+        return i;
+      }, results, way);
+      FAIL("no exception");
+    } catch (const WorkerDied& e) {
+      CHECK(e.index() == 1234);
+      if (way == 0) CHECK(e.signal() == SIGKILL);
+      if (way == 1) CHECK(e.signal() == SIGABRT);
+      if (way == 2) CHECK(e.exit_status() == 3);
+    }
+    const auto got = results.snapshot();
+    int wrong = 0;
+    for (std::int64_t i = 0; i < 2000; ++i) wrong += got[i] != (i == 1234 ? -1 : i * 3);
+    CHECK(wrong == 0);
+  }
+  CHECK(pool.map(items, square).at(1999) == 1999 * 1999);  // replacements took over
+  CHECK(pool.worker_pids().size() == 2);
+  CHECK(pool.worker_pids() != before);
+}
+
+TEST_CASE("a cancelled job throws Stopped and drops its unstarted work") {
+  Pool pool({.workers = 2});
+  std::vector<int> items(100000, 1);
+  auto job = pool.map_async(items, [](int x) {
+    std::this_thread::sleep_for(100us);
+    return x;
+  });
+  while (job.progress().done < 10) std::this_thread::sleep_for(1ms);
+  job.cancel();
+  CHECK_THROWS_WITH_AS(job.get(), doctest::Contains("the job was stopped"), Stopped);
+  const auto p = job.progress();
+  CHECK(p.done + p.failed + p.skipped == p.total);
+  CHECK(p.skipped > 50000);
+}
+
+TEST_CASE("a task that calls request_stop stops its own job; stop_requested sees it") {
+  Pool pool({.workers = 2});
+  std::vector<int> items(50000);
+  std::iota(items.begin(), items.end(), 0);
+  CHECK_THROWS_AS(pool.map(items, [](int x) {
+    if (x == 100) request_stop();
+    if (stop_requested()) return -1;
+    std::this_thread::sleep_for(20us);
+    return x;
+  }), Stopped);
+  CHECK_FALSE(stop_requested());  // outside a task
+  CHECK(pool.map(std::vector<int>{1, 2}, [](int x) { return x; }) == std::vector<int>{1, 2});
+}
+
+TEST_CASE("find_first returns the lowest index even when a higher one is found first") {
+  std::vector<int> items(20000, 0);
+  for (const int at : {1500, 3000, 9000, 15000}) items[at] = 1;
+  Pool pool({.workers = 4});
+  for (int run = 0; run < 100; ++run) {
+    const auto found = pool.find_first(items, [](const int& x, int seed) {
+      // Random delays so that higher matches are often found first.
+      std::minstd_rand random(static_cast<unsigned>(seed) ^ static_cast<unsigned>(::getpid()));
+      if (random() % 50 == 0) std::this_thread::sleep_for(std::chrono::microseconds(random() % 300));
+      return x == 1;
+    }, run);
+    REQUIRE(found.has_value());
+    CHECK(found->first == 1500);
+  }
+  CHECK_FALSE(pool.find_first(std::vector<int>(100, 0), [](const int& x) { return x == 1; }).has_value());
+}
+
+TEST_CASE("find_first evaluates far fewer items than the total when the match is early") {
+  SegmentName name("evaluated");
+  auto segment = Segment::create(name, 1 << 16);
+  auto evaluated = segment.create_atomic<std::int64_t>("evaluated", 0);
+  std::vector<int> items(1000000, 0);
+  items[2000] = 1;
+  Pool pool({.workers = 2});
+  const auto found = pool.find_first(items, [](const int& x, Atomic<std::int64_t> count) {
+    count.fetch_add(1);
+    return x == 1;
+  }, evaluated);
+  REQUIRE(found.has_value());
+  CHECK(found->first == 2000);
+  CHECK(evaluated.load() < 100000);
+}
+
+TEST_CASE("find_first reports an error from an item below the match, not one above") {
+  Pool pool({.workers = 2});
+  std::vector<int> items(5000, 0);
+  items[3000] = 1;
+  items[1000] = 2;  // throws, below the match
+  items[4000] = 2;  // throws, above it
+  auto pred = [](const int& x) {
+    if (x == 2) throw std::runtime_error("broken item");
+    return x == 1;
+  };
+  CHECK_THROWS_WITH_AS(pool.find_first(items, pred), doctest::Contains("item 1000 failed"), TaskError);
+  items[1000] = 0;
+  CHECK(pool.find_first(items, pred)->first == 3000);
+}
+
+TEST_CASE("a throwing initializer breaks the pool with a clear error, without a respawn loop") {
+  Pool pool({.workers = 2, .initializer = [] { throw std::runtime_error("no database"); }});
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH_AS(pool.submit([] { return 1; }).get(),
+                       doctest::Contains("the initializer threw std::runtime_error: no database"),
+                       PoolClosed);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK_THROWS_AS(pool.submit([] { return 1; }), PoolClosed);
+}
+
+TEST_CASE("the initializer runs in every worker, replacements included") {
+  SegmentName name("init");
+  auto segment = Segment::create(name, 1 << 16);
+  auto starts = segment.create_atomic<int>("starts", 0);
+  Pool pool({.workers = 2, .initializer = [starts]() mutable { starts += 1; }, .max_tasks_per_child = 1});
+  std::set<int> pids;
+  for (int i = 0; i < 5; ++i) pids.insert(pool.submit([] { return static_cast<int>(::getpid()); }).get());
+  CHECK(pids.size() == 5);  // one task per worker: each ran in a fresh replacement
+  pool.close();
+  pool.join();
+  CHECK(starts.load() >= 5);  // every one of them ran the initializer first
+}
+
+TEST_CASE("terminate while tasks run returns within a second, leaving no worker or supervisor") {
+  Pool pool({.workers = 2});
+  auto slow = pool.submit([] {
+    std::this_thread::sleep_for(30s);
+    return 1;
+  });
+  auto pending = pool.map_async(std::vector<int>(100, 1), [](int x) {
+    std::this_thread::sleep_for(1s);
+    return x;
+  });
+  while (pool.worker_pids().size() < 2) std::this_thread::sleep_for(1ms);
+  std::vector<int> pids = pool.worker_pids();
+  pids.push_back(pool.supervisor_pid());
+  const auto start = std::chrono::steady_clock::now();
+  pool.terminate();
+  CHECK(std::chrono::steady_clock::now() - start < 1s);
+  CHECK(all_gone(pids, 1s));
+  CHECK_THROWS_WITH_AS(slow.get(), doctest::Contains("the pool was terminated"), PoolClosed);
+  CHECK_THROWS_AS(pending.get(), PoolClosed);
+  CHECK_THROWS_AS(pool.submit([] { return 1; }), PoolClosed);
+}
+
+TEST_CASE("the parent SIGKILLed mid-job takes its supervisor and workers with it") {
+  PipeSignal ready;
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t parent = run_child([&] {
+    Pool pool({.workers = 2});
+    auto job = pool.map_async(std::vector<int>(1000, 1), [](int x) {
+      std::this_thread::sleep_for(50ms);
+      return x;
+    });
+    while (pool.worker_pids().size() < 2) std::this_thread::sleep_for(1ms);
+    std::vector<int> pids = pool.worker_pids();
+    pids.push_back(pool.supervisor_pid());
+    const std::string segment = pool.control_segment();
+    const std::size_t n = pids.size();
+    if (::write(fds[1], &n, sizeof n) < 0 || ::write(fds[1], pids.data(), n * sizeof(int)) < 0 ||
+        ::write(fds[1], segment.c_str(), segment.size() + 1) < 0)
+      ::_exit(4);
+    ready.notify();
+    for (;;) ::pause();
+  });
+  REQUIRE(ready.wait());
+  std::size_t n = 0;
+  REQUIRE(::read(fds[0], &n, sizeof n) == sizeof n);
+  std::vector<int> pids(n);
+  REQUIRE(::read(fds[0], pids.data(), n * sizeof(int)) == static_cast<ssize_t>(n * sizeof(int)));
+  char segment[256] = {};
+  REQUIRE(::read(fds[0], segment, sizeof segment - 1) > 0);
+  ::close(fds[0]);
+  ::close(fds[1]);
+  ::kill(parent, SIGKILL);
+  CHECK(wait_child(parent).signal == SIGKILL);
+  CHECK(all_gone(pids, 1s));
+  // Nobody maps the control segment any more: it is stale (the flock rule), and removable.
+  const int fd = ::open((std::string("/dev/shm/") + segment).c_str(), O_RDWR);
+  REQUIRE(fd >= 0);
+  CHECK(::flock(fd, LOCK_EX | LOCK_NB) == 0);
+  ::close(fd);
+  CHECK(Segment::remove(segment));
+}
+
+TEST_CASE("Pool refuses to fork a threaded process unless allow_threads") {
+  std::atomic<bool> done{false};
+  std::thread busy([&] {
+    while (!done) std::this_thread::sleep_for(1ms);
+  });
+  CHECK_THROWS_WITH_AS(Pool({.workers = 1}), doctest::Contains("forking a threaded process is unsafe"),
+                       InvalidArgument);
+  {
+    Pool pool({.workers = 1, .allow_threads = true});
+    CHECK(pool.submit([] { return 5; }).get() == 5);
+  }
+  done = true;
+  busy.join();
+}
+
+TEST_CASE("handles cross into tasks: workers update a Value and a Queue the parent reads") {
+  SegmentName name("handles");
+  auto segment = Segment::create(name, 1 << 20);
+  auto total = segment.create_value<std::int64_t>("total", 0);
+  auto queue = segment.create_queue<int>("q", 1000);
+  Pool pool({.workers = 2});
+  std::vector<int> items(500);
+  std::iota(items.begin(), items.end(), 1);
+  pool.map(items, [](int x, Value<std::int64_t> sum, Queue<int> out) {
+    sum += x;
+    out.push(x);
+    return 0;
+  }, total, queue);
+  CHECK(total.load() == 500 * 501 / 2);
+  CHECK(queue.size() == 500);
+}
+
+TEST_CASE("bad pool options are InvalidArgument; a closed pool refuses work with PoolClosed") {
+  CHECK_THROWS_AS(Pool({.workers = 5000}), InvalidArgument);
+  CHECK_THROWS_AS(Pool({.workers = 1, .arena_bytes = 10}), InvalidArgument);
+  Pool pool({.workers = 1});
+  CHECK_THROWS_AS(pool.join(), InvalidArgument);
+  pool.close();
+  CHECK_THROWS_WITH_AS(pool.submit([] { return 1; }), doctest::Contains("the pool is closed"), PoolClosed);
+  pool.join();
+}
+
+}  // TEST_SUITE
