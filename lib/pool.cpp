@@ -182,9 +182,9 @@ void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char*
   const std::string name = demangle(type);
   append_record(w, RecordType::error, index, std::as_bytes(std::span(name.data(), name.size())),
                 std::as_bytes(std::span(message, std::strlen(message))));
-  // Counted as failed, not done: end_item (which follows) counts it done, so undo that.
-  w.slot->chunk_failed.store(w.slot->chunk_failed.load(std::memory_order_relaxed) + 1,
-                             std::memory_order_relaxed);
+  // Counted as failed at once (so a controller can react), not as done: end_item (which
+  // follows) counts it done, so undo that.
+  w.job->failed.fetch_add(1, std::memory_order_relaxed);
   w.slot->chunk_done.store(w.slot->chunk_done.load(std::memory_order_relaxed) - 1,
                            std::memory_order_relaxed);
 }
@@ -201,7 +201,7 @@ constexpr ChunkOps chunk_ops{op_begin_item, op_end_item, op_emit, op_fail, op_fo
 // Claims a chunk (under the pool lock) into the worker's slot; returns the job's slot or
 // nullptr if there is no work. Stopped jobs' unclaimed items, and find_first items above
 // the match, are settled as skipped here.
-JobSlot* claim(WorkerContext& w) {
+JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferred_for) {
   PoolBlock& b = *w.block;
   WorkerSlot& s = *w.slot;
   PoolLock held(b);
@@ -239,8 +239,12 @@ JobSlot* claim(WorkerContext& w) {
     first = job.requeued[requeued - 1].first;
     end = job.requeued[requeued - 1].end;
   } else {
+    // A fixed chunk if the caller set one; else the worker's preferred size (see
+    // worker_main), but never more than an even share of what is left.
     first = job.cursor.load(std::memory_order_relaxed);
-    end = std::min(job.total, first + job.chunk);
+    const std::uint64_t share = std::max<std::uint64_t>(1, (job.total - first) / b.workers);
+    const std::uint64_t want = job.id.load(std::memory_order_relaxed) == preferred_for ? preferred : 1;
+    end = std::min(job.total, first + (job.chunk ? job.chunk : std::min(want, share)));
   }
   // Record the claim, then make it (one store), then mark the worker busy: a supervisor
   // settling a death can tell from `state`, `cursor` and `requeued_count` where it stopped.
@@ -251,7 +255,6 @@ JobSlot* claim(WorkerContext& w) {
   s.current.store(first, std::memory_order_relaxed);
   s.running.store(0, std::memory_order_relaxed);
   s.chunk_done.store(0, std::memory_order_relaxed);
-  s.chunk_failed.store(0, std::memory_order_relaxed);
   s.chunk_skipped.store(0, std::memory_order_relaxed);
   s.from_requeue.store(requeued > 0 ? 1 : 0, std::memory_order_relaxed);
   s.requeue_index.store(requeued - 1, std::memory_order_relaxed);
@@ -269,7 +272,6 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   WorkerSlot& s = *w.slot;
   const std::uint64_t count = s.chunk_end.load() - s.chunk_first.load();
   job.done.fetch_add(s.chunk_done.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  job.failed.fetch_add(s.chunk_failed.load(std::memory_order_relaxed), std::memory_order_relaxed);
   job.skipped.fetch_add(s.chunk_skipped.load(std::memory_order_relaxed), std::memory_order_relaxed);
   w.block->items_done.fetch_add(s.chunk_done.load(std::memory_order_relaxed), std::memory_order_relaxed);
   s.state.store(static_cast<std::uint32_t>(WorkerState::idle), std::memory_order_release);
@@ -302,11 +304,17 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   s.state.store(static_cast<std::uint32_t>(WorkerState::idle));
   WorkerContext w{&b, &s, nullptr, index};
   std::uint64_t tasks = 0;
+  // Automatic chunking: start each job with single items and grow the chunk (x4) while
+  // chunks take under a quarter of the target time, shrink it when they take over twice
+  // as long. Millions of tiny items then cost a claim per ~2 ms of work, and progress
+  // and failures show up within milliseconds.
+  constexpr auto target = std::chrono::milliseconds(2);
+  std::uint64_t preferred = 1, preferred_for = 0;
   for (;;) {
     const auto state = static_cast<PoolState>(b.state.load(std::memory_order_acquire));
     if (state == PoolState::terminating || state == PoolState::broken) break;
     const std::uint32_t sequence = b.work_sequence.load(std::memory_order_seq_cst);
-    JobSlot* job = claim(w);
+    JobSlot* job = claim(w, preferred, preferred_for);
     if (job == nullptr) {
       if (state == PoolState::closing) break;
       b.workers_waiting.fetch_add(1, std::memory_order_seq_cst);
@@ -329,7 +337,14 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
                    job->result_slot_bytes ? b.arena() + job->results_offset : nullptr,
                    s.chunk_first.load(),
                    s.chunk_end.load()};
+    const auto started = std::chrono::steady_clock::now();
     job->run(c);
+    const auto took = std::chrono::steady_clock::now() - started;
+    const std::uint64_t id = s.job_id.load(std::memory_order_relaxed);
+    if (preferred_for != id) preferred_for = id, preferred = 1;
+    const std::uint64_t ran = c.end - c.first;
+    if (took < target / 4 && ran >= preferred) preferred = std::min<std::uint64_t>(preferred * 4, 1u << 24);
+    else if (took > target * 2 && preferred > 1) preferred = std::max<std::uint64_t>(1, preferred / 2);
     current_stop = nullptr;
     std::fflush(nullptr);
     settle_chunk(w, *job);
@@ -401,7 +416,6 @@ struct Supervisor {
         current = std::clamp(current, first, end);
         std::uint64_t settled = current - first;
         job.done.fetch_add(s.chunk_done.load());
-        job.failed.fetch_add(s.chunk_failed.load());
         job.skipped.fetch_add(s.chunk_skipped.load());
         if (running && current < end) {
           job.failed.fetch_add(1);
@@ -803,8 +817,7 @@ void detail::start_job(PoolCore& core, const JobSpec& spec, const std::shared_pt
     job.results_offset = results_offset;
     job.result_slot_bytes = spec.result_slot_bytes;
     job.total = spec.total;
-    const std::uint64_t per_worker = std::max<std::uint64_t>(1, spec.total / (b.workers * (spec.kind == JobKind::find_first ? 64 : 4)));
-    job.chunk = spec.chunk ? spec.chunk : std::min<std::uint64_t>(per_worker, spec.kind == JobKind::find_first ? 4096 : UINT64_MAX);
+    job.chunk = spec.chunk;  // 0: automatic (see worker_main)
     job.cursor.store(0);
     job.settled.store(0);
     job.done.store(0);
@@ -855,6 +868,92 @@ detail::Progress detail::job_progress(PoolCore& core, JobState& state) {
 }
 
 unsigned detail::pool_workers(const PoolCore& core) { return core.block->workers; }
+
+namespace {
+
+PoolBlock& find_pool(Segment& segment) {
+  const detail::ObjectSpec spec{ObjectKind::pool, "", 0, 0, 0, 0};
+  const auto placed = detail::place(segment, "pool", spec, detail::Intent::open, nullptr, nullptr);
+  auto& b = *reinterpret_cast<PoolBlock*>(
+      detail::resolve(placed.handle, ObjectKind::pool, sizeof(PoolBlock)));
+  const std::uint64_t room = segment.size() - placed.handle.offset;
+  auto fits = [room](std::uint64_t offset, std::uint64_t bytes) {
+    return offset <= room && bytes <= room - offset;
+  };
+  if (b.workers > detail::max_workers || b.job_slots > detail::job_slot_count ||
+      !fits(b.workers_offset, std::uint64_t{b.workers} * sizeof(detail::WorkerSlot)) ||
+      !fits(b.jobs_offset, std::uint64_t{b.job_slots} * sizeof(JobSlot)) ||
+      !fits(b.arena_offset, b.arena_bytes))
+    throw CorruptSegment(segment.name(), "pool 'pool'", "its tables lie outside the segment");
+  return b;
+}
+
+const char* worker_state_name(std::uint32_t state) {
+  switch (static_cast<detail::WorkerState>(state)) {
+    case detail::WorkerState::starting: return "starting";
+    case detail::WorkerState::idle: return "idle";
+    case detail::WorkerState::claiming:
+    case detail::WorkerState::busy: return "busy";
+    case detail::WorkerState::exited: return "exited";
+    default: return "none";
+  }
+}
+
+const char* pool_state_name(std::uint32_t state) {
+  switch (static_cast<detail::PoolState>(state)) {
+    case detail::PoolState::running: return "running";
+    case detail::PoolState::closing: return "closing";
+    case detail::PoolState::terminating: return "terminating";
+    case detail::PoolState::broken: return "broken";
+  }
+  return "unknown";
+}
+
+const char* job_kind_name(std::uint32_t kind) {
+  switch (static_cast<detail::JobKind>(kind)) {
+    case detail::JobKind::submit: return "submit";
+    case detail::JobKind::map: return "map";
+    case detail::JobKind::find_first: return "find_first";
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+PoolStatus inspect_pool(Segment& segment) {
+  PoolBlock& b = find_pool(segment);
+  PoolStatus status{b.parent_pid, b.supervisor_pid.load(), pool_state_name(b.state.load()),
+                    b.items_done.load(), b.worker_deaths.load(), {}, {}};
+  for (std::uint32_t i = 0; i < b.workers; ++i) {
+    const auto& w = b.worker(i);
+    status.workers.push_back({w.pid.load(), worker_state_name(w.state.load()), w.job_id.load(),
+                              w.current.load(), w.tasks_done.load()});
+  }
+  for (std::uint32_t i = 0; i < b.job_slots; ++i) {
+    JobSlot& job = b.job(i);
+    const std::uint64_t id = job.id.load(std::memory_order_acquire);
+    if (id == 0) continue;
+    status.jobs.push_back({id, job_kind_name(job.kind), job.done.load(), job.failed.load(),
+                           job.skipped.load(), job.total, job.stop.load() != 0});
+  }
+  std::sort(status.jobs.begin(), status.jobs.end(),
+            [](const auto& a, const auto& c) { return a.id < c.id; });
+  return status;
+}
+
+std::size_t stop_pool_jobs(Segment& segment, std::uint64_t job_id) {
+  PoolBlock& b = find_pool(segment);
+  std::size_t stopped = 0;
+  for (std::uint32_t i = 0; i < b.job_slots; ++i) {
+    JobSlot& job = b.job(i);
+    const std::uint64_t id = job.id.load(std::memory_order_acquire);
+    if (id == 0 || (job_id != 0 && id != job_id)) continue;
+    job.stop.store(1, std::memory_order_release);
+    ++stopped;
+  }
+  if (stopped) detail::wake_workers(b);
+  return stopped;
+}
 
 bool stop_requested() noexcept {
   return detail::current_stop != nullptr && detail::current_stop->load(std::memory_order_relaxed) != 0;

@@ -355,6 +355,62 @@ TEST_CASE("handles cross into tasks: workers update a Value and a Queue the pare
   CHECK(queue.size() == 500);
 }
 
+TEST_CASE("progress reaches exactly the total and never goes back, seen here and from a controller") {
+  Pool pool({.workers = 2});
+  std::vector<int> items(20000, 1);
+  auto job = pool.map_async(items, [](int x) {
+    std::this_thread::sleep_for(5us);
+    return x;
+  });
+  const std::string control = pool.control_segment();
+  const std::uint64_t id = job.id();
+  // Another process attaches to the control segment by name and watches the job.
+  const pid_t watcher = run_child([control, id] {
+    auto segment = Segment::open(control);
+    std::uint64_t last = 0;
+    for (;;) {
+      const auto status = inspect_pool(segment);
+      if (status.workers.size() != 2 || status.parent_pid <= 0) ::_exit(3);
+      auto it = std::find_if(status.jobs.begin(), status.jobs.end(), [id](const auto& j) { return j.id == id; });
+      if (it == status.jobs.end()) break;  // finished and collected
+      const std::uint64_t settled = it->done + it->failed + it->skipped;
+      if (settled < last || settled > it->total || it->total != 20000 || it->kind != "map") ::_exit(4);
+      last = settled;
+    }
+  });
+  std::uint64_t last = 0;
+  for (;;) {
+    const auto p = job.progress();
+    CHECK(p.done >= last);
+    last = p.done;
+    if (p.done == p.total) break;
+    std::this_thread::sleep_for(1ms);
+  }
+  CHECK(job.get().size() == 20000);
+  CHECK(job.progress().done == 20000);
+  CHECK(wait_child(watcher, 60s).ok());
+  auto segment = Segment::open(control);
+  CHECK(inspect_pool(segment).items_done >= 20000);
+}
+
+TEST_CASE("a controller's stop_pool_jobs stops a running job, which throws Stopped") {
+  Pool pool({.workers = 2});
+  auto job = pool.map_async(std::vector<int>(100000, 1), [](int x) {
+    std::this_thread::sleep_for(50us);
+    return x;
+  });
+  while (job.progress().done == 0) std::this_thread::sleep_for(1ms);
+  const pid_t controller = run_child([name = pool.control_segment()] {
+    auto segment = Segment::open(name);
+    if (stop_pool_jobs(segment) != 1) ::_exit(3);
+  });
+  CHECK(wait_child(controller).ok());
+  CHECK_THROWS_AS(job.get(), Stopped);
+  SegmentName other("notapool");
+  auto plain = Segment::create(other, 1 << 16);
+  CHECK_THROWS_AS(inspect_pool(plain), NotFound);
+}
+
 TEST_CASE("bad pool options are InvalidArgument; a closed pool refuses work with PoolClosed") {
   CHECK_THROWS_AS(Pool({.workers = 5000}), InvalidArgument);
   CHECK_THROWS_AS(Pool({.workers = 1, .arena_bytes = 10}), InvalidArgument);

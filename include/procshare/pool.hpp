@@ -509,6 +509,8 @@ public:
   }
   // Raises the job's stop flag: unstarted items are dropped; get() throws Stopped.
   void cancel() { detail::cancel_job(*core_, *state_); }
+  // The job's id in the pool's control segment (what inspect_pool() lists).
+  std::uint64_t id() const noexcept { return state_->id; }
 
 private:
   friend class Pool;
@@ -517,6 +519,38 @@ private:
   std::shared_ptr<detail::PoolCore> core_;
   std::shared_ptr<detail::ResultState<R>> state_;
 };
+
+// What a controller sees of a running pool, read from its control segment.
+struct PoolStatus {
+  struct Worker {
+    int pid;                     // 0 before its first start
+    std::string state;           // "starting", "idle", "busy", "exited"
+    std::uint64_t job;           // the job it works on (0: none)
+    std::uint64_t current_item;  // the item it runs or will run next
+    std::uint64_t tasks_done;    // chunks and tasks completed
+  };
+  struct Job {
+    std::uint64_t id;
+    std::string kind;  // "submit", "map", "find_first"
+    std::uint64_t done, failed, skipped, total;
+    bool stop_requested;
+  };
+  int parent_pid;
+  int supervisor_pid;
+  std::string state;          // "running", "closing", "terminating", "broken"
+  std::uint64_t items_done;   // over all jobs so far
+  std::uint32_t worker_deaths;
+  std::vector<Worker> workers;
+  std::vector<Job> jobs;      // jobs in progress
+};
+
+// Reads the pool in control segment `segment` (from any process: opened by name, e.g.
+// by procshare-ctl). Lock-free reads: counters may be a moment apart, never torn.
+// Throws NotFound if the segment holds no pool, CorruptSegment if its tables do not fit.
+PROCSHARE_API PoolStatus inspect_pool(Segment& segment);
+// Raises the stop flag of job `job_id` in that pool, or of every job if 0 (a
+// controller's early stop); returns how many jobs it stopped.
+PROCSHARE_API std::size_t stop_pool_jobs(Segment& segment, std::uint64_t job_id = 0);
 
 // Inside a task: whether the job it belongs to was asked to stop (cancel(), a
 // controller, or request_stop()). Cheap: one load. Outside a task: false.

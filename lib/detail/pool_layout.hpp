@@ -32,8 +32,7 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint32_t> running;     // 1 while item `current` runs
   std::atomic<std::uint32_t> from_requeue;
   std::atomic<std::uint64_t> chunk_done;  // this chunk's items so far, by outcome
-  std::atomic<std::uint64_t> chunk_failed;
-  std::atomic<std::uint64_t> chunk_skipped;
+  std::atomic<std::uint64_t> chunk_skipped;  // (failures count in the job at once)
   std::atomic<std::uint64_t> tasks_done;  // chunks completed, for controllers
   alignas(64) std::atomic<std::uint64_t> ring_write;  // bytes published (worker)
   std::atomic<std::uint32_t> ring_space_sequence;    // futex: bumped when the parent reads
@@ -57,7 +56,7 @@ struct alignas(64) JobSlot {
   AnyFunction function;
   std::uint64_t items_offset, items_size, offsets_offset, args_offset, args_size;
   std::uint64_t results_offset, result_slot_bytes;
-  std::uint64_t total, chunk;
+  std::uint64_t total, chunk;     // chunk: fixed by the caller, or 0 (automatic)
   std::atomic<std::uint64_t> cursor;   // next unclaimed item
   std::atomic<std::uint64_t> settled;  // done + failed + skipped
   std::atomic<std::uint64_t> done, failed, skipped;
