@@ -422,3 +422,17 @@ TEST_CASE("bad pool options are InvalidArgument; a closed pool refuses work with
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("pool") {
+
+TEST_CASE("a fixed chunk size gives the same results") {
+  Pool pool({.workers = 2});
+  std::vector<std::int64_t> items(10001);
+  std::iota(items.begin(), items.end(), 0);
+  const auto results = pool.map(Chunk{777}, items, square);
+  CHECK(results.at(10000) == 100000000);
+  CHECK(results.size() == items.size());
+  CHECK(pool.map(Chunk{1}, std::vector<std::int64_t>{3}, square) == std::vector<std::int64_t>{9});
+}
+
+}  // TEST_SUITE

@@ -457,6 +457,14 @@ struct PoolOptions {
   std::size_t arena_bytes = 64u << 20;
 };
 
+// A fixed chunk size for one map/map_async/find_first call, given as its first argument:
+//   pool.map(procshare::Chunk{1000}, items, f);
+// Without it, chunks adapt to the work: they start at one item and grow while chunks take
+// well under ~2 ms, so tiny items are cheap and progress shows within milliseconds.
+struct Chunk {
+  std::uint64_t items;  // items per chunk; 0: automatic
+};
+
 // Future<R>: the result of Pool::submit, filled in as the parent collects results.
 template <class R> class Future {
 public:
@@ -581,6 +589,7 @@ public:
     detail::JobSpec spec{detail::JobKind::submit,
                          &detail::run_chunk<detail::JobKind::submit, F, void, R, Args...>,
                          function_of(f), {}, {}, args_bytes, 1, fixed_size<R>(), 1};
+    // (a submit is a job of one item)
     detail::start_job(*core_, spec, state);
     return Future<R>(core_, std::move(state));
   }
@@ -599,17 +608,30 @@ public:
   // As map(), without waiting: a Job to watch, cancel and get() later.
   template <class T, class F, class... Args>
   auto map_async(std::span<const T> items, F f, const Args&... args) {
+    return map_async(Chunk{0}, items, f, args...);
+  }
+  template <class T, class F, class... Args>
+  auto map_async(const std::vector<T>& items, F f, const Args&... args) {
+    return map_async(Chunk{0}, std::span<const T>(items), f, args...);
+  }
+  // map and map_async with a fixed chunk size (see Chunk; Chunk{0} is automatic).
+  template <class T, class F, class... Args>
+  auto map_async(Chunk chunk, std::span<const T> items, F f, const Args&... args) {
     using R = std::invoke_result_t<F, const T&, const Args&...>;
     static_assert(detail::check_stateless<F>() && detail::check_transportable<T>() &&
                   (detail::check_transportable<Args>() && ...));
     static_assert(detail::check_result<R>());
     auto state = std::make_shared<detail::ResultState<R>>(items.size());
-    start_items<detail::JobKind::map, T, R, F, Args...>(items, f, state, args...);
+    start_items<detail::JobKind::map, T, R, F, Args...>(chunk, items, f, state, args...);
     return Job<R>(core_, std::move(state));
   }
   template <class T, class F, class... Args>
-  auto map_async(const std::vector<T>& items, F f, const Args&... args) {
-    return map_async(std::span<const T>(items), f, args...);
+  auto map_async(Chunk chunk, const std::vector<T>& items, F f, const Args&... args) {
+    return map_async(chunk, std::span<const T>(items), f, args...);
+  }
+  template <class T, class F, class... Args>
+  auto map(Chunk chunk, const std::vector<T>& items, F f, const Args&... args) {
+    return map_async(chunk, std::span<const T>(items), f, args...).get();
   }
 
   // The lowest index whose item satisfies pred(item, args...), with the item, or nullopt.
@@ -624,7 +646,7 @@ public:
     static_assert(detail::check_stateless<F>() && detail::check_transportable<T>() &&
                   (detail::check_transportable<Args>() && ...));
     auto state = std::make_shared<detail::ResultState<void>>(items.size());
-    start_items<detail::JobKind::find_first, T, void, F, Args...>(items, pred, state, args...);
+    start_items<detail::JobKind::find_first, T, void, F, Args...>(Chunk{0}, items, pred, state, args...);
     detail::wait_job(*core_, *state, detail::no_deadline);
     state->throw_if_failed(state->found.value_or(UINT64_MAX));
     if (!state->found) return std::nullopt;
@@ -662,8 +684,8 @@ private:
     else return nullptr;
   }
   template <detail::JobKind Kind, class T, class R, class F, class... Args>
-  void start_items(std::span<const T> items, F f, const std::shared_ptr<detail::JobState>& state,
-                   const Args&... args) {
+  void start_items(Chunk chunk, std::span<const T> items, F f,
+                   const std::shared_ptr<detail::JobState>& state, const Args&... args) {
     const auto args_bytes = detail::pack_args(args...);
     std::vector<std::byte> serialized;
     std::vector<std::uint64_t> offsets;
@@ -681,7 +703,7 @@ private:
     }
     detail::JobSpec spec{Kind, &detail::run_chunk<Kind, F, T, R, Args...>, function_of(f),
                          item_bytes, offsets, args_bytes, items.size(),
-                         Kind == detail::JobKind::map ? fixed_size<R>() : 0, 0};
+                         Kind == detail::JobKind::map ? fixed_size<R>() : 0, chunk.items};
     detail::start_job(*core_, spec, state);
   }
 

@@ -1062,15 +1062,20 @@ struct QueueVariant {
 // mappings and code: these runs are not counted).
 void calibrate(Shared& shared, QueueVariant& variant, double run_seconds) {
   std::int64_t n = 1000;
+  auto scaled = [run_seconds](std::int64_t count, double seconds) {
+    return std::max<std::int64_t>(
+        1000, std::llround(static_cast<double>(count) * run_seconds / seconds));
+  };
   for (;;) {
     const RunResult result = run_queue(shared, variant.workload, variant.transport, n);
     if (result.seconds >= 0.05 || n >= (std::int64_t{1} << 40)) {
-      variant.n = std::max<std::int64_t>(
-          1000, std::llround(static_cast<double>(n) * run_seconds / result.seconds));
-      return;
+      n = scaled(n, result.seconds);
+      break;
     }
     n *= 4;
   }
+  // Once more at about the final length: short first runs can be unrepresentative.
+  variant.n = scaled(n, run_queue(shared, variant.workload, variant.transport, n).seconds);
 }
 
 int run(int argc, char** argv) {
