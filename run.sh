@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # procshare's one setup/run script. Installs the Debian 12 packages that are missing,
 # builds with meson, and runs what you ask for:
-#   bash run.sh demo [ARGS]   the flagship demo (examples/progress_counter for now)
+#   bash run.sh demo [ARGS]   the flagship demo (examples/pool_demo)
 #   bash run.sh test          every test: suites unit, process and examples
 #   bash run.sh asan          every test, built with AddressSanitizer + UBSan
 #   bash run.sh bench         the benchmarks (tests/bench), printed as ratios
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(g++ libboost1.81-dev libfmt-dev doctest-dev meson ninja-build cmake pkg-config)
+packages=(g++ libboost1.81-dev libfmt-dev doctest-dev meson ninja-build cmake pkg-config libcli11-dev tmux)
 
 ensure_packages() {
   local missing=() p
@@ -71,7 +71,7 @@ case "$command" in
   demo)
     ensure_packages
     build build
-    ./build/examples/progress_counter "$@"
+    ./build/examples/pool_demo "$@"
     ;;
   test)
     ensure_packages

@@ -10,6 +10,8 @@
 #include <boost/interprocess/exceptions.hpp>
 #include <fmt/format.h>
 
+#include <dirent.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -201,10 +203,9 @@ void unlink_if_same(const std::string& name, int fd) {
   ::shm_unlink(fmt::format("/{}", name).c_str());
 }
 
-// The reason a freshly mapped file is not a usable segment, or "" if it is.
-std::string invalid_header_reason(const Mapping& mapping) {
-  const std::size_t size = mapping.size();
-  const Header& h = mapping.header();
+// The reason a header read from a file of `size` bytes is not a usable segment's, or ""
+// if it is.
+std::string invalid_header_reason(const Header& h, std::uint64_t size) {
   if (h.magic != segment_magic) return "not a procshare segment (bad magic number)";
   if (h.version != layout_version)
     return fmt::format("layout version {}, this library reads version {}", h.version,
@@ -226,6 +227,10 @@ std::string invalid_header_reason(const Mapping& mapping) {
   const std::uint64_t bump = h.bump.load(std::memory_order_relaxed);
   if (bump < h.data_offset || bump > size) return "allocation pointer lies outside the segment";
   return "";
+}
+
+std::string invalid_header_reason(const Mapping& mapping) {
+  return invalid_header_reason(mapping.header(), mapping.size());
 }
 
 // Whether `entry` describes an object inside the segment, big enough for its kind and
@@ -654,6 +659,104 @@ bool Segment::remove(std::string_view name) {
   if (::shm_unlink(fmt::format("/{}", name).c_str()) == 0) return true;
   if (errno == ENOENT) return false;
   detail::rethrow_os(std::string(name), "cannot remove segment", errno);
+}
+
+namespace {
+
+// A file in /dev/shm opened read-only, for list() and clean().
+struct ReadOnlyFile {
+  int fd = -1;
+  explicit ReadOnlyFile(const std::string& path)
+      : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) {}
+  ~ReadOnlyFile() {
+    if (fd >= 0) ::close(fd);
+  }
+  ReadOnlyFile(const ReadOnlyFile&) = delete;
+  ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
+};
+
+// Whether some process holds a lock on the file (maps the segment).
+bool file_in_use(int fd) {
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+    ::flock(fd, LOCK_UN);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::vector<SegmentListing> Segment::list() {
+  using namespace detail;
+  std::vector<SegmentListing> result;
+  DIR* directory = ::opendir("/dev/shm");
+  if (directory == nullptr) return result;
+  while (const dirent* item = ::readdir(directory)) {
+    const std::string name = item->d_name;
+    if (name == "." || name == "..") continue;
+    const std::string path = "/dev/shm/" + name;
+    struct stat st{};
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    SegmentListing listing{name, false, "", static_cast<std::uint64_t>(st.st_size), 0, 0,
+                           false, false, 0, 0};
+    ReadOnlyFile file(path);
+    if (file.fd < 0) {
+      listing.problem = fmt::format("cannot open: {}", os_reason(errno));
+      result.push_back(std::move(listing));
+      continue;
+    }
+    alignas(Header) std::byte buffer[sizeof(Header)];
+    if (::pread(file.fd, buffer, sizeof buffer, 0) != static_cast<ssize_t>(sizeof buffer)) {
+      listing.problem = st.st_size == 0 ? "empty" : "foreign";
+      result.push_back(std::move(listing));
+      continue;
+    }
+    const auto& h = *reinterpret_cast<const Header*>(buffer);
+    if (h.magic != segment_magic) {
+      listing.problem = "foreign";
+      result.push_back(std::move(listing));
+      continue;
+    }
+    listing.problem = invalid_header_reason(h, listing.size);
+    listing.in_use = file_in_use(file.fd);
+    if (listing.problem.empty()) {
+      listing.procshare = true;
+      listing.used = h.bump.load();
+      listing.creator_pid = h.creator_pid;
+      listing.creator_alive = ::kill(h.creator_pid, 0) == 0 &&
+                              process_start_time(h.creator_pid) == h.creator_start_time;
+      listing.age_seconds = static_cast<std::int64_t>(::time(nullptr)) - h.created_unix_time;
+      std::vector<Entry> entries(h.directory_slots);
+      const auto bytes = static_cast<ssize_t>(entries.size() * sizeof(Entry));
+      if (::pread(file.fd, entries.data(), static_cast<std::size_t>(bytes),
+                  static_cast<off_t>(h.directory_offset)) == bytes)
+        for (const Entry& e : entries) listing.objects += e.state.load() == entry_ready ? 1 : 0;
+    }
+    result.push_back(std::move(listing));
+  }
+  ::closedir(directory);
+  std::sort(result.begin(), result.end(),
+            [](const auto& a, const auto& b) { return a.name < b.name; });
+  return result;
+}
+
+std::vector<std::string> Segment::clean(bool dry_run) {
+  std::vector<std::string> removed;
+  for (const SegmentListing& listing : list()) {
+    if (!listing.procshare || listing.in_use) continue;
+    const std::string path = "/dev/shm/" + listing.name;
+    ReadOnlyFile file(path);
+    if (file.fd < 0) continue;
+    // Hold the exclusive lock while removing: nobody can start mapping it meanwhile.
+    if (::flock(file.fd, LOCK_EX | LOCK_NB) != 0) continue;
+    struct stat mine{}, named{};
+    if (::fstat(file.fd, &mine) != 0 || ::stat(path.c_str(), &named) != 0 ||
+        mine.st_ino != named.st_ino || mine.st_dev != named.st_dev)
+      continue;
+    if (!dry_run && ::shm_unlink(("/" + listing.name).c_str()) != 0) continue;
+    removed.push_back(listing.name);
+  }
+  return removed;
 }
 
 const std::string& Segment::name() const noexcept {

@@ -129,6 +129,21 @@ struct ObjectInfo {
   std::int32_t last_dead_owner; // pid of the last of those, 0 if none
 };
 
+// One file in /dev/shm as Segment::list() sees it (read-only: foreign files are never
+// opened for writing).
+struct SegmentListing {
+  std::string name;            // the file's name in /dev/shm
+  bool procshare;              // a valid procshare segment
+  std::string problem;         // why not ("" if it is one): "foreign", or the CorruptSegment reason
+  std::uint64_t size;          // bytes of the file
+  std::uint64_t used;          // bytes taken by header, directory and objects
+  int creator_pid;
+  bool creator_alive;          // the creator (same pid and start time) still runs
+  bool in_use;                 // some process maps it (holds its flock)
+  std::int64_t age_seconds;    // since creation
+  std::uint32_t objects;
+};
+
 // Options for Segment::create and Segment::open_or_create.
 struct SegmentOptions {
   // Mode bits of the file, applied with fchmod so the umask cannot change them.
@@ -275,6 +290,25 @@ public:
   // Removes the name `name` from /dev/shm; processes that map it keep their mapping.
   // Returns false if there was no such segment. Throws InvalidName, PermissionDenied.
   static bool remove(std::string_view name);
+  // Every file in /dev/shm, procshare segments described, others marked foreign or
+  // corrupt. Reads headers with pread on read-only descriptors; never throws for a file.
+  static std::vector<SegmentListing> list();
+  // Removes the procshare segments no process maps any more (taking flock(LOCK_EX |
+  // LOCK_NB) succeeds and the name still names the same file), and returns their names;
+  // with `dry_run`, only returns them. Live segments are never touched, even if their
+  // creator has died while another process still maps them.
+  static std::vector<std::string> clean(bool dry_run = false);
+
+  // The current value of object `name` as text: a number, "true"/"false", a character,
+  // "[1, 2, 3, ...]" for arrays (at most `max_elements`), "set"/"clear" for flags and
+  // events, a count for semaphores, "3 of 16 items" for queues, a lock's state for
+  // mutexes, and "(type, N bytes)" for user types. Throws NotFound.
+  std::string value_text(std::string_view name, std::size_t max_elements = 16);
+  // Parses `text` by the object's canonical type and stores it: values and atomics of
+  // built-in types, flags and events ("true"/"false", "set"/"clear", "1"/"0"). Throws
+  // InvalidArgument (text that does not parse, or does not fit the type: nothing is
+  // written), TypeMismatch (a kind that cannot be set this way), NotFound, OwnerDied.
+  void set_value_text(std::string_view name, std::string_view text);
 
   Segment(Segment&&) noexcept;
   Segment& operator=(Segment&&) noexcept;

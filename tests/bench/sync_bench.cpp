@@ -31,6 +31,11 @@
 //   percentile; a round's figure for a variant is that, and the table shows the median
 //   over rounds. Rates are the median over rounds. A ratio is the median of the per-round
 //   ratios (pairs measured in the same round), printed with the lowest and highest one.
+// Load: queue workers report their CPU time (both near 100% while spinning); each round
+//   also measures how many CPUs other processes kept busy (/proc/stat minus this
+//   program's own use). Both are printed, with a warning when the machine was shared.
+// Targets: Event median with 2 waiters <= 1.2x the raw futex; ping-pong with the default
+//   spin >= 50x message_queue and >= 10x Python; with set_spin(0) >= 1x message_queue.
 // Output: two tables, then one line per target saying "met" or "NOT met". Exit status 0
 //   when every run was correct (whether or not the targets were met), 1 on any failure.
 // Cleanup: the segment "ps-sync-bench-<pid>" and the message queues
@@ -38,8 +43,8 @@
 //   SIGINT/SIGTERM/SIGHUP; children die with the parent (PR_SET_PDEATHSIG).
 //
 // Usage: sync_bench [--quick] [--scale=F] [--rounds=N] [--no-python]
-//   --quick       about 10 s: short runs, fewer samples, 5 rounds
-//   --scale=F     make every run F times longer (default 1: about 40 s in all)
+//   --quick       about 6 s: short runs, fewer samples, 5 rounds
+//   --scale=F     make every run F times longer (default 1: about 25 s in all)
 //   --rounds=N    rounds per variant (at least 5; default 7, 5 with --quick)
 //   --no-python   skip the Python comparisons
 // Each queue variant's round trips (items) per run are calibrated at start-up so that a
@@ -1032,8 +1037,8 @@ Options parse_options(int argc, char** argv) {
       options.python = false;
     } else if (arg == "--help" || arg == "-h") {
       std::puts("usage: sync_bench [--quick] [--scale=F] [--rounds=N] [--no-python]\n"
-                "  --quick      about 10 s: short runs, fewer samples, 5 rounds\n"
-                "  --scale=F    make every run F times longer (default: about 40 s in all)\n"
+                "  --quick      about 6 s: short runs, fewer samples, 5 rounds\n"
+                "  --scale=F    make every run F times longer (default: about 25 s in all)\n"
                 "  --rounds=N   rounds, at least 5 (default 7; 5 with --quick)\n"
                 "  --no-python  skip the comparisons with Python's multiprocessing");
       std::exit(0);

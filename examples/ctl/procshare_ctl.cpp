@@ -1,0 +1,302 @@
+// procshare-ctl: look at and steer procshare segments from another terminal.
+//
+//   procshare-ctl ls [--json]              every segment in /dev/shm: size, use, creator, live or stale
+//   procshare-ctl show SEG [--json]        its objects and values, poison and owner-death marks,
+//                                          and a pool's workers and jobs
+//   procshare-ctl get SEG NAME [--json]    one object's value
+//   procshare-ctl set SEG NAME VALUE       store a value, parsed by the object's type
+//   procshare-ctl stop SEG [JOB]           raise the stop flag of a pool's job (or all jobs)
+//   procshare-ctl watch SEG                a live progress bar of a pool's jobs (plain lines
+//                                          when stdout is not a terminal)
+//   procshare-ctl rm SEG                   remove a segment's name
+//   procshare-ctl clean [--dry-run]        remove segments no process maps any more
+//
+// Exit status: 0 done, 1 not found or refused (the message says why), 2 usage.
+#include <procshare/procshare.hpp>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string json_string(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", c);
+        else out += c;
+    }
+  }
+  return out + "\"";
+}
+
+std::string human_bytes(std::uint64_t bytes) {
+  if (bytes >= (1u << 30)) return fmt::format("{:.1f}G", bytes / double(1u << 30));
+  if (bytes >= (1u << 20)) return fmt::format("{:.1f}M", bytes / double(1u << 20));
+  if (bytes >= (1u << 10)) return fmt::format("{:.1f}K", bytes / double(1u << 10));
+  return fmt::format("{}B", bytes);
+}
+
+int list(bool json) {
+  const auto segments = procshare::Segment::list();
+  if (json) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < segments.size(); ++i) {
+      const auto& s = segments[i];
+      out += fmt::format(
+          "{}{{\"name\":{},\"procshare\":{},\"problem\":{},\"size\":{},\"used\":{},"
+          "\"creator_pid\":{},\"creator_alive\":{},\"in_use\":{},\"age_seconds\":{},\"objects\":{}}}",
+          i ? "," : "", json_string(s.name), s.procshare, json_string(s.problem), s.size, s.used,
+          s.creator_pid, s.creator_alive, s.in_use, s.age_seconds, s.objects);
+    }
+    fmt::print("{}]\n", out);
+    return 0;
+  }
+  fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7} {:>7} {:>7}\n", "NAME", "SIZE", "USED", "CREATOR",
+             "STATUS", "AGE", "OBJECTS");
+  for (const auto& s : segments) {
+    if (!s.procshare) {
+      fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7}\n", s.name, human_bytes(s.size), "-", "-",
+                 s.problem == "foreign" || s.problem == "empty" ? "foreign" : "corrupt");
+      continue;
+    }
+    fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7} {:>6}s {:>7}\n", s.name, human_bytes(s.size),
+               human_bytes(s.used), s.creator_pid, s.in_use ? "live" : "stale", s.age_seconds,
+               s.objects);
+  }
+  return 0;
+}
+
+// The pool in `segment`, if it holds one.
+std::optional<procshare::PoolStatus> pool_of(procshare::Segment& segment) {
+  for (const auto& info : segment.objects())
+    if (info.kind == procshare::ObjectKind::pool) return procshare::inspect_pool(segment);
+  return std::nullopt;
+}
+
+int show(const std::string& name, bool json) {
+  auto segment = procshare::Segment::open(name);
+  const auto objects = segment.objects();
+  const auto pool = pool_of(segment);
+  if (json) {
+    std::string out = fmt::format("{{\"segment\":{},\"size\":{},\"used\":{},\"creator_pid\":{},\"objects\":[",
+                                  json_string(name), segment.size(), segment.used(), segment.creator_pid());
+    for (std::size_t i = 0; i < objects.size(); ++i) {
+      const auto& o = objects[i];
+      out += fmt::format("{}{{\"name\":{},\"kind\":{},\"type\":{},\"value\":{},\"poisoned\":{},"
+                         "\"owner_deaths\":{},\"last_dead_owner\":{}}}",
+                         i ? "," : "", json_string(o.name), json_string(to_string(o.kind)),
+                         json_string(o.description), json_string(segment.value_text(o.name)),
+                         o.poisoned, o.owner_deaths, o.last_dead_owner);
+    }
+    out += "]";
+    if (pool) {
+      out += fmt::format(",\"pool\":{{\"state\":{},\"parent_pid\":{},\"supervisor_pid\":{},\"items_done\":{},"
+                         "\"worker_deaths\":{},\"workers\":[",
+                         json_string(pool->state), pool->parent_pid, pool->supervisor_pid,
+                         pool->items_done, pool->worker_deaths);
+      for (std::size_t i = 0; i < pool->workers.size(); ++i) {
+        const auto& w = pool->workers[i];
+        out += fmt::format("{}{{\"pid\":{},\"state\":{},\"job\":{},\"current_item\":{},\"tasks_done\":{}}}",
+                           i ? "," : "", w.pid, json_string(w.state), w.job, w.current_item, w.tasks_done);
+      }
+      out += "],\"jobs\":[";
+      for (std::size_t i = 0; i < pool->jobs.size(); ++i) {
+        const auto& j = pool->jobs[i];
+        out += fmt::format("{}{{\"id\":{},\"kind\":{},\"done\":{},\"failed\":{},\"skipped\":{},\"total\":{},\"stop_requested\":{}}}",
+                           i ? "," : "", j.id, json_string(j.kind), j.done, j.failed, j.skipped, j.total, j.stop_requested);
+      }
+      out += "]}";
+    }
+    fmt::print("{}}}\n", out);
+    return 0;
+  }
+  fmt::print("segment '{}': {} used of {}, created by pid {}\n", name, human_bytes(segment.used()),
+             human_bytes(segment.size()), segment.creator_pid());
+  for (const auto& o : objects) {
+    std::string marks;
+    if (o.poisoned) marks += "  POISONED";
+    if (o.owner_deaths) marks += fmt::format("  owner deaths: {} (last pid {})", o.owner_deaths, o.last_dead_owner);
+    fmt::print("  {:<24} {:<22} {}{}\n", o.name, o.description, segment.value_text(o.name), marks);
+  }
+  if (pool) {
+    fmt::print("pool: {}, parent pid {}, supervisor pid {}, {} items done, {} worker deaths\n",
+               pool->state, pool->parent_pid, pool->supervisor_pid, pool->items_done, pool->worker_deaths);
+    for (const auto& w : pool->workers)
+      fmt::print("  worker pid {:<8} {:<8} job {:<4} item {:<10} tasks done {}\n", w.pid, w.state, w.job,
+                 w.current_item, w.tasks_done);
+    for (const auto& j : pool->jobs)
+      fmt::print("  job {:<4} {:<10} {} done, {} failed, {} skipped of {}{}\n", j.id, j.kind, j.done,
+                 j.failed, j.skipped, j.total, j.stop_requested ? "  STOP REQUESTED" : "");
+  }
+  return 0;
+}
+
+int get(const std::string& name, const std::string& object, bool json) {
+  auto segment = procshare::Segment::open(name);
+  const std::string value = segment.value_text(object);
+  if (json) {
+    std::string type;
+    for (const auto& o : segment.objects())
+      if (o.name == object) type = o.description;
+    fmt::print("{{\"name\":{},\"type\":{},\"value\":{}}}\n", json_string(object), json_string(type),
+               json_string(value));
+  } else {
+    fmt::print("{}\n", value);
+  }
+  return 0;
+}
+
+int set(const std::string& name, const std::string& object, const std::string& value) {
+  auto segment = procshare::Segment::open(name);
+  segment.set_value_text(object, value);
+  fmt::print("{} = {}\n", object, segment.value_text(object));
+  return 0;
+}
+
+int stop(const std::string& name, std::uint64_t job) {
+  auto segment = procshare::Segment::open(name);
+  const std::size_t stopped = procshare::stop_pool_jobs(segment, job);
+  if (stopped == 0) {
+    fmt::print(stderr, "procshare-ctl: segment '{}': no running job{}\n", name,
+               job ? fmt::format(" with id {}", job) : "");
+    return 1;
+  }
+  fmt::print("stop requested for {} job{}\n", stopped, stopped == 1 ? "" : "s");
+  return 0;
+}
+
+int watch(const std::string& name, std::chrono::milliseconds interval) {
+  const bool terminal = ::isatty(STDOUT_FILENO) != 0;
+  auto segment = procshare::Segment::open(name);
+  const auto start = std::chrono::steady_clock::now();
+  std::uint64_t first_done = 0;
+  bool seen_job = false;
+  auto last_plain = std::chrono::steady_clock::time_point{};
+  for (;;) {
+    const procshare::PoolStatus status = procshare::inspect_pool(segment);
+    std::uint64_t done = 0, total = 0, failed = 0, skipped = 0;
+    for (const auto& j : status.jobs) {
+      done += j.done;
+      failed += j.failed;
+      skipped += j.skipped;
+      total += j.total;
+    }
+    // The pool lives while its supervisor does (this process maps the segment itself, so
+    // the segment's own liveness says nothing here).
+    const bool alive = status.supervisor_pid > 0 && ::kill(status.supervisor_pid, 0) == 0;
+    if (!status.jobs.empty()) {
+      if (!seen_job) first_done = done;
+      seen_job = true;
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double rate = seconds > 0 ? (done - first_done) / seconds : 0;
+      const double fraction = total ? double(done + failed + skipped) / double(total) : 0;
+      const std::string eta = rate > 0 ? fmt::format("{:.0f}s", (total - done - failed - skipped) / rate) : "?";
+      if (terminal) {
+        constexpr int width = 30;
+        const int filled = static_cast<int>(fraction * width);
+        fmt::print("\r[{}{}] {:3.0f}% {}/{} items  {:.0f} items/s  ETA {}{}\x1b[K",
+                   std::string(filled, '#'), std::string(width - filled, '.'), fraction * 100, done,
+                   total, rate, eta, failed ? fmt::format("  {} failed", failed) : "");
+        std::fflush(stdout);
+      } else if (std::chrono::steady_clock::now() - last_plain >= 1s) {
+        last_plain = std::chrono::steady_clock::now();
+        fmt::print("{:.0f}% {}/{} items, {:.0f} items/s, ETA {}{}\n", fraction * 100, done, total, rate,
+                   eta, failed ? fmt::format(", {} failed", failed) : "");
+        std::fflush(stdout);
+      }
+    } else if (seen_job || !alive || status.state != "running") {
+      if (terminal) fmt::print("\n");
+      fmt::print("pool {}: {} items done\n", alive ? status.state : "ended", status.items_done);
+      return 0;
+    }
+    if (!alive) {
+      if (terminal) fmt::print("\n");
+      fmt::print("pool ended: {} items done\n", status.items_done);
+      return 0;
+    }
+    std::this_thread::sleep_for(interval);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"procshare-ctl: look at and steer procshare segments and pools"};
+  app.require_subcommand(1);
+  bool json = false, dry_run = false;
+  std::string segment, object, value;
+  std::uint64_t job = 0;
+  int interval_ms = 200;
+
+  auto* ls = app.add_subcommand("ls", "List segments in /dev/shm (live or stale)");
+  ls->add_flag("--json", json, "Print JSON");
+  auto* show_cmd = app.add_subcommand("show", "Show a segment's objects, values and pool");
+  show_cmd->add_option("SEG", segment, "Segment name")->required();
+  show_cmd->add_flag("--json", json, "Print JSON");
+  auto* get_cmd = app.add_subcommand("get", "Print one object's value");
+  get_cmd->add_option("SEG", segment, "Segment name")->required();
+  get_cmd->add_option("NAME", object, "Object name")->required();
+  get_cmd->add_flag("--json", json, "Print JSON");
+  auto* set_cmd = app.add_subcommand("set", "Store a value, parsed by the object's type");
+  set_cmd->add_option("SEG", segment, "Segment name")->required();
+  set_cmd->add_option("NAME", object, "Object name")->required();
+  set_cmd->add_option("VALUE", value, "The new value")->required();
+  auto* stop_cmd = app.add_subcommand("stop", "Raise the stop flag of a pool's job (all jobs by default)");
+  stop_cmd->add_option("SEG", segment, "The pool's control segment")->required();
+  stop_cmd->add_option("JOB", job, "Job id (see show)");
+  auto* watch_cmd = app.add_subcommand("watch", "Show a live progress bar of a pool's jobs");
+  watch_cmd->add_option("SEG", segment, "The pool's control segment")->required();
+  watch_cmd->add_option("--interval", interval_ms, "Refresh period in milliseconds")->check(CLI::Range(10, 10000));
+  auto* rm_cmd = app.add_subcommand("rm", "Remove a segment's name from /dev/shm");
+  rm_cmd->add_option("SEG", segment, "Segment name")->required();
+  auto* clean_cmd = app.add_subcommand("clean", "Remove segments no process maps any more");
+  clean_cmd->add_flag("--dry-run", dry_run, "Only list what would be removed");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return 2;
+  }
+  try {
+    if (ls->parsed()) return list(json);
+    if (show_cmd->parsed()) return show(segment, json);
+    if (get_cmd->parsed()) return get(segment, object, json);
+    if (set_cmd->parsed()) return set(segment, object, value);
+    if (stop_cmd->parsed()) return stop(segment, job);
+    if (watch_cmd->parsed()) return watch(segment, std::chrono::milliseconds(interval_ms));
+    if (rm_cmd->parsed()) {
+      if (!procshare::Segment::remove(segment)) {
+        fmt::print(stderr, "procshare-ctl: segment '{}': no such segment\n", segment);
+        return 1;
+      }
+      return 0;
+    }
+    if (clean_cmd->parsed()) {
+      for (const auto& name : procshare::Segment::clean(dry_run))
+        fmt::print("{} {}\n", dry_run ? "would remove" : "removed", name);
+      return 0;
+    }
+  } catch (const procshare::Error& e) {
+    fmt::print(stderr, "procshare-ctl: {}\n", e.what());
+    return 1;
+  }
+  return 2;
+}

@@ -1,0 +1,172 @@
+// Segment::value_text and Segment::set_value_text: objects read and written as text by
+// their canonical type names (what procshare-ctl get/set/show use).
+#include <procshare/procshare.hpp>
+
+#include "detail/names.hpp"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+namespace procshare {
+namespace {
+
+// Calls f(std::type_identity<T>{}) for the built-in type named `type`; false if none.
+template <class F> bool with_builtin(std::string_view type, F&& f) {
+  if (type == "bool") return f(std::type_identity<bool>{}), true;
+  if (type == "char") return f(std::type_identity<char>{}), true;
+  if (type == "int8") return f(std::type_identity<std::int8_t>{}), true;
+  if (type == "uint8") return f(std::type_identity<std::uint8_t>{}), true;
+  if (type == "int16") return f(std::type_identity<std::int16_t>{}), true;
+  if (type == "uint16") return f(std::type_identity<std::uint16_t>{}), true;
+  if (type == "int32") return f(std::type_identity<std::int32_t>{}), true;
+  if (type == "uint32") return f(std::type_identity<std::uint32_t>{}), true;
+  if (type == "int64") return f(std::type_identity<std::int64_t>{}), true;
+  if (type == "uint64") return f(std::type_identity<std::uint64_t>{}), true;
+  if (type == "float32") return f(std::type_identity<float>{}), true;
+  if (type == "float64") return f(std::type_identity<double>{}), true;
+  return false;
+}
+
+template <class T> std::string to_text(T v) {
+  if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
+  else if constexpr (std::is_same_v<T, char>) return std::string(1, v);
+  else if constexpr (std::is_same_v<T, std::int8_t> || std::is_same_v<T, std::uint8_t>) return fmt::format("{}", static_cast<int>(v));
+  else return fmt::format("{}", v);
+}
+
+// Parses `text` as a T; nullopt-like failure reported through `why`.
+template <class T> std::optional<T> parse(std::string_view text, std::string& why) {
+  if constexpr (std::is_same_v<T, bool>) {
+    if (text == "true" || text == "1" || text == "set" || text == "yes") return true;
+    if (text == "false" || text == "0" || text == "clear" || text == "no") return false;
+    why = "expected true or false";
+    return std::nullopt;
+  } else if constexpr (std::is_same_v<T, char>) {
+    if (text.size() == 1) return text[0];
+    why = "expected one character";
+    return std::nullopt;
+  } else {
+    T value{};
+    const char* end = text.data() + text.size();
+    const auto [at, error] = std::from_chars(text.data(), end, value);
+    if (error == std::errc::result_out_of_range) {
+      why = "out of range";
+      return std::nullopt;
+    }
+    if (error != std::errc() || at != end || text.empty()) {
+      why = std::is_integral_v<T> ? "not an integer" : "not a number";
+      return std::nullopt;
+    }
+    return value;
+  }
+}
+
+}  // namespace
+
+std::string Segment::value_text(std::string_view name, std::size_t max_elements) {
+  std::optional<ObjectInfo> found;
+  for (auto& info : objects())
+    if (info.name == name) found = std::move(info);
+  if (!found)
+    throw NotFound(this->name(), fmt::format("object '{}'", detail::printable(name)), "no object of that name");
+  const ObjectInfo& info = *found;
+  std::string text;
+  switch (info.kind) {
+    case ObjectKind::value:
+      if (!with_builtin(info.type, [&](auto t) { text = to_text(open_value<typename decltype(t)::type>(name).load()); }))
+        text = fmt::format("({}, {} bytes)", info.type, info.bytes);
+      break;
+    case ObjectKind::atomic:
+      if (!with_builtin(info.type, [&](auto t) { text = to_text(open_atomic<typename decltype(t)::type>(name).load()); }))
+        text = fmt::format("({}, {} bytes)", info.type, info.bytes);
+      break;
+    case ObjectKind::array:
+      if (!with_builtin(info.type, [&](auto t) {
+            using T = typename decltype(t)::type;
+            auto array = open_array<T>(name);
+            const std::size_t shown = std::min<std::size_t>(array.size(), max_elements);
+            text = "[";
+            for (std::size_t i = 0; i < shown; ++i) text += (i ? ", " : "") + to_text(array.load(i));
+            if (shown < array.size()) text += fmt::format(", ... ({} in all)", array.size());
+            text += "]";
+          }))
+        text = fmt::format("({} x {})", info.length, info.type);
+      break;
+    case ObjectKind::flag: text = open_flag(name).is_set() ? "set" : "clear"; break;
+    case ObjectKind::event: text = open_event(name).is_set() ? "set" : "clear"; break;
+    case ObjectKind::semaphore: text = fmt::format("{}", open_semaphore(name).value()); break;
+    case ObjectKind::bounded_semaphore: {
+      auto s = open_bounded_semaphore(name);
+      text = fmt::format("{} of {}", s.value(), s.bound());
+      break;
+    }
+    case ObjectKind::mutex:
+    case ObjectKind::recursive_mutex:
+      text = info.owner_deaths ? fmt::format("{} owner death(s), last pid {}", info.owner_deaths, info.last_dead_owner)
+                               : std::string("no owner deaths");
+      break;
+    case ObjectKind::condition: text = fmt::format("on mutex '{}'", open_condition(name).mutex().name()); break;
+    case ObjectKind::barrier: {
+      auto b = open_barrier(name);
+      text = b.broken() ? "broken" : fmt::format("{} of {} waiting", b.waiting(), b.parties());
+      break;
+    }
+    case ObjectKind::queue: text = fmt::format("(queue of {} slots)", info.length); break;
+    case ObjectKind::pool: text = "(a pool's control block: see inspect_pool)"; break;
+  }
+  return text;
+}
+
+void Segment::set_value_text(std::string_view name, std::string_view text) {
+  std::optional<ObjectInfo> found;
+  for (auto& info : objects())
+    if (info.name == name) found = std::move(info);
+  if (!found)
+    throw NotFound(this->name(), fmt::format("object '{}'", detail::printable(name)), "no object of that name");
+  const ObjectInfo& info = *found;
+  const std::string object = detail::describe_object(info.kind, name);
+  auto bad = [&](std::string_view type, std::string_view why) {
+    throw InvalidArgument(this->name(), object,
+                          fmt::format("'{}' is not a valid {}: {}; nothing was written",
+                                      detail::printable(text), type, why));
+  };
+  std::string why;
+  switch (info.kind) {
+    case ObjectKind::value:
+    case ObjectKind::atomic: {
+      const bool builtin = with_builtin(info.type, [&](auto t) {
+        using T = typename decltype(t)::type;
+        const auto value = parse<T>(text, why);
+        if (!value) bad(info.type, why);
+        if (info.kind == ObjectKind::value) open_value<T>(name).store(*value);
+        else open_atomic<T>(name).store(*value);
+      });
+      if (!builtin)
+        throw TypeMismatch(this->name(), object,
+                           fmt::format("its type {} has no text form", info.type));
+      return;
+    }
+    case ObjectKind::flag:
+    case ObjectKind::event: {
+      const auto value = parse<bool>(text, why);
+      if (!value) bad(to_string(info.kind), why);
+      if (info.kind == ObjectKind::flag) {
+        auto flag = open_flag(name);
+        *value ? flag.set() : flag.clear();
+      } else {
+        auto event = open_event(name);
+        *value ? event.set() : event.clear();
+      }
+      return;
+    }
+    default:
+      throw TypeMismatch(this->name(), object,
+                         fmt::format("a {} cannot be set from text", to_string(info.kind)));
+  }
+}
+
+}  // namespace procshare

@@ -1,0 +1,290 @@
+// procshare-ctl end to end: against the running flagship demo, stale and live segments,
+// and bad input. The programs' paths come from the environment (tests/meson.build).
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <regex>
+
+using namespace procshare;
+using procshare::test::PipeSignal;
+using procshare::test::run_child;
+using procshare::test::SegmentName;
+using procshare::test::wait_child;
+using namespace std::chrono_literals;
+
+extern char** environ;
+
+namespace {
+
+std::string program(const char* variable) {
+  const char* path = std::getenv(variable);
+  return path ? path : "";
+}
+
+struct Output {
+  int status;        // exit status (-1 if killed)
+  std::string text;  // stdout and stderr together
+};
+
+// Runs `command` through the shell, capturing what it prints.
+Output run(const std::string& command) {
+  Output out{-1, ""};
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return out;
+  char buffer[4096];
+  while (std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.text.append(buffer, n);
+  const int status = ::pclose(pipe);
+  out.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+std::string ctl(const std::string& arguments) { return program("PROCSHARE_CTL") + " " + arguments; }
+
+// The demo running in the background, its stdout readable line by line.
+struct Demo {
+  pid_t pid = -1;
+  FILE* out = nullptr;
+  std::string pool, segment;
+
+  explicit Demo(const std::vector<std::string>& arguments) {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    std::vector<std::string> args{program("PROCSHARE_DEMO")};
+    args.insert(args.end(), arguments.begin(), arguments.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    REQUIRE(::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(fds[1]);
+    out = ::fdopen(fds[0], "r");
+    const std::regex stop_line(R"(procshare-ctl stop (\S+))"), set_line(R"(procshare-ctl set (\S+) rounds)");
+    for (std::string line; (line = read_line()) != "";) {
+      std::smatch m;
+      if (std::regex_search(line, m, set_line)) segment = m[1];
+      if (std::regex_search(line, m, stop_line)) {
+        pool = m[1];
+        break;
+      }
+    }
+  }
+  std::string read_line() {
+    char buffer[1024];
+    return std::fgets(buffer, sizeof buffer, out) ? std::string(buffer) : std::string();
+  }
+  std::string rest() {
+    std::string text;
+    for (std::string line; (line = read_line()) != "";) text += line;
+    return text;
+  }
+  ~Demo() {
+    if (pid > 0 && ::waitpid(pid, nullptr, WNOHANG) == 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+    if (out) std::fclose(out);
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("ctl") {
+
+TEST_CASE("show and get read a running job; set changes what it does; stop ends it early") {
+  Demo demo({"--records", "400000000", "--rounds", "50", "--workers", "2"});
+  REQUIRE(!demo.pool.empty());
+  REQUIRE(!demo.segment.empty());
+  auto show = run(ctl("show " + demo.pool));
+  CHECK(show.status == 0);
+  CHECK(show.text.find("pool: running") != std::string::npos);
+  CHECK(show.text.find("job 1    map") != std::string::npos);
+  auto json = run(ctl("show " + demo.pool + " --json"));
+  CHECK(json.text.find("\"jobs\":[{\"id\":1,\"kind\":\"map\"") != std::string::npos);
+  CHECK(run(ctl("get " + demo.segment + " rounds")).text == "50\n");
+  CHECK(run(ctl("get " + demo.segment + " found --json")).text.find("\"type\":\"atomic<int64>\"") != std::string::npos);
+  const auto set = run(ctl("set " + demo.segment + " rounds 1"));
+  CHECK(set.status == 0);
+  CHECK(run(ctl("get " + demo.segment + " rounds")).text == "1\n");
+  // Progress moves between two looks.
+  const std::regex done(R"(job 1\s+map\s+(\d+) done)");
+  std::smatch first, second;
+  const std::string a = run(ctl("show " + demo.pool)).text;
+  std::this_thread::sleep_for(300ms);
+  const std::string b = run(ctl("show " + demo.pool)).text;
+  REQUIRE(std::regex_search(a, first, done));
+  REQUIRE(std::regex_search(b, second, done));
+  CHECK(std::stoull(second[1]) > std::stoull(first[1]));
+  const auto stop = run(ctl("stop " + demo.pool));
+  CHECK(stop.status == 0);
+  CHECK(stop.text == "stop requested for 1 job\n");
+  const std::string summary = demo.rest();
+  CHECK(summary.find("stopped by controller: searched") != std::string::npos);
+  int status = 0;
+  REQUIRE(::waitpid(demo.pid, &status, 0) == demo.pid);
+  demo.pid = -1;
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK_FALSE(procshare::test::shm_exists(demo.pool));
+}
+
+TEST_CASE("watch prints plain lines under a pipe") {
+  Demo demo({"--records", "200000000", "--rounds", "20", "--workers", "2"});
+  REQUIRE(!demo.pool.empty());
+  Output watched;
+  std::thread watcher([&] { watched = run(ctl("watch " + demo.pool + " --interval 50 | cat")); });
+  std::this_thread::sleep_for(1500ms);
+  run(ctl("stop " + demo.pool));
+  watcher.join();
+  CHECK(watched.status == 0);
+  CHECK(watched.text.find('\r') == std::string::npos);
+  CHECK(std::regex_search(watched.text, std::regex(R"(\d+% \d+/\d+ items, \d+ items/s, ETA)")));
+  CHECK(watched.text.find("pool ") != std::string::npos);
+}
+
+TEST_CASE("watch draws a progress bar in a real terminal (tmux)") {
+  if (run("command -v tmux").status != 0) {
+    MESSAGE("tmux is not installed: skipped");
+    return;
+  }
+  Demo demo({"--records", "400000000", "--rounds", "20", "--workers", "2"});
+  REQUIRE(!demo.pool.empty());
+  const std::string session = "procshare-test-" + std::to_string(::getpid());
+  REQUIRE(run("tmux new-session -d -s " + session + " -x 160 -y 10 '" + ctl("watch " + demo.pool) +
+              "; sleep 30'").status == 0);
+  std::string pane;
+  for (int i = 0; i < 100 && pane.find("items/s") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(50ms);
+    pane = run("tmux capture-pane -p -t " + session).text;
+  }
+  run("tmux kill-session -t " + session);
+  run(ctl("stop " + demo.pool));
+  CHECK(std::regex_search(pane, std::regex(R"(\[#*\.*\]\s+\d+% \d+/\d+ items\s+\d+ items/s\s+ETA)")));
+}
+
+TEST_CASE("clean removes a killed job's segment, leaves live ones, and --dry-run removes nothing") {
+  // A job whose every process was SIGKILLed.
+  PipeSignal started;
+  static std::string control;
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t owner = run_child([&] {
+    Pool pool({.workers = 2});
+    auto job = pool.map_async(std::vector<int>(100000, 1), [](int x) {
+      std::this_thread::sleep_for(1ms);
+      return x;
+    });
+    const std::string name = pool.control_segment();
+    if (::write(fds[1], name.c_str(), name.size() + 1) < 0) ::_exit(3);
+    started.notify();
+    for (;;) ::pause();
+  });
+  REQUIRE(started.wait());
+  char name[256] = {};
+  REQUIRE(::read(fds[0], name, sizeof name - 1) > 0);
+  control = name;
+  ::kill(owner, SIGKILL);
+  wait_child(owner);
+  // A live segment whose creator died, still mapped by a process it forked.
+  SegmentName live_name("clean-live");
+  PipeSignal mapped;
+  const pid_t creator = run_child([&] {
+    auto segment = Segment::create(live_name, 1 << 16);
+    segment.keep();
+    const pid_t holder = ::fork();
+    if (holder == 0) {
+      mapped.notify();
+      for (;;) ::pause();
+    }
+    std::FILE* f = std::fopen(("/tmp/procshare-holder-" + live_name.str()).c_str(), "w");
+    std::fprintf(f, "%d", holder);
+    std::fclose(f);
+    ::_exit(0);
+  });
+  REQUIRE(mapped.wait());
+  CHECK(wait_child(creator).ok());
+  int holder = 0;
+  std::ifstream(("/tmp/procshare-holder-" + live_name.str())) >> holder;
+  std::remove(("/tmp/procshare-holder-" + live_name.str()).c_str());
+  // The killed job's processes die within a moment; then nobody maps its segment.
+  auto in_use = [](const std::string& segment) {
+    for (const auto& s : Segment::list())
+      if (s.name == segment) return s.in_use;
+    return false;
+  };
+  for (int i = 0; i < 200 && in_use(control); ++i) std::this_thread::sleep_for(10ms);
+  CHECK_FALSE(in_use(control));
+  const auto dry = run(ctl("clean --dry-run"));
+  CHECK(dry.status == 0);
+  CHECK(dry.text.find("would remove " + control) != std::string::npos);
+  CHECK(dry.text.find(live_name.str()) == std::string::npos);
+  CHECK(procshare::test::shm_exists(control));
+  const auto cleaned = run(ctl("clean"));
+  CHECK(cleaned.text.find("removed " + control) != std::string::npos);
+  CHECK_FALSE(procshare::test::shm_exists(control));
+  CHECK(procshare::test::shm_exists(live_name));
+  const auto listed = run(ctl("ls"));
+  CHECK(std::regex_search(listed.text, std::regex(live_name.str() + R"(\s+\S+\s+\S+\s+\d+\s+live)")));
+  ::kill(holder, SIGKILL);
+  for (int i = 0; i < 200 && procshare::test::shm_exists(live_name); ++i) {
+    run(ctl("clean"));
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK_FALSE(procshare::test::shm_exists(live_name));
+}
+
+TEST_CASE("bad input: a clear error, a non-zero exit, and nothing changed") {
+  SegmentName name("ctlbad");
+  auto segment = Segment::create(name, 1 << 16);
+  auto small = segment.create_value<std::int8_t>("small", 5);
+  auto big = segment.create_atomic<std::uint64_t>("big", 7);
+  segment.create_mutex("m");
+  auto bad_int = run(ctl("set " + name.str() + " small abc"));
+  CHECK(bad_int.status == 1);
+  CHECK(bad_int.text.find("value 'small': 'abc' is not a valid int8: not an integer; nothing was written") != std::string::npos);
+  auto range = run(ctl("set " + name.str() + " small 300"));
+  CHECK(range.status == 1);
+  CHECK(range.text.find("out of range") != std::string::npos);
+  CHECK(run(ctl("set " + name.str() + " big -1")).status == 1);
+  CHECK(run(ctl("set " + name.str() + " m 1")).text.find("a mutex cannot be set from text") != std::string::npos);
+  CHECK(small.load() == 5);
+  CHECK(big.load() == 7);
+  CHECK(run(ctl("set " + name.str() + " small -128")).status == 0);
+  CHECK(small.load() == -128);
+  auto missing = run(ctl("show no-such-segment-" + std::to_string(::getpid())));
+  CHECK(missing.status == 1);
+  CHECK(missing.text.find("no such segment") != std::string::npos);
+  CHECK(run(ctl("get " + name.str() + " nothing")).status == 1);
+  // Garbage and empty files in /dev/shm.
+  SegmentName garbage("ctlgarbage"), empty("ctlempty");
+  { std::ofstream(("/dev/shm/" + garbage.str()).c_str()) << std::string(5000, 'x'); }
+  { std::ofstream(("/dev/shm/" + empty.str()).c_str()); }
+  auto shown = run(ctl("show " + garbage.str()));
+  CHECK(shown.status == 1);
+  CHECK(shown.text.find("not a procshare segment (bad magic number)") != std::string::npos);
+  CHECK(run(ctl("show " + empty.str())).text.find("the file is empty") != std::string::npos);
+  const auto listed = run(ctl("ls"));
+  CHECK(listed.status == 0);
+  CHECK(std::regex_search(listed.text, std::regex(garbage.str() + R"(\s+\S+\s+-\s+-\s+foreign)")));
+  CHECK(run(ctl("clean")).text.find(garbage.str()) == std::string::npos);
+  std::ifstream in("/dev/shm/" + garbage.str());
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(content == std::string(5000, 'x'));
+  CHECK(run(ctl("")).status == 2);
+  CHECK(run(ctl("show")).status == 2);
+  CHECK(run(ctl("--help")).status == 0);
+  CHECK(run(ctl("rm no-such-" + std::to_string(::getpid()))).status == 1);
+}
+
+}  // TEST_SUITE
