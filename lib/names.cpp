@@ -21,6 +21,9 @@ std::string_view to_string(ObjectKind kind) noexcept {
     case ObjectKind::barrier: return "barrier";
     case ObjectKind::queue: return "queue";
     case ObjectKind::pool: return "pool";
+    case ObjectKind::vector: return "vector";
+    case ObjectKind::map: return "map";
+    case ObjectKind::string: return "string";
   }
   return "object";
 }
@@ -42,7 +45,9 @@ std::string printable(std::string_view text) {
 std::string describe_type(ObjectKind kind, std::string_view type, std::uint64_t length) {
   switch (kind) {
     case ObjectKind::value:
-    case ObjectKind::atomic: return fmt::format("{}<{}>", to_string(kind), type);
+    case ObjectKind::atomic:
+    case ObjectKind::vector:
+    case ObjectKind::map: return fmt::format("{}<{}>", to_string(kind), type);
     case ObjectKind::queue: return fmt::format("queue<{}, {}>", type, length);
     case ObjectKind::array: return fmt::format("array<{}, {}>", type, length);
     case ObjectKind::barrier: return fmt::format("barrier<{} parties>", length);

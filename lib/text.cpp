@@ -31,12 +31,39 @@ template <class F> bool with_builtin(std::string_view type, F&& f) {
   return false;
 }
 
-template <class T> std::string to_text(T v) {
+// As with_builtin, also for "string" (std::string).
+template <class F> bool with_element(std::string_view type, F&& f) {
+  if (type == "string") return f(std::type_identity<std::string>{}), true;
+  return with_builtin(type, f);
+}
+
+// For the map key types procshare-ctl can show.
+template <class F> bool with_map_key(std::string_view type, F&& f) {
+  if (type == "int64") return f(std::type_identity<std::int64_t>{}), true;
+  if (type == "uint64") return f(std::type_identity<std::uint64_t>{}), true;
+  if (type == "int32") return f(std::type_identity<std::int32_t>{}), true;
+  if (type == "uint32") return f(std::type_identity<std::uint32_t>{}), true;
+  if (type == "string") return f(std::type_identity<std::string>{}), true;
+  return false;
+}
+
+std::string quoted(std::string_view text, std::size_t most = 60) {
+  std::string shown = detail::printable(text.substr(0, most));
+  return fmt::format("\"{}\"{}", shown, text.size() > most ? "..." : "");
+}
+
+template <class T> std::string to_text_scalar(T v) {
   if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
   else if constexpr (std::is_same_v<T, char>) return std::string(1, v);
   else if constexpr (std::is_same_v<T, std::int8_t> || std::is_same_v<T, std::uint8_t>) return fmt::format("{}", static_cast<int>(v));
   else return fmt::format("{}", v);
 }
+
+template <class T> std::string to_text(const T& v) {
+  if constexpr (std::is_same_v<T, std::string>) return quoted(v);
+  else return to_text_scalar(v);
+}
+
 
 // Parses `text` as a T; nullopt-like failure reported through `why`.
 template <class T> std::optional<T> parse(std::string_view text, std::string& why) {
@@ -117,6 +144,38 @@ std::string Segment::value_text(std::string_view name, std::size_t max_elements)
     }
     case ObjectKind::queue: text = fmt::format("(queue of {} slots)", info.length); break;
     case ObjectKind::pool: text = "(a pool's control block: see inspect_pool)"; break;
+    case ObjectKind::vector:
+      if (!with_element(info.type, [&](auto t) {
+            const auto all = open_vector<typename decltype(t)::type>(name).snapshot();
+            text = "[";
+            for (std::size_t i = 0; i < std::min(all.size(), max_elements); ++i) text += (i ? ", " : "") + to_text(all[i]);
+            if (all.size() > max_elements) text += fmt::format(", ... ({} in all)", all.size());
+            text += "]";
+          }))
+        text = fmt::format("(vector of {})", info.type);
+      break;
+    case ObjectKind::map: {
+      const auto comma = info.type.find(',');
+      const std::string key = info.type.substr(0, comma), value = comma == std::string::npos ? "" : info.type.substr(comma + 1);
+      bool shown = false;
+      with_map_key(key, [&](auto k) {
+          with_element(value, [&](auto v) {
+            const auto all = open_map<typename decltype(k)::type, typename decltype(v)::type>(name).snapshot();
+            text = "{";
+            std::size_t i = 0;
+            for (const auto& [a, b] : all) {
+              if (i == max_elements) break;
+              text += (i++ ? ", " : "") + to_text(a) + ": " + to_text(b);
+            }
+            if (all.size() > max_elements) text += fmt::format(", ... ({} in all)", all.size());
+            text += "}";
+            shown = true;
+          });
+        });
+      if (!shown) text = fmt::format("(map of {})", info.type);
+      break;
+    }
+    case ObjectKind::string: text = quoted(open_string(name).load()); break;
   }
   return text;
 }

@@ -88,6 +88,15 @@ std::optional<procshare::PoolStatus> pool_of(procshare::Segment& segment) {
   return std::nullopt;
 }
 
+// The object's value as text, or why it cannot be read (a poisoned container, say).
+std::string value_or_reason(procshare::Segment& segment, const std::string& object) {
+  try {
+    return segment.value_text(object);
+  } catch (const procshare::Error& e) {
+    return fmt::format("({})", e.what());
+  }
+}
+
 int show(const std::string& name, bool json) {
   auto segment = procshare::Segment::open(name);
   const auto objects = segment.objects();
@@ -100,7 +109,7 @@ int show(const std::string& name, bool json) {
       out += fmt::format("{}{{\"name\":{},\"kind\":{},\"type\":{},\"value\":{},\"poisoned\":{},"
                          "\"owner_deaths\":{},\"last_dead_owner\":{}}}",
                          i ? "," : "", json_string(o.name), json_string(to_string(o.kind)),
-                         json_string(o.description), json_string(segment.value_text(o.name)),
+                         json_string(o.description), json_string(value_or_reason(segment, o.name)),
                          o.poisoned, o.owner_deaths, o.last_dead_owner);
     }
     out += "]";
@@ -131,7 +140,7 @@ int show(const std::string& name, bool json) {
     std::string marks;
     if (o.poisoned) marks += "  POISONED";
     if (o.owner_deaths) marks += fmt::format("  owner deaths: {} (last pid {})", o.owner_deaths, o.last_dead_owner);
-    fmt::print("  {:<24} {:<22} {}{}\n", o.name, o.description, segment.value_text(o.name), marks);
+    fmt::print("  {:<24} {:<22} {}{}\n", o.name, o.description, value_or_reason(segment, o.name), marks);
   }
   if (pool) {
     fmt::print("pool: {}, parent pid {}, supervisor pid {}, {} items done, {} worker deaths\n",

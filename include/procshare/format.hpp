@@ -12,10 +12,13 @@
 // - Event: "set" or "clear". Condition: "condition 'cv' on mutex 'm'".
 // - Barrier: "2 of 3 waiting", or "broken".
 // - Queue<T>: "3 of 16 items", plus ", closed" once closed.
+// - Vector<T>: "[1, 2, 3]"; Map<K, V>: "{1: 2, 3: 4}" (one snapshot under the lock);
+//   String: its text. Strings inside containers print as they are.
 // Errors: as the read they make (NotFound for a handle whose segment is not mapped here).
 #pragma once
 
 #include <procshare/array.hpp>
+#include <procshare/containers.hpp>
 #include <procshare/flag.hpp>
 #include <procshare/mutex.hpp>
 #include <procshare/queue.hpp>
@@ -154,5 +157,32 @@ template <class T> struct fmt::formatter<procshare::Queue<T>> : fmt::formatter<s
         fmt::format("{} of {} items{}", queue.size(), queue.capacity(),
                     queue.closed() ? ", closed" : ""),
         context);
+  }
+};
+
+template <class T>
+  requires fmt::is_formattable<T>::value
+struct fmt::formatter<procshare::Vector<T>> : fmt::formatter<std::string_view> {
+  template <class Context>
+  auto format(const procshare::Vector<T>& vector, Context& context) const {
+    return fmt::formatter<std::string_view>::format(
+        fmt::format("[{}]", fmt::join(vector.snapshot(), ", ")), context);
+  }
+};
+
+template <class K, class V>
+  requires(fmt::is_formattable<K>::value && fmt::is_formattable<V>::value)
+struct fmt::formatter<procshare::Map<K, V>> : fmt::formatter<std::string_view> {
+  template <class Context>
+  auto format(const procshare::Map<K, V>& map, Context& context) const {
+    std::string text = "{";
+    for (const auto& [k, v] : map.snapshot()) text += fmt::format("{}{}: {}", text.size() > 1 ? ", " : "", k, v);
+    return fmt::formatter<std::string_view>::format(text + "}", context);
+  }
+};
+
+template <> struct fmt::formatter<procshare::String> : fmt::formatter<std::string_view> {
+  template <class Context> auto format(const procshare::String& string, Context& context) const {
+    return fmt::formatter<std::string_view>::format(string.load(), context);
   }
 };

@@ -59,6 +59,9 @@ class Event;
 class Condition;
 class Barrier;
 template <class T> class Queue;
+template <class T> class Vector;
+template <class K, class V> class Map;
+class String;
 class Segment;
 
 // type_name<T>::value: the canonical name under which a T is stored ("int64", "float64",
@@ -111,6 +114,9 @@ enum class ObjectKind : std::uint32_t {
   barrier = 11,
   queue = 12,
   pool = 13,
+  vector = 14,
+  map = 15,
+  string = 16,
 };
 
 // The kind's name as used in messages and by procshare-ctl ("value", "array", ...).
@@ -389,6 +395,17 @@ public:
   template <class T>
   Queue<T> queue(std::string_view name, std::uint32_t capacity,
                  std::uint32_t max_item_bytes = 256);
+  // Vector<T>, Map<K, V>, String: containers with their own arena of `capacity` bytes
+  // (at least 1024) inside this segment (containers.hpp).
+  template <class T> Vector<T> create_vector(std::string_view name, std::size_t capacity);
+  template <class T> Vector<T> open_vector(std::string_view name);
+  template <class T> Vector<T> vector(std::string_view name, std::size_t capacity);
+  template <class K, class V> Map<K, V> create_map(std::string_view name, std::size_t capacity);
+  template <class K, class V> Map<K, V> open_map(std::string_view name);
+  template <class K, class V> Map<K, V> map(std::string_view name, std::size_t capacity);
+  String create_string(std::string_view name, std::size_t capacity);
+  String open_string(std::string_view name);
+  String string(std::string_view name, std::size_t capacity);
 
 private:
   friend detail::Placement detail::place(Segment&, std::string_view, const detail::ObjectSpec&,

@@ -56,6 +56,9 @@ constexpr std::uint64_t minimum_object_bytes(ObjectKind kind) {
     case ObjectKind::barrier: return 192;
     case ObjectKind::queue: return 192;
     case ObjectKind::pool: return 1024;
+    case ObjectKind::vector:
+    case ObjectKind::map:
+    case ObjectKind::string: return 1280;  // the block and an arena of at least 1024 bytes
   }
   return 0;
 }
@@ -72,7 +75,8 @@ constexpr std::uint64_t elements_bytes(ObjectKind kind, std::uint32_t elem_size)
 constexpr bool has_lock(ObjectKind kind) {
   return kind == ObjectKind::value || kind == ObjectKind::array || kind == ObjectKind::mutex ||
          kind == ObjectKind::recursive_mutex || kind == ObjectKind::barrier ||
-         kind == ObjectKind::queue;
+         kind == ObjectKind::queue || kind == ObjectKind::vector || kind == ObjectKind::map ||
+         kind == ObjectKind::string;
 }
 
 // Offset 0 of every segment.
