@@ -286,6 +286,7 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != supervisor) ::_exit(1);  // the supervisor died before prctl
   WorkerSlot& s = b.worker(index);
+  s.pid.store(::getpid());  // before any work (the supervisor's fork() may return later)
   s.state.store(static_cast<std::uint32_t>(WorkerState::starting));
   if (initializer) {
     try {
