@@ -515,7 +515,8 @@ struct FdCloser {
 };
 
 // Opens and validates `name`: the header first, before anything else is read.
-std::shared_ptr<Mapping> open_mapping(const std::string& name) {
+std::shared_ptr<Mapping> open_mapping(const std::string& name, const OpenOptions& options,
+                                      std::uint32_t most_permissions = 07777) {
   using namespace detail;
   bip::shared_memory_object file;
   try {
@@ -527,6 +528,14 @@ std::shared_ptr<Mapping> open_mapping(const std::string& name) {
   struct stat status{};
   if (::fstat(mapping->fd(), &status) != 0) rethrow_os(name, "cannot stat segment", errno);
   if (!S_ISREG(status.st_mode)) throw CorruptSegment(name, "", "not a regular file");
+  if (status.st_uid != ::geteuid() && !options.allow_other_owner)
+    throw PermissionDenied(name, "",
+                           fmt::format("it is owned by uid {}, not by this process's uid {}",
+                                       status.st_uid, ::geteuid()));
+  if ((status.st_mode & 07777 & ~most_permissions) != 0)
+    throw PermissionDenied(name, "",
+                           fmt::format("its mode {:04o} is wider than the {:04o} requested",
+                                       status.st_mode & 07777, most_permissions));
   lock_file(*mapping, LOCK_SH);
   const auto size = static_cast<std::uint64_t>(status.st_size);
   if (size < sizeof(Header))
@@ -624,16 +633,16 @@ Segment Segment::create(std::string_view name_view, std::size_t bytes,
     rethrow_os(name, "cannot create segment", errno);
 
   // 3. Map it as any opener does (through Boost, holding the liveness lock).
-  auto mapping = open_mapping(name);
+  auto mapping = open_mapping(name, {});
   if (!(mapping->header().uuid == uuid))
     throw AlreadyExists(name, "", "cannot create segment: it was replaced as it was created");
   mapping->creator_pid = ::getpid();
   return Segment(std::move(mapping), true);
 }
 
-Segment Segment::open(std::string_view name) {
+Segment Segment::open(std::string_view name, const OpenOptions& options) {
   detail::validate_segment_name(name);
-  return Segment(open_mapping(std::string(name)), false);
+  return Segment(open_mapping(std::string(name), options), false);
 }
 
 Segment Segment::open_or_create(std::string_view name, std::size_t bytes,
@@ -647,7 +656,7 @@ Segment Segment::open_or_create(std::string_view name, std::size_t bytes,
     } catch (const AlreadyExists&) {
     }
     try {
-      return Segment(open_mapping(std::string(name)), false);
+      return Segment(open_mapping(std::string(name), {}, options.permissions), false);
     } catch (const NotFound&) {
       if (attempt == 100) throw;
     }

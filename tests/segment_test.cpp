@@ -114,6 +114,7 @@ TEST_CASE("an empty file in /dev/shm is CorruptSegment at once") {
   CHECK_THROWS_WITH_AS(Segment::open(name),
                        ("segment '" + name.str() + "': the file is empty").c_str(),
                        CorruptSegment);
+  REQUIRE(::chmod(("/dev/shm/" + name.str()).c_str(), 0600) == 0);  // not refused for its mode
   CHECK_THROWS_AS(Segment::open_or_create(name, 65536), CorruptSegment);
 }
 
@@ -448,6 +449,37 @@ TEST_CASE("handles keep resolving while other threads open and close other segme
   }
   churn.join();
   CHECK(v.load() == loads);
+}
+
+}  // TEST_SUITE
+
+TEST_SUITE("segment") {
+
+TEST_CASE("a segment another user owns is PermissionDenied unless allow_other_owner") {
+  if (::geteuid() != 0) {
+    MESSAGE("not root: cannot make a segment another user owns; skipped");
+    return;
+  }
+  SegmentName name("owner");
+  auto segment = Segment::create(name, 64 * 1024);
+  segment.create_value<int>("v", 1);
+  REQUIRE(::chown(("/dev/shm/" + name.str()).c_str(), 65534, 65534) == 0);
+  Segment::remove(name);  // our handle keeps the mapping; make a fresh name for the test
+  auto other = Segment::create(name, 64 * 1024);
+  REQUIRE(::chown(("/dev/shm/" + name.str()).c_str(), 65534, 65534) == 0);
+  CHECK_THROWS_WITH_AS(Segment::open(name),
+                       ("segment '" + name.str() + "': it is owned by uid 65534, not by this process's uid 0").c_str(),
+                       PermissionDenied);
+  CHECK_NOTHROW(Segment::open(name, {.allow_other_owner = true}));
+}
+
+TEST_CASE("open_or_create refuses an existing segment whose mode is wider than requested") {
+  SegmentName name("wide");
+  auto wide = Segment::create(name, 64 * 1024, {.permissions = 0666});
+  CHECK_THROWS_WITH_AS(Segment::open_or_create(name, 64 * 1024),
+                       doctest::Contains("its mode 0666 is wider than the 0600 requested"),
+                       PermissionDenied);
+  CHECK(Segment::open_or_create(name, 64 * 1024, {.permissions = 0666}).uuid() == wide.uuid());
 }
 
 }  // TEST_SUITE

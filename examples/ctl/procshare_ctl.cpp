@@ -10,6 +10,7 @@
 //                                          when stdout is not a terminal)
 //   procshare-ctl rm SEG                   remove a segment's name
 //   procshare-ctl clean [--dry-run]        remove segments no process maps any more
+//   --any-owner (before the command)       also open segments other users own
 //
 // Exit status: 0 done, 1 not found or refused (the message says why), 2 usage.
 #include <procshare/procshare.hpp>
@@ -28,6 +29,10 @@
 namespace {
 
 using namespace std::chrono_literals;
+
+procshare::OpenOptions open_options;  // --any-owner
+
+procshare::Segment open_segment(const std::string& name) { return procshare::Segment::open(name, open_options); }
 
 std::string json_string(std::string_view text) {
   std::string out = "\"";
@@ -98,7 +103,7 @@ std::string value_or_reason(procshare::Segment& segment, const std::string& obje
 }
 
 int show(const std::string& name, bool json) {
-  auto segment = procshare::Segment::open(name);
+  auto segment = open_segment(name);
   const auto objects = segment.objects();
   const auto pool = pool_of(segment);
   if (json) {
@@ -156,7 +161,7 @@ int show(const std::string& name, bool json) {
 }
 
 int get(const std::string& name, const std::string& object, bool json) {
-  auto segment = procshare::Segment::open(name);
+  auto segment = open_segment(name);
   const std::string value = segment.value_text(object);
   if (json) {
     std::string type;
@@ -171,14 +176,14 @@ int get(const std::string& name, const std::string& object, bool json) {
 }
 
 int set(const std::string& name, const std::string& object, const std::string& value) {
-  auto segment = procshare::Segment::open(name);
+  auto segment = open_segment(name);
   segment.set_value_text(object, value);
   fmt::print("{} = {}\n", object, segment.value_text(object));
   return 0;
 }
 
 int stop(const std::string& name, std::uint64_t job) {
-  auto segment = procshare::Segment::open(name);
+  auto segment = open_segment(name);
   const std::size_t stopped = procshare::stop_pool_jobs(segment, job);
   if (stopped == 0) {
     fmt::print(stderr, "procshare-ctl: segment '{}': no running job{}\n", name,
@@ -191,7 +196,7 @@ int stop(const std::string& name, std::uint64_t job) {
 
 int watch(const std::string& name, std::chrono::milliseconds interval) {
   const bool terminal = ::isatty(STDOUT_FILENO) != 0;
-  auto segment = procshare::Segment::open(name);
+  auto segment = open_segment(name);
   const auto start = std::chrono::steady_clock::now();
   std::uint64_t first_done = 0;
   bool seen_job = false;
@@ -247,6 +252,8 @@ int watch(const std::string& name, std::chrono::milliseconds interval) {
 int main(int argc, char** argv) {
   CLI::App app{"procshare-ctl: look at and steer procshare segments and pools"};
   app.require_subcommand(1);
+  app.add_flag("--any-owner", open_options.allow_other_owner,
+               "Open segments other users own too (refused by default)");
   bool json = false, dry_run = false;
   std::string segment, object, value;
   std::uint64_t job = 0;

@@ -150,6 +150,13 @@ struct SegmentListing {
   std::uint32_t objects;
 };
 
+// Options for Segment::open.
+struct OpenOptions {
+  // Open a segment another user owns (a controller run by root, say). Off by default:
+  // a segment someone else made is PermissionDenied, so a name cannot be hijacked.
+  bool allow_other_owner = false;
+};
+
 // Options for Segment::create and Segment::open_or_create.
 struct SegmentOptions {
   // Mode bits of the file, applied with fchmod so the umask cannot change them.
@@ -284,13 +291,14 @@ public:
   static Segment create(std::string_view name, std::size_t bytes,
                         const SegmentOptions& options = {});
   // Opens the existing segment `name`, validating its header before anything else.
-  // Throws InvalidName, NotFound, PermissionDenied, CorruptSegment (at once, for an
-  // empty, short, foreign, unready or inconsistent file), Timeout (another process has
-  // held the file's exclusive lock for over a second).
-  static Segment open(std::string_view name);
+  // Throws InvalidName, NotFound, PermissionDenied (the OS refused, or another user owns
+  // it and options.allow_other_owner is off), CorruptSegment (at once, for an empty,
+  // short, foreign, unready or inconsistent file), Timeout (another process has held
+  // the file's exclusive lock for over a second).
+  static Segment open(std::string_view name, const OpenOptions& options = {});
   // Opens `name` if it exists, else creates it as create() does; created() tells which.
-  // A segment being created by another process at the same moment is waited for (at
-  // most a second). Throws as create() and open().
+  // Throws as create() and open(), and PermissionDenied when the existing segment's mode
+  // is wider than options.permissions (it may have been made by someone else on purpose).
   static Segment open_or_create(std::string_view name, std::size_t bytes,
                                 const SegmentOptions& options = {});
   // Removes the name `name` from /dev/shm; processes that map it keep their mapping.
