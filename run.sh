@@ -82,7 +82,7 @@ case "$command" in
     ensure_packages
     build build-asan -Db_sanitize=address,undefined -Db_lundef=false
     ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-      run_tests build-asan "asan tests"
+      PROCSHARE_STORM_ROUNDS=${PROCSHARE_STORM_ROUNDS:-20} run_tests build-asan "asan tests"
     ;;
   bench)
     ensure_packages
