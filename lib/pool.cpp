@@ -146,30 +146,6 @@ void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
   if (!first.empty()) std::memcpy(at + sizeof header, first.data(), first.size());
   if (!second.empty()) std::memcpy(at + sizeof header + first.size(), second.data(), second.size());
   s.ring_write.store(write + need, std::memory_order_release);  // publishes the record
-  wake_parent(b);
-}
-
-bool op_begin_item(ChunkContext& c, std::uint64_t index) {
-  auto& w = *static_cast<WorkerContext*>(c.worker);
-  w.slot->current.store(index, std::memory_order_relaxed);
-  if (w.job->stop.load(std::memory_order_relaxed) != 0 ||
-      index > w.job->best.load(std::memory_order_relaxed)) {
-    w.slot->chunk_skipped.store(w.slot->chunk_skipped.load(std::memory_order_relaxed) + 1,
-                                std::memory_order_relaxed);
-    w.slot->current.store(index + 1, std::memory_order_release);
-    return false;
-  }
-  w.slot->running.store(1, std::memory_order_release);
-  return true;
-}
-
-void op_end_item(ChunkContext& c) {
-  auto& w = *static_cast<WorkerContext*>(c.worker);
-  const std::uint64_t index = w.slot->current.load(std::memory_order_relaxed);
-  w.slot->chunk_done.store(w.slot->chunk_done.load(std::memory_order_relaxed) + 1,
-                           std::memory_order_relaxed);
-  w.slot->running.store(0, std::memory_order_relaxed);
-  w.slot->current.store(index + 1, std::memory_order_release);
 }
 
 void op_emit(ChunkContext& c, std::uint64_t index, const std::byte* data, std::size_t size) {
@@ -182,11 +158,10 @@ void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char*
   const std::string name = demangle(type);
   append_record(w, RecordType::error, index, std::as_bytes(std::span(name.data(), name.size())),
                 std::as_bytes(std::span(message, std::strlen(message))));
-  // Counted as failed at once (so a controller can react), not as done: end_item (which
-  // follows) counts it done, so undo that.
+  // Counted as failed in the job at once, so a controller can react to it.
+  w.slot->chunk_failed.store(w.slot->chunk_failed.load(std::memory_order_relaxed) + 1,
+                             std::memory_order_relaxed);
   w.job->failed.fetch_add(1, std::memory_order_relaxed);
-  w.slot->chunk_done.store(w.slot->chunk_done.load(std::memory_order_relaxed) - 1,
-                           std::memory_order_relaxed);
 }
 
 void op_found(ChunkContext& c, std::uint64_t index) {
@@ -196,7 +171,7 @@ void op_found(ChunkContext& c, std::uint64_t index) {
   }
 }
 
-constexpr ChunkOps chunk_ops{op_begin_item, op_end_item, op_emit, op_fail, op_found};
+constexpr ChunkOps chunk_ops{op_emit, op_fail, op_found};
 
 // Claims a chunk (under the pool lock) into the worker's slot; returns the job's slot or
 // nullptr if there is no work. Stopped jobs' unclaimed items, and find_first items above
@@ -207,7 +182,8 @@ JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferre
   PoolLock held(b);
   JobSlot* chosen = nullptr;
   std::uint32_t chosen_index = 0;
-  for (std::uint32_t i = 0; i < b.job_slots; ++i) {
+  const std::uint32_t high = std::min(b.job_slots, b.job_high.load(std::memory_order_acquire));
+  for (std::uint32_t i = 0; i < high; ++i) {
     JobSlot& job = b.job(i);
     if (job.id.load(std::memory_order_acquire) == 0) continue;
     const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
@@ -252,9 +228,8 @@ JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferre
   s.job_id.store(job.id.load(std::memory_order_relaxed), std::memory_order_relaxed);
   s.chunk_first.store(first, std::memory_order_relaxed);
   s.chunk_end.store(end, std::memory_order_relaxed);
-  s.current.store(first, std::memory_order_relaxed);
-  s.running.store(0, std::memory_order_relaxed);
-  s.chunk_done.store(0, std::memory_order_relaxed);
+  s.progress.store(0, std::memory_order_relaxed);
+  s.chunk_failed.store(0, std::memory_order_relaxed);
   s.chunk_skipped.store(0, std::memory_order_relaxed);
   s.from_requeue.store(requeued > 0 ? 1 : 0, std::memory_order_relaxed);
   s.requeue_index.store(requeued - 1, std::memory_order_relaxed);
@@ -271,14 +246,17 @@ JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferre
 void settle_chunk(WorkerContext& w, JobSlot& job) {
   WorkerSlot& s = *w.slot;
   const std::uint64_t count = s.chunk_end.load() - s.chunk_first.load();
-  job.done.fetch_add(s.chunk_done.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  job.skipped.fetch_add(s.chunk_skipped.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  w.block->items_done.fetch_add(s.chunk_done.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  const std::uint64_t skipped = s.chunk_skipped.load(std::memory_order_relaxed);
+  const std::uint64_t done = count - skipped - s.chunk_failed.load(std::memory_order_relaxed);
+  job.done.fetch_add(done, std::memory_order_relaxed);
+  job.skipped.fetch_add(skipped, std::memory_order_relaxed);
+  w.block->items_done.fetch_add(done, std::memory_order_relaxed);
   s.state.store(static_cast<std::uint32_t>(WorkerState::idle), std::memory_order_release);
   s.tasks_done.fetch_add(1, std::memory_order_relaxed);
-  // The last store that touches the job: the parent may free it once settled == total.
-  job.settled.fetch_add(count, std::memory_order_acq_rel);
-  wake_parent(*w.block);
+  // The last store that touches the job: the parent may free it once settled == total,
+  // and is woken only then.
+  if (job.settled.fetch_add(count, std::memory_order_acq_rel) + count == job.total)
+    wake_parent(*w.block);
 }
 
 [[noreturn]] void worker_main(PoolBlock& b, std::uint32_t index, pid_t supervisor,
@@ -309,7 +287,7 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   // chunks take under a quarter of the target time, shrink it when they take over twice
   // as long. Millions of tiny items then cost a claim per ~2 ms of work, and progress
   // and failures show up within milliseconds.
-  constexpr auto target = std::chrono::milliseconds(2);
+  constexpr auto target = std::chrono::microseconds(2000);  // (not milliseconds: target / 4)
   std::uint64_t preferred = 1, preferred_for = 0;
   for (;;) {
     const auto state = static_cast<PoolState>(b.state.load(std::memory_order_acquire));
@@ -337,7 +315,11 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
                    job->args_size,
                    job->result_slot_bytes ? b.arena() + job->results_offset : nullptr,
                    s.chunk_first.load(),
-                   s.chunk_end.load()};
+                   s.chunk_end.load(),
+                   &s.progress,
+                   &s.chunk_skipped,
+                   &job->stop,
+                   &job->best};
     const auto started = std::chrono::steady_clock::now();
     job->run(c);
     const auto took = std::chrono::steady_clock::now() - started;
@@ -347,7 +329,6 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     if (took < target / 4 && ran >= preferred) preferred = std::min<std::uint64_t>(preferred * 4, 1u << 24);
     else if (took > target * 2 && preferred > 1) preferred = std::max<std::uint64_t>(1, preferred / 2);
     current_stop = nullptr;
-    std::fflush(nullptr);
     settle_chunk(w, *job);
     w.job = nullptr;
     if (b.max_tasks_per_child != 0 && ++tasks >= b.max_tasks_per_child) break;
@@ -412,13 +393,15 @@ struct Supervisor {
                                         : job.cursor.load() == s.chunk_end.load();
       if (claimed && job.id.load() == id) {
         const std::uint64_t first = s.chunk_first.load(), end = s.chunk_end.load();
-        std::uint64_t current = s.current.load();
-        const bool running = s.running.load() != 0;
-        current = std::clamp(current, first, end);
+        const std::uint64_t progress = s.progress.load();
+        // Items before `current` are over; item `current` was running if progress is odd.
+        std::uint64_t current = std::min(end, first + progress / 2);
+        const bool running = progress % 2 == 1 && current < end;
+        const std::uint64_t failed = s.chunk_failed.load(), skipped = s.chunk_skipped.load();
         std::uint64_t settled = current - first;
-        job.done.fetch_add(s.chunk_done.load());
-        job.skipped.fetch_add(s.chunk_skipped.load());
-        if (running && current < end) {
+        job.done.fetch_add(settled >= failed + skipped ? settled - failed - skipped : 0);
+        job.skipped.fetch_add(skipped);
+        if (running) {
           job.failed.fetch_add(1);
           settled += 1;
           pending.push_back(DeathRecord{id, current, s.pid.load(), signal, exit_status, 0});
@@ -698,15 +681,20 @@ public:
       active.erase(id);
     }
     const auto now = std::chrono::steady_clock::now();
-    if (now - last_check >= supervisor_check_period || complete.empty()) {
+    if (now - last_check >= supervisor_check_period) {
       last_check = now;
       check_supervisor();
     }
   }
 
-  // Sleeps until workers report progress, `deadline`, or the next supervisor check.
-  void sleep_until(Deadline deadline) {
-    const std::uint32_t sequence = block->parent_sequence.load(std::memory_order_seq_cst);
+  // The progress word to sleep on: read it before checking, so that progress made after
+  // the check wakes the sleep (see sleep_until).
+  std::uint32_t progress_sequence() const {
+    return block->parent_sequence.load(std::memory_order_seq_cst);
+  }
+  // Sleeps until workers report progress after `sequence` was read, `deadline`, or the
+  // next supervisor check.
+  void sleep_until(Deadline deadline, std::uint32_t sequence) {
     block->parent_waiting.fetch_add(1, std::memory_order_seq_cst);
     futex_wait(block->parent_sequence, sequence,
                std::min(deadline, std::chrono::steady_clock::now() + supervisor_check_period));
@@ -770,6 +758,7 @@ void detail::start_job(PoolCore& core, const JobSpec& spec, const std::shared_pt
                                   needed, b.arena_bytes));
   // Wait for a free slot and arena room, collecting results meanwhile.
   for (;;) {
+    const std::uint32_t sequence = core.progress_sequence();
     core.pump();
     if (!core.ended.empty()) throw PoolClosed(core.segment.name(), "pool", core.ended);
     std::uint32_t slot = UINT32_MAX;
@@ -793,7 +782,7 @@ void detail::start_job(PoolCore& core, const JobSpec& spec, const std::shared_pt
     const std::uint64_t results_offset = take(results_bytes);
     if (!room) {
       for (const auto& [offset, bytes] : taken) core.release(offset, bytes);
-      core.sleep_until(no_deadline);
+      core.sleep_until(no_deadline, sequence);
       continue;
     }
     std::byte* arena = b.arena();
@@ -832,9 +821,13 @@ void detail::start_job(PoolCore& core, const JobSpec& spec, const std::shared_pt
     core.active[id] = state;
     {
       PoolLock held(b);
+      if (b.job_high.load(std::memory_order_relaxed) <= slot) b.job_high.store(slot + 1, std::memory_order_release);
       job.id.store(id, std::memory_order_release);  // publishes the job to the workers
     }
-    detail::wake_workers(b);
+    // Wake only as many workers as the job can use.
+    b.work_sequence.fetch_add(1, std::memory_order_seq_cst);
+    if (b.workers_waiting.load(std::memory_order_seq_cst) != 0)
+      futex_wake(b.work_sequence, static_cast<int>(std::clamp<std::uint64_t>(spec.total, 1, b.workers)));
     if (spec.total == 0) core.pump();
     return;
   }
@@ -843,18 +836,35 @@ void detail::start_job(PoolCore& core, const JobSpec& spec, const std::shared_pt
 bool detail::wait_job(PoolCore& core, JobState& state, Deadline deadline) {
   std::lock_guard guard(core.mutex);
   for (;;) {
+    const std::uint32_t sequence = core.progress_sequence();
     core.pump();
     if (state.finished) return true;
     if (std::chrono::steady_clock::now() >= deadline) return false;
-    core.sleep_until(deadline);
+    core.sleep_until(deadline, sequence);
   }
 }
 
 void detail::cancel_job(PoolCore& core, JobState& state) {
   std::lock_guard guard(core.mutex);
   if (auto it = core.slots.find(state.id); it != core.slots.end()) {
-    core.block->job(it->second).stop.store(1, std::memory_order_release);
-    detail::wake_workers(*core.block);
+    PoolBlock& b = *core.block;
+    JobSlot& job = b.job(it->second);
+    std::uint64_t dropped = 0;
+    {
+      // Drop what no worker has claimed yet here, rather than waiting for a claim to.
+      PoolLock held(b);
+      job.stop.store(1, std::memory_order_release);
+      const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
+      if (cursor < job.total) {
+        dropped = job.total - cursor;
+        job.cursor.store(job.total, std::memory_order_relaxed);
+      }
+      const std::uint32_t requeued = job.requeued_count.load(std::memory_order_relaxed);
+      for (std::uint32_t r = 0; r < requeued; ++r) dropped += job.requeued[r].end - job.requeued[r].first;
+      job.requeued_count.store(0, std::memory_order_release);
+      job.skipped.fetch_add(dropped, std::memory_order_relaxed);
+      job.settled.fetch_add(dropped, std::memory_order_acq_rel);
+    }
   }
 }
 
@@ -928,7 +938,7 @@ PoolStatus inspect_pool(Segment& segment) {
   for (std::uint32_t i = 0; i < b.workers; ++i) {
     const auto& w = b.worker(i);
     status.workers.push_back({w.pid.load(), worker_state_name(w.state.load()), w.job_id.load(),
-                              w.current.load(), w.tasks_done.load()});
+                              w.chunk_first.load() + w.progress.load() / 2, w.tasks_done.load()});
   }
   for (std::uint32_t i = 0; i < b.job_slots; ++i) {
     JobSlot& job = b.job(i);
@@ -1073,8 +1083,9 @@ void Pool::join() {
   if (!core_->closed)
     throw InvalidArgument(core_->segment.name(), "pool", "join() before close()");
   while (!core_->active.empty() && core_->ended.empty()) {
+    const std::uint32_t sequence = core_->progress_sequence();
     core_->pump();
-    if (!core_->active.empty()) core_->sleep_until(detail::no_deadline);
+    if (!core_->active.empty()) core_->sleep_until(detail::no_deadline, sequence);
   }
   if (core_->supervisor < 0) return;
   core_->send('C');

@@ -436,3 +436,32 @@ TEST_CASE("a fixed chunk size gives the same results") {
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("pool") {
+
+TEST_CASE("automatic chunks grow: a million trivial items take far fewer than a million claims") {
+  Pool pool({.workers = 2});
+  std::vector<std::int64_t> items(1000000);
+  std::iota(items.begin(), items.end(), 0);
+  CHECK(pool.map(items, square).at(999999) == 999999LL * 999999LL);
+  auto segment = Segment::open(pool.control_segment());
+  std::uint64_t chunks = 0;
+  for (const auto& w : inspect_pool(segment).workers) chunks += w.tasks_done;
+  CHECK(chunks < 10000);
+}
+
+TEST_CASE("cancel drops unclaimed work at once, even while every worker is busy") {
+  Pool pool({.workers = 2});
+  auto job = pool.map_async(Chunk{1}, std::vector<int>(1000, 1), [](int x) {
+    std::this_thread::sleep_for(20ms);
+    return x;
+  });
+  while (job.progress().done < 2) std::this_thread::sleep_for(1ms);
+  const auto start = std::chrono::steady_clock::now();
+  job.cancel();
+  CHECK_THROWS_AS(job.get(), Stopped);
+  CHECK(std::chrono::steady_clock::now() - start < 200ms);  // at most the running items
+  CHECK(job.progress().skipped >= 990);
+}
+
+}  // TEST_SUITE

@@ -243,13 +243,8 @@ using AnyFunction = void (*)();
 
 struct ChunkContext;
 
-// What the worker loop (lib/) offers a running chunk.
+// What the worker loop (lib/) offers a running chunk for the rare events.
 struct ChunkOps {
-  // Called before item `index`: publishes it as the worker's current item; false means
-  // skip it (the job was stopped, or find_first already has a lower match).
-  bool (*begin_item)(ChunkContext&, std::uint64_t index);
-  // Called after it, whatever happened.
-  void (*end_item)(ChunkContext&);
   // A variable-size result for `index`.
   void (*emit)(ChunkContext&, std::uint64_t index, const std::byte* data, std::size_t size);
   // Item `index` threw an exception of (mangled) type `type` with `message`.
@@ -258,7 +253,9 @@ struct ChunkOps {
   void (*found)(ChunkContext&, std::uint64_t index);
 };
 
-// One claimed range of one job, as a worker runs it.
+// One claimed range of one job, as a worker runs it. Per item, run_chunk publishes its
+// progress with one store into the worker's own slot: 2i+1 while item first+i runs, 2i+2
+// once it is over, so a supervisor settling a death knows exactly which item was cut.
 struct ChunkContext {
   const ChunkOps* ops;
   void* worker;                        // the worker loop's own state
@@ -271,6 +268,10 @@ struct ChunkContext {
   std::byte* results;                  // fixed-size result slots (null when variable)
   std::uint64_t first;                 // the range [first, end)
   std::uint64_t end;
+  std::atomic<std::uint64_t>* progress;       // the worker slot's progress word
+  std::atomic<std::uint64_t>* skipped;        // the worker slot's skipped count
+  const std::atomic<std::uint32_t>* stop;     // the job's stop flag
+  const std::atomic<std::uint64_t>* best;     // find_first's best match so far
 };
 
 using ChunkFn = void (*)(ChunkContext&);
@@ -312,8 +313,15 @@ template <JobKind Kind, class F, class T, class R, class... Args>
 void run_chunk(ChunkContext& c) {
   Reader args_reader{c.args, c.args + c.args_size};
   auto args = Transport<std::tuple<Args...>>::read(args_reader);
+  std::uint64_t skipped = 0;
   for (std::uint64_t k = c.first; k < c.end; ++k) {
-    if (!c.ops->begin_item(c, k)) continue;
+    const std::uint64_t step = 2 * (k - c.first);
+    if (c.stop->load(std::memory_order_relaxed) != 0 || k > c.best->load(std::memory_order_relaxed)) {
+      c.skipped->store(++skipped, std::memory_order_relaxed);
+      c.progress->store(step + 2, std::memory_order_release);
+      continue;
+    }
+    c.progress->store(step + 1, std::memory_order_release);  // item k runs
     try {
       auto call = [&](auto&&... item) -> decltype(auto) {
         return std::apply(
@@ -338,7 +346,7 @@ void run_chunk(ChunkContext& c) {
     } catch (...) {
       c.ops->fail(c, k, "", "an exception not derived from std::exception");
     }
-    c.ops->end_item(c);
+    c.progress->store(step + 2, std::memory_order_release);  // item k is over
   }
 }
 
@@ -417,18 +425,30 @@ template <class... Args> std::vector<std::byte> pack_args(const Args&... args) {
 }
 
 template <class R> struct ResultState : JobState {
-  std::vector<std::optional<R>> values;
-  explicit ResultState(std::uint64_t n) : values(n) {}
+  static constexpr bool fixed = Transport<R>::fixed;
+  std::vector<std::optional<R>> values;  // variable-size results, as they arrive
+  std::vector<R> fixed_values;           // fixed-size results, copied in one block
+  std::uint64_t count;
+  explicit ResultState(std::uint64_t n) : values(fixed ? 0 : n), count(n) {}
   void accept(std::uint64_t index, Reader& r) override {
-    if (index < values.size()) values[index] = Transport<R>::read(r);
+    if constexpr (!fixed)
+      if (index < values.size()) values[index] = Transport<R>::read(r);
   }
   void copy_fixed(const std::byte* slots) override {
-    if constexpr (Transport<R>::fixed) {
-      for (std::uint64_t i = 0; i < values.size(); ++i) {
-        R v;
-        std::memcpy(&v, slots + i * sizeof(R), sizeof(R));
-        values[i] = v;
-      }
+    if constexpr (fixed) {
+      fixed_values.resize(count);
+      if (count) std::memcpy(static_cast<void*>(fixed_values.data()), slots, count * sizeof(R));
+    }
+  }
+  // The results in input order (moved out).
+  std::vector<R> take() {
+    if constexpr (fixed) {
+      return std::move(fixed_values);
+    } else {
+      std::vector<R> results;
+      results.reserve(values.size());
+      for (auto& v : values) results.push_back(std::move(*v));
+      return results;
     }
   }
 };
@@ -473,7 +493,7 @@ public:
   R get() {
     wait();
     state_->throw_if_failed();
-    if constexpr (!std::is_void_v<R>) return std::move(*state_->values.at(0));
+    if constexpr (!std::is_void_v<R>) return std::move(state_->take().at(0));
   }
   // Waits for the task to end.
   void wait() { detail::wait_job(*core_, *state_, detail::no_deadline); }
@@ -508,12 +528,7 @@ public:
   auto get() {
     detail::wait_job(*core_, *state_, detail::no_deadline);
     state_->throw_if_failed();
-    if constexpr (!std::is_void_v<R>) {
-      std::vector<R> results;
-      results.reserve(state_->values.size());
-      for (auto& v : state_->values) results.push_back(std::move(*v));
-      return results;
-    }
+    if constexpr (!std::is_void_v<R>) return state_->take();
   }
   // Raises the job's stop flag: unstarted items are dropped; get() throws Stopped.
   void cancel() { detail::cancel_job(*core_, *state_); }

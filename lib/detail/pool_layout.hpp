@@ -28,11 +28,10 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint64_t> job_id;
   std::atomic<std::uint64_t> chunk_first;
   std::atomic<std::uint64_t> chunk_end;
-  std::atomic<std::uint64_t> current;     // the item it runs (or will run next)
-  std::atomic<std::uint32_t> running;     // 1 while item `current` runs
+  std::atomic<std::uint64_t> progress;    // 2i+1 while item first+i runs, 2i+2 once over
   std::atomic<std::uint32_t> from_requeue;
-  std::atomic<std::uint64_t> chunk_done;  // this chunk's items so far, by outcome
-  std::atomic<std::uint64_t> chunk_skipped;  // (failures count in the job at once)
+  std::atomic<std::uint64_t> chunk_failed;   // this chunk's items by outcome (done is the
+  std::atomic<std::uint64_t> chunk_skipped;  // rest; failures also count in the job at once)
   std::atomic<std::uint64_t> tasks_done;  // chunks completed, for controllers
   alignas(64) std::atomic<std::uint64_t> ring_write;  // bytes published (worker)
   std::atomic<std::uint32_t> ring_space_sequence;    // futex: bumped when the parent reads
@@ -44,7 +43,7 @@ struct Range {
   std::uint64_t first;
   std::uint64_t end;
 };
-inline constexpr std::uint32_t max_requeued = 64;
+inline constexpr std::uint32_t max_requeued = 16;
 
 // One job: a submit (1 item), a map or a find_first.
 struct alignas(64) JobSlot {
@@ -97,6 +96,7 @@ struct alignas(64) PoolBlock {
   std::atomic<std::uint32_t> workers_waiting;
   std::atomic<std::uint32_t> parent_sequence;  // futex: the parent waits for progress
   std::atomic<std::uint32_t> parent_waiting;
+  std::atomic<std::uint32_t> job_high;         // job slots in use are all below this
   std::atomic<std::uint32_t> state;            // PoolState
   std::int32_t parent_pid;
   std::atomic<std::int32_t> supervisor_pid;
