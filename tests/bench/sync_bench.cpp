@@ -24,7 +24,9 @@
 //   wrong.
 // Timing: queue workers announce they are ready and spin until the parent takes the start
 //   time and raises the go flag; the measuring worker (pinger, consumer) stores its end
-//   time (CLOCK_MONOTONIC, the same clock in every process).
+//   time (CLOCK_MONOTONIC, the same clock in every process). A queue run that outlasts 5
+//   times its planned length (at least 1 s), as on a busy machine, stops early with what it
+//   has done (checked the same way); the output says how many did.
 // Statistics: every variant runs once per round, rounds repeated (>= 5), and the order of
 //   the variants rotates between rounds. A latency run takes many samples (300 by
 //   default, after 20 unrecorded warm-up samples) and reports their median and 99th
@@ -410,6 +412,8 @@ struct Control {
   alignas(64) std::atomic<std::int64_t> set_ns;  // steady_clock just before the set
   PaddedTime wake_ns[max_waiters];               // when each waiter ran again
   alignas(64) std::atomic<std::int64_t> end_ns;  // when the measuring queue worker finished
+  std::atomic<std::int64_t> stop_ns;             // the sender stops early after this
+  std::atomic<std::int64_t> done;                // round trips (items) the run completed
   std::atomic<std::int64_t> cpu_ns[2];           // CPU time each queue worker spent after go
   std::atomic<std::int64_t> checksum;            // sum of what the checking worker received
   std::atomic<std::int64_t> mismatches;          // items that were not what was expected
@@ -625,12 +629,21 @@ void wait_for_go(Control& control) {
   while (control.go.load(std::memory_order_acquire) == 0) ::sched_yield();
 }
 
+// Items are 1, 2, ...; the sender ends the run with a 0, after n items or, on a machine so
+// busy that the run outlasts its cut-off (Control::stop_ns), early.
+constexpr std::int64_t stop_item = 0;
+
+bool past_cutoff(const Control& control, std::int64_t i) {
+  return i % 1024 == 0 && now_ns() > control.stop_ns.load(std::memory_order_relaxed);
+}
+
 template <class Link> void pinger(Control& control, Link to, Link from, std::int64_t n) {
   wait_for_go(control);
   const std::int64_t cpu_start = cpu_now_ns();
   std::int64_t sum = 0;
   std::int64_t mismatches = 0;
-  for (std::int64_t i = 1; i <= n; ++i) {
+  std::int64_t i = 1;
+  for (; i <= n && !past_cutoff(control, i); ++i) {
     to.send(i);
     const std::int64_t reply = from.receive();
     mismatches += reply != i + 1;
@@ -638,16 +651,19 @@ template <class Link> void pinger(Control& control, Link to, Link from, std::int
   }
   control.end_ns.store(now_ns());
   control.cpu_ns[0].store(cpu_now_ns() - cpu_start);
+  to.send(stop_item);
+  control.done.store(i - 1);
   control.checksum.store(sum);
   control.mismatches.fetch_add(mismatches);
 }
 
-template <class Link> void ponger(Control& control, Link from, Link to, std::int64_t n) {
+template <class Link> void ponger(Control& control, Link from, Link to) {
   wait_for_go(control);
   const std::int64_t cpu_start = cpu_now_ns();
   std::int64_t mismatches = 0;
-  for (std::int64_t i = 1; i <= n; ++i) {
+  for (std::int64_t i = 1;; ++i) {
     const std::int64_t item = from.receive();
+    if (item == stop_item) break;
     mismatches += item != i;
     to.send(item + 1);
   }
@@ -658,22 +674,26 @@ template <class Link> void ponger(Control& control, Link from, Link to, std::int
 template <class Link> void producer(Control& control, Link to, std::int64_t n) {
   wait_for_go(control);
   const std::int64_t cpu_start = cpu_now_ns();
-  for (std::int64_t i = 1; i <= n; ++i) to.send(i);
+  for (std::int64_t i = 1; i <= n && !past_cutoff(control, i); ++i) to.send(i);
+  to.send(stop_item);
   control.cpu_ns[0].store(cpu_now_ns() - cpu_start);
 }
 
-template <class Link> void consumer(Control& control, Link from, std::int64_t n) {
+template <class Link> void consumer(Control& control, Link from) {
   wait_for_go(control);
   const std::int64_t cpu_start = cpu_now_ns();
   std::int64_t sum = 0;
   std::int64_t mismatches = 0;
-  for (std::int64_t i = 1; i <= n; ++i) {
+  std::int64_t i = 1;
+  for (;; ++i) {
     const std::int64_t item = from.receive();
+    if (item == stop_item) break;
     mismatches += item != i;  // one producer: items arrive in the order pushed
     sum += item;
   }
   control.end_ns.store(now_ns());
   control.cpu_ns[1].store(cpu_now_ns() - cpu_start);
+  control.done.store(i - 1);
   control.checksum.store(sum);
   control.mismatches.fetch_add(mismatches);
 }
@@ -687,17 +707,21 @@ struct RunResult {
   double parallelism;  // the workers' CPU time over the wall time: 2.0 when both ran
                        // side by side throughout (spinning), about 1.0 or less when they
                        // took turns or slept
+  std::int64_t done;   // round trips (items) completed: n, or fewer if cut off
 };
 
-// Runs `workload` over `transport` with `n` round trips (items). Fails if a worker fails,
-// the run times out, or a reply, an item's order or the sum is wrong.
-RunResult run_queue(Shared& shared, Workload workload, Transport transport, std::int64_t n) {
+// Runs `workload` over `transport` with `n` round trips (items), cut off after `cutoff`
+// seconds. Fails if a worker fails, the run times out, or a reply, an item's order or the
+// sum is wrong.
+RunResult run_queue(Shared& shared, Workload workload, Transport transport, std::int64_t n,
+                    double cutoff) {
   Control& control = *shared.control;
   const std::string what = fmt::format(
       "{} {}", transport_name(transport), workload == Workload::pingpong ? "ping-pong" : "1->1");
   control.ready.store(0);
   control.go.store(0);
   control.end_ns.store(0);
+  control.done.store(0);
   for (auto& cpu : control.cpu_ns) cpu.store(0);
   control.checksum.store(0);
   control.mismatches.store(0);
@@ -706,10 +730,10 @@ RunResult run_queue(Shared& shared, Workload workload, Transport transport, std:
   with_links(shared, transport, [&](auto ab, auto ba, auto items) {
     if (workload == Workload::pingpong) {
       children.fork(what, [&] { pinger(control, ab, ba, n); });
-      children.fork(what, [&] { ponger(control, ab, ba, n); });
+      children.fork(what, [&] { ponger(control, ab, ba); });
     } else {
       children.fork(what, [&] { producer(control, items, n); });
-      children.fork(what, [&] { consumer(control, items, n); });
+      children.fork(what, [&] { consumer(control, items); });
     }
   });
   const auto deadline = Clock::now() + run_timeout;
@@ -720,19 +744,22 @@ RunResult run_queue(Shared& shared, Workload workload, Transport transport, std:
     ::sched_yield();
   }
   const std::int64_t start = now_ns();
+  control.stop_ns.store(start + std::llround(cutoff * 1e9));
   control.go.store(1, std::memory_order_release);
   children.finish(what, deadline);
 
-  const std::int64_t expected = workload == Workload::pingpong ? n * (n + 1) / 2 + n
-                                                               : n * (n + 1) / 2;
-  if (control.mismatches.load() != 0 || control.checksum.load() != expected)
-    fail("WRONG ITEMS: {} with {}: {} out of place, sum {} (expected {})", what, n,
+  const std::int64_t done = control.done.load();
+  const std::int64_t expected = workload == Workload::pingpong ? done * (done + 1) / 2 + done
+                                                               : done * (done + 1) / 2;
+  if (done < 1 || done > n || control.mismatches.load() != 0 ||
+      control.checksum.load() != expected)
+    fail("WRONG ITEMS: {} with {} of {}: {} out of place, sum {} (expected {})", what, done, n,
          control.mismatches.load(), control.checksum.load(), expected);
   const std::int64_t end = control.end_ns.load();
   if (end <= start) fail("{}: the worker did not record its end time", what);
   const double seconds = static_cast<double>(end - start) * 1e-9;
   const double cpu = static_cast<double>(control.cpu_ns[0].load() + control.cpu_ns[1].load());
-  return {static_cast<double>(n) / seconds, seconds, cpu * 1e-9 / seconds};
+  return {static_cast<double>(done) / seconds, seconds, cpu * 1e-9 / seconds, done};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1003,6 +1030,7 @@ struct Row {
 
 struct Options {
   double run_seconds = 0.3;  // target length of one queue run
+  double cutoff = 1.5;       // a queue run on a busy machine stops early after this (s)
   int samples = 300;         // latency samples per run (after the warm-up)
   std::int64_t python_round_trips = 5'000;
   std::int64_t python_items = 40'000;
@@ -1047,6 +1075,7 @@ Options parse_options(int argc, char** argv) {
     }
   }
   options.run_seconds *= scale;
+  options.cutoff = std::max(1.0, 5 * options.run_seconds);
   const double python_scale = std::min(1.0, 2.2 * scale);
   options.python_round_trips = std::max<std::int64_t>(
       200, std::llround(static_cast<double>(options.python_round_trips) * python_scale));
@@ -1065,22 +1094,25 @@ struct QueueVariant {
 
 // Chooses the variant's n so that a run lasts about `run_seconds` (also warming up the
 // mappings and code: these runs are not counted).
-void calibrate(Shared& shared, QueueVariant& variant, double run_seconds) {
+void calibrate(Shared& shared, QueueVariant& variant, const Options& options) {
   std::int64_t n = 1000;
-  auto scaled = [run_seconds](std::int64_t count, double seconds) {
-    return std::max<std::int64_t>(
-        1000, std::llround(static_cast<double>(count) * run_seconds / seconds));
+  auto scaled = [&options](const RunResult& result) {
+    return std::max<std::int64_t>(1000, std::llround(static_cast<double>(result.done) *
+                                                     options.run_seconds / result.seconds));
+  };
+  auto run = [&](std::int64_t count) {
+    return run_queue(shared, variant.workload, variant.transport, count, options.cutoff);
   };
   for (;;) {
-    const RunResult result = run_queue(shared, variant.workload, variant.transport, n);
+    const RunResult result = run(n);
     if (result.seconds >= 0.05 || n >= (std::int64_t{1} << 40)) {
-      n = scaled(n, result.seconds);
+      n = scaled(result);
       break;
     }
     n *= 4;
   }
   // Once more at about the final length: short first runs can be unrepresentative.
-  variant.n = scaled(n, run_queue(shared, variant.workload, variant.transport, n).seconds);
+  variant.n = scaled(run(n));
 }
 
 int run(int argc, char** argv) {
@@ -1126,7 +1158,7 @@ int run(int argc, char** argv) {
   QueueVariant& stream_mq = queues[4];
   Series python_pingpong;
   Series python_stream;
-  for (QueueVariant& variant : queues) calibrate(shared, variant, options.run_seconds);
+  for (QueueVariant& variant : queues) calibrate(shared, variant, options);
 
   const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
   fmt::print("sync_bench: {} rounds, {} CPUs online; latency: {} samples per run (after {} "
@@ -1146,6 +1178,7 @@ int run(int argc, char** argv) {
   const auto started = Clock::now();
   // CPUs that other processes kept busy during each round (steal time included).
   std::vector<double> other_load;
+  int cut_runs = 0;  // queue runs stopped at the cut-off
   for (int round = 0; round < options.rounds; ++round) {
     const CpuUse round_start = cpu_use();
     const auto round_started = Clock::now();
@@ -1161,7 +1194,10 @@ int run(int argc, char** argv) {
     for (const auto& [first, count] : {std::pair{0, 3}, std::pair{3, 2}})
       for (int i = 0; i < count; ++i) {
         QueueVariant& variant = queues[first + (i + round) % count];
-        variant.series.add_run(run_queue(shared, variant.workload, variant.transport, variant.n));
+        const RunResult result =
+            run_queue(shared, variant.workload, variant.transport, variant.n, options.cutoff);
+        cut_runs += result.done < variant.n;
+        variant.series.add_run(result);
       }
     if (python) {
       python_pingpong.add_rate(python_rate(Workload::pingpong, options.python_round_trips));
@@ -1269,6 +1305,9 @@ int run(int argc, char** argv) {
     fmt::print("WARNING: the spinning ping-pong workers mostly took turns on one CPU (other "
                "load on the\n  machine?), so the spin rows measure time slicing, not "
                "hand-offs between running processes.\n\n");
+  if (cut_runs > 0)
+    fmt::print("WARNING: {} queue runs lasted {:.1f} s and were cut short (busy machine?).\n\n",
+               cut_runs, options.cutoff);
   if (busiest > 0.25)
     fmt::print("WARNING: other processes kept {:.2f} CPUs busy in the worst round: the rounds "
                "with load\n  measured a shared machine; rerun on a quiet one.\n\n",
