@@ -461,7 +461,8 @@ Placement place(Segment& segment, std::string_view name, const ObjectSpec& spec,
   h.bump.store(offset + bytes, std::memory_order_release);
   fault_point("bumped");
   std::byte* memory = mapping.base() + offset;
-  std::memset(memory, 0, bytes);
+  // (no memset: memory above the bump pointer has never been written, and tmpfs pages
+  // reserved by posix_fallocate read as zeros)
   auto* header = ::new (memory) ObjectHeader{tag_hash, static_cast<std::uint32_t>(spec.kind),
                                              spec.elem_size, spec.length};
   if (!init(header, context)) {
@@ -558,8 +559,12 @@ std::shared_ptr<Mapping> open_mapping(const std::string& name, const OpenOptions
 
 }  // namespace
 
-Segment Segment::create(std::string_view name_view, std::size_t bytes,
-                        const SegmentOptions& options) {
+Segment Segment::create(std::string_view name, std::size_t bytes, const SegmentOptions& options) {
+  return detail::create_segment(name, bytes, options, UINT64_MAX);
+}
+
+Segment detail::create_segment(std::string_view name_view, std::size_t bytes,
+                               const SegmentOptions& options, std::uint64_t reserved) {
   using namespace detail;
   validate_segment_name(name_view);
   const std::string name(name_view);
@@ -591,8 +596,12 @@ Segment Segment::create(std::string_view name_view, std::size_t bytes,
   if (file.fd < 0) rethrow_os(name, "cannot create segment", errno);
   if (::fchmod(file.fd, options.permissions) != 0)
     rethrow_os(name, "cannot set permissions", errno);
-  if (const int error = ::posix_fallocate(file.fd, 0, static_cast<off_t>(size)))
-    rethrow_os(name, fmt::format("cannot reserve {} bytes in /dev/shm", size), error);
+  if (::ftruncate(file.fd, static_cast<off_t>(size)) != 0)
+    rethrow_os(name, fmt::format("cannot size the segment to {} bytes", size), errno);
+  const std::uint64_t reserve_now =
+      reserved >= size ? size : std::min(size, align_up(std::max<std::uint64_t>(reserved, minimum), page));
+  if (const int error = ::posix_fallocate(file.fd, 0, static_cast<off_t>(reserve_now)))
+    rethrow_os(name, fmt::format("cannot reserve {} bytes in /dev/shm", reserve_now), error);
   void* memory = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, file.fd, 0);
   if (memory == MAP_FAILED) rethrow_os(name, "cannot map segment", errno);
   Header& h = *::new (memory) Header{};
@@ -638,6 +647,17 @@ Segment Segment::create(std::string_view name_view, std::size_t bytes,
     throw AlreadyExists(name, "", "cannot create segment: it was replaced as it was created");
   mapping->creator_pid = ::getpid();
   return Segment(std::move(mapping), true);
+}
+
+void detail::reserve(const Segment& segment, std::uint64_t offset, std::uint64_t bytes) {
+  const Mapping& mapping = *segment.mapping_;
+  if (offset > mapping.size() || bytes > mapping.size() - offset)
+    throw InvalidArgument(mapping.name, "", fmt::format("cannot reserve bytes {} to {}: the segment has {}",
+                                                       offset, offset + bytes, mapping.size()));
+  if (bytes == 0) return;
+  if (const int error = ::posix_fallocate(mapping.fd(), static_cast<off_t>(offset), static_cast<off_t>(bytes)))
+    throw SegmentFull(mapping.name, "",
+                      fmt::format("cannot reserve {} more bytes in /dev/shm: {}", bytes, os_reason(error)));
 }
 
 Segment Segment::open(std::string_view name, const OpenOptions& options) {

@@ -279,6 +279,15 @@ PROCSHARE_API void set_fault_hook(void (*hook)(const char* step)) noexcept;
 
 struct Mapping;  // lib/: the mapped file, its descriptor and its registry slot
 
+// Internal (the pool's arena): creates a segment as Segment::create does, but reserves
+// only its first `reserved` bytes up front. Whoever owns the rest reserves each part with
+// reserve() before anything touches it: a page of /dev/shm that was never reserved
+// raises SIGBUS when touched while /dev/shm is full.
+Segment create_segment(std::string_view name, std::size_t bytes, const SegmentOptions& options,
+                       std::uint64_t reserved);
+// Reserves bytes [offset, offset + bytes) of `segment`'s file. Throws SegmentFull.
+void reserve(const Segment& segment, std::uint64_t offset, std::uint64_t bytes);
+
 }  // namespace detail
 
 class PROCSHARE_API Segment {
@@ -418,6 +427,9 @@ public:
 private:
   friend detail::Placement detail::place(Segment&, std::string_view, const detail::ObjectSpec&,
                                          detail::Intent, detail::InitFn, const void*);
+  friend Segment detail::create_segment(std::string_view, std::size_t, const SegmentOptions&,
+                                        std::uint64_t);
+  friend void detail::reserve(const Segment&, std::uint64_t, std::uint64_t);
   explicit Segment(std::shared_ptr<detail::Mapping> mapping, bool created);
 
   std::shared_ptr<detail::Mapping> mapping_;
