@@ -10,6 +10,7 @@
 #include <cxxabi.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -33,8 +34,15 @@ namespace detail {
 namespace {
 
 constexpr std::uint32_t max_workers = 1024;
+// Job `id` takes slot (id - 1) % job_slot_count: a new job waits while the one
+// job_slot_count ids before it is still running.
 constexpr std::uint32_t job_slot_count = 1024;
+constexpr std::uint32_t job_slot_step = 64;  // the parent reserves the job table in steps
 constexpr std::uint64_t ring_bytes_per_worker = 1u << 20;
+constexpr std::uint64_t ring_reserve_step = 64u << 10;  // a worker reserves its ring in steps
+// How long an idle worker, or a waiting parent, polls before sleeping on its futex: a
+// hand-off within this time costs no system call and no wake-up latency.
+constexpr auto spin_time = std::chrono::microseconds(50);
 constexpr std::uint32_t startup_failure_limit = 3;
 constexpr auto supervisor_check_period = std::chrono::milliseconds(50);
 
@@ -94,13 +102,37 @@ struct WorkerContext {
   WorkerSlot* slot;
   JobSlot* job;
   std::uint32_t index;
+  const Segment* segment;
+  std::uint64_t ring_at;        // the ring's offset in the segment
+  std::uint64_t ring_reserved;  // bytes of it reserved so far
 };
 
+// Polls for up to spin_time while `word` still holds `value`; returns whether it changed.
+// It yields the CPU between polls: a process it shares the CPU with (a worker running a
+// task, when there are more busy processes than CPUs) is not held up by the polling.
+bool spin_while(const std::atomic<std::uint32_t>& word, std::uint32_t value) {
+  const auto until = std::chrono::steady_clock::now() + spin_time;
+  for (;;) {
+    for (int i = 0; i < 16; ++i) {
+      if (word.load(std::memory_order_acquire) != value) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (std::chrono::steady_clock::now() >= until) return false;
+    ::sched_yield();
+  }
+}
+
+void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
+                   std::span<const std::byte> first, std::span<const std::byte> second = {});
+
 std::atomic<std::uint32_t>* current_stop = nullptr;  // the running job's stop flag
+PoolBlock* current_block = nullptr;                   // the worker's pool
 
 // Appends a record to the worker's result ring, waiting for the parent to make room.
 void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
-                   std::span<const std::byte> first, std::span<const std::byte> second = {}) {
+                   std::span<const std::byte> first, std::span<const std::byte> second) {
   PoolBlock& b = *w.block;
   WorkerSlot& s = *w.slot;
   const std::uint64_t ring = b.ring_bytes;
@@ -129,6 +161,18 @@ void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
     s.ring_waiting.store(0, std::memory_order_relaxed);
   }
   std::uint64_t write = s.ring_write.load(std::memory_order_relaxed);
+  if (write % ring + need > w.ring_reserved && w.ring_reserved < ring) {
+    // Reserve the ring as it is first used. If /dev/shm is full the worker cannot report
+    // anything: it says why on stderr and exits, and its item fails with WorkerDied.
+    const std::uint64_t end = std::min(ring, align_up(write % ring + need, ring_reserve_step));
+    try {
+      reserve(*w.segment, w.ring_at + w.ring_reserved, end - w.ring_reserved);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "procshare: pool worker %d: %s\n", ::getpid(), e.what());
+      ::_exit(4);
+    }
+    w.ring_reserved = end;
+  }
   std::byte* base = b.ring(w.index);
   if (ring - write % ring < need) {  // no room before the end: pad to it and wrap
     RecordHeader pad{static_cast<std::uint32_t>(ring - write % ring),
@@ -138,7 +182,8 @@ void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
     s.ring_write.store(write, std::memory_order_release);
   }
   RecordHeader header{static_cast<std::uint32_t>(need), static_cast<std::uint32_t>(type),
-                      s.job_id.load(std::memory_order_relaxed), index, cached_pid,
+                      type == RecordType::complete ? index : s.job_id.load(std::memory_order_relaxed),
+                      index, cached_pid,
                       static_cast<std::uint32_t>(first.size()),
                       static_cast<std::uint32_t>(first.size() + second.size()), 0};
   std::byte* at = base + write % ring;
@@ -173,34 +218,54 @@ void op_found(ChunkContext& c, std::uint64_t index) {
 
 constexpr ChunkOps chunk_ops{op_emit, op_fail, op_found};
 
+// For a stopped job, or a find_first whose cursor passed its match: drops the unclaimed
+// items (under the pool lock), settling them as skipped. Returns whether that completed
+// the job.
+bool drop_unclaimed(JobSlot& job) {
+  const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
+  std::uint64_t dropped = 0;
+  if (cursor < job.total) {
+    dropped = job.total - cursor;
+    job.cursor.store(job.total, std::memory_order_relaxed);
+  }
+  if (job.stop.load(std::memory_order_relaxed) != 0) {  // requeued ranges too
+    const std::uint32_t requeued = job.requeued_count.load(std::memory_order_relaxed);
+    for (std::uint32_t r = 0; r < requeued; ++r) dropped += job.requeued[r].end - job.requeued[r].first;
+    job.requeued_count.store(0, std::memory_order_release);
+  }
+  if (dropped == 0) return false;
+  job.skipped.fetch_add(dropped, std::memory_order_relaxed);
+  return job.settled.fetch_add(dropped, std::memory_order_acq_rel) + dropped == job.total;
+}
+
 // Claims a chunk (under the pool lock) into the worker's slot; returns the job's slot or
-// nullptr if there is no work. Stopped jobs' unclaimed items, and find_first items above
-// the match, are settled as skipped here.
-JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferred_for) {
+// nullptr if there is no work. Jobs are read oldest first from `claim_from`, which moves
+// past every job with nothing left to claim; stopped jobs' unclaimed items, and
+// find_first items above the match, are dropped on the way (the ids of jobs that this
+// completes go to `completed`).
+JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferred_for,
+               std::vector<std::uint64_t>& completed) {
   PoolBlock& b = *w.block;
   WorkerSlot& s = *w.slot;
   PoolLock held(b);
   JobSlot* chosen = nullptr;
   std::uint32_t chosen_index = 0;
-  const std::uint32_t high = std::min(b.job_slots, b.job_high.load(std::memory_order_acquire));
-  for (std::uint32_t i = 0; i < high; ++i) {
-    JobSlot& job = b.job(i);
-    if (job.id.load(std::memory_order_acquire) == 0) continue;
-    const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
-    const bool stopped = job.stop.load(std::memory_order_relaxed) != 0;
-    const std::uint64_t best = job.best.load(std::memory_order_relaxed);
-    if ((stopped || cursor > best) && cursor < job.total) {  // drop what never started
-      const std::uint64_t rest = job.total - cursor;
-      job.cursor.store(job.total, std::memory_order_relaxed);
-      job.skipped.fetch_add(rest, std::memory_order_relaxed);
-      if (job.settled.fetch_add(rest, std::memory_order_acq_rel) + rest == job.total) wake_parent(b);
-      continue;
+  const std::uint64_t published = b.published.load(std::memory_order_acquire);
+  for (std::uint64_t id = b.claim_from.load(std::memory_order_relaxed); id <= published; ++id) {
+    JobSlot& job = b.job_of(id);
+    if (job.id.load(std::memory_order_acquire) == id) {
+      const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
+      const bool stopped = job.stop.load(std::memory_order_relaxed) != 0;
+      if ((stopped || cursor > job.best.load(std::memory_order_relaxed)) && drop_unclaimed(job))
+        completed.push_back(id);  // reported once the lock is released
+      if (job.requeued_count.load(std::memory_order_relaxed) > 0 ||
+          job.cursor.load(std::memory_order_relaxed) < job.total) {
+        chosen = &job;
+        chosen_index = static_cast<std::uint32_t>((id - 1) % b.job_slots);
+        break;
+      }
     }
-    const bool has_work = job.requeued_count.load(std::memory_order_relaxed) > 0 || cursor < job.total;
-    if (has_work && (chosen == nullptr || job.sequence < chosen->sequence)) {
-      chosen = &job;
-      chosen_index = i;
-    }
+    b.claim_from.store(id + 1, std::memory_order_relaxed);  // nothing left to claim in `id`
   }
   if (chosen == nullptr) return nullptr;
   JobSlot& job = *chosen;
@@ -253,14 +318,18 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   w.block->items_done.fetch_add(done, std::memory_order_relaxed);
   s.state.store(static_cast<std::uint32_t>(WorkerState::idle), std::memory_order_release);
   s.tasks_done.fetch_add(1, std::memory_order_relaxed);
-  // The last store that touches the job: the parent may free it once settled == total,
-  // and is woken only then.
-  if (job.settled.fetch_add(count, std::memory_order_acq_rel) + count == job.total)
+  // The last store that touches the job: the parent may free it once settled == total.
+  // The worker that completes it tells the parent (a record, then a wake-up).
+  const std::uint64_t id = s.job_id.load(std::memory_order_relaxed);
+  if (job.settled.fetch_add(count, std::memory_order_acq_rel) + count == job.total) {
+    append_record(w, RecordType::complete, id, {});
     wake_parent(*w.block);
+  }
 }
 
 [[noreturn]] void worker_main(PoolBlock& b, std::uint32_t index, pid_t supervisor,
-                              const std::function<void()>& initializer) {
+                              const std::function<void()>& initializer, const Segment& segment,
+                              std::uint64_t block_offset) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != supervisor) ::_exit(1);  // the supervisor died before prctl
   WorkerSlot& s = b.worker(index);
@@ -281,7 +350,8 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     }
   }
   s.state.store(static_cast<std::uint32_t>(WorkerState::idle));
-  WorkerContext w{&b, &s, nullptr, index};
+  WorkerContext w{&b, &s, nullptr, index, &segment, block_offset + b.rings_offset + index * b.ring_bytes, 0};
+  std::vector<std::uint64_t> completed;
   std::uint64_t tasks = 0;
   // Automatic chunking: start each job with single items and grow the chunk (x4) while
   // chunks take under a quarter of the target time, shrink it when they take over twice
@@ -293,15 +363,20 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     const auto state = static_cast<PoolState>(b.state.load(std::memory_order_acquire));
     if (state == PoolState::terminating || state == PoolState::broken) break;
     const std::uint32_t sequence = b.work_sequence.load(std::memory_order_seq_cst);
-    JobSlot* job = claim(w, preferred, preferred_for);
+    JobSlot* job = claim(w, preferred, preferred_for, completed);
+    for (const std::uint64_t id : completed) append_record(w, RecordType::complete, id, {});
+    if (!completed.empty()) wake_parent(b);
+    completed.clear();
     if (job == nullptr) {
       if (state == PoolState::closing) break;
+      if (spin_while(b.work_sequence, sequence)) continue;  // new work arrived meanwhile
       b.workers_waiting.fetch_add(1, std::memory_order_seq_cst);
       futex_wait(b.work_sequence, sequence, deadline_after(std::chrono::milliseconds(100)));
       b.workers_waiting.fetch_sub(1, std::memory_order_seq_cst);
       continue;
     }
     w.job = job;
+    current_block = &b;
     current_stop = &job->stop;
     ChunkContext c{&chunk_ops,
                    &w,
@@ -311,9 +386,11 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
                        ? reinterpret_cast<const std::uint64_t*>(b.arena() + job->offsets_offset)
                        : nullptr,
                    job->items_size,
-                   b.arena() + job->args_offset,
+                   job->args_offset == in_slot ? job->inline_args : b.arena() + job->args_offset,
                    job->args_size,
-                   job->result_slot_bytes ? b.arena() + job->results_offset : nullptr,
+                   job->result_slot_bytes == 0       ? nullptr
+                   : job->results_offset == in_slot ? job->inline_results
+                                                    : b.arena() + job->results_offset,
                    s.chunk_first.load(),
                    s.chunk_end.load(),
                    &s.progress,
@@ -343,6 +420,8 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
 struct Supervisor {
   PoolBlock& b;
   const std::function<void()>& initializer;
+  const Segment& segment;
+  std::uint64_t block_offset;  // of b in segment
   int commands;  // read end of the parent's command pipe
   pid_t self = ::getpid();
   std::vector<int> pidfds;  // per worker slot; -1 if none
@@ -357,7 +436,7 @@ struct Supervisor {
       ::close(commands);
       for (int fd : pidfds)
         if (fd >= 0) ::close(fd);
-      worker_main(b, index, self, initializer);
+      worker_main(b, index, self, initializer, segment, block_offset);
     }
     if (pid < 0) {
       s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
@@ -412,6 +491,7 @@ struct Supervisor {
           if (n < max_requeued) {
             job.requeued[n] = Range{current, end};
             job.requeued_count.store(n + 1);
+            if (b.claim_from.load() > id) b.claim_from.store(id);  // claimable again
           } else {  // nowhere to put it: those items fail too
             for (std::uint64_t k = current; k < end; ++k)
               pending.push_back(DeathRecord{id, k, s.pid.load(), signal, exit_status, 0});
@@ -441,7 +521,7 @@ struct Supervisor {
 
   // Whether some job still has items to run (a closing pool replaces dead workers then).
   bool work_left() {
-    for (std::uint32_t i = 0; i < b.job_slots; ++i)
+    for (std::uint32_t i = 0; i < std::min(b.job_slots, b.job_slots_ready.load()); ++i)
       if (b.job(i).id.load() != 0) return true;
     return false;
   }
@@ -499,6 +579,9 @@ struct Supervisor {
         ::close(pidfds[i]);
         pidfds[i] = -1;
         settle_death(i, info);
+        // A job may be complete now, settled here or by the worker just before it died
+        // (before it could report it): the parent checks every job.
+        b.rescan.fetch_add(1);
         wake_parent(b);
         wake_workers(b);
         const auto now = static_cast<PoolState>(b.state.load());
@@ -535,14 +618,33 @@ public:
   bool closed = false;      // close() or terminate() was called
   std::string ended;        // why the pool can run nothing more ("" while it can)
   std::recursive_mutex mutex;
-  std::unordered_map<std::uint64_t, std::shared_ptr<JobState>> active;  // by job id
-  std::unordered_map<std::uint64_t, std::uint32_t> slots;               // job id -> slot
+  // The job in each slot (job id's slot is (id - 1) % job_slots), with its arena blocks.
+  struct Active {
+    std::shared_ptr<JobState> state;  // null: the slot is free
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> allocations;  // offset, bytes
+  };
+  std::vector<Active> jobs;
+  std::size_t active_count = 0;
+  std::vector<std::uint64_t> completed;  // ids reported complete, finished by pump()
+  std::uint32_t seen_rescan = 0;
   std::map<std::uint64_t, std::uint64_t> free_space;  // arena offset -> bytes
-  std::unordered_map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> allocations;
   std::uint64_t next_id = 1;
   std::chrono::steady_clock::time_point last_check{};
+  std::uint64_t arena_at = 0;        // the arena's offset in the segment
+  std::uint64_t arena_reserved = 0;  // arena bytes reserved so far (from its start)
+  std::uint64_t jobs_at = 0;         // the job table's offset in the segment
 
   explicit PoolCore(Segment s) : segment(std::move(s)) {}
+
+  std::uint32_t slot_of(std::uint64_t id) const {
+    return static_cast<std::uint32_t>((id - 1) % block->job_slots);
+  }
+  // The state of active job `id`, or null.
+  JobState* find(std::uint64_t id) {
+    if (id == 0) return nullptr;
+    JobState* state = jobs[slot_of(id)].state.get();
+    return state != nullptr && state->id == id ? state : nullptr;
+  }
 
   // ---- arena (parent-only allocator over the shared arena)
   std::optional<std::uint64_t> allocate(std::uint64_t bytes) {
@@ -555,6 +657,21 @@ public:
         return offset;
       }
     return std::nullopt;
+  }
+  // Reserves the job table up to slot `slot` (in steps). Throws SegmentFull.
+  void reserve_slot(std::uint32_t slot) {
+    const std::uint32_t ready = block->job_slots_ready.load(std::memory_order_relaxed);
+    if (slot < ready) return;
+    const std::uint32_t target = std::min(block->job_slots, (slot / job_slot_step + 1) * job_slot_step);
+    reserve(segment, jobs_at + ready * sizeof(JobSlot), (target - ready) * sizeof(JobSlot));
+    block->job_slots_ready.store(target, std::memory_order_release);
+  }
+  // Reserves the arena up to `end` (in steps of 256 KiB). Throws SegmentFull.
+  void reserve_arena(std::uint64_t end) {
+    if (end <= arena_reserved) return;
+    const std::uint64_t target = std::min(block->arena_bytes, align_up(end, 256u << 10));
+    reserve(segment, arena_at + arena_reserved, target - arena_reserved);
+    arena_reserved = target;
   }
   void release(std::uint64_t offset, std::uint64_t bytes) {
     bytes = align_up(std::max<std::uint64_t>(bytes, 1), 64);
@@ -576,11 +693,13 @@ public:
 
   void fail_all(const std::string& reason) {
     ended = reason;
-    for (auto& [id, state] : active) {
-      state->closed = reason;
-      state->finished = true;
-    }
-    active.clear();
+    for (Active& a : jobs)
+      if (a.state) {
+        a.state->closed = reason;
+        a.state->finished = true;
+        a.state.reset();
+      }
+    active_count = 0;
   }
 
   void check_supervisor() {
@@ -592,7 +711,7 @@ public:
       supervisor = -1;
       if (state == PoolState::broken)
         fail_all(fmt::format("the pool is broken: {}", block->broken_reason));
-      else if (!active.empty() || state == PoolState::running)
+      else if (active_count != 0 || state == PoolState::running)
         fail_all(state == PoolState::terminating ? "the pool was terminated"
                                                  : "the pool's supervisor died");
     } else if (state == PoolState::broken) {
@@ -601,9 +720,13 @@ public:
   }
 
   void dispatch(const RecordHeader& header, const std::byte* payload, std::size_t size) {
-    auto it = active.find(header.job_id);
-    if (it == active.end()) return;
-    JobState& state = *it->second;
+    if (header.type == static_cast<std::uint32_t>(RecordType::complete)) {
+      completed.push_back(header.job_id);
+      return;
+    }
+    JobState* found = find(header.job_id);
+    if (found == nullptr) return;
+    JobState& state = *found;
     if (header.type == static_cast<std::uint32_t>(RecordType::result)) {
       Reader r{payload, payload + size};
       state.accept(header.index, r);
@@ -645,46 +768,71 @@ public:
     const std::uint64_t write = block->death_write.load(std::memory_order_acquire);
     for (; read < write; ++read) {
       const DeathRecord& death = block->death_ring[read % death_ring_size];
-      if (auto it = active.find(death.job_id); it != active.end())
-        it->second->failures.push_back(JobState::Failure{death.index, true, "", "", death.pid,
+      if (JobState* state = find(death.job_id))
+        state->failures.push_back(JobState::Failure{death.index, true, "", "", death.pid,
                                                          death.signal, death.exit_status});
     }
     block->death_read.store(read, std::memory_order_release);
   }
 
   // Moves everything finished into its JobState; frees finished jobs' slots and memory.
+  // Workers report each job they complete through their ring; the parent checks every job
+  // only when the supervisor or a controller may have completed one (`rescan`) and, as a
+  // safety net, with each supervisor check.
   void pump() {
-    std::vector<std::uint64_t> complete;
-    for (auto& [id, state] : active) {
-      JobSlot& job = block->job(slots.at(id));
-      if (job.settled.load(std::memory_order_acquire) >= job.total) complete.push_back(id);
+    const auto now = std::chrono::steady_clock::now();
+    const bool periodic = now - last_check >= supervisor_check_period;
+    const std::uint32_t rescan = block->rescan.load(std::memory_order_acquire);
+    if (rescan != seen_rescan || periodic) {
+      seen_rescan = rescan;
+      for (const Active& a : jobs)
+        if (a.state) {
+          JobSlot& job = block->job(slot_of(a.state->id));
+          bool complete = job.settled.load(std::memory_order_acquire) >= job.total;
+          if (!complete && job.stop.load(std::memory_order_acquire) != 0) {  // a task or a controller stopped it
+            PoolLock held(*block);
+            complete = drop_unclaimed(job);
+          }
+          if (complete) completed.push_back(a.state->id);
+        }
     }
     drain_rings();
-    for (const std::uint64_t id : complete) {
-      auto state = active.at(id);
-      const std::uint32_t slot_index = slots.at(id);
-      JobSlot& job = block->job(slot_index);
-      state->done = job.done.load();
-      state->failed = job.failed.load();
-      state->skipped = job.skipped.load();
-      state->stopped = job.stop.load() != 0 && state->skipped > 0;
-      if (state->kind == JobKind::find_first && job.best.load() < job.total) state->found = job.best.load();
-      if (job.result_slot_bytes) state->copy_fixed(block->arena() + job.results_offset);
-      state->finished = true;
-      {
-        PoolLock held(*block);
-        job.id.store(0, std::memory_order_release);
-      }
-      for (const auto& [offset, bytes] : allocations[id]) release(offset, bytes);
-      allocations.erase(id);
-      slots.erase(id);
-      active.erase(id);
+    if (!completed.empty()) {
+      // Once more: results another worker published before this job's last item settled.
+      drain_rings();
+      for (const std::uint64_t id : completed) finish(id);
+      completed.clear();
     }
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_check >= supervisor_check_period) {
+    if (periodic) {
       last_check = now;
       check_supervisor();
     }
+  }
+
+  // Job `id` reported complete: move its outcome into its JobState and free its slot.
+  void finish(std::uint64_t id) {
+    JobState* state = find(id);
+    if (state == nullptr) return;  // finished already (reported twice)
+    const std::uint32_t slot = slot_of(id);
+    JobSlot& job = block->job(slot);
+    if (job.settled.load(std::memory_order_acquire) < job.total) return;
+    state->done = job.done.load();
+    state->failed = job.failed.load();
+    state->skipped = job.skipped.load();
+    state->stopped = job.stop.load() != 0 && state->skipped > 0;
+    if (state->kind == JobKind::find_first && job.best.load() < job.total) state->found = job.best.load();
+    if (job.result_slot_bytes)
+      state->copy_fixed(job.results_offset == in_slot ? job.inline_results : block->arena() + job.results_offset);
+    state->finished = true;
+    {
+      PoolLock held(*block);
+      job.id.store(0, std::memory_order_release);
+    }
+    Active& a = jobs[slot];
+    for (const auto& [offset, bytes] : a.allocations) release(offset, bytes);
+    a.allocations.clear();
+    a.state.reset();
+    --active_count;
   }
 
   // The progress word to sleep on: read it before checking, so that progress made after
@@ -747,89 +895,100 @@ void detail::start_job(PoolCore& core, const JobSpec& spec, const std::shared_pt
     throw PoolClosed(core.segment.name(), "pool",
                      core.ended.empty() ? std::string("the pool is closed") : core.ended);
   PoolBlock& b = *core.block;
+  // What goes into the arena: items, their offsets, and arguments and fixed-size results
+  // too big for the job slot's inline buffers.
   const std::uint64_t results_bytes = spec.result_slot_bytes * spec.total;
   const std::uint64_t offsets_bytes = spec.item_offsets.size() * sizeof(std::uint64_t);
-  const std::uint64_t needed = align_up(spec.items.size() + 1, 64) + align_up(offsets_bytes + 1, 64) +
-                               align_up(spec.args.size() + 1, 64) + align_up(results_bytes + 1, 64);
+  const bool args_inline = spec.args.size() <= inline_bytes;
+  const bool results_inline = results_bytes <= inline_bytes;
+  const std::uint64_t parts[4] = {spec.items.size(), offsets_bytes, args_inline ? 0 : spec.args.size(),
+                                  results_inline ? 0 : results_bytes};
+  std::uint64_t needed = 0;
+  for (const std::uint64_t bytes : parts) needed += bytes ? align_up(bytes, 64) : 0;
   if (needed > b.arena_bytes)
     throw SegmentFull(core.segment.name(), "pool",
                       fmt::format("the job needs {} bytes of arena, but the pool has {}; raise "
                                   "PoolOptions::arena_bytes",
                                   needed, b.arena_bytes));
-  // Wait for a free slot and arena room, collecting results meanwhile.
+  // Wait for the job's slot (ids take slots in turn) and arena room, collecting results
+  // meanwhile.
+  const std::uint64_t id = core.next_id;
+  const std::uint32_t slot = core.slot_of(id);
+  core.reserve_slot(slot);
+  JobSlot& job = b.job(slot);
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> taken;
+  std::uint64_t offsets[4] = {0, 0, 0, 0};
   for (;;) {
     const std::uint32_t sequence = core.progress_sequence();
     core.pump();
     if (!core.ended.empty()) throw PoolClosed(core.segment.name(), "pool", core.ended);
-    std::uint32_t slot = UINT32_MAX;
-    for (std::uint32_t i = 0; i < b.job_slots && slot == UINT32_MAX; ++i)
-      if (b.job(i).id.load(std::memory_order_acquire) == 0) slot = i;
-    std::vector<std::pair<std::uint64_t, std::uint64_t>> taken;
-    bool room = slot != UINT32_MAX;
-    auto take = [&](std::uint64_t bytes) -> std::uint64_t {
-      if (!room) return 0;
-      auto offset = core.allocate(bytes);
-      if (!offset) {
+    bool room = !core.jobs[slot].state && job.id.load(std::memory_order_acquire) == 0;
+    for (int i = 0; i < 4 && room; ++i) {
+      if (parts[i] == 0) continue;
+      if (auto offset = core.allocate(parts[i])) {
+        taken.emplace_back(*offset, parts[i]);
+        offsets[i] = *offset;
+      } else {
         room = false;
-        return 0;
       }
-      taken.emplace_back(*offset, bytes);
-      return *offset;
-    };
-    const std::uint64_t items_offset = take(spec.items.size());
-    const std::uint64_t offsets_offset = take(offsets_bytes);
-    const std::uint64_t args_offset = take(spec.args.size());
-    const std::uint64_t results_offset = take(results_bytes);
-    if (!room) {
-      for (const auto& [offset, bytes] : taken) core.release(offset, bytes);
-      core.sleep_until(no_deadline, sequence);
-      continue;
     }
-    std::byte* arena = b.arena();
-    if (!spec.items.empty()) std::memcpy(arena + items_offset, spec.items.data(), spec.items.size());
-    if (offsets_bytes) std::memcpy(arena + offsets_offset, spec.item_offsets.data(), offsets_bytes);
-    if (!spec.args.empty()) std::memcpy(arena + args_offset, spec.args.data(), spec.args.size());
-    const std::uint64_t id = core.next_id++;
-    state->id = id;
-    state->total = spec.total;
-    state->kind = spec.kind;
-    state->segment = core.segment.name();
-    JobSlot& job = b.job(slot);
-    job.kind = static_cast<std::uint32_t>(spec.kind);
-    job.sequence = id;
-    job.run = spec.run;
-    job.function = spec.function;
-    job.items_offset = items_offset;
-    job.items_size = spec.items.size();
-    job.offsets_offset = spec.item_offsets.empty() ? UINT64_MAX : offsets_offset;
-    job.args_offset = args_offset;
-    job.args_size = spec.args.size();
-    job.results_offset = results_offset;
-    job.result_slot_bytes = spec.result_slot_bytes;
-    job.total = spec.total;
-    job.chunk = spec.chunk;  // 0: automatic (see worker_main)
-    job.cursor.store(0);
-    job.settled.store(0);
-    job.done.store(0);
-    job.failed.store(0);
-    job.skipped.store(0);
-    job.stop.store(0);
-    job.best.store(UINT64_MAX);
-    job.requeued_count.store(0);
-    core.allocations[id] = std::move(taken);
-    core.slots[id] = slot;
-    core.active[id] = state;
-    {
-      PoolLock held(b);
-      if (b.job_high.load(std::memory_order_relaxed) <= slot) b.job_high.store(slot + 1, std::memory_order_release);
-      job.id.store(id, std::memory_order_release);  // publishes the job to the workers
+    if (room) {
+      try {
+        for (const auto& [offset, bytes] : taken) core.reserve_arena(offset + align_up(bytes, 64));
+        break;
+      } catch (...) {
+        for (const auto& [offset, bytes] : taken) core.release(offset, bytes);
+        throw;
+      }
     }
-    // Wake only as many workers as the job can use.
-    b.work_sequence.fetch_add(1, std::memory_order_seq_cst);
-    if (b.workers_waiting.load(std::memory_order_seq_cst) != 0)
-      futex_wake(b.work_sequence, static_cast<int>(std::clamp<std::uint64_t>(spec.total, 1, b.workers)));
-    if (spec.total == 0) core.pump();
-    return;
+    for (const auto& [offset, bytes] : taken) core.release(offset, bytes);
+    taken.clear();
+    if (!spin_while(b.parent_sequence, sequence)) core.sleep_until(no_deadline, sequence);
+  }
+  std::byte* arena = b.arena();
+  if (parts[0]) std::memcpy(arena + offsets[0], spec.items.data(), parts[0]);
+  if (parts[1]) std::memcpy(arena + offsets[1], spec.item_offsets.data(), parts[1]);
+  std::byte* args = args_inline ? job.inline_args : arena + offsets[2];
+  if (!spec.args.empty()) std::memcpy(args, spec.args.data(), spec.args.size());
+  core.next_id = id + 1;
+  state->id = id;
+  state->total = spec.total;
+  state->kind = spec.kind;
+  state->segment = core.segment.name();
+  job.kind = static_cast<std::uint32_t>(spec.kind);
+  job.run = spec.run;
+  job.function = spec.function;
+  job.items_offset = offsets[0];
+  job.items_size = spec.items.size();
+  job.offsets_offset = spec.item_offsets.empty() ? UINT64_MAX : offsets[1];
+  job.args_offset = args_inline ? in_slot : offsets[2];
+  job.args_size = spec.args.size();
+  job.results_offset = results_inline ? in_slot : offsets[3];
+  job.result_slot_bytes = spec.result_slot_bytes;
+  job.total = spec.total;
+  job.chunk = spec.chunk;  // 0: automatic (see worker_main)
+  job.cursor.store(0, std::memory_order_relaxed);
+  job.settled.store(0, std::memory_order_relaxed);
+  job.done.store(0, std::memory_order_relaxed);
+  job.failed.store(0, std::memory_order_relaxed);
+  job.skipped.store(0, std::memory_order_relaxed);
+  job.stop.store(0, std::memory_order_relaxed);
+  job.best.store(UINT64_MAX, std::memory_order_relaxed);
+  job.requeued_count.store(0, std::memory_order_relaxed);
+  core.jobs[slot] = {state, std::move(taken)};
+  ++core.active_count;
+  {
+    PoolLock held(b);
+    job.id.store(id, std::memory_order_release);  // publishes the job to the workers
+    b.published.store(id, std::memory_order_release);
+  }
+  // Wake only as many workers as the job can use.
+  b.work_sequence.fetch_add(1, std::memory_order_seq_cst);
+  if (b.workers_waiting.load(std::memory_order_seq_cst) != 0)
+    futex_wake(b.work_sequence, static_cast<int>(std::clamp<std::uint64_t>(spec.total, 1, b.workers)));
+  if (spec.total == 0) {  // nothing to run: complete already
+    core.completed.push_back(id);
+    core.pump();
   }
 }
 
@@ -840,39 +999,30 @@ bool detail::wait_job(PoolCore& core, JobState& state, Deadline deadline) {
     core.pump();
     if (state.finished) return true;
     if (std::chrono::steady_clock::now() >= deadline) return false;
-    core.sleep_until(deadline, sequence);
+    // Poll briefly (a short task's result arrives without a wake-up), then sleep.
+    if (!spin_while(core.block->parent_sequence, sequence)) core.sleep_until(deadline, sequence);
   }
 }
 
 void detail::cancel_job(PoolCore& core, JobState& state) {
   std::lock_guard guard(core.mutex);
-  if (auto it = core.slots.find(state.id); it != core.slots.end()) {
-    PoolBlock& b = *core.block;
-    JobSlot& job = b.job(it->second);
-    std::uint64_t dropped = 0;
-    {
-      // Drop what no worker has claimed yet here, rather than waiting for a claim to.
-      PoolLock held(b);
-      job.stop.store(1, std::memory_order_release);
-      const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
-      if (cursor < job.total) {
-        dropped = job.total - cursor;
-        job.cursor.store(job.total, std::memory_order_relaxed);
-      }
-      const std::uint32_t requeued = job.requeued_count.load(std::memory_order_relaxed);
-      for (std::uint32_t r = 0; r < requeued; ++r) dropped += job.requeued[r].end - job.requeued[r].first;
-      job.requeued_count.store(0, std::memory_order_release);
-      job.skipped.fetch_add(dropped, std::memory_order_relaxed);
-      job.settled.fetch_add(dropped, std::memory_order_acq_rel);
-    }
+  if (core.find(state.id) == nullptr) return;
+  JobSlot& job = core.block->job(core.slot_of(state.id));
+  job.stop.store(1, std::memory_order_release);  // running tasks see it at once
+  // Drop what no worker has claimed yet here, rather than waiting for a claim to.
+  bool complete = false;
+  {
+    PoolLock held(*core.block);
+    complete = drop_unclaimed(job);
   }
+  if (complete) core.completed.push_back(state.id);
 }
 
 detail::Progress detail::job_progress(PoolCore& core, JobState& state) {
   std::lock_guard guard(core.mutex);
   core.pump();
-  if (auto it = core.slots.find(state.id); it != core.slots.end()) {
-    JobSlot& job = core.block->job(it->second);
+  if (core.find(state.id) != nullptr) {
+    const JobSlot& job = core.block->job(core.slot_of(state.id));
     return {job.done.load(), job.failed.load(), job.skipped.load(), state.total};
   }
   return {state.done, state.failed, state.skipped, state.total};
@@ -940,7 +1090,7 @@ PoolStatus inspect_pool(Segment& segment) {
     status.workers.push_back({w.pid.load(), worker_state_name(w.state.load()), w.job_id.load(),
                               w.chunk_first.load() + w.progress.load() / 2, w.tasks_done.load()});
   }
-  for (std::uint32_t i = 0; i < b.job_slots; ++i) {
+  for (std::uint32_t i = 0; i < std::min(b.job_slots, b.job_slots_ready.load()); ++i) {
     JobSlot& job = b.job(i);
     const std::uint64_t id = job.id.load(std::memory_order_acquire);
     if (id == 0) continue;
@@ -955,14 +1105,20 @@ PoolStatus inspect_pool(Segment& segment) {
 std::size_t stop_pool_jobs(Segment& segment, std::uint64_t job_id) {
   PoolBlock& b = find_pool(segment);
   std::size_t stopped = 0;
-  for (std::uint32_t i = 0; i < b.job_slots; ++i) {
+  for (std::uint32_t i = 0; i < std::min(b.job_slots, b.job_slots_ready.load()); ++i) {
     JobSlot& job = b.job(i);
     const std::uint64_t id = job.id.load(std::memory_order_acquire);
     if (id == 0 || (job_id != 0 && id != job_id)) continue;
     job.stop.store(1, std::memory_order_release);
     ++stopped;
   }
-  if (stopped) detail::wake_workers(b);
+  if (stopped) {
+    // The parent drops the stopped jobs' unclaimed work at its next pool call, the workers
+    // as they reach them.
+    b.rescan.fetch_add(1);
+    detail::wake_parent(b);
+    detail::wake_workers(b);
+  }
   return stopped;
 }
 
@@ -971,7 +1127,10 @@ bool stop_requested() noexcept {
 }
 
 void request_stop() noexcept {
-  if (detail::current_stop != nullptr) detail::current_stop->store(1, std::memory_order_release);
+  if (detail::current_stop == nullptr) return;
+  detail::current_stop->store(1, std::memory_order_release);
+  detail::current_block->rescan.fetch_add(1);  // the parent drops the job's unclaimed work
+  detail::wake_parent(*detail::current_block);
 }
 
 // ---------------------------------------------------------------- Pool
@@ -1004,7 +1163,13 @@ Pool::Pool(PoolOptions options) {
       detail::align_up(rings_offset + workers * detail::ring_bytes_per_worker, 4096);
   const std::uint64_t arena_bytes = detail::align_up(options.arena_bytes, 4096);
   const std::uint64_t block_bytes = arena_offset + arena_bytes;
-  auto segment = Segment::create(name, block_bytes + (1u << 16), {.permissions = 0600, .max_objects = 8});
+  // Reserved at once: the segment's header and directory, the pool's block and worker
+  // table (the object sits in the first 64 KiB). The rest is reserved as it is first
+  // used: job slots and the arena by the parent (PoolCore::reserve_slot, reserve_arena),
+  // each ring by its worker. So a big arena or table costs nothing until it is used.
+  auto segment = detail::create_segment(name, block_bytes + (1u << 16),
+                                        {.permissions = 0600, .max_objects = 8},
+                                        jobs_offset + (1u << 16));
   struct Layout {
     std::uint64_t workers_offset, jobs_offset, rings_offset, arena_offset, arena_bytes;
     unsigned workers;
@@ -1035,7 +1200,10 @@ Pool::Pool(PoolOptions options) {
       detail::resolve(placed.handle, ObjectKind::pool, sizeof(PoolBlock)));
   core_ = std::make_shared<PoolCore>(std::move(segment));
   core_->block = block;
+  core_->jobs.resize(detail::job_slot_count);
   core_->free_space.emplace(0, arena_bytes);
+  core_->arena_at = placed.handle.offset + arena_offset;
+  core_->jobs_at = placed.handle.offset + jobs_offset;
 
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0)
@@ -1049,7 +1217,8 @@ Pool::Pool(PoolOptions options) {
   }
   if (pid == 0) {
     ::close(pipe_fds[1]);
-    detail::Supervisor supervisor{*block, options.initializer, pipe_fds[0], ::getpid(), {}, {}};
+    detail::Supervisor supervisor{*block, options.initializer, core_->segment, placed.handle.offset,
+                                  pipe_fds[0], ::getpid(), {}, {}};
     supervisor.run();
   }
   ::close(pipe_fds[0]);
@@ -1082,10 +1251,10 @@ void Pool::join() {
   std::lock_guard guard(core_->mutex);
   if (!core_->closed)
     throw InvalidArgument(core_->segment.name(), "pool", "join() before close()");
-  while (!core_->active.empty() && core_->ended.empty()) {
+  while (core_->active_count != 0 && core_->ended.empty()) {
     const std::uint32_t sequence = core_->progress_sequence();
     core_->pump();
-    if (!core_->active.empty()) core_->sleep_until(detail::no_deadline, sequence);
+    if (core_->active_count != 0) core_->sleep_until(detail::no_deadline, sequence);
   }
   if (core_->supervisor < 0) return;
   core_->send('C');

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <sys/file.h>
+#include <sys/stat.h>
 
 #include <csignal>
 #include <numeric>
@@ -462,6 +463,49 @@ TEST_CASE("cancel drops unclaimed work at once, even while every worker is busy"
   CHECK_THROWS_AS(job.get(), Stopped);
   CHECK(std::chrono::steady_clock::now() - start < 200ms);  // at most the running items
   CHECK(job.progress().skipped >= 990);
+}
+
+}  // TEST_SUITE
+
+TEST_SUITE("pool") {
+
+TEST_CASE("a controller stops a newer job while an older one still has work: it ends at once") {
+  Pool pool({.workers = 2});
+  auto older = pool.map_async(Chunk{1}, std::vector<int>(20000, 1), [](int x) {
+    std::this_thread::sleep_for(100us);
+    return x;
+  });
+  auto newer = pool.map_async(Chunk{1}, std::vector<int>(20000, 2), [](int x) { return x; });
+  while (older.progress().done == 0) std::this_thread::sleep_for(1ms);
+  const pid_t controller = run_child([name = pool.control_segment(), id = newer.id()] {
+    auto segment = Segment::open(name);
+    if (stop_pool_jobs(segment, id) != 1) ::_exit(3);
+  });
+  CHECK(wait_child(controller).ok());
+  CHECK_THROWS_AS(newer.get(), Stopped);
+  const auto p = older.progress();
+  CHECK(p.done + p.failed + p.skipped < p.total / 2);  // the older job had far to go
+  CHECK(newer.progress().skipped == 20000);        // none of the newer job ran
+  older.cancel();
+  CHECK_THROWS_AS(older.get(), Stopped);
+}
+
+TEST_CASE("a pool reserves its arena as jobs use it: a big arena costs nothing up front") {
+  auto reserved_bytes = [](const std::string& name) {
+    struct stat st{};
+    REQUIRE(::stat(("/dev/shm/" + name).c_str(), &st) == 0);
+    return static_cast<std::uint64_t>(st.st_blocks) * 512;
+  };
+  Pool pool({.workers = 2, .arena_bytes = std::size_t{1} << 30});
+  const std::uint64_t at_start = reserved_bytes(pool.control_segment());
+  CHECK(at_start < (8u << 20));
+  std::vector<std::int64_t> items(2u << 20);  // 16 MiB in, 16 MiB of results
+  std::iota(items.begin(), items.end(), 0);
+  const auto results = pool.map(items, square);
+  CHECK(results.at(2000000) == 2000000LL * 2000000LL);
+  const std::uint64_t after = reserved_bytes(pool.control_segment());
+  CHECK(after >= at_start + (32u << 20));
+  CHECK(after < (64u << 20));
 }
 
 }  // TEST_SUITE

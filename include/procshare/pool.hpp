@@ -473,7 +473,10 @@ struct PoolOptions {
   std::uint64_t max_tasks_per_child = 0;
   // Fork even though the process runs other threads (only what fork() copies is safe).
   bool allow_threads = false;
-  // Bytes of shared memory for jobs' items, arguments and fixed-size results.
+  // Bytes of shared memory for jobs' items, arguments and fixed-size results (small
+  // arguments and results travel in the job's own slot). /dev/shm memory is reserved as
+  // jobs first use it, so an arena that is never filled costs nothing; a job that cannot
+  // be reserved throws SegmentFull.
   std::size_t arena_bytes = 64u << 20;
 };
 

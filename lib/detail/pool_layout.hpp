@@ -1,10 +1,13 @@
 // Internal: the layout of a pool's control block, the one object ("pool") of its control
 // segment. Shared by the parent, the supervisor, the workers and controllers.
 //
-// Who writes what: the parent fills job slots (under `lock`) and reads result rings; the
-// workers claim chunks (under `lock`), run them and write their own slot and result ring;
-// the supervisor writes worker pids, settles a dead worker's chunk (under `lock`) and the
-// death ring. Every step a death can cut is a single aligned store.
+// Who writes what: the parent fills a job's slot and publishes it (under `lock`), reads
+// result rings and frees finished jobs; the workers claim chunks (under `lock`, oldest job
+// first, from `claim_from`), run them, write their own slot and result ring, and report
+// each job they complete with a `complete` record; the supervisor writes worker pids,
+// settles a dead worker's chunk (under `lock`), writes the death ring and bumps `rescan`
+// (as controllers do when they stop jobs) so that the parent checks every job. Every step
+// a death can cut is a single aligned store.
 #pragma once
 
 #include <procshare/mutex.hpp>
@@ -39,20 +42,27 @@ struct alignas(64) WorkerSlot {
   alignas(64) std::atomic<std::uint64_t> ring_read;   // bytes consumed (parent)
 };
 
+// Arguments and results up to this size live in the job slot itself (a submit then needs
+// no arena memory at all).
+inline constexpr std::uint64_t inline_bytes = 64;
+inline constexpr std::uint64_t in_slot = UINT64_MAX;  // an offset meaning "inline"
+
 struct Range {
   std::uint64_t first;
   std::uint64_t end;
 };
 inline constexpr std::uint32_t max_requeued = 16;
 
-// One job: a submit (1 item), a map or a find_first.
+// One job: a submit (1 item), a map or a find_first. Job `id` lives in slot
+// (id - 1) % job_slots; ids are published in order, so the slots, read from the oldest
+// unfinished id on, are the jobs in submission order (older jobs are served first).
 struct alignas(64) JobSlot {
   std::atomic<std::uint64_t> id;  // 0: free
   std::uint32_t kind;             // JobKind
   std::uint32_t reserved;
-  std::uint64_t sequence;         // submission order: older jobs are served first
   ChunkFn run;
   AnyFunction function;
+  // Arena offsets; args_offset and results_offset may be in_slot (the inline buffers).
   std::uint64_t items_offset, items_size, offsets_offset, args_offset, args_size;
   std::uint64_t results_offset, result_slot_bytes;
   std::uint64_t total, chunk;     // chunk: fixed by the caller, or 0 (automatic)
@@ -63,6 +73,8 @@ struct alignas(64) JobSlot {
   std::atomic<std::uint64_t> best;     // find_first: the lowest match so far
   std::atomic<std::uint32_t> requeued_count;
   Range requeued[max_requeued];        // ranges of dead workers' chunks, to run again
+  alignas(8) std::byte inline_args[inline_bytes];
+  alignas(8) std::byte inline_results[inline_bytes];
 };
 
 // A worker that died running an item (supervisor -> parent).
@@ -77,7 +89,9 @@ struct DeathRecord {
 inline constexpr std::uint32_t death_ring_size = 256;
 
 // Result ring records: a header, then the payload; 8-byte aligned; never split.
-enum class RecordType : std::uint32_t { result = 1, error = 2, padding = 3 };
+// `complete`: the worker settled the job's last item (the parent collects it at once
+// instead of polling every job).
+enum class RecordType : std::uint32_t { result = 1, error = 2, padding = 3, complete = 4 };
 struct RecordHeader {
   std::uint32_t size;  // whole record, header included
   std::uint32_t type;  // RecordType
@@ -96,7 +110,7 @@ struct alignas(64) PoolBlock {
   std::atomic<std::uint32_t> workers_waiting;
   std::atomic<std::uint32_t> parent_sequence;  // futex: the parent waits for progress
   std::atomic<std::uint32_t> parent_waiting;
-  std::atomic<std::uint32_t> job_high;         // job slots in use are all below this
+  std::atomic<std::uint32_t> rescan;           // bumped when the parent must check every job
   std::atomic<std::uint32_t> state;            // PoolState
   std::int32_t parent_pid;
   std::atomic<std::int32_t> supervisor_pid;
@@ -106,6 +120,10 @@ struct alignas(64) PoolBlock {
   std::uint64_t max_tasks_per_child;
   std::uint64_t ring_bytes;
   std::uint64_t workers_offset, jobs_offset, rings_offset, arena_offset, arena_bytes;
+  std::atomic<std::uint32_t> job_slots_ready;  // slots reserved so far (the parent reserves
+                                               // the table as ids first reach them)
+  std::atomic<std::uint64_t> published;   // the newest job id published (under `lock`)
+  std::atomic<std::uint64_t> claim_from;  // no job older than this has unclaimed work
   std::atomic<std::uint64_t> items_done;       // over all jobs
   std::atomic<std::uint32_t> startup_failures; // in a row
   std::atomic<std::uint32_t> worker_deaths;
@@ -119,6 +137,7 @@ struct alignas(64) PoolBlock {
     return reinterpret_cast<WorkerSlot*>(base() + workers_offset)[i];
   }
   JobSlot& job(std::uint32_t i) { return reinterpret_cast<JobSlot*>(base() + jobs_offset)[i]; }
+  JobSlot& job_of(std::uint64_t id) { return job(static_cast<std::uint32_t>((id - 1) % job_slots)); }
   std::byte* ring(std::uint32_t i) { return base() + rings_offset + i * ring_bytes; }
   std::byte* arena() { return base() + arena_offset; }
 };
