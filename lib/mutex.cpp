@@ -35,6 +35,27 @@ int init_lock(RobustLock& lock, bool recursive) noexcept {
   return error;
 }
 
+namespace {
+
+// The type word glibc keeps in a mutex that init_lock made (robust, process-shared, and
+// recursive or error-checking).
+int kind_word(bool recursive) noexcept {
+  RobustLock probe{};
+  if (init_lock(probe, recursive) != 0) return -1;
+  const int kind = probe.mutex.__data.__kind;
+  ::pthread_mutex_destroy(&probe.mutex);
+  return kind;
+}
+
+}  // namespace
+
+bool lock_intact(const RobustLock& lock, bool recursive) noexcept {
+  static const int errorcheck_kind = kind_word(false);
+  static const int recursive_kind = kind_word(true);
+  const int expected = recursive ? recursive_kind : errorcheck_kind;
+  return expected != -1 && lock.mutex.__data.__kind == expected;
+}
+
 int finish_lock(RobustLock& lock, int result) noexcept {
   if (result == 0) {
     lock.owner_pid = cached_pid;
@@ -78,6 +99,13 @@ void throw_lock_error(const HandleCore& handle, ObjectKind kind, std::string_vie
     case EDEADLK:
       throw InvalidArgument(segment, object,
                             fmt::format("{}: the calling thread already holds the lock", operation));
+    case ETIMEDOUT:
+      throw Timeout(segment, object,
+                    fmt::format("{}: the lock is still held by another thread or process", operation));
+    case ENOTRECOVERABLE:
+    case EINVAL:
+      throw CorruptSegment(segment, object,
+                           fmt::format("{}: not a usable lock: {}", operation, os_reason(error)));
     default:
       throw Error(segment, object, fmt::format("{}: {}", operation, os_reason(error)));
   }
