@@ -46,11 +46,13 @@ build() {
   meson compile -C "$dir" "${targets[@]}"
 }
 
-# run_tests DIR LABEL: runs every meson test in DIR, then prints
-# "LABEL: N passed, N failed", counting doctest cases (and each example program as one).
+# run_tests DIR LABEL [MESON TEST OPTIONS...]: runs the meson tests in DIR (every one by
+# default), then prints "LABEL: N passed, N failed", counting doctest cases (and each
+# example program as one).
 run_tests() {
   local dir=$1 label=$2 status=0
-  meson test -C "$dir" --print-errorlogs || status=$?
+  shift 2
+  meson test -C "$dir" --print-errorlogs "$@" || status=$?
   python3 - "$dir/meson-logs/testlog.json" "$label" <<'PY'
 import json, re, sys
 passed = failed = 0
@@ -95,6 +97,13 @@ case "$command" in
     ensure_packages
     build build-bench -Dbuildtype=release -Dexamples=false
     for program in build-bench/tests/bench/*_bench; do "$program" "$@"; done
+    ;;
+  tsan)
+    # ThreadSanitizer follows threads, not fork(): only the thread-only suite runs here.
+    ensure_packages
+    build build-tsan -Db_sanitize=thread -Db_lundef=false -Dexamples=false -- tests/threads_test
+    TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+      run_tests build-tsan "tsan tests" --suite threads --no-rebuild
     ;;
   fuzz)
     # Arbitrary bytes as a segment file, then procshare-ctl show's code on it (see
