@@ -5,7 +5,11 @@
 #   bash run.sh test          every test: suites unit, process and examples
 #   bash run.sh asan          every test, built with AddressSanitizer + UBSan
 #   bash run.sh bench         the benchmarks (tests/bench), printed as ratios
-# Builds go to build/ (build-asan/ for asan, build-bench/ for bench). With CI=true, warnings are errors.
+#   bash run.sh fuzz [SECS]   the segment fuzzer (tests/fuzz, clang + libFuzzer + ASan + UBSan)
+#                             for SECS seconds (60) over a copy of tests/fuzz/corpus
+#   bash run.sh tsan          the thread-only tests (suite threads) under ThreadSanitizer
+# Builds go to build/ (build-asan/, build-bench/, build-fuzz/, build-tsan/ for the others).
+# With CI=true, warnings are errors.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,25 +29,30 @@ ensure_packages() {
     "${missing[@]}" </dev/null
 }
 
-# build DIR [MESON OPTIONS...]: configure DIR once, then compile it.
+# build DIR [MESON OPTIONS...] [-- TARGETS...]: configure DIR once, then compile it (only
+# TARGETS, if given).
 build() {
   local dir=$1
   shift
-  local options=("$@")
+  local options=() targets=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do options+=("$1"); shift; done
+  [ $# -gt 0 ] && shift && targets=("$@")
   [ "${CI:-}" = "true" ] && options+=(-Dwerror=true)
   if [ -f "$dir/build.ninja" ]; then
     meson configure "$dir" "${options[@]}" >/dev/null
   else
     meson setup "$dir" "${options[@]}" >/dev/null
   fi
-  meson compile -C "$dir"
+  meson compile -C "$dir" "${targets[@]}"
 }
 
-# run_tests DIR LABEL: runs every meson test in DIR, then prints
-# "LABEL: N passed, N failed", counting doctest cases (and each example program as one).
+# run_tests DIR LABEL [MESON TEST OPTIONS...]: runs the meson tests in DIR (every one by
+# default), then prints "LABEL: N passed, N failed", counting doctest cases (and each
+# example program as one).
 run_tests() {
   local dir=$1 label=$2 status=0
-  meson test -C "$dir" --print-errorlogs || status=$?
+  shift 2
+  meson test -C "$dir" --print-errorlogs "$@" || status=$?
   python3 - "$dir/meson-logs/testlog.json" "$label" <<'PY'
 import json, re, sys
 passed = failed = 0
@@ -89,8 +98,50 @@ case "$command" in
     build build-bench -Dbuildtype=release -Dexamples=false
     for program in build-bench/tests/bench/*_bench; do "$program" "$@"; done
     ;;
+  tsan)
+    # ThreadSanitizer follows threads, not fork(): only the thread-only suite runs here.
+    # -Wno-tsan: GCC warns that TSan does not model atomic_thread_fence. Our fences
+    # (mark_dirty, the handle registry's seqlock) order plain stores for a process that
+    # dies mid-write, or pair with atomics TSan does see; between threads the object's
+    # lock orders everything, which TSan does model.
+    ensure_packages
+    build build-tsan -Db_sanitize=thread -Db_lundef=false -Dexamples=false -Dcpp_args=-Wno-tsan \
+      -- tests/threads_test
+    TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+      run_tests build-tsan "tsan tests" --suite threads --no-rebuild
+    ;;
+  fuzz)
+    # Arbitrary bytes as a segment file, then procshare-ctl show's code on it (see
+    # tests/fuzz/segment_fuzz.cpp). Passes when the fuzzer finds no crash, no hang (an input
+    # over -timeout seconds), no leak and no sanitizer report in the time given.
+    seconds=${1:-${PROCSHARE_FUZZ_SECONDS:-60}}
+    packages+=(clang libclang-rt-14-dev)
+    ensure_packages
+    [ -f build-fuzz/build.ninja ] || export CXX=clang++
+    build build-fuzz -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
+      -Dexamples=false -- tests/fuzz/segment_fuzz
+    corpus=$(mktemp -d)
+    cp tests/fuzz/corpus/* "$corpus/"
+    status=0
+    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      ./build-fuzz/tests/fuzz/segment_fuzz "$corpus" -max_total_time="$seconds" -timeout=10 \
+      -max_len=8192 -artifact_prefix=build-fuzz/ -print_final_stats=1 \
+      >build-fuzz/fuzz.log 2>&1 &
+    fuzzer=$!
+    wait $fuzzer || status=$?
+    rm -f "/dev/shm/ps-fuzz-$fuzzer"  # the fuzzer's own file, should it have crashed
+    rm -rf "$corpus"
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' build-fuzz/fuzz.log | tail -1)
+    if [ $status -eq 0 ]; then
+      echo "fuzz: passed: ${runs:-?} inputs in ${seconds} s, no crash, hang, leak or sanitizer report"
+    else
+      tail -40 build-fuzz/fuzz.log
+      echo "fuzz: FAILED (exit $status): see build-fuzz/fuzz.log and build-fuzz/crash-*, timeout-*, leak-*"
+      exit 1
+    fi
+    ;;
   *)
-    echo "usage: bash run.sh demo|test|asan|bench" >&2
+    echo "usage: bash run.sh demo|test|asan|bench|fuzz|tsan" >&2
     exit 2
     ;;
 esac

@@ -37,6 +37,10 @@ void throw_container_index(const HandleCore& handle, ObjectKind kind, std::size_
                         fmt::format("index {} out of range (size {})", index, size));
 }
 
+void throw_container_corrupt(const HandleCore& handle, ObjectKind kind, std::string_view why) {
+  throw CorruptSegment(segment_name(handle), describe(handle, kind), why);
+}
+
 void throw_small_capacity(const Segment& segment, ObjectKind kind, std::string_view name,
                           std::size_t capacity) {
   throw InvalidArgument(segment.name(), describe_object(kind, name),

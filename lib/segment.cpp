@@ -85,6 +85,10 @@ std::shared_ptr<Mapping> mapping_of(const Uuid& uuid) { return find_mapped(uuid)
 
 std::atomic<void (*)(const char*)> fault_hook{nullptr};
 
+// How long directory work and inspection reads wait for a lock (see set_lock_wait_limits).
+std::atomic<std::chrono::milliseconds> directory_wait_limit{std::chrono::seconds(5)};
+std::atomic<std::chrono::milliseconds> inspection_wait_limit{std::chrono::seconds(1)};
+
 void fault_point(const char* step) {
   if (auto hook = fault_hook.load(std::memory_order_relaxed)) hook(step);
 }
@@ -226,6 +230,7 @@ std::string invalid_header_reason(const Header& h, std::uint64_t size) {
     return "directory lies outside the segment";
   const std::uint64_t bump = h.bump.load(std::memory_order_relaxed);
   if (bump < h.data_offset || bump > size) return "allocation pointer lies outside the segment";
+  if (!lock_intact(h.lock, false)) return "its directory lock is not a procshare lock";
   return "";
 }
 
@@ -233,20 +238,33 @@ std::string invalid_header_reason(const Mapping& mapping) {
   return invalid_header_reason(mapping.header(), mapping.size());
 }
 
-// Whether `entry` describes an object inside the segment, big enough for its kind and
-// length, and matching the object's own header.
-bool entry_in_bounds(const Mapping& mapping, const Entry& entry) {
+// Why `entry` is not usable, or "" if it describes an object inside the segment, big
+// enough for its kind and length, matching the object's own header, and (for a lockable
+// kind) holding a lock that init_lock made.
+std::string_view entry_problem(const Mapping& mapping, const Entry& entry) {
+  constexpr std::string_view outside = "its directory entry points outside the segment";
   const Header& h = mapping.header();
   if (entry.offset < h.data_offset || entry.offset % 64 != 0 || entry.offset > mapping.size() ||
       entry.bytes > mapping.size() - entry.offset)
-    return false;
-  const std::uint64_t fixed = minimum_object_bytes(static_cast<ObjectKind>(entry.kind));
-  if (fixed == 0 || entry.bytes < fixed) return false;
-  const std::uint64_t per_element = elements_bytes(static_cast<ObjectKind>(entry.kind), entry.elem_size);
-  if (per_element != 0 && entry.length > (entry.bytes - fixed) / per_element) return false;
+    return outside;
+  const auto kind = static_cast<ObjectKind>(entry.kind);
+  const std::uint64_t fixed = minimum_object_bytes(kind);
+  if (fixed == 0 || entry.bytes < fixed) return outside;
+  const std::uint64_t per_element = elements_bytes(kind, entry.elem_size);
+  if (per_element != 0 && entry.length > (entry.bytes - fixed) / per_element) return outside;
   const auto* object = reinterpret_cast<const ObjectHeader*>(mapping.base() + entry.offset);
-  return object->tag_hash == entry.tag_hash && object->kind == entry.kind &&
-         object->length == entry.length;
+  if (object->tag_hash != entry.tag_hash || object->kind != entry.kind ||
+      object->length != entry.length)
+    return "its directory entry does not match the object's own header";
+  // A lock that init_lock did not make is never handed to glibc (see lock_intact).
+  if (has_lock(kind) && !lock_intact(reinterpret_cast<const LockBlock*>(object)->lock,
+                                     kind == ObjectKind::recursive_mutex))
+    return "its lock is not a procshare lock (robust, process-shared)";
+  return "";
+}
+
+bool entry_in_bounds(const Mapping& mapping, const Entry& entry) {
+  return entry_problem(mapping, entry).empty();
 }
 
 std::string_view entry_name(const Entry& entry) {
@@ -263,10 +281,11 @@ public:
   explicit DirectoryLock(Mapping& mapping) : mapping_(mapping) {
     // Directory work takes microseconds: a lock held for seconds is a wedged (or forged)
     // segment, reported rather than waited on for ever.
-    const int error = lock_until(mapping.header().lock,
-                                 std::chrono::steady_clock::now() + std::chrono::seconds(5));
+    const auto limit = directory_wait_limit.load(std::memory_order_relaxed);
+    const int error = lock_until(mapping.header().lock, std::chrono::steady_clock::now() + limit);
     if (error == ETIMEDOUT)
-      throw Timeout(mapping.name, "", "the directory lock has been held for over 5 seconds");
+      throw Timeout(mapping.name, "",
+                    fmt::format("the directory lock has been held for over {} ms", limit.count()));
     if (error != 0)
       throw Error(mapping.name, "", fmt::format("cannot lock the directory: {}", os_reason(error)));
     Entry* entries = mapping.directory();
@@ -346,6 +365,16 @@ void set_fault_hook(void (*hook)(const char*)) noexcept {
   fault_hook.store(hook, std::memory_order_relaxed);
 }
 
+void set_lock_wait_limits(std::chrono::milliseconds directory,
+                          std::chrono::milliseconds inspection) noexcept {
+  directory_wait_limit.store(directory, std::memory_order_relaxed);
+  inspection_wait_limit.store(inspection, std::memory_order_relaxed);
+}
+
+Deadline inspection_deadline() noexcept {
+  return std::chrono::steady_clock::now() + inspection_wait_limit.load(std::memory_order_relaxed);
+}
+
 // ---------------------------------------------------------------- handles
 
 void throw_unresolved(const HandleCore& handle, ObjectKind kind) {
@@ -420,9 +449,9 @@ Placement place(Segment& segment, std::string_view name, const ObjectSpec& spec,
                                      describe_type(stored_kind, entry_type(entry), entry.length),
                                      describe_type(spec.kind, spec.type,
                                                    spec.length ? spec.length : entry.length)));
-    if (!entry_in_bounds(mapping, entry))
-      throw CorruptSegment(mapping.name, object, "its directory entry points outside the segment");
-    return {{h.uuid, entry.offset, entry.tag_hash}, entry.length, false};
+    if (const auto problem = entry_problem(mapping, entry); !problem.empty())
+      throw CorruptSegment(mapping.name, object, problem);
+    return {{h.uuid, entry.offset, entry.tag_hash}, entry.length, entry.bytes, false};
   }
   if (intent == Intent::open) throw NotFound(mapping.name, object, "no object of that name");
   if (spec.type.size() > max_type_name_length ||
@@ -471,7 +500,7 @@ Placement place(Segment& segment, std::string_view name, const ObjectSpec& spec,
   }
   fault_point("constructed");
   entry.state.store(entry_ready, std::memory_order_release);
-  return {{h.uuid, offset, tag_hash}, spec.length, true};
+  return {{h.uuid, offset, tag_hash}, spec.length, bytes, true};
 }
 
 }  // namespace detail
@@ -814,9 +843,8 @@ std::vector<ObjectInfo> Segment::objects() const {
     const Entry& entry = entries[i];
     if (entry.state.load(std::memory_order_acquire) != entry_ready) continue;
     const auto kind = static_cast<ObjectKind>(entry.kind);
-    if (!entry_in_bounds(mapping, entry))
-      throw CorruptSegment(mapping.name, describe_object(kind, entry_name(entry)),
-                           "its directory entry points outside the segment");
+    if (const auto problem = entry_problem(mapping, entry); !problem.empty())
+      throw CorruptSegment(mapping.name, describe_object(kind, entry_name(entry)), problem);
     ObjectInfo info{std::string(entry_name(entry)), kind, std::string(entry_type(entry)),
                     describe_type(kind, entry_type(entry), entry.length), entry.length,
                     entry.bytes, false, 0, 0};

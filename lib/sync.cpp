@@ -91,8 +91,9 @@ bool process_dead(std::int32_t pid) {
 // Holds a barrier's lock; a holder that died mid-update broke the barrier (repaired here).
 class BarrierLock {
 public:
-  BarrierLock(BarrierBlock& b, const HandleCore& core) : block_(b) {
-    if (const int error = detail::lock(b.lock)) throw_lock_error(core, ObjectKind::barrier, "lock", error);
+  BarrierLock(BarrierBlock& b, const HandleCore& core, Deadline deadline = no_deadline) : block_(b) {
+    if (const int error = detail::lock_until(b.lock, deadline))
+      throw_lock_error(core, ObjectKind::barrier, "lock", error);
     if (b.lock.poisoned.load(std::memory_order_relaxed)) {
       b.lock.poisoned.store(0, std::memory_order_relaxed);
       break_round();
@@ -411,6 +412,12 @@ std::uint32_t Barrier::waiting() const {
   return b.count;
 }
 
+std::string Barrier::state_text(detail::Deadline deadline) const {
+  auto& b = detail::block_of<BarrierBlock>(core_, ObjectKind::barrier);
+  detail::BarrierLock held(b, core_, deadline);
+  return b.broken ? std::string("broken") : fmt::format("{} of {} waiting", b.count, b.parties);
+}
+
 std::string Barrier::name() const { return detail::object_name(core_); }
 
 // ---------------------------------------------------------------- factories
@@ -517,7 +524,7 @@ detail::HandleCore place_barrier(Segment& segment, std::string_view name, detail
       detail::barrier_parties_offset + std::size_t{parties} * 2 * sizeof(detail::Party);
   detail::ObjectSpec spec = spec_for<BarrierBlock>(ObjectKind::barrier, intent, bytes);
   spec.length = intent == detail::Intent::open ? 0 : parties;
-  return detail::place(
+  const detail::Placement placed = detail::place(
              segment, name, spec, intent,
              [](detail::ObjectHeader* object, const void* context) {
                auto* b = reinterpret_cast<BarrierBlock*>(object);
@@ -525,8 +532,15 @@ detail::HandleCore place_barrier(Segment& segment, std::string_view name, detail
                b->parties = *static_cast<const std::uint32_t*>(context);
                return true;
              },
-             &parties)
-      .handle;
+             &parties);
+  // Its party table is as long as the object says: a block claiming more parties (a
+  // forged file) would send every round's bookkeeping past the object's end.
+  const auto& b = detail::block_of<BarrierBlock>(placed.handle, ObjectKind::barrier);
+  if (b.parties != placed.length || b.parties == 0 || b.parties > detail::max_parties)
+    throw CorruptSegment(segment.name(), detail::describe_object(ObjectKind::barrier, name),
+                         fmt::format("it claims {} parties but has room for {}", b.parties,
+                                     placed.length));
+  return placed.handle;
 }
 
 }  // namespace

@@ -65,6 +65,25 @@ template <class T> std::string to_text(const T& v) {
 }
 
 
+// Reads the T stored at `where`, an element of object `object` in segment `segment`,
+// without trusting its bytes: a bool that holds neither 0 nor 1 is CorruptSegment
+// (loading it as a bool would be undefined). Atomic, so a concurrent writer is no race.
+template <class T>
+T read_stored(const void* where, const std::string& segment, const std::string& object) {
+  if constexpr (std::is_same_v<T, bool>) {
+    unsigned char byte = 0;
+    __atomic_load(static_cast<const unsigned char*>(where), &byte, __ATOMIC_ACQUIRE);
+    if (byte > 1)
+      throw CorruptSegment(segment, object,
+                           fmt::format("a bool holds the byte {:#04x}, not 0 or 1", byte));
+    return byte != 0;
+  } else {
+    T value{};
+    __atomic_load(static_cast<const T*>(where), &value, __ATOMIC_ACQUIRE);
+    return value;
+  }
+}
+
 // Parses `text` as a T; nullopt-like failure reported through `why`.
 template <class T> std::optional<T> parse(std::string_view text, std::string& why) {
   if constexpr (std::is_same_v<T, bool>) {
@@ -101,24 +120,48 @@ std::string Segment::value_text(std::string_view name, std::size_t max_elements)
   if (!found)
     throw NotFound(this->name(), fmt::format("object '{}'", detail::printable(name)), "no object of that name");
   const ObjectInfo& info = *found;
+  const std::string object = detail::describe_object(info.kind, name);
+  // Every lock below is waited on until this deadline at most: a holder that never lets
+  // go (a wedged process, a forged file) is a Timeout here, never a hang.
+  const detail::Deadline deadline = detail::inspection_deadline();
+  // Elements are read with read_stored (their bytes are not trusted) and, for
+  // containers, only once the container is found to hold together (inspect).
+  auto element_text = [&](const auto& stored) {
+    using S = std::remove_cvref_t<decltype(stored)>;
+    if constexpr (std::is_same_v<S, detail::SharedString>) return quoted(std::string_view(stored.data(), stored.size()));
+    else return to_text(read_stored<S>(&stored, this->name(), object));
+  };
   std::string text;
   switch (info.kind) {
     case ObjectKind::value:
-      if (!with_builtin(info.type, [&](auto t) { text = to_text(open_value<typename decltype(t)::type>(name).load()); }))
+      if (!with_builtin(info.type, [&](auto t) {
+            using T = typename decltype(t)::type;
+            auto value = open_value<T>(name);
+            auto& b = value.block();
+            detail::DeadlineLock held(b.lock, value.handle(), info.kind, deadline);
+            text = element_text(b.value);
+          }))
         text = fmt::format("({}, {} bytes)", info.type, info.bytes);
       break;
     case ObjectKind::atomic:
-      if (!with_builtin(info.type, [&](auto t) { text = to_text(open_atomic<typename decltype(t)::type>(name).load()); }))
+      if (!with_builtin(info.type, [&](auto t) {
+            using T = typename decltype(t)::type;
+            text = element_text(reinterpret_cast<const T&>(open_atomic<T>(name).cell()));
+          }))
         text = fmt::format("({}, {} bytes)", info.type, info.bytes);
       break;
     case ObjectKind::array:
       if (!with_builtin(info.type, [&](auto t) {
             using T = typename decltype(t)::type;
             auto array = open_array<T>(name);
-            const std::size_t shown = std::min<std::size_t>(array.size(), max_elements);
+            auto& b = array.block();
+            detail::DeadlineLock held(b.lock, array.handle(), info.kind, deadline);
+            const T* elements = Array<T>::data(b);
+            const std::size_t size = b.header.length;
+            const std::size_t shown = std::min<std::size_t>(size, max_elements);
             text = "[";
-            for (std::size_t i = 0; i < shown; ++i) text += (i ? ", " : "") + to_text(array.load(i));
-            if (shown < array.size()) text += fmt::format(", ... ({} in all)", array.size());
+            for (std::size_t i = 0; i < shown; ++i) text += (i ? ", " : "") + element_text(elements[i]);
+            if (shown < size) text += fmt::format(", ... ({} in all)", size);
             text += "]";
           }))
         text = fmt::format("({} x {})", info.length, info.type);
@@ -137,20 +180,22 @@ std::string Segment::value_text(std::string_view name, std::size_t max_elements)
                                : std::string("no owner deaths");
       break;
     case ObjectKind::condition: text = fmt::format("on mutex '{}'", open_condition(name).mutex().name()); break;
-    case ObjectKind::barrier: {
-      auto b = open_barrier(name);
-      text = b.broken() ? "broken" : fmt::format("{} of {} waiting", b.waiting(), b.parties());
-      break;
-    }
+    case ObjectKind::barrier: text = open_barrier(name).state_text(deadline); break;
     case ObjectKind::queue: text = fmt::format("(queue of {} slots)", info.length); break;
     case ObjectKind::pool: text = "(a pool's control block: see inspect_pool)"; break;
     case ObjectKind::vector:
       if (!with_element(info.type, [&](auto t) {
-            const auto all = open_vector<typename decltype(t)::type>(name).snapshot();
-            text = "[";
-            for (std::size_t i = 0; i < std::min(all.size(), max_elements); ++i) text += (i ? ", " : "") + to_text(all[i]);
-            if (all.size() > max_elements) text += fmt::format(", ... ({} in all)", all.size());
-            text += "]";
+            using T = typename decltype(t)::type;
+            text = open_vector<T>(name).handle_.inspect([&](const auto& all) {
+              std::string out = "[";
+              std::size_t i = 0;
+              for (const auto& element : all) {
+                if (i == max_elements) break;
+                out += (i++ ? ", " : "") + element_text(element);
+              }
+              if (all.size() > max_elements) out += fmt::format(", ... ({} in all)", all.size());
+              return out + "]";
+            }, deadline);
           }))
         text = fmt::format("(vector of {})", info.type);
       break;
@@ -160,22 +205,28 @@ std::string Segment::value_text(std::string_view name, std::size_t max_elements)
       bool shown = false;
       with_map_key(key, [&](auto k) {
           with_element(value, [&](auto v) {
-            const auto all = open_map<typename decltype(k)::type, typename decltype(v)::type>(name).snapshot();
-            text = "{";
-            std::size_t i = 0;
-            for (const auto& [a, b] : all) {
-              if (i == max_elements) break;
-              text += (i++ ? ", " : "") + to_text(a) + ": " + to_text(b);
-            }
-            if (all.size() > max_elements) text += fmt::format(", ... ({} in all)", all.size());
-            text += "}";
+            using K = typename decltype(k)::type;
+            using V = typename decltype(v)::type;
+            text = open_map<K, V>(name).handle_.inspect([&](const auto& all) {
+              std::string out = "{";
+              std::size_t i = 0, count = 0;
+              for (const auto& [a, b] : all) {
+                ++count;
+                if (i == max_elements) continue;
+                out += (i++ ? ", " : "") + element_text(a) + ": " + element_text(b);
+              }
+              if (count > max_elements) out += fmt::format(", ... ({} in all)", count);
+              return out + "}";
+            }, deadline);
             shown = true;
           });
         });
       if (!shown) text = fmt::format("(map of {})", info.type);
       break;
     }
-    case ObjectKind::string: text = quoted(open_string(name).load()); break;
+    case ObjectKind::string:
+      text = open_string(name).handle_.inspect([&](const auto& s) { return element_text(s); }, deadline);
+      break;
   }
   return text;
 }

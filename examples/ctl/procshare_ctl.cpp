@@ -34,28 +34,6 @@ procshare::OpenOptions open_options;  // --any-owner
 
 procshare::Segment open_segment(const std::string& name) { return procshare::Segment::open(name, open_options); }
 
-std::string json_string(std::string_view text) {
-  std::string out = "\"";
-  for (const char c : text) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", c);
-        else out += c;
-    }
-  }
-  return out + "\"";
-}
-
-std::string human_bytes(std::uint64_t bytes) {
-  if (bytes >= (1u << 30)) return fmt::format("{:.1f}G", bytes / double(1u << 30));
-  if (bytes >= (1u << 20)) return fmt::format("{:.1f}M", bytes / double(1u << 20));
-  if (bytes >= (1u << 10)) return fmt::format("{:.1f}K", bytes / double(1u << 10));
-  return fmt::format("{}B", bytes);
-}
-
 int list(bool json) {
   const auto segments = procshare::Segment::list();
   if (json) {
@@ -65,7 +43,7 @@ int list(bool json) {
       out += fmt::format(
           "{}{{\"name\":{},\"procshare\":{},\"problem\":{},\"size\":{},\"used\":{},"
           "\"creator_pid\":{},\"creator_alive\":{},\"in_use\":{},\"age_seconds\":{},\"objects\":{}}}",
-          i ? "," : "", json_string(s.name), s.procshare, json_string(s.problem), s.size, s.used,
+          i ? "," : "", procshare::json_quote(s.name), s.procshare, procshare::json_quote(s.problem), s.size, s.used,
           s.creator_pid, s.creator_alive, s.in_use, s.age_seconds, s.objects);
     }
     fmt::print("{}]\n", out);
@@ -75,88 +53,22 @@ int list(bool json) {
              "STATUS", "AGE", "OBJECTS");
   for (const auto& s : segments) {
     if (!s.procshare) {
-      fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7}\n", s.name, human_bytes(s.size), "-", "-",
+      fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7}\n", s.name, procshare::human_bytes(s.size), "-", "-",
                  s.problem == "foreign" || s.problem == "empty" ? "foreign" : "corrupt");
       continue;
     }
-    fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7} {:>6}s {:>7}\n", s.name, human_bytes(s.size),
-               human_bytes(s.used), s.creator_pid, s.in_use ? "live" : "stale", s.age_seconds,
+    fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7} {:>6}s {:>7}\n", s.name, procshare::human_bytes(s.size),
+               procshare::human_bytes(s.used), s.creator_pid, s.in_use ? "live" : "stale", s.age_seconds,
                s.objects);
   }
   return 0;
 }
 
-// The pool in `segment`, if it holds one.
-std::optional<procshare::PoolStatus> pool_of(procshare::Segment& segment) {
-  for (const auto& info : segment.objects())
-    if (info.kind == procshare::ObjectKind::pool) return procshare::inspect_pool(segment);
-  return std::nullopt;
-}
-
-// The object's value as text, or why it cannot be read (a poisoned container, say).
-std::string value_or_reason(procshare::Segment& segment, const std::string& object) {
-  try {
-    return segment.value_text(object);
-  } catch (const procshare::Error& e) {
-    return fmt::format("({})", e.what());
-  }
-}
-
+// The same report as procshare::segment_report gives any program.
 int show(const std::string& name, bool json) {
   auto segment = open_segment(name);
-  const auto objects = segment.objects();
-  const auto pool = pool_of(segment);
-  if (json) {
-    std::string out = fmt::format("{{\"segment\":{},\"size\":{},\"used\":{},\"creator_pid\":{},\"objects\":[",
-                                  json_string(name), segment.size(), segment.used(), segment.creator_pid());
-    for (std::size_t i = 0; i < objects.size(); ++i) {
-      const auto& o = objects[i];
-      out += fmt::format("{}{{\"name\":{},\"kind\":{},\"type\":{},\"value\":{},\"poisoned\":{},"
-                         "\"owner_deaths\":{},\"last_dead_owner\":{}}}",
-                         i ? "," : "", json_string(o.name), json_string(to_string(o.kind)),
-                         json_string(o.description), json_string(value_or_reason(segment, o.name)),
-                         o.poisoned, o.owner_deaths, o.last_dead_owner);
-    }
-    out += "]";
-    if (pool) {
-      out += fmt::format(",\"pool\":{{\"state\":{},\"parent_pid\":{},\"supervisor_pid\":{},\"items_done\":{},"
-                         "\"worker_deaths\":{},\"workers\":[",
-                         json_string(pool->state), pool->parent_pid, pool->supervisor_pid,
-                         pool->items_done, pool->worker_deaths);
-      for (std::size_t i = 0; i < pool->workers.size(); ++i) {
-        const auto& w = pool->workers[i];
-        out += fmt::format("{}{{\"pid\":{},\"state\":{},\"job\":{},\"current_item\":{},\"tasks_done\":{}}}",
-                           i ? "," : "", w.pid, json_string(w.state), w.job, w.current_item, w.tasks_done);
-      }
-      out += "],\"jobs\":[";
-      for (std::size_t i = 0; i < pool->jobs.size(); ++i) {
-        const auto& j = pool->jobs[i];
-        out += fmt::format("{}{{\"id\":{},\"kind\":{},\"done\":{},\"failed\":{},\"skipped\":{},\"total\":{},\"stop_requested\":{}}}",
-                           i ? "," : "", j.id, json_string(j.kind), j.done, j.failed, j.skipped, j.total, j.stop_requested);
-      }
-      out += "]}";
-    }
-    fmt::print("{}}}\n", out);
-    return 0;
-  }
-  fmt::print("segment '{}': {} used of {}, created by pid {}\n", name, human_bytes(segment.used()),
-             human_bytes(segment.size()), segment.creator_pid());
-  for (const auto& o : objects) {
-    std::string marks;
-    if (o.poisoned) marks += "  POISONED";
-    if (o.owner_deaths) marks += fmt::format("  owner deaths: {} (last pid {})", o.owner_deaths, o.last_dead_owner);
-    fmt::print("  {:<24} {:<22} {}{}\n", o.name, o.description, value_or_reason(segment, o.name), marks);
-  }
-  if (pool) {
-    fmt::print("pool: {}, parent pid {}, supervisor pid {}, {} items done, {} worker deaths\n",
-               pool->state, pool->parent_pid, pool->supervisor_pid, pool->items_done, pool->worker_deaths);
-    for (const auto& w : pool->workers)
-      fmt::print("  worker pid {:<8} {:<8} job {:<4} item {:<10} tasks done {}\n", w.pid, w.state, w.job,
-                 w.current_item, w.tasks_done);
-    for (const auto& j : pool->jobs)
-      fmt::print("  job {:<4} {:<10} {} done, {} failed, {} skipped of {}{}\n", j.id, j.kind, j.done,
-                 j.failed, j.skipped, j.total, j.stop_requested ? "  STOP REQUESTED" : "");
-  }
+  fmt::print("{}", procshare::segment_report(segment, json ? procshare::ReportFormat::json
+                                                          : procshare::ReportFormat::text));
   return 0;
 }
 
@@ -167,8 +79,8 @@ int get(const std::string& name, const std::string& object, bool json) {
     std::string type;
     for (const auto& o : segment.objects())
       if (o.name == object) type = o.description;
-    fmt::print("{{\"name\":{},\"type\":{},\"value\":{}}}\n", json_string(object), json_string(type),
-               json_string(value));
+    fmt::print("{{\"name\":{},\"type\":{},\"value\":{}}}\n", procshare::json_quote(object), procshare::json_quote(type),
+               procshare::json_quote(value));
   } else {
     fmt::print("{}\n", value);
   }

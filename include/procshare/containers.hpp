@@ -38,6 +38,11 @@
 #include <boost/interprocess/mem_algo/rbtree_best_fit.hpp>
 #include <boost/interprocess/sync/mutex_family.hpp>
 
+#include <boost/intrusive/rbtree_algorithms.hpp>
+#include <boost/move/utility_core.hpp>
+
+#include <atomic>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -103,8 +108,112 @@ inline constexpr std::size_t container_arena_offset = 256;
                                                      std::size_t free, std::size_t capacity);
 [[noreturn]] PROCSHARE_API void throw_container_index(const HandleCore& handle, ObjectKind kind,
                                                       std::size_t index, std::size_t size);
+[[noreturn]] PROCSHARE_API void throw_container_corrupt(const HandleCore& handle, ObjectKind kind,
+                                                        std::string_view why);
 [[noreturn]] PROCSHARE_API void throw_small_capacity(const Segment& segment, ObjectKind kind,
                                                      std::string_view name, std::size_t capacity);
+
+// The bytes of one container's arena, for checking that what a (possibly forged or torn)
+// container points at lies inside it before anything is read there.
+class ArenaBounds {
+public:
+  ArenaBounds(const void* begin, std::uint64_t bytes)
+      : begin_(reinterpret_cast<std::uintptr_t>(begin)), bytes_(bytes) {}
+  // Whether [p, p + bytes) lies inside the arena and p is aligned to `alignment`.
+  bool holds(const void* p, std::uint64_t bytes, std::size_t alignment) const {
+    const auto at = reinterpret_cast<std::uintptr_t>(p);
+    return at >= begin_ && at - begin_ <= bytes_ && bytes <= bytes_ - (at - begin_) &&
+           at % alignment == 0;
+  }
+  // Whether `count` objects of `size` bytes from p lie inside it (no overflow).
+  bool holds_array(const void* p, std::uint64_t count, std::size_t size, std::size_t alignment) const {
+    return count <= bytes_ / size && holds(p, count * size, alignment);
+  }
+  std::uint64_t bytes() const { return bytes_; }
+
+private:
+  std::uintptr_t begin_;
+  std::uint64_t bytes_;
+};
+
+// Whether a stored element's own storage lies inside the arena (only a SharedString has
+// storage of its own; the element itself was checked by its container).
+template <class S> bool element_intact(const S&, const ArenaBounds&) { return true; }
+inline bool element_intact(const SharedString& s, const ArenaBounds& arena) {
+  const char* data = s.data();  // the inline buffer, or the offset pointer's target
+  return s.size() == 0 || arena.holds(data, s.size(), 1);
+}
+template <class A, class B> bool element_intact(const std::pair<A, B>& p, const ArenaBounds& arena) {
+  return element_intact(p.first, arena) && element_intact(p.second, arena);
+}
+
+template <class C> bool structure_intact(const C& c, const ArenaBounds& arena);
+
+// A String: its characters lie in the arena.
+template <> inline bool structure_intact(const SharedString& c, const ArenaBounds& arena) {
+  return element_intact(c, arena);
+}
+
+// A Vector: its elements, and whatever they own, lie in the arena.
+template <class C>
+  requires requires(const C& c) { c.data(); c.capacity(); }
+bool vector_intact(const C& c, const ArenaBounds& arena) {
+  using S = typename C::value_type;
+  if (c.size() == 0) return true;
+  if (c.size() > c.capacity() || !arena.holds_array(c.data(), c.size(), sizeof(S), alignof(S)))
+    return false;
+  for (const S& s : c)
+    if (!element_intact(s, arena)) return false;
+  return true;
+}
+
+// A Map: its red-black tree is a tree (every node inside the arena, reached once, its
+// parent link pointing back, at most as many nodes as the arena can hold), the header's
+// leftmost and rightmost links are right, and every key and value lies in the arena. Only
+// then does iterating it follow nothing but checked links.
+template <class C>
+  requires requires { typename C::key_compare; }
+bool tree_intact(const C& c, const ArenaBounds& arena) {
+  using VoidPointer = typename boost::container::allocator_traits<
+      typename C::allocator_type>::void_pointer;
+  using Traits = boost::intrusive::rbtree_node_traits<VoidPointer, true>;
+  using NodePtr = typename Traits::node_ptr;
+  using Node = typename C::stored_allocator_type::value_type;  // links and value
+  static_assert(std::is_same_v<std::remove_cvref_t<decltype(c.end().get().pointed_node())>, NodePtr>,
+                "the map's node links are not the ones checked here");
+  const NodePtr header = c.end().get().pointed_node();  // inside the container object
+  const NodePtr root = Traits::get_parent(header);
+  if (!root) return Traits::get_left(header) == header && Traits::get_right(header) == header;
+  auto node_inside = [&](const NodePtr& n) {
+    return arena.holds(boost::movelib::to_raw_pointer(n), sizeof(Node), alignof(Node));
+  };
+  if (!node_inside(root) || Traits::get_parent(root) != header) return false;
+  const std::uint64_t most = arena.bytes() / sizeof(Node);
+  std::uint64_t seen = 0;
+  std::vector<NodePtr> pending{root};
+  while (!pending.empty()) {
+    const NodePtr n = pending.back();
+    pending.pop_back();
+    if (++seen > most) return false;
+    for (const NodePtr& child : {Traits::get_left(n), Traits::get_right(n)}) {
+      if (!child) continue;
+      if (!node_inside(child) || Traits::get_parent(child) != n) return false;
+      pending.push_back(child);
+    }
+  }
+  NodePtr leftmost = root, rightmost = root;
+  while (Traits::get_left(leftmost)) leftmost = Traits::get_left(leftmost);
+  while (Traits::get_right(rightmost)) rightmost = Traits::get_right(rightmost);
+  if (Traits::get_left(header) != leftmost || Traits::get_right(header) != rightmost) return false;
+  for (const auto& entry : c)
+    if (!element_intact(entry, arena)) return false;
+  return true;
+}
+
+template <class C> bool structure_intact(const C& c, const ArenaBounds& arena) {
+  if constexpr (requires { typename C::key_compare; }) return tree_intact(c, arena);
+  else return vector_intact(c, arena);
+}
 
 // The common part of Vector, Map and String: a handle on a ContainerBlock holding a C.
 template <class C, ObjectKind Kind> class ContainerHandle {
@@ -118,7 +227,23 @@ public:
   // (the container's offset is validated when the block is made, and rewritten only under
   // the lock)
   static C& container(ContainerBlock& b) {
-    return *reinterpret_cast<C*>(reinterpret_cast<std::byte*>(&b) + b.container_offset);
+    const std::uint64_t offset = std::atomic_ref(b.container_offset).load(std::memory_order_relaxed);
+    return *reinterpret_cast<C*>(reinterpret_cast<std::byte*>(&b) + offset);
+  }
+  // Whether the block's container offset puts the container inside its arena, aligned
+  // (checked before the container is touched: a forged offset may point anywhere).
+  static bool container_fits(const ContainerBlock& b) {
+    const std::uint64_t offset =
+        std::atomic_ref(const_cast<std::uint64_t&>(b.container_offset)).load(std::memory_order_relaxed);
+    const std::uint64_t arena_end = b.arena_offset + b.arena_bytes;  // checked at open
+    return offset >= b.arena_offset && offset <= arena_end && sizeof(C) <= arena_end - offset &&
+           (reinterpret_cast<std::uintptr_t>(&b) + offset) % alignof(C) == 0;
+  }
+  static void set_container(ContainerBlock& b, const C* c) {
+    std::atomic_ref(b.container_offset)
+        .store(static_cast<std::uint64_t>(reinterpret_cast<const std::byte*>(c) -
+                                          reinterpret_cast<std::byte*>(&b)),
+               std::memory_order_relaxed);
   }
   // Runs f(container) under the lock, for reading. Throws OwnerDied if poisoned.
   template <class F> decltype(auto) read(F&& f) const {
@@ -126,6 +251,22 @@ public:
     ScopedLock held(b.lock, core_, Kind);
     check_writable(b.lock, core_, Kind);
     return f(std::as_const(container(b)));
+  }
+  // For procshare-ctl (Segment::value_text): runs f(container) under the lock, waiting
+  // for it at most until `deadline`, once the container is found to hold together inside
+  // its arena (so a forged or torn one is reported, never walked). Throws Timeout,
+  // OwnerDied if poisoned, CorruptSegment.
+  template <class F> decltype(auto) inspect(F&& f, Deadline deadline) const {
+    auto& b = block();
+    DeadlineLock held(b.lock, core_, Kind, deadline);
+    check_writable(b.lock, core_, Kind);
+    if (!container_fits(b))
+      throw_container_corrupt(core_, Kind, "the container lies outside its arena");
+    const ArenaBounds arena(reinterpret_cast<std::byte*>(&b) + b.arena_offset, b.arena_bytes);
+    const C& c = container(b);
+    if (!structure_intact(c, arena))
+      throw_container_corrupt(core_, Kind, "its contents do not hold together inside its arena");
+    return f(c);
   }
   // Runs f(container) under the lock, marked dirty; arena exhaustion is SegmentFull and
   // (the Boost containers giving the strong guarantee) leaves the container unchanged.
@@ -162,7 +303,7 @@ public:
       const std::uint64_t capacity = b.arena_bytes;
       ContainerArena arena(bip::create_only, reinterpret_cast<std::byte*>(&b) + b.arena_offset, capacity);
       C* c = arena.construct<C>(bip::anonymous_instance)(arena.get_segment_manager());
-      b.container_offset = static_cast<std::uint64_t>(reinterpret_cast<std::byte*>(c) - reinterpret_cast<std::byte*>(&b));
+      set_container(b, c);
     }
     b.lock.poisoned.store(0, std::memory_order_relaxed);
   }
@@ -185,7 +326,7 @@ public:
       ContainerArena arena(bip::create_only, reinterpret_cast<std::byte*>(b) + b->arena_offset,
                            b->arena_bytes);
       C* c = arena.construct<C>(bip::anonymous_instance)(arena.get_segment_manager());
-      b->container_offset = static_cast<std::uint64_t>(reinterpret_cast<std::byte*>(c) - reinterpret_cast<std::byte*>(b));
+      set_container(*b, c);
     } catch (...) {
       return false;
     }
@@ -195,7 +336,19 @@ public:
                           std::string_view type, std::uint64_t capacity) {
     if (intent != Intent::open && capacity < 1024) throw_small_capacity(segment, Kind, name, capacity);
     const ObjectSpec spec{Kind, type, 0, 1, 1, intent == Intent::open ? 0 : container_arena_offset + capacity};
-    return detail::place(segment, name, spec, intent, &init, &capacity).handle;
+    const Placement placed = detail::place(segment, name, spec, intent, &init, &capacity);
+    if (!placed.created) {
+      // The arena's place never changes after creation: check it once, here, so that no
+      // forged block can send reset() or a read outside the object.
+      const auto& b = *reinterpret_cast<const ContainerBlock*>(
+          resolve(placed.handle, Kind, container_arena_offset));
+      if (b.arena_offset != container_arena_offset || b.arena_bytes < 1024 ||
+          b.arena_bytes > placed.bytes - container_arena_offset)
+        throw_container_corrupt(placed.handle, Kind, "its arena lies outside the object");
+      if (!container_fits(b))
+        throw_container_corrupt(placed.handle, Kind, "the container lies outside its arena");
+    }
+    return placed.handle;
   }
 
   HandleCore core_;

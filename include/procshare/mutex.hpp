@@ -53,6 +53,11 @@ PROCSHARE_API int init_lock(RobustLock& lock, bool recursive) noexcept;
 // death, poisons a dirty object) and returns 0, or returns the error.
 PROCSHARE_API int finish_lock(RobustLock& lock, int result) noexcept;
 
+// Whether `lock` is a lock init_lock(lock, recursive) made: robust, process-shared, of the
+// right type. A lock read from a file that fails this is never locked, as glibc would
+// misbehave on it (assert, or wait for ever in a priority-inheritance path).
+PROCSHARE_API bool lock_intact(const RobustLock& lock, bool recursive) noexcept;
+
 // Locks; returns 0 or an errno value (EDEADLK: this thread holds it already).
 inline int lock(RobustLock& lock) noexcept {
   const int result = pthread_mutex_lock(&lock.mutex);
@@ -116,6 +121,24 @@ public:
   ~ScopedLock() { detail::unlock(lock_); }
   ScopedLock(const ScopedLock&) = delete;
   ScopedLock& operator=(const ScopedLock&) = delete;
+
+private:
+  RobustLock& lock_;
+};
+
+// Holds an object's lock for a scope, waiting at most until `deadline`: for readers that
+// must not hang on a lock held for ever (procshare-ctl on a wedged or forged segment).
+// Throws Timeout when the deadline passes, or the object's error if locking fails.
+class DeadlineLock {
+public:
+  DeadlineLock(RobustLock& lock, const HandleCore& handle, ObjectKind kind, Deadline deadline)
+      : lock_(lock) {
+    if (const int error = detail::lock_until(lock, deadline))
+      throw_lock_error(handle, kind, "lock", error);
+  }
+  ~DeadlineLock() { detail::unlock(lock_); }
+  DeadlineLock(const DeadlineLock&) = delete;
+  DeadlineLock& operator=(const DeadlineLock&) = delete;
 
 private:
   RobustLock& lock_;

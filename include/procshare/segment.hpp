@@ -35,6 +35,7 @@
 #include <procshare/error.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -264,6 +265,7 @@ using InitFn = bool (*)(ObjectHeader* object, const void* context);  // false: f
 struct Placement {
   HandleCore handle;
   std::uint64_t length;
+  std::uint64_t bytes;  // the object's bytes in the segment, ObjectHeader included
   bool created;
 };
 
@@ -276,6 +278,14 @@ PROCSHARE_API Placement place(Segment& segment, std::string_view name, const Obj
 // everything written but the ready word) and of an object allocation ("reserved",
 // "bumped", "constructed"), so a test can kill the process there.
 PROCSHARE_API void set_fault_hook(void (*hook)(const char* step)) noexcept;
+
+// Test-only (the fuzzer, fault tests): how long directory work waits for the directory
+// lock (default 5 s) and how long procshare-ctl's reads (Segment::value_text) wait for an
+// object's lock (default 1 s) before they throw Timeout.
+PROCSHARE_API void set_lock_wait_limits(std::chrono::milliseconds directory,
+                                        std::chrono::milliseconds inspection) noexcept;
+// The deadline of an inspection read starting now.
+PROCSHARE_API std::chrono::steady_clock::time_point inspection_deadline() noexcept;
 
 struct Mapping;  // lib/: the mapped file, its descriptor and its registry slot
 

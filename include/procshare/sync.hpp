@@ -241,6 +241,9 @@ private:
   friend class Segment;
   explicit Barrier(detail::HandleCore core) : core_(core) {}
   std::uint32_t arrive_until(detail::Deadline deadline);
+  // "broken" or "N of M waiting", for Segment::value_text; throws Timeout if its lock is
+  // still held at `deadline`.
+  std::string state_text(detail::Deadline deadline) const;
 
   detail::HandleCore core_;
 };
