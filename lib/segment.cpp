@@ -94,18 +94,7 @@ constexpr std::uint64_t align_up(std::uint64_t n, std::uint64_t alignment) {
 }
 
 std::uint64_t hash_tag(const ObjectSpec& spec) {
-  std::uint64_t hash = 0xcbf29ce484222325ULL;  // FNV-1a
-  auto mix = [&hash](const void* data, std::size_t size) {
-    for (std::size_t i = 0; i < size; ++i) {
-      hash ^= static_cast<const unsigned char*>(data)[i];
-      hash *= 0x100000001b3ULL;
-    }
-  };
-  const std::uint32_t numbers[] = {static_cast<std::uint32_t>(spec.kind), spec.elem_size,
-                                   spec.elem_align};
-  mix(numbers, sizeof numbers);
-  mix(spec.type.data(), spec.type.size());
-  return hash == 0 ? 1 : hash;
+  return tag_hash(spec.kind, spec.type, spec.elem_size, spec.elem_align);
 }
 
 Uuid random_uuid(const std::string& segment) {
