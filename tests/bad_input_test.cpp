@@ -869,6 +869,16 @@ TEST_CASE("closed queues, broken barriers and misused locks give their exact err
                                 f.mutex.try_lock_for(1s);
                               },
                               {s, "mutex 'mutex'", "try_lock_for: the calling thread already holds the lock"}),
+      throws<InvalidArgument>("procshare::lock of the same mutex twice (the first is released again)",
+                              [&] { procshare::lock(f.mutex, f.mutex); },
+                              {s, "mutex 'mutex'", "lock: the calling thread already holds the lock"}),
+      throws<InvalidArgument>("procshare::lock of a mutex this thread holds and another",
+                              [&] {
+                                f.mutex.lock();
+                                Unlocker unlock{f.mutex};
+                                procshare::lock(f.other_mutex, f.mutex);
+                              },
+                              {s, "mutex 'mutex'", "lock: the calling thread already holds the lock"}),
       throws<InvalidArgument>("Condition::wait with a lock of another mutex",
                               bounded([&] {
                                 std::unique_lock held(f.other_mutex);
@@ -1246,6 +1256,21 @@ TEST_CASE("bad Pool options, calls after close and oversized jobs are refused, a
                             [&] { pool.submit([](const std::string& x) { return x.size(); }, std::string(1 << 17, 'x')); },
                             {p, "pool", "raise PoolOptions::arena_bytes"}),
         throws<InvalidArgument>("join() before close()", [&] { pool.join(); }, {p, "pool", "join() before close()"}),
+        throws<NotFound>("inspect_pool of a segment without a pool", [&] { inspect_pool(taken_segment); },
+                         {t, "pool 'pool'", "no object of that name"}),
+        throws<NotFound>("stop_pool_jobs of a segment without a pool", [&] { stop_pool_jobs(taken_segment); },
+                         {t, "pool 'pool'", "no object of that name"}),
+        returns_true("map of no items returns no results", [&] {
+          auto job = pool.map_async(std::vector<I64>{}, twice);
+          return job.wait_for(30s) && job.get().empty();
+        }),
+        returns_true("find_first of no items finds nothing",
+                     bounded([&] { return !pool.find_first(std::vector<I64>{}, [](const I64&) { return true; }); })),
+        returns_true("map with a chunk of UINT64_MAX items runs them all",
+                     [&] {
+                       auto job = pool.map_async(Chunk{UINT64_MAX}, items, twice);
+                       return job.wait_for(30s) && job.get() == std::vector<I64>{2, 4, 6};
+                     }),
         throws<PoolClosed>("submit after close()", [&] { closed.submit([] { return 1; }); },
                            {closed_segment, "pool", closed_text}),
         throws<PoolClosed>("map after close()", [&] { closed.map(items, twice); },
