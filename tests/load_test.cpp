@@ -9,7 +9,7 @@
 // the CPUs and for the locks the tasks take.
 //
 // Iterations: 2,000,000 per process (about 3 s on 2 cores), times PROCSHARE_LOAD_SCALE (a
-// factor, default 1; 0.05 under AddressSanitizer, whose every access is checked).
+// factor, default 1; 0.25 under AddressSanitizer, whose every access is checked).
 #include "support.hpp"
 
 #include <doctest/doctest.h>
@@ -30,7 +30,7 @@ namespace {
 using I64 = std::int64_t;
 
 #if defined(__SANITIZE_ADDRESS__)
-constexpr double default_scale = 0.05;
+constexpr double default_scale = 0.25;
 #else
 constexpr double default_scale = 1.0;
 #endif
