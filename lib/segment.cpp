@@ -30,6 +30,8 @@
 #include <mutex>
 #include <new>
 #include <thread>
+#include <utility>
+#include <vector>
 
 namespace bip = boost::interprocess;
 
@@ -81,6 +83,16 @@ void register_mapping(const std::shared_ptr<Mapping>& mapping) {
 
 std::shared_ptr<Mapping> mapping_of(const Uuid& uuid) { return find_mapped(uuid); }
 
+// The last segments this process closed, with their objects' names by offset, so that a
+// stale handle's error can name its segment and object (guarded by registry_mutex).
+struct ClosedSegment {
+  Uuid uuid;
+  std::string name;
+  std::vector<std::pair<std::uint64_t, std::string>> objects;
+};
+constexpr std::size_t closed_segments_kept = 16;
+std::vector<ClosedSegment> closed_segments;  // oldest first
+
 // ---------------------------------------------------------------- helpers
 
 std::atomic<void (*)(const char*)> fault_hook{nullptr};
@@ -98,18 +110,7 @@ constexpr std::uint64_t align_up(std::uint64_t n, std::uint64_t alignment) {
 }
 
 std::uint64_t hash_tag(const ObjectSpec& spec) {
-  std::uint64_t hash = 0xcbf29ce484222325ULL;  // FNV-1a
-  auto mix = [&hash](const void* data, std::size_t size) {
-    for (std::size_t i = 0; i < size; ++i) {
-      hash ^= static_cast<const unsigned char*>(data)[i];
-      hash *= 0x100000001b3ULL;
-    }
-  };
-  const std::uint32_t numbers[] = {static_cast<std::uint32_t>(spec.kind), spec.elem_size,
-                                   spec.elem_align};
-  mix(numbers, sizeof numbers);
-  mix(spec.type.data(), spec.type.size());
-  return hash == 0 ? 1 : hash;
+  return tag_hash(spec.kind, spec.type, spec.elem_size, spec.elem_align);
 }
 
 Uuid random_uuid(const std::string& segment) {
@@ -347,6 +348,13 @@ Mapping::~Mapping() {
       slot.uuid_low.store(0, std::memory_order_relaxed);
       slot.version.fetch_add(1, std::memory_order_release);
       registry_owners[registry_slot].reset();
+      ClosedSegment closed{header().uuid, name, {}};
+      const Entry* entries = directory();
+      for (std::uint64_t i = 0; i < header().directory_slots; ++i)
+        if (entries[i].state.load(std::memory_order_acquire) == entry_ready)
+          closed.objects.emplace_back(entries[i].offset, std::string(entry_name(entries[i])));
+      if (closed_segments.size() == closed_segments_kept) closed_segments.erase(closed_segments.begin());
+      closed_segments.push_back(std::move(closed));
     }
   }
   // Unmapping a lock this process holds would hide it from the kernel's robust-futex
@@ -382,6 +390,20 @@ void throw_unresolved(const HandleCore& handle, ObjectKind kind) {
     throw NotFound("", std::string(to_string(kind)),
                    "empty handle (default-constructed, never assigned an object)");
   const auto mapping = mapping_of(handle.segment);
+  if (!mapping) {
+    std::unique_lock guard(registry_mutex);
+    for (const ClosedSegment& closed : closed_segments) {
+      if (!(closed.uuid == handle.segment)) continue;
+      std::string object = fmt::format("{} at offset {}", to_string(kind), handle.offset);
+      for (const auto& [offset, name] : closed.objects)
+        if (offset == handle.offset) object = describe_object(kind, name);
+      const std::string segment = closed.name;
+      guard.unlock();
+      throw NotFound(segment, object,
+                     "its segment is no longer open in this process (it was closed, or removed "
+                     "and recreated)");
+    }
+  }
   if (!mapping)
     throw NotFound("", std::string(to_string(kind)),
                    fmt::format("its segment (uuid {:016x}{:016x}) is not open in this process: "
@@ -411,7 +433,9 @@ std::string object_name(const HandleCore& handle) {
 }
 
 std::string describe(const HandleCore& handle, ObjectKind kind) {
-  return describe_object(kind, object_name(handle));
+  const std::string name = object_name(handle);
+  if (name.empty()) return fmt::format("{} at offset {}", to_string(kind), handle.offset);
+  return describe_object(kind, name);
 }
 
 // ---------------------------------------------------------------- place
@@ -443,12 +467,19 @@ Placement place(Segment& segment, std::string_view name, const ObjectSpec& spec,
     if (entry.kind != static_cast<std::uint32_t>(spec.kind) || entry_type(entry) != spec.type ||
         (spec.elem_size != 0 && entry.elem_size != spec.elem_size) ||
         entry.elem_align != spec.elem_align ||
-        (spec.length != 0 && entry.length != spec.length))
+        (spec.length != 0 && entry.length != spec.length)) {
+      const std::string created = describe_type(stored_kind, entry_type(entry), entry.length);
+      const std::string asked =
+          describe_type(spec.kind, spec.type, spec.length ? spec.length : entry.length);
+      // Alike by name, they differ in element size (a string queue's item size, say).
+      const std::string sizes =
+          created != asked ? std::string()
+                           : fmt::format(" (elements of {} bytes, not {})", entry.elem_size,
+                                         spec.elem_size);
       throw TypeMismatch(mapping.name, object,
-                         fmt::format("type mismatch: it was created as {}, not {}",
-                                     describe_type(stored_kind, entry_type(entry), entry.length),
-                                     describe_type(spec.kind, spec.type,
-                                                   spec.length ? spec.length : entry.length)));
+                         fmt::format("type mismatch: it was created as {}, not {}{}", created,
+                                     asked, sizes));
+    }
     if (const auto problem = entry_problem(mapping, entry); !problem.empty())
       throw CorruptSegment(mapping.name, object, problem);
     return {{h.uuid, entry.offset, entry.tag_hash}, entry.length, entry.bytes, false};

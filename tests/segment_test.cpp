@@ -277,7 +277,10 @@ TEST_CASE("a handle whose segment was closed, or removed and recreated, throws N
     stale = segment.create_value<int>("v", 3);
     CHECK(stale.load() == 3);
   }
-  CHECK_THROWS_WITH_AS(stale.load(), doctest::Contains("is not open in this process"), NotFound);
+  CHECK_THROWS_WITH_AS(stale.load(),
+                       ("segment '" + name.str() + "': value 'v': its segment is no longer open in this "
+                        "process (it was closed, or removed and recreated)").c_str(),
+                       NotFound);
   auto segment = Segment::create(name, 65536);
   segment.create_value<int>("v", 4);
   CHECK_THROWS_AS(stale.load(), NotFound);

@@ -165,6 +165,10 @@ public:
 private:
   friend class Segment;
   static constexpr ObjectKind kind = ObjectKind::array;
+  // The tag a handle of this type must carry (a handle copied bit for bit from an
+  // Array<U> carries U's and is refused).
+  static constexpr std::uint64_t tag =
+      detail::tag_hash(kind, type_name<T>::value, sizeof(T), alignof(T));
 
   explicit Array(detail::HandleCore core) : core_(core) {}
 
@@ -174,6 +178,8 @@ private:
     return length > most ? SIZE_MAX : detail::array_data_offset + length * sizeof(T);
   }
   detail::LockBlock& block() const {
+    if (core_.tag_hash != tag) [[unlikely]]
+      detail::throw_unresolved(core_, kind);
     auto* header = detail::resolve(core_, kind, detail::array_data_offset);
     return *reinterpret_cast<detail::LockBlock*>(header);
   }

@@ -335,7 +335,11 @@ public:
   static HandleCore place(Segment& segment, std::string_view name, Intent intent,
                           std::string_view type, std::uint64_t capacity) {
     if (intent != Intent::open && capacity < 1024) throw_small_capacity(segment, Kind, name, capacity);
-    const ObjectSpec spec{Kind, type, 0, 1, 1, intent == Intent::open ? 0 : container_arena_offset + capacity};
+    // Saturates (and so fails as SegmentFull) where the block's size would overflow.
+    const std::uint64_t bytes = capacity > UINT64_MAX - container_arena_offset
+                                    ? UINT64_MAX
+                                    : container_arena_offset + capacity;
+    const ObjectSpec spec{Kind, type, 0, 1, 1, intent == Intent::open ? 0 : bytes};
     const Placement placed = detail::place(segment, name, spec, intent, &init, &capacity);
     if (!placed.created) {
       // The arena's place never changes after creation: check it once, here, so that no

@@ -185,6 +185,22 @@ struct alignas(64) ObjectHeader {
 };
 static_assert(sizeof(ObjectHeader) == 64);
 
+// The type tag of objects of `kind` holding elements of canonical type `type`, size
+// `elem_size` and alignment `elem_align` (FNV-1a; never 0). Handles carry it, objects store
+// it, and typed handles check theirs against their own type's.
+constexpr std::uint64_t tag_hash(ObjectKind kind, std::string_view type, std::uint32_t elem_size,
+                                 std::uint32_t elem_align) noexcept {
+  std::uint64_t hash = 0xcbf29ce484222325ULL;
+  auto mix = [&hash](unsigned char byte) {
+    hash ^= byte;
+    hash *= 0x100000001b3ULL;
+  };
+  for (const std::uint32_t n : {static_cast<std::uint32_t>(kind), elem_size, elem_align})
+    for (int i = 0; i < 4; ++i) mix(static_cast<unsigned char>(n >> (8 * i)));  // little-endian order
+  for (const char c : type) mix(static_cast<unsigned char>(c));
+  return hash == 0 ? 1 : hash;
+}
+
 // What a handle is: trivially copyable, valid in forked children and, once the segment
 // is opened by name, in unrelated processes (resolved through the registry below).
 struct HandleCore {
@@ -231,7 +247,10 @@ inline ObjectHeader* resolve(const HandleCore& handle, ObjectKind kind, std::siz
       if (handle.offset % 64 != 0 || handle.offset > size || size - handle.offset < bytes)
         throw_unresolved(handle, kind);
       auto* header = reinterpret_cast<ObjectHeader*>(base + handle.offset);
-      if (header->tag_hash != handle.tag_hash) throw_unresolved(handle, kind);
+      // (the kind too: a handle copied bit for bit into a handle of another kind carries
+      // the tag of the object it points at)
+      if (header->tag_hash != handle.tag_hash || header->kind != static_cast<std::uint32_t>(kind))
+        throw_unresolved(handle, kind);
       return header;
     }
   }

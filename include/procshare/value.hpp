@@ -222,10 +222,16 @@ private:
   friend class Segment;
   using Block = detail::ValueBlock<T>;
   static constexpr ObjectKind kind = ObjectKind::value;
+  // The tag a handle of this type must carry (a handle copied bit for bit from a
+  // Value<U> carries U's and is refused).
+  static constexpr std::uint64_t tag =
+      detail::tag_hash(kind, type_name<T>::value, sizeof(T), alignof(T));
 
   explicit Value(detail::HandleCore core) : core_(core) {}
 
   Block& block() const {
+    if (core_.tag_hash != tag) [[unlikely]]
+      detail::throw_unresolved(core_, kind);
     return *reinterpret_cast<Block*>(detail::resolve(core_, kind, sizeof(Block)));
   }
   static void write(Block& b, const T& desired) { detail::write_guarded(b.lock, b.value, desired); }
@@ -317,10 +323,15 @@ private:
   friend class Segment;
   using Block = detail::AtomicBlock<T>;
   static constexpr ObjectKind kind = ObjectKind::atomic;
+  // The tag a handle of this type must carry (see Value).
+  static constexpr std::uint64_t tag =
+      detail::tag_hash(kind, type_name<T>::value, sizeof(T), alignof(T));
 
   explicit Atomic(detail::HandleCore core) : core_(core) {}
 
   std::atomic<T>& cell() const {
+    if (core_.tag_hash != tag) [[unlikely]]
+      detail::throw_unresolved(core_, kind);
     return reinterpret_cast<Block*>(detail::resolve(core_, kind, sizeof(Block)))->value;
   }
   static Atomic place(Segment& segment, std::string_view name, detail::Intent intent,
