@@ -1037,15 +1037,24 @@ PoolBlock& find_pool(Segment& segment) {
   const auto placed = detail::place(segment, "pool", spec, detail::Intent::open, nullptr, nullptr);
   auto& b = *reinterpret_cast<PoolBlock*>(
       detail::resolve(placed.handle, ObjectKind::pool, sizeof(PoolBlock)));
-  const std::uint64_t room = segment.size() - placed.handle.offset;
-  auto fits = [room](std::uint64_t offset, std::uint64_t bytes) {
-    return offset <= room && bytes <= room - offset;
+  // Every table must lie inside the pool's own object, after its block, aligned for what
+  // it holds (a controller reads and writes them through atomics).
+  const std::uint64_t room = std::min<std::uint64_t>(placed.bytes, segment.size() - placed.handle.offset);
+  auto fits = [room](std::uint64_t offset, std::uint64_t bytes, std::uint64_t align) {
+    return offset >= sizeof(PoolBlock) && offset % align == 0 && offset <= room && bytes <= room - offset;
   };
-  if (b.workers > detail::max_workers || b.job_slots > detail::job_slot_count ||
-      !fits(b.workers_offset, std::uint64_t{b.workers} * sizeof(detail::WorkerSlot)) ||
-      !fits(b.jobs_offset, std::uint64_t{b.job_slots} * sizeof(JobSlot)) ||
-      !fits(b.arena_offset, b.arena_bytes))
-    throw CorruptSegment(segment.name(), "pool 'pool'", "its tables lie outside the segment");
+  const char* problem = nullptr;
+  if (b.workers == 0 || b.workers > detail::max_workers || b.job_slots == 0 ||
+      b.job_slots > detail::job_slot_count)
+    problem = "its worker or job counts are out of range";
+  else if (b.ring_bytes < 4096 || b.ring_bytes > (std::uint64_t{1} << 30) || b.ring_bytes % 64 != 0)
+    problem = "its result rings have an impossible size";
+  else if (!fits(b.workers_offset, std::uint64_t{b.workers} * sizeof(detail::WorkerSlot), alignof(detail::WorkerSlot)) ||
+           !fits(b.jobs_offset, std::uint64_t{b.job_slots} * sizeof(JobSlot), alignof(JobSlot)) ||
+           !fits(b.rings_offset, std::uint64_t{b.workers} * b.ring_bytes, 64) ||
+           !fits(b.arena_offset, b.arena_bytes, 64))
+    problem = "its tables lie outside the pool or are misaligned";
+  if (problem != nullptr) throw CorruptSegment(segment.name(), "pool 'pool'", problem);
   return b;
 }
 

@@ -509,3 +509,33 @@ TEST_CASE("a pool reserves its arena as jobs use it: a big arena costs nothing u
 }
 
 }  // TEST_SUITE
+
+#include "../lib/detail/pool_layout.hpp"
+
+TEST_SUITE("pool") {
+
+TEST_CASE("a forged pool block (misaligned or outside tables) is CorruptSegment for controllers") {
+  Pool pool({.workers = 1, .arena_bytes = 1 << 16});
+  auto segment = Segment::open(pool.control_segment());
+  CHECK(inspect_pool(segment).workers.size() == 1);
+  const auto placed = detail::place(segment, "pool", {ObjectKind::pool, "", 0, 0, 0, 0},
+                                    detail::Intent::open, nullptr, nullptr);
+  auto& b = *reinterpret_cast<detail::PoolBlock*>(
+      detail::resolve(placed.handle, ObjectKind::pool, sizeof(detail::PoolBlock)));
+  auto forged = [&](std::uint64_t& field, std::uint64_t value) {
+    const std::uint64_t saved = field;
+    field = value;
+    CHECK_THROWS_AS(inspect_pool(segment), CorruptSegment);
+    CHECK_THROWS_AS(stop_pool_jobs(segment), CorruptSegment);
+    field = saved;
+  };
+  forged(b.jobs_offset, b.jobs_offset + 8);           // misaligned
+  forged(b.workers_offset, 0);                        // on top of the block
+  forged(b.rings_offset, std::uint64_t{1} << 40);     // outside
+  forged(b.arena_offset, b.arena_offset + 64 + placed.bytes);
+  forged(b.ring_bytes, 3);
+  CHECK(inspect_pool(segment).workers.size() == 1);   // intact again
+  CHECK(pool.submit([] { return 7; }).get() == 7);
+}
+
+}  // TEST_SUITE
