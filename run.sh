@@ -89,7 +89,7 @@ case "$command" in
     ;;
   asan)
     ensure_packages
-    build build-asan -Db_sanitize=address,undefined -Db_lundef=false
+    build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbenchmarks=false
     ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       PROCSHARE_STORM_ROUNDS=${PROCSHARE_STORM_ROUNDS:-20} run_tests build-asan "asan tests"
     ;;
@@ -105,7 +105,7 @@ case "$command" in
     # dies mid-write, or pair with atomics TSan does see; between threads the object's
     # lock orders everything, which TSan does model.
     ensure_packages
-    build build-tsan -Db_sanitize=thread -Db_lundef=false -Dexamples=false -Dcpp_args=-Wno-tsan \
+    build build-tsan -Db_sanitize=thread -Db_lundef=false -Dexamples=false -Dbenchmarks=false -Dcpp_args=-Wno-tsan \
       -- tests/threads_test
     TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
       run_tests build-tsan "tsan tests" --suite threads --no-rebuild
