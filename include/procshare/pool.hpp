@@ -596,7 +596,9 @@ public:
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
-  // Runs f(args...) in a worker. Throws PoolClosed after close().
+  // Runs f(args...) in a worker. Throws PoolClosed after close(). Any number of futures
+  // may be outstanding; the pool holds 1,024 jobs (submits, maps, find_firsts) in flight,
+  // so a call waits, collecting results, while the job 1,024 calls before it still runs.
   template <class F, class... Args>
   auto submit(F f, const Args&... args) {
     using R = std::invoke_result_t<F, const Args&...>;
