@@ -460,6 +460,11 @@ private:
                                         std::uint64_t);
   friend void detail::reserve(const Segment&, std::uint64_t, std::uint64_t);
   explicit Segment(std::shared_ptr<detail::Mapping> mapping, bool created);
+  // value_text of Map<K, V> `name`, V named by `value_type` ("" if V has no text form);
+  // defined and instantiated in lib/text_map_*.cpp (65 map types, compiled apart).
+  template <class K>
+  std::string map_text(std::string_view name, std::string_view value_type, const std::string& object,
+                       std::size_t max_elements, std::chrono::steady_clock::time_point deadline);
 
   std::shared_ptr<detail::Mapping> mapping_;
   bool created_ = false;  // this handle created the segment
