@@ -22,6 +22,15 @@ struct ShortLockWaits {
 
 }  // namespace
 
+namespace {
+
+// What an error about segment `name` says: "segment '<name>': " and then `rest`.
+std::string says(const SegmentName& name, std::string_view rest) {
+  return "segment '" + name.str() + "': " + std::string(rest);
+}
+
+}  // namespace
+
 TEST_SUITE("forged") {
 
 TEST_CASE("a value whose lock is held for ever reads as Timeout in value_text, not a hang") {
@@ -33,9 +42,7 @@ TEST_CASE("a value whose lock is held for ever reads as Timeout in value_text, n
   ShortLockWaits waits;
   const auto start = std::chrono::steady_clock::now();
   CHECK_THROWS_WITH_AS(segment.value_text("held"),
-                       ("segment '" + name.str() +
-                        "': value 'held': lock: the lock is still held by another thread or process")
-                           .c_str(),
+                       says(name, "value 'held': lock: the lock is still held by another thread or process").c_str(),
                        Timeout);
   CHECK(std::chrono::steady_clock::now() - start < 5s);
   const std::string report = segment_report(segment, ReportFormat::text);
@@ -64,7 +71,7 @@ TEST_CASE("a held directory lock is Timeout from objects() after the directory w
   lock.mutex.__data.__lock = 1;
   ShortLockWaits waits;
   CHECK_THROWS_WITH_AS(segment.objects(),
-                       ("segment '" + name.str() + "': the directory lock has been held for over 50 ms").c_str(),
+                       says(name, "the directory lock has been held for over 50 ms").c_str(),
                        Timeout);
   lock.mutex.__data.__lock = 0;
 }
@@ -77,7 +84,7 @@ TEST_CASE("a lock that is not a robust process-shared one is CorruptSegment, nev
   const auto saved = lock.mutex.__data;
   forge::make_plain(lock);
   const std::string expected =
-      "segment '" + name.str() + "': array 'a': its lock is not a procshare lock (robust, process-shared)";
+      says(name, "array 'a': its lock is not a procshare lock (robust, process-shared)");
   CHECK_THROWS_WITH_AS(segment.open_array<long>("a"), expected.c_str(), CorruptSegment);
   CHECK_THROWS_WITH_AS(segment.objects(), expected.c_str(), CorruptSegment);
   CHECK_THROWS_WITH_AS(segment_report(segment, ReportFormat::json), expected.c_str(), CorruptSegment);
@@ -91,7 +98,7 @@ TEST_CASE("a bool holding another byte than 0 or 1 is CorruptSegment in value_te
   auto& block = *reinterpret_cast<detail::ValueBlock<bool>*>(forge::object_bytes(flag.handle(), ObjectKind::value));
   reinterpret_cast<unsigned char&>(block.value) = 7;
   CHECK_THROWS_WITH_AS(segment.value_text("b"),
-                       ("segment '" + name.str() + "': value 'b': a bool holds the byte 0x07, not 0 or 1").c_str(),
+                       says(name, "value 'b': a bool holds the byte 0x07, not 0 or 1").c_str(),
                        CorruptSegment);
 }
 
@@ -101,7 +108,7 @@ TEST_CASE("a barrier claiming more parties than its object holds is CorruptSegme
   auto barrier = segment.create_barrier("b", 3);
   REQUIRE(forge::replace_word(barrier.handle(), ObjectKind::barrier, 192, 3, 1000));
   CHECK_THROWS_WITH_AS(segment.open_barrier("b"),
-                       ("segment '" + name.str() + "': barrier 'b': it claims 1000 parties but has room for 3").c_str(),
+                       says(name, "barrier 'b': it claims 1000 parties but has room for 3").c_str(),
                        CorruptSegment);
 }
 
@@ -112,7 +119,7 @@ TEST_CASE("a container placed outside its arena is CorruptSegment on open, not a
   vector.push_back(1);
   auto& block = forge::container_block(vector.handle(), ObjectKind::vector);
   block.container_offset += 3;  // misaligned, as the fuzzer found it
-  const std::string expected = "segment '" + name.str() + "': vector 'v': the container lies outside its arena";
+  const std::string expected = says(name, "vector 'v': the container lies outside its arena");
   CHECK_THROWS_WITH_AS(segment.open_vector<long>("v"), expected.c_str(), CorruptSegment);
   forge::misplace_container(block);
   CHECK_THROWS_WITH_AS(segment.open_vector<long>("v"), expected.c_str(), CorruptSegment);
@@ -124,7 +131,7 @@ TEST_CASE("an arena larger than its object is CorruptSegment on open") {
   auto string = segment.create_string("s", 1024);
   forge::container_block(string.handle(), ObjectKind::string).arena_bytes = 1 << 20;
   CHECK_THROWS_WITH_AS(segment.open_string("s"),
-                       ("segment '" + name.str() + "': string 's': its arena lies outside the object").c_str(),
+                       says(name, "string 's': its arena lies outside the object").c_str(),
                        CorruptSegment);
 }
 
@@ -135,7 +142,7 @@ TEST_CASE("a vector whose elements point outside its arena is CorruptSegment in 
   for (long i = 0; i < 5; ++i) vector.push_back(i);
   REQUIRE(forge::send_vector_outside(vector));
   CHECK_THROWS_WITH_AS(segment.value_text("v"),
-                       ("segment '" + name.str() + "': vector 'v': its contents do not hold together inside its arena").c_str(),
+                       says(name, "vector 'v': its contents do not hold together inside its arena").c_str(),
                        CorruptSegment);
 }
 
