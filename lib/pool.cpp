@@ -124,14 +124,15 @@ bool spin_while(const std::atomic<std::uint32_t>& word, std::uint32_t value) {
   }
 }
 
-void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
+void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
                    std::span<const std::byte> first, std::span<const std::byte> second = {});
 
 std::atomic<std::uint32_t>* current_stop = nullptr;  // the running job's stop flag
 PoolBlock* current_block = nullptr;                   // the worker's pool
 
-// Appends a record to the worker's result ring, waiting for the parent to make room.
-void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
+// Appends a record about item `index` of job `job_id` to the worker's result ring (for
+// `complete`, index is the job id too), waiting for the parent to make room.
+void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
                    std::span<const std::byte> first, std::span<const std::byte> second) {
   PoolBlock& b = *w.block;
   WorkerSlot& s = *w.slot;
@@ -141,7 +142,7 @@ void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
     static const char type_name[] = "procshare::Error";
     const std::string message =
         fmt::format("the result takes {} bytes; a worker's result ring holds {} at most", need, ring / 2);
-    append_record(w, RecordType::error, index,
+    append_record(w, RecordType::error, job_id, index,
                   std::as_bytes(std::span(type_name, sizeof type_name - 1)),
                   std::as_bytes(std::span(message.data(), message.size())));
     return;
@@ -182,8 +183,7 @@ void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
     s.ring_write.store(write, std::memory_order_release);
   }
   RecordHeader header{static_cast<std::uint32_t>(need), static_cast<std::uint32_t>(type),
-                      type == RecordType::complete ? index : s.job_id.load(std::memory_order_relaxed),
-                      index, cached_pid,
+                      job_id, index, cached_pid,
                       static_cast<std::uint32_t>(first.size()),
                       static_cast<std::uint32_t>(first.size() + second.size()), 0};
   std::byte* at = base + write % ring;
@@ -194,14 +194,16 @@ void append_record(WorkerContext& w, RecordType type, std::uint64_t index,
 }
 
 void op_emit(ChunkContext& c, std::uint64_t index, const std::byte* data, std::size_t size) {
-  append_record(*static_cast<WorkerContext*>(c.worker), RecordType::result, index,
+  auto& w = *static_cast<WorkerContext*>(c.worker);
+  append_record(w, RecordType::result, w.slot->job_id.load(std::memory_order_relaxed), index,
                 std::span(data, size));
 }
 
 void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char* message) {
   auto& w = *static_cast<WorkerContext*>(c.worker);
   const std::string name = demangle(type);
-  append_record(w, RecordType::error, index, std::as_bytes(std::span(name.data(), name.size())),
+  append_record(w, RecordType::error, w.slot->job_id.load(std::memory_order_relaxed), index,
+                std::as_bytes(std::span(name.data(), name.size())),
                 std::as_bytes(std::span(message, std::strlen(message))));
   // Counted as failed in the job at once, so a controller can react to it.
   w.slot->chunk_failed.store(w.slot->chunk_failed.load(std::memory_order_relaxed) + 1,
@@ -322,7 +324,7 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   // The worker that completes it tells the parent (a record, then a wake-up).
   const std::uint64_t id = s.job_id.load(std::memory_order_relaxed);
   if (job.settled.fetch_add(count, std::memory_order_acq_rel) + count == job.total) {
-    append_record(w, RecordType::complete, id, {});
+    append_record(w, RecordType::complete, id, id, {});
     wake_parent(*w.block);
   }
 }
@@ -364,7 +366,7 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     if (state == PoolState::terminating || state == PoolState::broken) break;
     const std::uint32_t sequence = b.work_sequence.load(std::memory_order_seq_cst);
     JobSlot* job = claim(w, preferred, preferred_for, completed);
-    for (const std::uint64_t id : completed) append_record(w, RecordType::complete, id, {});
+    for (const std::uint64_t id : completed) append_record(w, RecordType::complete, id, id, {});
     if (!completed.empty()) wake_parent(b);
     completed.clear();
     if (job == nullptr) {
