@@ -1,4 +1,5 @@
-// The futex layer: shared FUTEX_WAIT_BITSET with an absolute CLOCK_MONOTONIC deadline.
+// The futex layer: shared FUTEX_WAIT_BITSET with an absolute CLOCK_MONOTONIC deadline,
+// slept in slices of recheck_interval (see futex.hpp).
 #include <procshare/futex.hpp>
 
 #include <linux/futex.h>
@@ -10,8 +11,11 @@
 
 namespace procshare::detail {
 
-WaitResult futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
-                      Deadline deadline) noexcept {
+namespace {
+
+// One FUTEX_WAIT_BITSET on `word` until `deadline`.
+WaitResult wait_once(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                     Deadline deadline) noexcept {
   timespec when{};
   const timespec* timeout = nullptr;
   if (deadline != no_deadline) {
@@ -30,6 +34,19 @@ WaitResult futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expe
                                 FUTEX_BITSET_MATCH_ANY);
   if (result == -1 && errno == ETIMEDOUT) return WaitResult::timed_out;
   return WaitResult::woken;  // woken, EAGAIN (word changed) or EINTR: the caller re-checks
+}
+
+}  // namespace
+
+WaitResult futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                      Deadline deadline) noexcept {
+  for (;;) {
+    const Deadline slice_end = std::chrono::steady_clock::now() + recheck_interval;
+    if (deadline <= slice_end) return wait_once(word, expected, deadline);
+    // The slice ended with no wake-up: wait again. If the word moved meanwhile (its
+    // wake-up went to a process that died), the kernel refuses the wait (EAGAIN): woken.
+    if (wait_once(word, expected, slice_end) == WaitResult::woken) return WaitResult::woken;
+  }
 }
 
 int futex_wake(const std::atomic<std::uint32_t>& word, int count) noexcept {

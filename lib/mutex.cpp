@@ -90,8 +90,10 @@ int finish_lock(RobustLock& lock, int result) noexcept {
   return 0;
 }
 
-int lock_until(RobustLock& lock, Deadline deadline) noexcept {
-  if (deadline == no_deadline) return finish_lock(lock, ::pthread_mutex_lock(&lock.mutex));
+namespace {
+
+// One pthread_mutex_clocklock until `deadline`; returns its result.
+int clocklock(RobustLock& lock, Deadline deadline) noexcept {
   // steady_clock is CLOCK_MONOTONIC on Linux.
   const auto since_epoch = deadline.time_since_epoch();
   const auto seconds = std::chrono::floor<std::chrono::seconds>(since_epoch);
@@ -107,10 +109,23 @@ int lock_until(RobustLock& lock, Deadline deadline) noexcept {
   const bool taken = result == 0 || result == EOWNERDEAD;
   __tsan_mutex_post_lock(&lock.mutex,
                          __tsan_mutex_try_lock | (taken ? 0 : __tsan_mutex_try_lock_failed), 0);
-  return finish_lock(lock, result);
+  return result;
 #else
-  return finish_lock(lock, ::pthread_mutex_clocklock(&lock.mutex, CLOCK_MONOTONIC, &when));
+  return ::pthread_mutex_clocklock(&lock.mutex, CLOCK_MONOTONIC, &when);
 #endif
+}
+
+}  // namespace
+
+int lock_until(RobustLock& lock, Deadline deadline) noexcept {
+  // In slices (see mutex.hpp): a sleeper whose wake-up died with another process retries
+  // the lock when its slice ends, and takes it if it is free.
+  for (;;) {
+    const Deadline slice_end = std::chrono::steady_clock::now() + recheck_interval;
+    const bool last = deadline <= slice_end;
+    const int result = clocklock(lock, last ? deadline : slice_end);
+    if (result != ETIMEDOUT || last) return finish_lock(lock, result);
+  }
 }
 
 void throw_lock_error(const HandleCore& handle, ObjectKind kind, std::string_view operation,

@@ -16,7 +16,8 @@
 //   poisons the container (only it). Unlike a Value's, a container's structure may then
 //   be torn (a half-linked tree node), so a poisoned container refuses reads as well as
 //   writes (OwnerDied) until reset(), which empties it and makes it whole again. An
-//   exception that unwinds through a Guard poisons it too.
+//   exception that unwinds through a Guard poisons it too. Waiters for a container's
+//   lock wait in slices that retry it (mutex.hpp): a death never strands one.
 // Out of room: SegmentFull naming the container and its arena's sizes, and the
 //   container exactly as it was before the call (strong guarantee).
 // Errors: IndexOutOfRange (Vector), InvalidArgument (capacity too small), TypeMismatch,

@@ -4,7 +4,12 @@
 // releases whatever it holds, and sleeps until the word changes or a deadline passes.
 // The futexes are shared (not FUTEX_PRIVATE_FLAG), so a waker in one process wakes a
 // sleeper in another; deadlines are absolute CLOCK_MONOTONIC (std::chrono::steady_clock).
-// A sleeper that dies leaves nothing behind: the kernel drops it from the wait queue.
+// A sleeper that dies leaves nothing behind in the kernel's wait queue, but a wake-up
+// can die with a process: a wake-one handed to a sleeper that is killed before it acts,
+// or a waker killed between changing the word and waking. So no sleep relies on a
+// wake-up: futex_wait sleeps in slices of at most `recheck_interval` and re-reads the
+// word between them, so a sleeper whose word has moved wakes within one slice even if
+// its wake-up was lost. That slice is the most a death can add to any procshare wait.
 // Never pthread_cond_t or std::atomic::wait in shared memory: see DESIGN.md.
 #pragma once
 
@@ -23,14 +28,21 @@ using Deadline = std::chrono::steady_clock::time_point;
 // No deadline: wait for ever.
 inline constexpr Deadline no_deadline = Deadline::max();
 
+// The longest a procshare wait sleeps in the kernel before it re-checks its state
+// (futex_wait re-reads its word; lock_until retries the lock): the bound on what a lost
+// wake-up (a death) can cost a survivor. A sleeper costs one wake-up per interval.
+inline constexpr std::chrono::milliseconds recheck_interval{10};
+
 // The outcome of one futex_wait.
 enum class WaitResult {
   woken,      // woken, or the word no longer held `expected`, or interrupted: re-check
   timed_out,  // the deadline passed
 };
 
-// Sleeps while `word` holds `expected`, until woken or `deadline`. May return `woken`
-// spuriously: callers re-check their condition in a loop.
+// Sleeps while `word` holds `expected`, until woken or `deadline`: in slices of at most
+// recheck_interval, re-reading `word` between them, so a change of `word` ends the sleep
+// within one slice even when its wake-up was lost (taken by a process that died). May
+// return `woken` spuriously: callers re-check their condition in a loop.
 PROCSHARE_API WaitResult futex_wait(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
                                     Deadline deadline) noexcept;
 

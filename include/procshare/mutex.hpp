@@ -10,6 +10,13 @@
 //   (owner_deaths(), last_dead_owner()) and returns with the lock held; the program
 //   decides whether what the lock guarded needs repair. The shared objects (Value,
 //   Array, ...) do that themselves: see "Poisoning" in value.hpp.
+// Waiting: a free lock is taken at once; a held one is waited for in slices of
+//   detail::recheck_interval (10 ms), retrying the lock between them. A glibc robust
+//   mutex can lose its sleepers' wake-up when a process dies (a waiter woken by the
+//   unlock is killed before it takes the lock, and a newcomer's takeover drops the lock
+//   word's "waiters" bit, so no later unlock wakes anyone): a slice bounds what that
+//   costs a survivor. Every lock in procshare (objects, containers, queues, barriers,
+//   the pool, segment directories) is taken through this path.
 // Errors: NotOwner when unlock() is called by a thread that does not hold the lock;
 //   InvalidArgument when a thread relocks a (non-recursive) Mutex it already holds;
 //   NotFound when the handle's segment is not mapped in this process.
@@ -58,13 +65,23 @@ PROCSHARE_API int finish_lock(RobustLock& lock, int result) noexcept;
 // misbehave on it (assert, or wait for ever in a priority-inheritance path).
 PROCSHARE_API bool lock_intact(const RobustLock& lock, bool recursive) noexcept;
 
-// Locks; returns 0 or an errno value (EDEADLK: this thread holds it already).
+// Locks with a CLOCK_MONOTONIC deadline (no_deadline: for ever); returns 0, ETIMEDOUT or
+// another errno value. Sleeps in slices of recheck_interval, retrying the lock between
+// them: a glibc robust mutex can lose the wake-up of its sleepers when a process dies
+// (a waiter woken by an unlock is killed before it takes the lock, and a newcomer's
+// plain 0 -> tid takeover drops the lock word's "waiters" bit, so no later unlock wakes
+// the rest), and the slices bound that loss to one interval. See DESIGN.md.
+PROCSHARE_API int lock_until(RobustLock& lock, Deadline deadline) noexcept;
+
+// Locks; returns 0 or an errno value (EDEADLK: this thread holds it already). The free
+// lock is taken at once; a held one is waited for through lock_until, in slices.
 inline int lock(RobustLock& lock) noexcept {
-  const int result = pthread_mutex_lock(&lock.mutex);
+  const int result = pthread_mutex_trylock(&lock.mutex);
   if (result == 0) [[likely]] {
     lock.owner_pid = cached_pid;
     return 0;
   }
+  if (result == EBUSY) return lock_until(lock, no_deadline);
   return finish_lock(lock, result);
 }
 
@@ -78,10 +95,6 @@ inline int try_lock(RobustLock& lock) noexcept {
   return finish_lock(lock, result);
 }
 
-
-// Locks with a CLOCK_MONOTONIC deadline (no_deadline: for ever); returns 0, ETIMEDOUT or
-// another errno value.
-PROCSHARE_API int lock_until(RobustLock& lock, Deadline deadline) noexcept;
 
 // Unlocks; returns 0, or EPERM if the calling thread does not hold the lock. The holder
 // pid is cleared first, so that a holder killed before it records itself is reported as

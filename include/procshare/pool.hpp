@@ -18,6 +18,13 @@
 //   WorkerDied, and the rest of its chunk runs elsewhere; map() finishes every other item
 //   and then throws the lowest-index failure. A stopped job throws Stopped. A pool that
 //   cannot start (its initializer keeps failing) throws PoolClosed naming the reason.
+// Waiting: no pool wait depends on a single wake-up, so a death (a worker's, the
+//   supervisor's, or a controller's mid-stop) never leaves a process asleep: the parent
+//   sleeps at most 50 ms between checks of its workers' rings and of the supervisor,
+//   an idle worker at most 100 ms between looks for work, a worker with a full result
+//   ring at most 50 ms, the supervisor polls its pidfds and commands every 100 ms, and
+//   the pool's lock is waited for in slices that retry it (mutex.hpp). Every wake-up
+//   is sent after the word the sleeper re-reads has moved.
 // Threads: Pool() refuses (InvalidArgument) to fork a process that already runs other
 //   threads, unless PoolOptions::allow_threads. A Pool, its Futures and Jobs may be used
 //   from several threads of the creating process (calls are serialised).

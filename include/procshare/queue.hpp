@@ -19,6 +19,10 @@
 //   one store after it is copied out, so a producer or consumer killed at any point loses
 //   at most its own item and never wedges the queue (the lock repairs itself). A waiter
 //   killed while it sleeps costs later pushes and pops an extra wake-up call at most.
+//   A push (pop) bumps the items (space) sequence under the lock before it wakes one
+//   sleeper, and sleepers wait in slices that re-read that word (futex.hpp): a wake-up
+//   handed to a waiter killed before it acted, or lost with a waker killed before its
+//   wake call, delays the other sleepers one slice (10 ms), never for ever.
 // Errors: InvalidArgument for a capacity of 0 or above 2^31, or a string longer than
 //   max_item_bytes; QueueClosed as above; TypeMismatch, AlreadyExists, NotFound,
 //   SegmentFull, InvalidName from the Segment factories.

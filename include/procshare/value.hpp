@@ -13,7 +13,9 @@
 //   (a multi-store write of a non-scalar T, or while it held a Guard), the value is
 //   poisoned: load() still works, writes throw OwnerDied and change nothing until
 //   clear_poison(). A death anywhere else (say, inside update's f, which works on a
-//   copy) leaves the value as it was and does not poison it.
+//   copy) leaves the value as it was and does not poison it. A death never leaves a
+//   waiter for the lock asleep beside a free lock: the lock is waited for in slices
+//   that retry it (mutex.hpp), so a lost wake-up costs at most one slice (10 ms).
 // Errors: TypeMismatch on reopen under another T or kind; SegmentFull, AlreadyExists,
 //   NotFound, InvalidName on creation or opening; OwnerDied on writes to a poisoned
 //   value; NotFound when the handle's segment is not mapped in this process.
