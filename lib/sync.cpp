@@ -5,11 +5,11 @@
 
 #include <fmt/format.h>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <fstream>
 #include <span>
 #include <string>
 
@@ -39,9 +39,11 @@ struct alignas(64) EventBlock {
 struct alignas(64) ConditionBlock {
   ObjectHeader header;
   std::atomic<std::uint32_t> sequence;  // bumped by every notify: the futex word
-  std::atomic<std::uint32_t> waiters;
+  std::atomic<std::uint32_t> waiters;   // registered waiters (a dead one stays counted)
   std::uint64_t mutex_offset;           // the bound Mutex, in the same segment
   std::uint64_t mutex_tag_hash;
+  std::atomic<std::uint32_t> tickets;   // notifications not yet taken (<= waiters): a
+                                        // waiter returns notified by taking one
 };
 
 struct alignas(64) BarrierBlock {
@@ -73,14 +75,25 @@ std::span<Party> barrier_parties(BarrierBlock& b) {
           std::size_t{b.parties} * 2};
 }
 
-// Whether process `pid` has ended (gone, or a zombie nobody has reaped yet).
+// Whether process `pid` has ended (gone, or a zombie nobody has reaped yet). Reads
+// /proc/PID/stat with plain read(2): a process reaped between open and read fails the
+// read with ESRCH, which an std::ifstream would throw as std::ios_base::failure. A
+// process whose state cannot be read for another reason is taken to be alive.
 bool process_dead(std::int32_t pid) {
   if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
-  std::ifstream in(fmt::format("/proc/{}/stat", pid));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto paren = text.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
-  const char state = text[paren + 2];
+  const std::string path = fmt::format("/proc/{}/stat", pid);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT || errno == ESRCH;
+  // "pid (comm) S ...": comm is at most 16 bytes (it may hold ')'), so the state fits.
+  char text[256];
+  const ssize_t got = ::read(fd, text, sizeof text);
+  const int read_error = errno;
+  ::close(fd);
+  if (got < 0) return read_error == ESRCH;
+  const std::string_view stat(text, static_cast<std::size_t>(got));
+  const auto paren = stat.rfind(')');
+  if (paren == std::string_view::npos || paren + 2 >= stat.size()) return true;
+  const char state = stat[paren + 2];
   return state == 'Z' || state == 'X';
 }
 
@@ -284,6 +297,29 @@ std::string Event::name() const { return detail::object_name(core_); }
 
 // ---------------------------------------------------------------- Condition
 
+namespace {
+
+// Takes one notification, if one is waiting to be taken.
+bool take_ticket(ConditionBlock& b) {
+  std::uint32_t tickets = b.tickets.load();
+  while (tickets > 0)
+    if (b.tickets.compare_exchange_weak(tickets, tickets - 1)) return true;
+  return false;
+}
+
+// Leaves up to `count` more notifications, never more than there are waiters; returns
+// whether anyone waits.
+bool give_tickets(ConditionBlock& b, std::uint32_t count) {
+  const std::uint32_t waiters = b.waiters.load();
+  if (waiters == 0) return false;
+  std::uint32_t tickets = b.tickets.load();
+  while (tickets < waiters &&
+         !b.tickets.compare_exchange_weak(tickets, waiters - tickets > count ? tickets + count : waiters)) {}
+  return true;
+}
+
+}  // namespace
+
 std::cv_status Condition::wait_until_deadline(std::unique_lock<Mutex>& lock,
                                               detail::Deadline deadline) {
   auto& b = detail::block_of<ConditionBlock>(core_, ObjectKind::condition);
@@ -295,14 +331,34 @@ std::cv_status Condition::wait_until_deadline(std::unique_lock<Mutex>& lock,
   if (!lock.owns_lock())
     throw NotOwner(detail::segment_name(core_), detail::describe(core_, ObjectKind::condition),
                    "wait without holding its mutex");
+  // The sequence is read before the waiter counts itself: a notify that sees it counted
+  // moves the sequence after this read, so the sleep below sees that notify.
+  const std::uint32_t start = b.sequence.load();
   b.waiters.fetch_add(1);
-  const std::uint32_t sequence = b.sequence.load();
   lock.unlock();
-  const auto result = detail::futex_wait(b.sequence, sequence, deadline);
-  b.waiters.fetch_sub(1);
+  // A notify leaves a ticket and moves the sequence, then wakes. A waiter returns when
+  // it takes a ticket: the one meant for it, or one whose wake-up went to a waiter that
+  // died before taking it (futex_wait sees the sequence moved within one slice). Only a
+  // waiter that has seen a notify since it began may take one: a ticket left over from
+  // before (a dead waiter's) must not end a wait that no notify reached.
+  auto status = std::cv_status::no_timeout;
+  std::uint32_t sequence = start;
+  for (;;) {
+    const auto result = detail::futex_wait(b.sequence, sequence, deadline);
+    if (b.sequence.load() != start && take_ticket(b)) break;
+    if (result == detail::WaitResult::timed_out) {
+      status = std::cv_status::timeout;
+      break;
+    }
+    sequence = b.sequence.load();  // another waiter took that ticket: sleep on
+  }
+  const std::uint32_t waiters = b.waiters.fetch_sub(1) - 1;
+  // Never more tickets than waiters: one left by a notify that raced this timeout would
+  // otherwise wake a later waiter for a notify it never saw.
+  std::uint32_t tickets = b.tickets.load();
+  while (tickets > waiters && !b.tickets.compare_exchange_weak(tickets, waiters)) {}
   lock.lock();
-  return result == detail::WaitResult::timed_out ? std::cv_status::timeout
-                                                 : std::cv_status::no_timeout;
+  return status;
 }
 
 void Condition::wait(std::unique_lock<Mutex>& lock) {
@@ -311,14 +367,18 @@ void Condition::wait(std::unique_lock<Mutex>& lock) {
 
 void Condition::notify_one() {
   auto& b = detail::block_of<ConditionBlock>(core_, ObjectKind::condition);
-  b.sequence.fetch_add(1);
-  if (b.waiters.load() > 0) detail::futex_wake(b.sequence, 1);
+  if (give_tickets(b, 1)) {
+    b.sequence.fetch_add(1);
+    detail::futex_wake(b.sequence, 1);
+  }
 }
 
 void Condition::notify_all() {
   auto& b = detail::block_of<ConditionBlock>(core_, ObjectKind::condition);
-  b.sequence.fetch_add(1);
-  if (b.waiters.load() > 0) detail::futex_wake(b.sequence);
+  if (give_tickets(b, UINT32_MAX)) {
+    b.sequence.fetch_add(1);
+    detail::futex_wake(b.sequence);
+  }
 }
 
 Mutex Condition::mutex() const {

@@ -7,6 +7,12 @@
 //   wake-ups, sets and destruction work as if it had never waited. Timed calls take
 //   std::chrono durations or time points; they return false (or throw, where stated)
 //   no earlier than the deadline.
+// Deaths never strand a waiter: no wait relies on a wake-up reaching it. Each sleeps in
+//   slices of detail::recheck_interval (10 ms) and re-reads its futex word between
+//   them, and every state change a waiter waits for moves that word before the wake-up
+//   is sent. So a wake-up that dies with a process (a wake-one handed to a waiter killed
+//   before it acted, or a waker killed between its store and its wake call) costs the
+//   other waiters at most one slice. Each class below says why for its own waits.
 // Visibility: release()/set()/notify_*()/a completed barrier round happen-before the
 //   acquire()/wait() they release returns (acquire/release ordering).
 // Owner death: Semaphore units held by a process that dies are not given back (as in
@@ -34,6 +40,11 @@ namespace procshare {
 
 // Semaphore: a counter that acquire() decrements, waiting while it is 0, and release()
 // increments (Python's multiprocessing.Semaphore). Lock-free: no process holds a lock.
+// Deaths: the count is the futex word. A release() raises it (one atomic step) before it
+//   wakes anyone, so a waiter whose wake-up died (handed to a waiter killed before it
+//   took the unit, or never sent by a releaser killed after its increment) sees the
+//   count above 0 within one slice and takes the unit. A waiter killed while it sleeps
+//   leaves a stale waiter count, which costs releases a wake-up call at most.
 class PROCSHARE_API Semaphore {
 public:
   // An empty handle: every call throws NotFound until one is assigned.
@@ -90,6 +101,10 @@ private:
 // Event: a flag processes can sleep on until it is set (Python's multiprocessing.Event).
 // set() wakes every waiter; a waiter returns true if the flag was set at any moment
 // during its wait, even if it was cleared again before the waiter ran.
+// Deaths: the flag and a count of sets share the futex word, which set() changes in one
+//   step before it wakes. A setter killed between that step and its wake-up (after which
+//   a later set() finds the flag set and wakes nobody) leaves waiters asleep at most one
+//   slice: they re-read the word, see the set, and return true.
 class PROCSHARE_API Event {
 public:
   // An empty handle: every call throws NotFound until one is assigned.
@@ -130,11 +145,18 @@ private:
 // multiprocessing.Condition), used with std::unique_lock<Mutex>.
 // Guarded by: the bound Mutex, which wait() releases while it sleeps and retakes before
 //   it returns (also when the wait times out or throws).
-// Waking: notify_one() wakes at least one sleeping waiter if there is one, notify_all()
-//   all of them; wait(lock) may also return spuriously, so wait in a loop or use
-//   wait(lock, pred).
-// Owner death: a waiter killed while it sleeps leaves nothing behind; if the Mutex's
-//   holder dies, wait() retakes it as Mutex::lock() does (the death is counted).
+// Waking: notify_one() wakes one waiter that is waiting when it is called, if there is
+//   one, notify_all() every one of them; wait(lock) may also return spuriously (rarely:
+//   after a waiter's death), so wait in a loop or use wait(lock, pred).
+// Owner death: if the Mutex's holder dies, wait() retakes it as Mutex::lock() does (the
+//   death is counted). A notify leaves a ticket per waiter it wakes (never more tickets
+//   than waiters), moves the futex word (a sequence), then wakes; a waiter returns
+//   notified when it takes a ticket. A notify_one() whose wake-up went to a waiter killed
+//   before it took its ticket, or a notifier killed between moving the sequence and its
+//   wake call, leaves the ticket to the other waiters, who see the sequence moved within
+//   one slice (10 ms) and take it. A waiter killed while it sleeps stays counted as a
+//   waiter: a later notify_all() may then leave tickets no one takes, and a later notify
+//   wake more waiters than asked (spurious wake-ups), never fewer.
 // Errors: InvalidArgument when the lock is of another Mutex than the bound one;
 //   NotOwner when it is not held.
 class PROCSHARE_API Condition {
@@ -202,7 +224,9 @@ private:
 //   called register_party() (so that dying before it arrives also breaks the barrier),
 //   until it calls unregister_party().
 // Owner death: the barrier's own lock repairs itself; a holder dying mid-update breaks
-//   the barrier rather than leaving it inconsistent.
+//   the barrier rather than leaving it inconsistent. Its lock is waited for in slices
+//   (mutex.hpp) and a round's end bumps the futex word (the epoch) before the wake-up,
+//   so no waiter depends on a wake-up: the liveness check above is always reached.
 class PROCSHARE_API Barrier {
 public:
   // An empty handle: every call throws NotFound until one is assigned.
