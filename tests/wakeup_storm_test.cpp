@@ -1,0 +1,949 @@
+// Lost wake-up storms: a death must never leave a survivor asleep beside a free lock or an
+// available item. A matrix of shapes (one Value op, a guard, a guard with a second
+// object's lock inside, Mutex, RecursiveMutex, try_lock_for, Condition, Semaphore, Queue
+// of capacity 1 and 4, Barrier, Event, a pool task) runs at 2, 4 and 8 processes (more
+// than this machine's cores). In every round one victim is SIGKILLed at a moment drawn
+// uniformly over the measured length of a round (calibrated first, so that it dies
+// mid-work), and then:
+//   - every survivor finishes (a round that is still running 20 s after its start fails);
+//   - totals are exact but for the victim's own in-flight operation;
+//   - a watchdog samples every survivor's /proc/PID/syscall: one that sleeps in a futex
+//     wait for over 1 s on a word that no longer holds the value it waits for (a free
+//     lock, a moved sequence word: its wake-up was lost) fails the round at once.
+// Deterministic probes then kill a waiter right after it was woken: the victim is
+// SCHED_IDLE on the waker's CPU, so it cannot run between the wake-up and the waker's
+// SIGKILL, and the wake-up dies with it; the other sleeper must still get the lock, the
+// notification, the unit, the item or the slot.
+// Rounds per shape and process count: PROCSHARE_WAKEUP_ROUNDS, else PROCSHARE_STORM_ROUNDS
+// / 20 (10 by default, 1 under run.sh asan), times PROCSHARE_SOAK. PROCSHARE_WAKEUP_PROCS
+// (e.g. "4,8") picks the process counts; doctest's -tc picks shapes.
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <fmt/format.h>
+
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <sstream>
+
+using namespace procshare;
+using procshare::test::SegmentName;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// ------------------------------------------------------------------ settings
+
+int env_int(const char* name, int fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr ? std::max(1, std::atoi(value)) : fallback;
+}
+
+int rounds_per_case() {
+  int n = std::max(1, env_int("PROCSHARE_STORM_ROUNDS", 200) / 20);
+  n = env_int("PROCSHARE_WAKEUP_ROUNDS", n);
+  return n * env_int("PROCSHARE_SOAK", 1);
+}
+
+std::vector<int> process_counts() {
+  std::vector<int> counts;
+  if (const char* list = std::getenv("PROCSHARE_WAKEUP_PROCS")) {
+    std::stringstream in(list);
+    std::string item;
+    while (std::getline(in, item, ','))
+      if (const int n = std::atoi(item.c_str()); n >= 2) counts.push_back(n);
+  }
+  if (counts.empty()) counts = {2, 4, 8};
+  return counts;
+}
+
+constexpr auto stale_limit = 1s;     // asleep this long on a moved word: a lost wake-up
+constexpr auto round_limit = 20s;    // a round still running then has hung
+constexpr auto target_length = 40ms; // a calibrated round without a kill lasts about this
+
+// ------------------------------------------------------------------ the watchdog
+
+// What a process is doing, from /proc/PID/syscall: asleep in a futex wait on `address`
+// expecting `expected`, or not.
+struct FutexSleep {
+  std::uintptr_t address = 0;
+  std::uint32_t expected = 0;
+  bool operator==(const FutexSleep&) const = default;
+};
+
+std::optional<FutexSleep> futex_sleep_of(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/syscall", pid));
+  long number = -1;
+  if (!(in >> number) || number != SYS_futex) return std::nullopt;
+  std::string address, operation, expected;
+  if (!(in >> address >> operation >> expected)) return std::nullopt;
+  const unsigned long op = std::stoul(operation, nullptr, 16) & FUTEX_CMD_MASK;
+  if (op != FUTEX_WAIT && op != FUTEX_WAIT_BITSET) return std::nullopt;
+  return FutexSleep{std::stoul(address, nullptr, 16),
+                    static_cast<std::uint32_t>(std::stoul(expected, nullptr, 16))};
+}
+
+// The 32-bit word at `address` in process `pid`.
+std::optional<std::uint32_t> read_word(pid_t pid, std::uintptr_t address) {
+  std::uint32_t word = 0;
+  iovec local{&word, sizeof word};
+  iovec remote{reinterpret_cast<void*>(address), sizeof word};
+  if (::process_vm_readv(pid, &local, 1, &remote, 1, 0) != sizeof word) return std::nullopt;
+  return word;
+}
+
+// Samples processes; remembers since when each has slept on a word that moved.
+class Watchdog {
+public:
+  // Checks `pid` now; returns a description if it has slept on a moved word for longer
+  // than stale_limit.
+  std::optional<std::string> check(pid_t pid) {
+    const auto sleep = futex_sleep_of(pid);
+    std::optional<std::uint32_t> word;
+    if (sleep) word = read_word(pid, sleep->address);
+    if (!sleep || !word || *word == sleep->expected) {
+      stale_.erase(pid);
+      return std::nullopt;
+    }
+    const auto now = Clock::now();
+    auto [entry, fresh] = stale_.try_emplace(pid, Stale{*sleep, now});
+    if (!fresh && !(entry->second.sleep == *sleep)) entry->second = Stale{*sleep, now};
+    if (now - entry->second.since < stale_limit) return std::nullopt;
+    return fmt::format("process {} has slept {} ms in futex_wait on {:#x}, expecting {:#x}, "
+                       "while the word holds {:#x}: a lost wake-up",
+                       pid,
+                       std::chrono::duration_cast<std::chrono::milliseconds>(now - entry->second.since).count(),
+                       sleep->address, sleep->expected, *word);
+  }
+
+private:
+  struct Stale {
+    FutexSleep sleep;
+    Clock::time_point since;
+  };
+  std::map<pid_t, Stale> stale_;
+};
+
+// ------------------------------------------------------------------ shapes
+
+// One kind of work. setup() runs in the parent before the fork, work() in child i of n
+// (its exit code: 0, or a shape's own code for an expected outcome) after prepare(i),
+// tick() in the parent
+// every few ms once the round started (it may end what needs ending: close a queue whose
+// producers are all gone), check() after every process ended.
+struct Shape {
+  virtual ~Shape() = default;
+  virtual void setup(Segment& segment, int n) = 0;
+  // Runs in child i before the round starts (before the kill timer runs).
+  virtual void prepare(int i) { (void)i; }
+  virtual int work(int i, int n, std::int64_t iterations) = 0;
+  virtual void tick(const std::vector<char>& ended, int n) { (void)ended, (void)n; }
+  // `victim`: the killed process, or -1 in a calibration round; `codes`: exit codes.
+  virtual void check(int n, int victim, std::int64_t iterations, const std::vector<int>& codes) = 0;
+
+  // Per-process progress counters (lock-free: they take no lock of the shape's own).
+  void make_progress(Segment& segment, int n) {
+    progress.clear();
+    for (int i = 0; i < n; ++i)
+      progress.push_back(segment.create_atomic<std::int64_t>(fmt::format("progress-{}", i), 0));
+  }
+  std::int64_t total(int n, int except = -1) const {
+    std::int64_t sum = 0;
+    for (int i = 0; i < n; ++i)
+      if (i != except) sum += progress[static_cast<std::size_t>(i)].load();
+    return sum;
+  }
+  // Checks that every survivor did all its iterations.
+  void check_survivors(int n, int victim, std::int64_t iterations) const {
+    for (int i = 0; i < n; ++i)
+      if (i != victim) CHECK(progress[static_cast<std::size_t>(i)].load() == iterations);
+  }
+  std::vector<Atomic<std::int64_t>> progress;
+};
+
+// Exit code of a child that ended as its shape allows after a death (BrokenBarrier).
+constexpr int expected_break = 3;
+
+// Retries `f` after clearing `object`'s poison (a victim died inside its write: the
+// survivors repair and go on, as a program would).
+template <class Object, class F> void repairing(Object& object, F f) {
+  for (;;) {
+    try {
+      f();
+      return;
+    } catch (const OwnerDied&) {
+      object.clear_poison();
+    }
+  }
+}
+
+// Value += 1.
+struct ValueOp : Shape {
+  Value<std::int64_t> v;
+  void setup(Segment& s, int n) override {
+    v = s.create_value<std::int64_t>("v", 0);
+    make_progress(s, n);
+  }
+  int work(int i, int, std::int64_t iterations) override {
+    for (std::int64_t k = 0; k < iterations; ++k) {
+      v += 1;
+      progress[static_cast<std::size_t>(i)].store(k + 1);
+    }
+    return 0;
+  }
+  void check(int n, int victim, std::int64_t iterations, const std::vector<int>&) override {
+    check_survivors(n, victim, iterations);
+    const std::int64_t expected = total(n);
+    CHECK((v.load() == expected || (victim >= 0 && v.load() == expected + 1)));
+  }
+};
+
+// A guard on a Value: auto g = v.lock(); *g += 1; and with `nested`, a second object's
+// lock taken inside it (an Array update, which also keeps the progress).
+struct ValueGuard : Shape {
+  explicit ValueGuard(bool nested) : nested(nested) {}
+  bool nested;
+  Value<std::int64_t> v;
+  Array<std::int64_t> done;
+  void setup(Segment& s, int n) override {
+    v = s.create_value<std::int64_t>("v", 0);
+    done = s.create_array<std::int64_t>("done", static_cast<std::size_t>(n));
+    make_progress(s, n);
+  }
+  int work(int i, int, std::int64_t iterations) override {
+    const auto index = static_cast<std::size_t>(i);
+    for (std::int64_t k = 0; k < iterations; ++k) {
+      repairing(v, [&] {
+        auto g = v.lock();
+        *g += 1;
+        if (nested) repairing(done, [&] { done.update(index, [](std::int64_t x) { return x + 1; }); });
+      });
+      progress[index].store(k + 1);
+    }
+    return 0;
+  }
+  void check(int n, int victim, std::int64_t iterations, const std::vector<int>&) override {
+    check_survivors(n, victim, iterations);
+    std::int64_t expected = 0;
+    for (int i = 0; i < n; ++i)
+      expected += nested ? done.load(static_cast<std::size_t>(i)) : progress[static_cast<std::size_t>(i)].load();
+    if (nested)
+      for (int i = 0; i < n; ++i)
+        if (i != victim) CHECK(done.load(static_cast<std::size_t>(i)) == iterations);
+    CHECK((v.load() == expected || (victim >= 0 && v.load() == expected + 1)));
+  }
+};
+
+// A counter read and written (not atomically) under a Mutex or a RecursiveMutex (taken
+// twice), or under a Mutex taken with try_lock_for in short tries: a broken exclusion
+// loses counts.
+enum class LockWay { plain, recursive, timed };
+struct LockCounter : Shape {
+  explicit LockCounter(LockWay way) : way(way) {}
+  LockWay way;
+  Mutex m;
+  RecursiveMutex r;
+  Atomic<std::int64_t> counter;
+  void setup(Segment& s, int n) override {
+    m = s.create_mutex("m");
+    r = s.create_recursive_mutex("r");
+    counter = s.create_atomic<std::int64_t>("counter", 0);
+    make_progress(s, n);
+  }
+  int work(int i, int, std::int64_t iterations) override {
+    for (std::int64_t k = 0; k < iterations; ++k) {
+      if (way == LockWay::recursive) {
+        r.lock();
+        r.lock();
+      } else if (way == LockWay::timed) {
+        while (!m.try_lock_for(2ms)) {}
+      } else {
+        m.lock();
+      }
+      counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      if (way == LockWay::recursive) {
+        r.unlock();
+        r.unlock();
+      } else {
+        m.unlock();
+      }
+      progress[static_cast<std::size_t>(i)].store(k + 1);
+    }
+    return 0;
+  }
+  void check(int n, int victim, std::int64_t iterations, const std::vector<int>&) override {
+    check_survivors(n, victim, iterations);
+    const std::int64_t expected = total(n);
+    CHECK((counter.load() == expected || (victim >= 0 && counter.load() == expected + 1)));
+  }
+};
+
+// Producers (even i) and consumers (odd i). Every shape of them ends the same way: once
+// every producer has ended and what they made is consumed, the parent closes the channel
+// and the consumers leave (and once no consumer is left, producers blocked on a full
+// queue leave too). A lost wake-up leaves an item
+// unconsumed, so the channel is never closed and the round hangs (and the watchdog sees
+// the sleeper on its moved word).
+struct Channel : Shape {
+  static bool producer(int i) { return i % 2 == 0; }
+  bool closed_once = false;
+  // Starts a round: progress counters, and the channel open.
+  void start(Segment& segment, int n) {
+    make_progress(segment, n);
+    closed_once = false;
+  }
+  void tick(const std::vector<char>& ended, int n) override {
+    if (closed_once) return;
+    bool producers_left = false, consumers_left = false;
+    for (int i = 0; i < n; ++i) (producer(i) ? producers_left : consumers_left) |= !ended[static_cast<std::size_t>(i)];
+    if ((!producers_left && drained()) || !consumers_left) {
+      close();
+      closed_once = true;
+    }
+  }
+  virtual bool drained() = 0;
+  virtual void close() = 0;
+  // Items made and taken: equal, but for one item in the victim's hands.
+  void check_counts(int n, int victim, std::int64_t iterations, bool consumers_survived) {
+    std::int64_t made = 0, taken = 0;
+    for (int i = 0; i < n; ++i) (producer(i) ? made : taken) += progress[static_cast<std::size_t>(i)].load();
+    for (int i = 0; i < n; ++i)
+      if (i != victim && producer(i) && consumers_survived) CHECK(progress[static_cast<std::size_t>(i)].load() == iterations);
+    if (consumers_survived) CHECK((taken == made || (victim >= 0 && (taken + 1 == made || taken == made + 1))));
+  }
+  static bool consumers_survive(int n, int victim) {
+    for (int i = 0; i < n; ++i)
+      if (!producer(i) && i != victim) return true;
+    return false;
+  }
+};
+
+// Condition + Mutex: producers add to a count and notify_one; consumers wait for it.
+struct ConditionChannel : Channel {
+  Mutex m;
+  Condition cv;
+  Atomic<std::int64_t> made, taken, closed;  // written under m
+  void setup(Segment& s, int n) override {
+    m = s.create_mutex("m");
+    cv = s.create_condition("cv", m);
+    made = s.create_atomic<std::int64_t>("made", 0);
+    taken = s.create_atomic<std::int64_t>("taken", 0);
+    closed = s.create_atomic<std::int64_t>("closed", 0);
+    start(s, n);
+  }
+  int work(int i, int, std::int64_t iterations) override {
+    auto& mine = progress[static_cast<std::size_t>(i)];
+    if (producer(i)) {
+      for (std::int64_t k = 0; k < iterations; ++k) {
+        std::unique_lock lock(m);
+        made.store(made.load() + 1);
+        cv.notify_one();
+        lock.unlock();
+        mine.store(k + 1);
+      }
+      return 0;
+    }
+    for (std::int64_t k = 0;; ++k) {
+      std::unique_lock lock(m);
+      cv.wait(lock, [&] { return made.load() > taken.load() || closed.load() != 0; });
+      if (made.load() == taken.load()) return 0;  // closed, and nothing left
+      taken.store(taken.load() + 1);
+      lock.unlock();
+      mine.store(k + 1);
+    }
+  }
+  bool drained() override {
+    std::unique_lock lock(m);
+    return made.load() == taken.load();
+  }
+  void close() override {
+    std::unique_lock lock(m);
+    closed.store(1);
+    cv.notify_all();
+  }
+  void check(int n, int victim, std::int64_t iterations, const std::vector<int>&) override {
+    check_counts(n, victim, iterations, consumers_survive(n, victim));
+    if (consumers_survive(n, victim)) CHECK(made.load() == taken.load());
+  }
+};
+
+// Semaphore: producers release one unit each time; consumers acquire; closing releases
+// one unit per consumer, which then sees `closed`.
+struct SemaphoreChannel : Channel {
+  Semaphore units;
+  Atomic<std::int64_t> closed;
+  int consumers = 0;
+  void setup(Segment& s, int n) override {
+    units = s.create_semaphore("units", 0);
+    closed = s.create_atomic<std::int64_t>("closed", 0);
+    consumers = n / 2;
+    start(s, n);
+  }
+  int work(int i, int, std::int64_t iterations) override {
+    auto& mine = progress[static_cast<std::size_t>(i)];
+    if (producer(i)) {
+      for (std::int64_t k = 0; k < iterations; ++k) {
+        units.release();
+        mine.store(k + 1);
+      }
+      return 0;
+    }
+    for (std::int64_t k = 0;; ++k) {
+      units.acquire();
+      if (closed.load() != 0) return 0;
+      mine.store(k + 1);
+    }
+  }
+  bool drained() override { return units.value() == 0; }
+  void close() override {
+    closed.store(1);
+    units.release(static_cast<std::uint32_t>(consumers));
+  }
+  void check(int n, int victim, std::int64_t iterations, const std::vector<int>&) override {
+    check_counts(n, victim, iterations, consumers_survive(n, victim));
+  }
+};
+
+// Queue<long> of a given capacity: producers push, consumers pop until it is closed.
+struct QueueChannel : Channel {
+  explicit QueueChannel(std::uint32_t capacity) : capacity(capacity) {}
+  std::uint32_t capacity;
+  Queue<std::int64_t> q;
+  void setup(Segment& s, int n) override {
+    q = s.create_queue<std::int64_t>("q", capacity);
+    start(s, n);
+  }
+  int work(int i, int, std::int64_t iterations) override {
+    auto& mine = progress[static_cast<std::size_t>(i)];
+    try {
+      if (producer(i)) {
+        for (std::int64_t k = 0; k < iterations; ++k) {
+          q.push(k);
+          mine.store(k + 1);
+        }
+        return 0;
+      }
+      for (std::int64_t k = 0;; ++k) {
+        q.pop();
+        mine.store(k + 1);
+      }
+    } catch (const QueueClosed&) {
+      return 0;  // a consumer's normal end; a producer's once every consumer died
+    }
+  }
+  bool drained() override { return q.size() == 0; }
+  void close() override { q.close(); }
+  void check(int n, int victim, std::int64_t iterations, const std::vector<int>&) override {
+    check_counts(n, victim, iterations, consumers_survive(n, victim));
+    if (consumers_survive(n, victim)) CHECK(q.size() == 0);
+  }
+};
+
+// Barrier: every process a registered party, `iterations` rounds. A party's death breaks
+// it: the survivors then leave with BrokenBarrier (never another exception, never a hang).
+struct BarrierRounds : Shape {
+  Barrier b;
+  void setup(Segment& s, int n) override {
+    b = s.create_barrier("b", static_cast<std::uint32_t>(n));
+    make_progress(s, n);
+  }
+  void prepare(int) override { b.register_party(); }
+  int work(int i, int, std::int64_t iterations) override {
+    try {
+      for (std::int64_t k = 0; k < iterations; ++k) {
+        b.arrive_and_wait();
+        progress[static_cast<std::size_t>(i)].store(k + 1);
+      }
+    } catch (const BrokenBarrier&) {
+      return expected_break;
+    }
+    return 0;
+  }
+  void check(int n, int victim, std::int64_t iterations, const std::vector<int>& codes) override {
+    bool broken = false;
+    for (int i = 0; i < n; ++i)
+      if (i != victim) {
+        const int code = codes[static_cast<std::size_t>(i)];
+        CHECK((code == 0 || (victim >= 0 && code == expected_break)));
+        broken |= code == expected_break;
+        if (code == 0) CHECK(progress[static_cast<std::size_t>(i)].load() == iterations);
+      }
+    if (broken && victim >= 0) CHECK(progress[static_cast<std::size_t>(victim)].load() < iterations);
+  }
+};
+
+// Event: process 0 sets and clears it `iterations` times and leaves it set; the others
+// wait for it as often. If the setter dies, the parent sets it (a set() that finds it
+// already set, because the setter died between its store and its wake-up, must not leave
+// the waiters asleep).
+struct EventToggle : Shape {
+  Event e;
+  bool set_once = false;
+  void setup(Segment& s, int n) override {
+    e = s.create_event("e");
+    make_progress(s, n);
+    set_once = false;
+  }
+  int work(int i, int, std::int64_t iterations) override {
+    auto& mine = progress[static_cast<std::size_t>(i)];
+    for (std::int64_t k = 0; k < iterations; ++k) {
+      if (i == 0) {
+        e.set();
+        e.clear();
+      } else {
+        e.wait();
+      }
+      mine.store(k + 1);
+    }
+    if (i == 0) e.set();
+    return 0;
+  }
+  void tick(const std::vector<char>& ended, int) override {
+    if (ended[0] && !set_once) {
+      e.set();
+      set_once = true;
+    }
+  }
+  void check(int n, int victim, std::int64_t iterations, const std::vector<int>&) override {
+    check_survivors(n, victim, iterations);
+  }
+};
+
+// ------------------------------------------------------------------ one round
+
+struct RoundOutcome {
+  Clock::duration length{};      // from the start to the last process's end
+  Clock::duration first_end{};   // from the start to the first survivor's end
+  bool victim_mid_work = false;  // the victim was still running when killed
+};
+
+// Runs one round of `shape` with n processes doing `iterations` each; kills process
+// `victim` (-1: nobody) `kill_after` after the start.
+RoundOutcome run_round(Shape& shape, int n, std::int64_t iterations, int victim,
+                       Clock::duration kill_after, const char* label) {
+  SegmentName name(label);
+  auto segment = Segment::create(name, 1 << 20);
+  shape.setup(segment, n);
+  int gate[2], ready[2];
+  REQUIRE(::pipe2(gate, O_CLOEXEC) == 0);
+  REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
+  std::fflush(nullptr);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::close(gate[1]);
+      ::close(ready[0]);
+      char byte = 1;
+      try {
+        shape.prepare(i);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s: process %d: %s\n", label, i, e.what());
+        ::_exit(1);
+      }
+      if (::write(ready[1], &byte, 1) != 1) ::_exit(1);
+      while (::read(gate[0], &byte, 1) > 0) {}  // until the parent closes the gate
+      int code = 1;
+      try {
+        code = shape.work(i, n, iterations);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s: process %d: %s\n", label, i, e.what());
+      }
+      ::_exit(code);
+    }
+    pids.push_back(pid);
+  }
+  ::close(gate[0]);
+  ::close(ready[1]);
+  for (int i = 0; i < n; ++i) {  // every child prepared (or ended)
+    char byte;
+    if (::read(ready[0], &byte, 1) != 1) break;
+  }
+  ::close(ready[0]);
+  const auto start = Clock::now();
+  ::close(gate[1]);
+
+  RoundOutcome outcome;
+  std::vector<char> ended(static_cast<std::size_t>(n), 0);
+  std::vector<int> codes(static_cast<std::size_t>(n), -1);
+  Watchdog watchdog;
+  bool killed = victim < 0;
+  std::string failure;
+  for (int left = n; left > 0;) {
+    const auto now = Clock::now();
+    if (!killed && now - start >= kill_after) {
+      outcome.victim_mid_work = !ended[static_cast<std::size_t>(victim)];
+      ::kill(pids[static_cast<std::size_t>(victim)], SIGKILL);
+      killed = true;
+    }
+    for (int i = 0; i < n; ++i) {
+      auto& done = ended[static_cast<std::size_t>(i)];
+      if (done) continue;
+      int status = 0;
+      if (::waitpid(pids[static_cast<std::size_t>(i)], &status, WNOHANG) == pids[static_cast<std::size_t>(i)]) {
+        done = 1;
+        --left;
+        codes[static_cast<std::size_t>(i)] = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+        outcome.length = Clock::now() - start;
+        if (i != victim && outcome.first_end == Clock::duration::zero()) outcome.first_end = outcome.length;
+      } else if (killed && failure.empty()) {
+        if (auto stall = watchdog.check(pids[static_cast<std::size_t>(i)])) failure = *stall;
+      }
+    }
+    if (killed) shape.tick(ended, n);
+    if (failure.empty() && now - start > round_limit)
+      failure = fmt::format("the round still runs {} s after its start", round_limit.count());
+    if (!failure.empty()) {
+      for (int i = 0; i < n; ++i)
+        if (!ended[static_cast<std::size_t>(i)]) {
+          if (auto sleep = futex_sleep_of(pids[static_cast<std::size_t>(i)]))
+            failure += fmt::format("\n  process {} (pid {}) sleeps on {:#x} expecting {:#x}", i,
+                                   pids[static_cast<std::size_t>(i)], sleep->address, sleep->expected);
+          ::kill(pids[static_cast<std::size_t>(i)], SIGKILL);
+          ::waitpid(pids[static_cast<std::size_t>(i)], nullptr, 0);
+        }
+      FAIL_CHECK(std::string(label) << " (" << n << " processes, victim " << victim << "): " << failure);
+      return outcome;
+    }
+    if (left > 0) std::this_thread::sleep_for(std::chrono::milliseconds(killed ? 5 : 1));
+  }
+  for (int i = 0; i < n; ++i)
+    if (i != victim && codes[static_cast<std::size_t>(i)] != 0 &&
+        codes[static_cast<std::size_t>(i)] != expected_break)
+      FAIL_CHECK(std::string(label) << ": process " << i << " ended with code " << codes[static_cast<std::size_t>(i)]);
+  shape.check(n, victim, iterations, codes);
+  return outcome;
+}
+
+// Calibrates the iterations so that a round without a kill lasts about target_length;
+// then runs the rounds, each with a random victim killed at a moment drawn uniformly
+// from the start to when the first process ends (the median of the last three rounds'
+// first ends, so that the draw follows the machine's load), so that it dies mid-work.
+// Most victims must die mid-work.
+void storm(const char* label, const std::function<std::unique_ptr<Shape>()>& make) {
+  std::mt19937 random(static_cast<unsigned>(::getpid()) ^ static_cast<unsigned>(std::hash<std::string>{}(label)));
+  int all_rounds = 0, all_mid_work = 0;
+  for (const int n : process_counts()) {
+    auto shape = make();
+    std::int64_t iterations = 16;
+    while (run_round(*shape, n, iterations, -1, {}, label).length < target_length / 2 &&
+           iterations < (std::int64_t{1} << 24))
+      iterations *= 2;
+    std::vector<Clock::duration> first_ends;  // the last three
+    for (int i = 0; i < 3; ++i)
+      first_ends.push_back(run_round(*shape, n, iterations, -1, {}, label).first_end);
+    auto median = [&] {
+      auto sorted = first_ends;
+      std::sort(sorted.begin(), sorted.end());
+      return sorted[1];
+    };
+    const int rounds = rounds_per_case();
+    int mid_work = 0;
+    for (int round = 0; round < rounds; ++round) {
+      const int victim = static_cast<int>(random() % static_cast<unsigned>(n));
+      const auto kill_after = std::chrono::duration_cast<Clock::duration>(
+          median() * std::uniform_real_distribution<double>(0.0, 1.0)(random));
+      const RoundOutcome outcome = run_round(*shape, n, iterations, victim, kill_after, label);
+      mid_work += outcome.victim_mid_work;
+      first_ends.erase(first_ends.begin());
+      first_ends.push_back(outcome.first_end);
+    }
+    MESSAGE(std::string(label) << ", " << n << " processes: " << rounds << " rounds of " << iterations
+                  << " iterations (first end ~" << std::chrono::duration_cast<std::chrono::microseconds>(median()).count()
+                  << " us); victim killed mid-work in " << mid_work);
+    all_rounds += rounds;
+    all_mid_work += mid_work;
+  }
+  CHECK(all_mid_work * 2 >= all_rounds);
+}
+
+}  // namespace
+
+TEST_SUITE_BEGIN("lost wake-up storms");
+
+TEST_CASE("a process killed during Value += never leaves a survivor asleep") {
+  storm("value-op", [] { return std::make_unique<ValueOp>(); });
+}
+
+TEST_CASE("a process killed inside a Value guard never leaves a survivor asleep") {
+  storm("value-guard", [] { return std::make_unique<ValueGuard>(false); });
+}
+
+TEST_CASE("a process killed inside a guard with a second object's lock never leaves a survivor asleep") {
+  storm("nested-guard", [] { return std::make_unique<ValueGuard>(true); });
+}
+
+TEST_CASE("a process killed around a Mutex never leaves a survivor asleep on it") {
+  storm("mutex", [] { return std::make_unique<LockCounter>(LockWay::plain); });
+}
+
+TEST_CASE("a process killed around a RecursiveMutex never leaves a survivor asleep on it") {
+  storm("recursive-mutex", [] { return std::make_unique<LockCounter>(LockWay::recursive); });
+}
+
+TEST_CASE("a process killed around try_lock_for never leaves a survivor waiting on a free lock") {
+  storm("try-lock-for", [] { return std::make_unique<LockCounter>(LockWay::timed); });
+}
+
+TEST_CASE("a producer or consumer killed around Condition::wait and notify_one never strands an item") {
+  storm("condition", [] { return std::make_unique<ConditionChannel>(); });
+}
+
+TEST_CASE("a process killed around Semaphore::acquire and release never strands a unit") {
+  storm("semaphore", [] { return std::make_unique<SemaphoreChannel>(); });
+}
+
+TEST_CASE("a producer or consumer killed around a Queue of capacity 1 never strands an item or a slot") {
+  storm("queue-1", [] { return std::make_unique<QueueChannel>(1); });
+}
+
+TEST_CASE("a producer or consumer killed around a Queue of capacity 4 never strands an item or a slot") {
+  storm("queue-4", [] { return std::make_unique<QueueChannel>(4); });
+}
+
+TEST_CASE("a party killed at a Barrier breaks it for every survivor, who all return") {
+  storm("barrier", [] { return std::make_unique<BarrierRounds>(); });
+}
+
+TEST_CASE("a setter killed around Event::set never leaves its waiters asleep") {
+  storm("event", [] { return std::make_unique<EventToggle>(); });
+}
+
+
+// ------------------------------------------------------------------ a pool task
+
+namespace {
+
+// A task with a guard on a Value and a second object's lock inside it, then a mark that
+// it finished (a third lock).
+std::int64_t locked_task(std::int64_t item, Value<std::int64_t> v, Array<std::int64_t> hits,
+                         Array<std::uint8_t> finished) {
+  repairing(v, [&] {
+    auto g = v.lock();
+    *g += 1;
+    repairing(hits, [&] { hits.update(0, [](std::int64_t x) { return x + 1; }); });
+  });
+  repairing(finished, [&] { finished.store(static_cast<std::size_t>(item), 1); });
+  return item;
+}
+
+}  // namespace
+
+TEST_CASE("a pool worker killed inside a task with nested locks never stalls the job") {
+  std::mt19937 random(static_cast<unsigned>(::getpid()));
+  int all_rounds = 0, all_mid_work = 0;
+  for (const int n : process_counts()) {
+    // The shared objects exist before the pool forks its workers, and are reset each round.
+    constexpr std::size_t max_items = 1u << 20;
+    SegmentName name("pool-task");
+    auto segment = Segment::create(name, max_items + (1 << 16));
+    auto v = segment.create_value<std::int64_t>("v", 0);
+    auto hits = segment.create_array<std::int64_t>("hits", 1);
+    auto finished = segment.create_array<std::uint8_t>("finished", max_items);
+    Pool pool({.workers = static_cast<unsigned>(n)});
+    // Runs one job over `count` items; kills a random worker `kill_after` after it
+    // started (none if negative); returns the job's length and whether it hit a worker.
+    auto run = [&](std::size_t count, Clock::duration kill_after) {
+      if (v.poisoned()) v.clear_poison();
+      if (hits.poisoned()) hits.clear_poison();
+      if (finished.poisoned()) finished.clear_poison();
+      v.store(0);
+      hits.store(0, 0);
+      finished.fill(0);
+      std::vector<std::int64_t> items(count);
+      std::iota(items.begin(), items.end(), 0);
+      const auto start = Clock::now();
+      auto job = pool.map_async(items, locked_task, v, hits, finished);
+      bool killed = kill_after < Clock::duration::zero(), mid_work = false, done = false;
+      Watchdog watchdog;
+      std::string failure;
+      while (!done && failure.empty()) {
+        if (!killed && Clock::now() - start >= kill_after) {
+          const auto pids = pool.worker_pids();
+          mid_work = !job.wait_for(0s);
+          ::kill(pids[random() % pids.size()], SIGKILL);
+          killed = true;
+        }
+        done = job.wait_for(killed ? 5ms : 200us);
+        if (killed)
+          for (const int pid : pool.worker_pids())
+            if (auto stall = watchdog.check(pid)) failure = *stall;
+        if (Clock::now() - start > round_limit) failure = "the job still runs after 20 s";
+      }
+      if (!failure.empty()) {
+        job.cancel();
+        FAIL_CHECK("pool of " << n << ": " << failure);
+        return std::pair{Clock::duration{}, false};
+      }
+      const auto length = Clock::now() - start;
+      std::size_t died = 0;
+      try {
+        job.get();
+      } catch (const WorkerDied&) {
+        died = 1;
+      }
+      std::int64_t marked = 0;
+      for (std::size_t i = 0; i < count; ++i) marked += finished.load(i);
+      // Every item ran to its mark but the killed worker's one (WorkerDied), which may
+      // have got as far as its mark, or not.
+      CHECK(marked <= static_cast<std::int64_t>(count));
+      CHECK(marked + static_cast<std::int64_t>(died) >= static_cast<std::int64_t>(count));
+      CHECK((v.load() == marked || v.load() == marked + 1));
+      CHECK((hits.load(0) == v.load() || hits.load(0) + 1 == v.load()));
+      return std::pair{length, mid_work};
+    };
+    std::size_t count = 64;
+    Clock::duration length{};
+    while ((length = run(count, -1s).first) < target_length / 2 && count < max_items) count *= 2;
+    const int rounds = rounds_per_case();
+    int mid_work = 0;
+    for (int round = 0; round < rounds; ++round)
+      mid_work += run(count, std::chrono::duration_cast<Clock::duration>(
+                                 length * std::uniform_real_distribution<double>(0.0, 1.0)(random)))
+                      .second;
+    MESSAGE("pool task, " << n << " workers: " << rounds << " rounds of " << count
+                          << " items; a worker killed mid-job in " << mid_work);
+    all_rounds += rounds;
+    all_mid_work += mid_work;
+  }
+  CHECK(all_mid_work * 2 >= all_rounds);
+}
+
+// ------------------------------------------------------------------ deterministic probes
+
+namespace {
+
+// Two CPUs this process may run on (the probes need both), or nullopt.
+std::optional<std::pair<int, int>> two_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return std::nullopt;
+  std::vector<int> cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE && cpus.size() < 2; ++cpu)
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  if (cpus.size() < 2) return std::nullopt;
+  return std::pair{cpus[0], cpus[1]};
+}
+
+void pin_to(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (::sched_setaffinity(0, sizeof set, &set) != 0) ::_exit(2);
+}
+
+// Kills a waiter right after it was woken. `wait` blocks in the victim and in a second
+// sleeper (the survivor), in that order, so that a wake-one goes to the victim; `wake`
+// runs in the parent and wakes one. The victim is SCHED_IDLE on the parent's CPU, so it
+// cannot run between `wake` and the SIGKILL that follows: its wake-up dies with it. The
+// survivor must then finish within 2 s (a lost wake-up leaves it asleep for ever).
+// `after_kill` runs in the parent once the victim is dead.
+template <class Wait, class Wake, class AfterKill>
+void kill_woken_waiter(const char* what, Wait wait, Wake wake, AfterKill after_kill) {
+  const auto cpus = two_cpus();
+  if (!cpus) {
+    MESSAGE("skipped: needs two CPUs");
+    return;
+  }
+  cpu_set_t saved;
+  REQUIRE(::sched_getaffinity(0, sizeof saved, &saved) == 0);
+  pin_to(cpus->first);
+  const pid_t victim = test::run_child([&] {
+    sched_param none{};
+    if (::sched_setscheduler(0, SCHED_IDLE, &none) != 0) ::_exit(2);
+    wait();
+  });
+  REQUIRE(test::wait_until_sleeping(victim));
+  const pid_t survivor = test::run_child([&] {
+    pin_to(cpus->second);
+    wait();
+  });
+  REQUIRE(test::wait_until_sleeping(survivor));
+  wake();
+  ::kill(victim, SIGKILL);
+  test::wait_child(victim, 10s);
+  ::sched_setaffinity(0, sizeof saved, &saved);
+  after_kill();
+  const auto status = test::wait_child(survivor, 2s);
+  CHECK_MESSAGE(!status.timed_out, std::string(what) << ": the survivor still slept 2 s after the woken waiter was killed");
+  CHECK(status.ok());
+}
+
+}  // namespace
+
+TEST_CASE("a Mutex waiter killed right after the unlock woke it does not strand the next one") {
+  SegmentName name("probe-mutex");
+  auto segment = Segment::create(name, 1 << 16);
+  auto m = segment.create_mutex("m");
+  m.lock();
+  kill_woken_waiter("Mutex", [&] { m.lock(); m.unlock(); }, [&] {
+    m.unlock();  // wakes the victim...
+    m.lock();    // ...and a newcomer takes the free lock before it runs
+  }, [&] { m.unlock(); });
+}
+
+TEST_CASE("a Condition waiter killed right after notify_one woke it does not strand the notification") {
+  SegmentName name("probe-condition");
+  auto segment = Segment::create(name, 1 << 16);
+  auto m = segment.create_mutex("m");
+  auto cv = segment.create_condition("cv", m);
+  auto ready = segment.create_atomic<std::int64_t>("ready", 0);
+  kill_woken_waiter("Condition", [&] {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return ready.load() > 0; });
+  }, [&] {
+    std::unique_lock lock(m);
+    ready.store(1);
+    cv.notify_one();
+  }, [] {});
+}
+
+TEST_CASE("a Semaphore waiter killed right after release woke it does not strand the unit") {
+  SegmentName name("probe-semaphore");
+  auto segment = Segment::create(name, 1 << 16);
+  auto units = segment.create_semaphore("units", 0);
+  kill_woken_waiter("Semaphore", [&] { units.acquire(); }, [&] { units.release(); }, [] {});
+  CHECK(units.value() == 0);  // the survivor took the unit
+}
+
+TEST_CASE("a Queue consumer killed right after a push woke it does not strand the item") {
+  SegmentName name("probe-queue-pop");
+  auto segment = Segment::create(name, 1 << 16);
+  auto q = segment.create_queue<std::int64_t>("q", 1);
+  kill_woken_waiter("Queue::pop", [&] {
+    auto mine = q;
+    mine.set_spin(0ns);
+    if (mine.pop() != 7) ::_exit(3);
+  }, [&] { q.push(7); }, [] {});
+  CHECK(q.size() == 0);
+}
+
+TEST_CASE("a Queue producer killed right after a pop woke it does not strand the slot") {
+  SegmentName name("probe-queue-push");
+  auto segment = Segment::create(name, 1 << 16);
+  auto q = segment.create_queue<std::int64_t>("q", 1);
+  q.push(1);
+  kill_woken_waiter("Queue::push", [&] {
+    auto mine = q;
+    mine.set_spin(0ns);
+    mine.push(2);
+  }, [&] { CHECK(q.pop() == 1); }, [] {});
+  CHECK(q.size() == 1);
+  CHECK(q.pop_for(1s) == std::optional<std::int64_t>(2));
+}
+
+TEST_SUITE_END();
