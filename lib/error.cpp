@@ -23,6 +23,12 @@ Error::Error(std::string segment, std::string object, std::string_view detail)
       segment_(std::move(segment)),
       object_(std::move(object)) {}
 
+OwnerDied::OwnerDied(std::string segment, std::string object, std::string_view detail,
+                     int dead_pid, std::uint32_t owner_deaths)
+    : Error(std::move(segment), std::move(object), detail),
+      dead_pid_(dead_pid),
+      owner_deaths_(owner_deaths) {}
+
 TaskError::TaskError(std::string segment, std::uint64_t index, std::string type,
                      std::string message, int worker_pid)
     : Error(std::move(segment), "pool",

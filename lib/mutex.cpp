@@ -83,7 +83,7 @@ int finish_lock(RobustLock& lock, int result) noexcept {
   lock.last_dead_pid.store(lock.owner_pid, std::memory_order_relaxed);
   lock.deaths.fetch_add(1, std::memory_order_relaxed);
   if (lock.dirty != 0) {
-    lock.poisoned.store(1, std::memory_order_relaxed);
+    lock.poisoned.store(static_cast<std::uint8_t>(PoisonCause::holder_died), std::memory_order_relaxed);
     lock.dirty = 0;
   }
   lock.owner_pid = cached_pid;
@@ -129,13 +129,17 @@ int lock_until(RobustLock& lock, Deadline deadline) noexcept {
 }
 
 void throw_lock_error(const HandleCore& handle, ObjectKind kind, std::string_view operation,
-                      int error) {
+                      int error, pid_t holder) {
   const std::string segment = segment_name(handle);
   const std::string object = describe(handle, kind);
   switch (error) {
-    case EPERM:
+    case EPERM: {
+      std::string held_by = "it is not locked, or its holder is not known";
+      if (holder == cached_pid) held_by = fmt::format("another thread of this process ({}) holds it", holder);
+      else if (holder != 0) held_by = fmt::format("process {} holds it", holder);
       throw NotOwner(segment, object,
-                     fmt::format("{}: the calling thread does not hold the lock", operation));
+                     fmt::format("{}: the calling thread does not hold the lock ({})", operation, held_by));
+    }
     case EDEADLK:
       throw InvalidArgument(segment, object,
                             fmt::format("{}: the calling thread already holds the lock", operation));
@@ -151,10 +155,26 @@ void throw_lock_error(const HandleCore& handle, ObjectKind kind, std::string_vie
   }
 }
 
-void throw_poisoned(const HandleCore& handle, ObjectKind kind) {
+void throw_poisoned(const RobustLock& lock, const HandleCore& handle, ObjectKind kind) {
+  const pid_t dead = lock.last_dead_pid.load(std::memory_order_relaxed);
+  const std::uint32_t deaths = lock.deaths.load(std::memory_order_relaxed);
+  const bool by_exception = lock.poisoned.load(std::memory_order_relaxed) ==
+                            static_cast<std::uint8_t>(PoisonCause::exception);
+  std::string why;
+  if (by_exception)
+    why = "an exception unwound through a guard that was writing it, so a write may be half done";
+  else if (dead != 0)
+    why = fmt::format("process {} died while writing it", dead);
+  else
+    why = "a process died while writing it (before it recorded its pid)";
+  const bool container =
+      kind == ObjectKind::vector || kind == ObjectKind::map || kind == ObjectKind::string;
+  const char* remedy = container
+                           ? "reads and writes throw OwnerDied until reset() empties and repairs it"
+                           : "reads still work; writes throw OwnerDied until clear_poison()";
   throw OwnerDied(segment_name(handle), describe(handle, kind),
-                  "poisoned: a process died while writing it; reads still work, writes need "
-                  "clear_poison() first");
+                  fmt::format("poisoned: {} (owner deaths so far: {}); {}", why, deaths, remedy),
+                  by_exception ? 0 : dead, deaths);
 }
 
 }  // namespace procshare::detail

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 using namespace procshare;
 using procshare::test::PipeSignal;
@@ -195,6 +196,58 @@ TEST_CASE("a writer killed inside a container poisons only that container") {
     other += 1;
   }
   CHECK(other.load() == 32);
+}
+
+TEST_CASE("an out-of-range read through a Vector guard throws IndexOutOfRange and poisons nothing") {
+  SegmentName name("vector-guard-index");
+  auto segment = Segment::create(name, 1 << 20);
+  auto v = segment.create_vector<long>("v", 4096);
+  v.push_back(1);
+  try {
+    auto guard = v.lock();
+    (void)guard[5];
+  } catch (const IndexOutOfRange& e) {
+    CHECK(std::string(e.what()).find("index 5 out of range (size 1)") != std::string::npos);
+  }
+  CHECK_FALSE(v.poisoned());
+  CHECK(v.size() == 1);
+  try {
+    auto guard = v.lock();
+    guard.push_back(2);
+    throw std::runtime_error("after a write through the guard");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(v.poisoned());  // that write may be half of a longer change
+  CHECK_THROWS_WITH_AS(v.size(),
+                       ("segment '" + name.str() +
+                        "': vector 'v': poisoned: an exception unwound through a guard that was "
+                        "writing it, so a write may be half done (owner deaths so far: 0); reads "
+                        "and writes throw OwnerDied until reset() empties and repairs it").c_str(),
+                       OwnerDied);
+  v.reset();
+  CHECK(v.size() == 0);
+}
+
+TEST_CASE("printing a Vector or a Map while holding its guard works and poisons nothing") {
+  SegmentName name("print-in-guard");
+  auto segment = Segment::create(name, 1 << 20);
+  auto v = segment.create_vector<long>("v", 4096);
+  auto m = segment.create_map<long, long>("m", 4096);
+  v.push_back(1);
+  m.insert_or_assign(1, 2);
+  {
+    auto guard = v.lock();
+    guard.push_back(2);
+    CHECK(fmt::format("{}", v) == fmt::format("{}", v.snapshot()));
+    CHECK(v.size() == 2);
+  }
+  {
+    auto guard = m.lock();
+    CHECK(fmt::format("{}", m).find("1") != std::string::npos);
+    CHECK(m.get(1) == std::optional<long>(2));
+  }
+  CHECK_FALSE(v.poisoned());
+  CHECK_FALSE(m.poisoned());
 }
 
 }  // TEST_SUITE

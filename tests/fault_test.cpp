@@ -70,10 +70,16 @@ TEST_CASE("a child killed inside a guard poisons the value: reads work, writes t
   CHECK(v.load() == 8);
   CHECK(v.poisoned());
   CHECK_THROWS_WITH_AS(v += 1,
-                       ("segment '" + name.str() +
-                        "': value 'v': poisoned: a process died while writing it; reads still "
-                        "work, writes need clear_poison() first").c_str(),
+                       fmt::format("segment '{}': value 'v': poisoned: process {} died while writing "
+                                   "it (owner deaths so far: 1); reads still work; writes throw "
+                                   "OwnerDied until clear_poison()", name.str(), pid).c_str(),
                        OwnerDied);
+  try {
+    v += 1;
+  } catch (const OwnerDied& e) {  // the exception carries what its message says
+    CHECK(e.dead_pid() == pid);
+    CHECK(e.owner_deaths() == 1);
+  }
   CHECK_THROWS_AS(v.store(1), OwnerDied);
   CHECK_THROWS_AS(v.lock(), OwnerDied);
   CHECK(v.load() == 8);  // nothing changed by the refused writes

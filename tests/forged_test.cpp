@@ -172,7 +172,8 @@ TEST_CASE("a poisoned container is shown with its reason and the others still re
   vector.push_back("x");
   try {
     auto guard = vector.lock();
-    throw std::runtime_error("unwinds through the guard");
+    guard.push_back("y");
+    throw std::runtime_error("unwinds through the guard after a write");
   } catch (const std::runtime_error&) {
   }
   CHECK_THROWS_AS(segment.value_text("v"), OwnerDied);

@@ -18,7 +18,7 @@ TEST_CASE("a Mutex works with std::scoped_lock and std::unique_lock") {
   auto m = segment.create_mutex("m");
   {
     std::scoped_lock held(m);
-    CHECK_THROWS_AS(m.try_lock(), InvalidArgument);  // relock from the same thread is refused
+    CHECK_FALSE(m.try_lock());  // held, by this thread: false, as Python's acquire(False)
   }
   std::unique_lock held(m, std::defer_lock);
   CHECK(held.try_lock_for(10ms));
@@ -39,13 +39,45 @@ TEST_CASE("relocking a Mutex this thread holds is InvalidArgument, not a deadloc
   m.unlock();
 }
 
+TEST_CASE("try_lock and try_lock_for of a Mutex this thread holds return false at once") {
+  SegmentName name("tryheld");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto m = segment.create_mutex("m");
+  m.lock();
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(m.try_lock());
+  CHECK_FALSE(m.try_lock_for(10s));
+  CHECK_FALSE(m.try_lock_until(std::chrono::steady_clock::now() + 10s));
+  CHECK(std::chrono::steady_clock::now() - start < 5s);  // none of them waited
+  m.unlock();
+  CHECK(m.try_lock());
+  m.unlock();
+}
+
+TEST_CASE("unlock of a Mutex another thread holds is NotOwner naming this process as the holder") {
+  SegmentName name("notowner-thread");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto m = segment.create_mutex("m");
+  m.lock();
+  std::thread other([&] {
+    CHECK_THROWS_WITH_AS(m.unlock(),
+                         fmt::format("segment '{}': mutex 'm': unlock: the calling thread does not "
+                                     "hold the lock (another thread of this process ({}) holds it)",
+                                     name.str(), ::getpid()).c_str(),
+                         NotOwner);
+  });
+  other.join();
+  m.unlock();
+}
+
 TEST_CASE("unlock by a thread that does not hold the Mutex is NotOwner") {
   SegmentName name("notowner");
   auto segment = Segment::create(name, 64 * 1024);
   auto m = segment.create_mutex("m");
   CHECK_THROWS_WITH_AS(m.unlock(),
                        ("segment '" + name.str() +
-                        "': mutex 'm': unlock: the calling thread does not hold the lock").c_str(),
+                        "': mutex 'm': unlock: the calling thread does not hold the lock (it is "
+                        "not locked, or its holder is not known)").c_str(),
                        NotOwner);
   m.lock();
   std::thread other([&] { CHECK_THROWS_AS(m.unlock(), NotOwner); });

@@ -527,3 +527,27 @@ TEST_CASE("a Barrier waiter killed mid-round breaks it for the party still waiti
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("mutex between processes") {
+
+TEST_CASE("unlock of a Mutex another process holds is NotOwner naming that process") {
+  SegmentName name("notowner-held");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto m = segment.create_mutex("m");
+  PipeSignal holding, done;
+  const pid_t holder = run_child([&] {
+    m.lock();
+    holding.notify();
+    done.wait();
+    m.unlock();
+  });
+  REQUIRE(holding.wait());
+  CHECK_THROWS_WITH_AS(m.unlock(),
+                       fmt::format("segment '{}': mutex 'm': unlock: the calling thread does not hold "
+                                   "the lock (process {} holds it)", name.str(), holder).c_str(),
+                       NotOwner);
+  done.notify();
+  CHECK(wait_child(holder, 10s).ok());
+}
+
+}  // TEST_SUITE

@@ -220,4 +220,70 @@ TEST_CASE("an exception unwinding through a guard poisons the object; a normal e
   CHECK(a.owner_deaths() == 0);
 }
 
+TEST_CASE("inside its own guard a Value's load, store, += and update work, as Python's re-entrant Value lock") {
+  SegmentName name("reentrant");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto counter = segment.create_value<long>("counter", 0);
+  {
+    auto guard = counter.lock();  // with counter.get_lock(): counter.value += 1
+    counter.store(counter.load() + 1);
+    counter += 1;
+    counter.update([](long x) { return x + 1; });
+    {
+      auto inner = counter.lock();  // a nested guard
+      *inner += 1;
+    }
+    CHECK(*guard == 4);
+    *guard += 1;
+  }
+  CHECK(counter.load() == 5);
+  CHECK_FALSE(counter.poisoned());
+  // Every level was released: the lock is free for another holder.
+  auto guard = counter.lock();
+  CHECK(*guard == 5);
+}
+
+TEST_CASE("an exception through a Value guard poisons it only once the guard reached the value") {
+  SegmentName name("guard-poison");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto v = segment.create_value<long>("v", 1);
+  try {
+    auto guard = v.lock();
+    v.store(2);  // a whole write through the value's own call
+    throw std::runtime_error("before the guard reached the value");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK_FALSE(v.poisoned());
+  CHECK(v.load() == 2);
+  try {
+    auto guard = v.lock();
+    *guard = 3;  // perhaps half of a longer change
+    throw std::runtime_error("after a write through the guard");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(v.poisoned());
+  CHECK_THROWS_WITH_AS(v.store(4),
+                       ("segment '" + name.str() +
+                        "': value 'v': poisoned: an exception unwound through a guard that was "
+                        "writing it, so a write may be half done (owner deaths so far: 0); reads "
+                        "still work; writes throw OwnerDied until clear_poison()").c_str(),
+                       OwnerDied);
+  v.clear_poison();
+  CHECK(v.load() == 3);
+}
+
+TEST_CASE("an index error inside an Array guard throws IndexOutOfRange and poisons nothing") {
+  SegmentName name("array-guard-index");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto a = segment.create_array<int>("a", 4, 7);
+  try {
+    auto guard = a.lock();
+    a.store(1, 8);    // the array's own calls work inside its guard
+    a.store(99, 1);   // IndexOutOfRange, before anything is written
+  } catch (const IndexOutOfRange&) {
+  }
+  CHECK_FALSE(a.poisoned());
+  CHECK(a.snapshot() == std::vector<int>{7, 8, 7, 7});
+}
+
 }  // TEST_SUITE

@@ -9,7 +9,8 @@
 // Visibility: once a write returns in one process, every later read anywhere sees it.
 // Owner death: as Value<T> (value.hpp): the death is counted; a death during a
 //   multi-store write (fill, a non-scalar element, or while a Guard is held) poisons the
-//   array: reads work, writes throw OwnerDied until clear_poison().
+//   array: reads work, writes throw OwnerDied until clear_poison(). An exception through
+//   a Guard that gave access to the elements poisons it too.
 // Errors: IndexOutOfRange for an index at or past size(), naming index, size, array
 //   and segment; InvalidArgument for a length of 0 at creation; TypeMismatch, SegmentFull,
 //   AlreadyExists, NotFound, InvalidName on creation or opening; OwnerDied on writes to a
@@ -48,36 +49,47 @@ class Array {
 public:
   // Holds the array's lock and gives a span over its elements; the array is marked dirty
   // meanwhile, so a holder that dies poisons it, and so does an exception that unwinds
-  // through the guard (the work may be half done). Move-only; unlocks on destruction, only
-  // in the process that took it. Not to be handed to another thread.
+  // through the guard once it gave access to the elements (the work may be half done).
+  // Inside it, the array's own calls work (the lock is re-entrant for its holder, as
+  // Python's Array lock is). Move-only; unlocks on destruction, only in the process that
+  // took it. Not to be handed to another thread.
   class Guard {
   public:
     Guard(Guard&& other) noexcept
         : block_(std::exchange(other.block_, nullptr)),
           elements_(other.elements_),
+          state_(other.state_),
+          touched_(other.touched_),
           exceptions_(other.exceptions_) {}
     Guard& operator=(Guard&&) = delete;
     ~Guard() { release(); }
     // The locked elements.
-    std::span<T> span() const noexcept { return elements_; }
-    T& operator[](std::size_t index) const noexcept { return elements_[index]; }
+    std::span<T> span() const noexcept { return touch(); }
+    T& operator[](std::size_t index) const noexcept { return touch()[index]; }
     std::size_t size() const noexcept { return elements_.size(); }
-    auto begin() const noexcept { return elements_.begin(); }
-    auto end() const noexcept { return elements_.end(); }
+    auto begin() const noexcept { return touch().begin(); }
+    auto end() const noexcept { return touch().end(); }
     // Unlocks now rather than at destruction.
     void unlock() noexcept { release(); }
 
   private:
     friend class Array;
-    Guard(detail::LockBlock* block, std::span<T> elements) noexcept
-        : block_(block), elements_(elements) {}
+    Guard(detail::LockBlock* block, std::span<T> elements, detail::GuardState state) noexcept
+        : block_(block), elements_(elements), state_(state) {}
     void release() noexcept {
       if (block_ != nullptr)
-        detail::end_guard(std::exchange(block_, nullptr)->lock,
-                          std::uncaught_exceptions() > exceptions_);
+        detail::end_guard(std::exchange(block_, nullptr)->lock, state_,
+                          touched_ && std::uncaught_exceptions() > exceptions_);
+    }
+    // The elements, noting that they were reached through this guard.
+    std::span<T> touch() const noexcept {
+      touched_ = true;
+      return elements_;
     }
     detail::LockBlock* block_;
     std::span<T> elements_;
+    detail::GuardState state_;
+    mutable bool touched_ = false;  // the elements were reached through this guard
     int exceptions_ = std::uncaught_exceptions();  // in flight when the guard was made
   };
 
@@ -133,8 +145,8 @@ public:
   // poisoned.
   [[nodiscard]] Guard lock() {
     auto& b = block();
-    detail::begin_guard(b.lock, core_, kind);
-    return Guard(&b, std::span<T>(data(b), b.header.length));
+    const detail::GuardState state = detail::begin_guard(b.lock, core_, kind);
+    return Guard(&b, std::span<T>(data(b), b.header.length), state);
   }
 
   // Whether a holder died mid-write (see top of file).

@@ -372,14 +372,19 @@ template <class T> class Vector {
 
 public:
   // Holds the vector's lock (marked dirty) for a read-modify-write sequence or iteration.
-  // Move-only; unlocks on destruction, only in the process that took it.
+  // Move-only; unlocks on destruction, only in the process that took it. An exception
+  // that unwinds through it poisons the vector only if a write was made through it (a
+  // failed index check or a read leaves it as it was).
   class Guard {
   public:
     Guard(Guard&& other) noexcept
-        : handle_(other.handle_), block_(std::exchange(other.block_, nullptr)), exceptions_(other.exceptions_) {}
+        : handle_(other.handle_), block_(std::exchange(other.block_, nullptr)), state_(other.state_),
+          written_(other.written_), exceptions_(other.exceptions_) {}
     Guard& operator=(Guard&&) = delete;
     ~Guard() {
-      if (block_) detail::end_guard(std::exchange(block_, nullptr)->lock, std::uncaught_exceptions() > exceptions_);
+      if (block_)
+        detail::end_guard(std::exchange(block_, nullptr)->lock, state_,
+                          written_ && std::uncaught_exceptions() > exceptions_);
     }
     std::size_t size() const { return c().size(); }
     bool empty() const { return c().empty(); }
@@ -387,39 +392,51 @@ public:
     T operator[](std::size_t index) const { return detail::Stored<T>::out(c().at(checked(index))); }
     void set(std::size_t index, const T& v) {
       checked(index);
-      full_is_segment_full([&] { c()[index] = detail::Stored<T>::in(v, handle_.allocator(c())); });
+      write([&] { c()[index] = detail::Stored<T>::in(v, handle_.allocator(c())); });
     }
     void push_back(const T& v) {
-      full_is_segment_full([&] { c().push_back(detail::Stored<T>::in(v, handle_.allocator(c()))); });
+      write([&] { c().push_back(detail::Stored<T>::in(v, handle_.allocator(c()))); });
     }
     // Removes and returns the last element, or nullopt if empty.
     std::optional<T> pop_back() {
       if (c().empty()) return std::nullopt;
       T last = detail::Stored<T>::out(c().back());
+      written_ = true;
       c().pop_back();
       return last;
     }
-    void clear() { c().clear(); }
+    void clear() {
+      written_ = true;
+      c().clear();
+    }
 
   private:
     friend class Vector;
-    Guard(Handle handle, detail::ContainerBlock* block) : handle_(handle), block_(block) {}
+    Guard(Handle handle, detail::ContainerBlock* block, detail::GuardState state)
+        : handle_(handle), block_(block), state_(state) {}
     C& c() const { return Handle::container(*block_); }
     std::size_t checked(std::size_t index) const {
       if (index >= c().size()) detail::throw_container_index(handle_.core_, ObjectKind::vector, index, c().size());
       return index;
     }
-    template <class F> void full_is_segment_full(F f) {
+    // Runs the write f; out of arena memory is SegmentFull, and then (the Boost
+    // containers giving the strong guarantee) nothing was written.
+    template <class F> void write(F f) {
+      const bool before = std::exchange(written_, true);
       try {
         f();
       } catch (const boost::interprocess::bad_alloc&) {
+        written_ = before;
         handle_.throw_full(c());
       } catch (const boost::container::length_error&) {
+        written_ = before;
         handle_.throw_full(c());
       }
     }
     Handle handle_;
     detail::ContainerBlock* block_;
+    detail::GuardState state_;
+    bool written_ = false;  // a write was made through this guard
     int exceptions_ = std::uncaught_exceptions();
   };
 
@@ -467,8 +484,8 @@ public:
   // Locks the vector for a longer sequence (see Guard). Throws OwnerDied if poisoned.
   [[nodiscard]] Guard lock() {
     auto& b = handle_.block();
-    detail::begin_guard(b.lock, handle_.core_, ObjectKind::vector);
-    return Guard(handle_, &b);
+    const detail::GuardState state = detail::begin_guard(b.lock, handle_.core_, ObjectKind::vector);
+    return Guard(handle_, &b, state);
   }
   // Whether a writer died mid-write (see top of file); reset() empties and repairs it.
   bool poisoned() const { return handle_.poisoned(); }
@@ -513,14 +530,18 @@ template <class K, class V> class Map {
 
 public:
   // Holds the map's lock (marked dirty) for a read-modify-write sequence or iteration.
-  // Move-only; unlocks on destruction, only in the process that took it.
+  // Move-only; unlocks on destruction, only in the process that took it. An exception
+  // that unwinds through it poisons the map only if a write was made through it.
   class Guard {
   public:
     Guard(Guard&& other) noexcept
-        : handle_(other.handle_), block_(std::exchange(other.block_, nullptr)), exceptions_(other.exceptions_) {}
+        : handle_(other.handle_), block_(std::exchange(other.block_, nullptr)), state_(other.state_),
+          written_(other.written_), exceptions_(other.exceptions_) {}
     Guard& operator=(Guard&&) = delete;
     ~Guard() {
-      if (block_) detail::end_guard(std::exchange(block_, nullptr)->lock, std::uncaught_exceptions() > exceptions_);
+      if (block_)
+        detail::end_guard(std::exchange(block_, nullptr)->lock, state_,
+                          written_ && std::uncaught_exceptions() > exceptions_);
     }
     std::optional<V> get(const K& k) const {
       auto it = c().find(k);
@@ -531,11 +552,14 @@ public:
     // Inserts or replaces; returns whether it inserted. Throws SegmentFull (unchanged).
     bool insert_or_assign(const K& k, const V& v) {
       bool inserted = false;
+      const bool before = std::exchange(written_, true);
       try {
         assign(c(), k, v, handle_.allocator(c()), inserted);
       } catch (const boost::interprocess::bad_alloc&) {
+        written_ = before;  // the strong guarantee: nothing was written
         handle_.throw_full(c());
       } catch (const boost::container::length_error&) {
+        written_ = before;
         handle_.throw_full(c());
       }
       return inserted;
@@ -543,6 +567,7 @@ public:
     bool erase(const K& k) {
       auto it = c().find(k);
       if (it == c().end()) return false;
+      written_ = true;
       c().erase(it);
       return true;
     }
@@ -554,10 +579,13 @@ public:
 
   private:
     friend class Map;
-    Guard(Handle handle, detail::ContainerBlock* block) : handle_(handle), block_(block) {}
+    Guard(Handle handle, detail::ContainerBlock* block, detail::GuardState state)
+        : handle_(handle), block_(block), state_(state) {}
     C& c() const { return Handle::container(*block_); }
     Handle handle_;
     detail::ContainerBlock* block_;
+    detail::GuardState state_;
+    bool written_ = false;  // a write was made through this guard
     int exceptions_ = std::uncaught_exceptions();
   };
 
@@ -604,8 +632,8 @@ public:
   // Locks the map for a longer sequence (see Guard). Throws OwnerDied if poisoned.
   [[nodiscard]] Guard lock() {
     auto& b = handle_.block();
-    detail::begin_guard(b.lock, handle_.core_, ObjectKind::map);
-    return Guard(handle_, &b);
+    const detail::GuardState state = detail::begin_guard(b.lock, handle_.core_, ObjectKind::map);
+    return Guard(handle_, &b, state);
   }
   // Whether a writer died mid-write (see top of file); reset() empties and repairs it.
   bool poisoned() const { return handle_.poisoned(); }

@@ -69,9 +69,6 @@ PROCSHARE_DECLARE_ERROR(CorruptSegment);
 PROCSHARE_DECLARE_ERROR(PermissionDenied);
 // unlock() of a Mutex the calling thread does not hold.
 PROCSHARE_DECLARE_ERROR(NotOwner);
-// A write to an object poisoned by a process that died in the middle of writing it.
-// Reads still work; clear_poison() makes it writable again.
-PROCSHARE_DECLARE_ERROR(OwnerDied);
 // A timed call whose deadline passed, where the call reports that by exception.
 PROCSHARE_DECLARE_ERROR(Timeout);
 // A Barrier that is broken: a party timed out, called abort() or reset(), or died;
@@ -85,6 +82,24 @@ PROCSHARE_DECLARE_ERROR(QueueClosed);
 PROCSHARE_DECLARE_ERROR(PoolClosed);
 
 #undef PROCSHARE_DECLARE_ERROR
+
+// An access to an object poisoned by a process that died in the middle of writing it
+// (or by an exception that unwound through a guard that was writing it). A Value's or
+// Array's reads still work and clear_poison() makes it writable again; a container
+// refuses reads too until reset(). The message says which.
+class PROCSHARE_API OwnerDied : public Error {
+public:
+  OwnerDied(std::string segment, std::string object, std::string_view detail, int dead_pid = 0,
+            std::uint32_t owner_deaths = 0);
+  // The pid of the holder that died writing it (0: unknown, or poisoned by an exception).
+  int dead_pid() const noexcept { return dead_pid_; }
+  // How many holders of its lock have died holding it, so far.
+  std::uint32_t owner_deaths() const noexcept { return owner_deaths_; }
+
+private:
+  int dead_pid_;
+  std::uint32_t owner_deaths_;
+};
 
 // A pool job that was stopped (cancel(), a task's request_stop(), or a controller's stop
 // flag) before all its items ran: its unstarted work was dropped. Distinct from TaskError.

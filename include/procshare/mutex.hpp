@@ -17,8 +17,10 @@
 //   word's "waiters" bit, so no later unlock wakes anyone): a slice bounds what that
 //   costs a survivor. Every lock in procshare (objects, containers, queues, barriers,
 //   the pool, segment directories) is taken through this path.
-// Errors: NotOwner when unlock() is called by a thread that does not hold the lock;
-//   InvalidArgument when a thread relocks a (non-recursive) Mutex it already holds;
+// Errors: NotOwner when unlock() is called by a thread that does not hold the lock (the
+//   message names the holder's pid when one is recorded); InvalidArgument when a thread
+//   lock()s a (non-recursive) Mutex it already holds (try_lock and try_lock_for then
+//   return false instead);
 //   NotFound when the handle's segment is not mapped in this process.
 //
 // Both are TimedLockable, so std::scoped_lock, std::unique_lock and try_lock_for work.
@@ -46,7 +48,14 @@ struct RobustLock {
   std::atomic<std::uint32_t> deaths;         // how many holders died holding it
   std::uint8_t dirty;                        // a multi-store write or a guard is under way;
                                              // written only by the holder
-  std::atomic<std::uint8_t> poisoned;        // a holder died while dirty
+  std::atomic<std::uint8_t> poisoned;        // a PoisonCause: why writes are refused
+};
+
+// Why an object is poisoned (RobustLock::poisoned).
+enum class PoisonCause : std::uint8_t {
+  none = 0,
+  holder_died = 1,  // its holder died while the object was dirty
+  exception = 2,    // an exception unwound through a guard that may have written
 };
 
 // This process's pid, cached (refreshed in forked children).
@@ -115,9 +124,11 @@ inline void observe_deaths(RobustLock& lock) noexcept {
   if (try_lock(lock) == 0) unlock(lock);
 }
 
-// Throws the procshare error for a lock operation on `handle` that returned `error`.
+// Throws the procshare error for a lock operation on `handle` that returned `error`;
+// `holder`: the pid recorded as holding the lock, named by NotOwner (0: not known).
 [[noreturn]] PROCSHARE_API void throw_lock_error(const HandleCore& handle, ObjectKind kind,
-                                                 std::string_view operation, int error);
+                                                 std::string_view operation, int error,
+                                                 pid_t holder = 0);
 
 // A lockable object's shared state: ObjectHeader, then the lock on its own cache line.
 struct alignas(64) LockBlock {
@@ -125,45 +136,62 @@ struct alignas(64) LockBlock {
   RobustLock lock;
 };
 
-// Holds an object's lock for a scope. Throws the object's error if locking fails.
+// Holds an object's lock for a scope. Re-entrant for the holding thread, as Python's
+// RLock-guarded Value and Array are: a call made while this thread already holds the
+// lock (inside its own Guard, or from update's f) runs under that hold and leaves the
+// lock to it. Throws the object's error if locking fails.
 class ScopedLock {
 public:
   ScopedLock(RobustLock& lock, const HandleCore& handle, ObjectKind kind) : lock_(lock) {
-    if (const int error = detail::lock(lock)) throw_lock_error(handle, kind, "lock", error);
+    const int error = detail::lock(lock);
+    reentered_ = error == EDEADLK;  // an error-checking lock this thread holds already
+    if (error != 0 && !reentered_) throw_lock_error(handle, kind, "lock", error);
   }
-  ~ScopedLock() { detail::unlock(lock_); }
+  ~ScopedLock() {
+    if (!reentered_) detail::unlock(lock_);
+  }
   ScopedLock(const ScopedLock&) = delete;
   ScopedLock& operator=(const ScopedLock&) = delete;
 
 private:
   RobustLock& lock_;
+  bool reentered_ = false;
 };
 
 // Holds an object's lock for a scope, waiting at most until `deadline`: for readers that
 // must not hang on a lock held for ever (procshare-ctl on a wedged or forged segment).
 // Throws Timeout when the deadline passes, or the object's error if locking fails.
+// Re-entrant for the holding thread, as ScopedLock.
 class DeadlineLock {
 public:
   DeadlineLock(RobustLock& lock, const HandleCore& handle, ObjectKind kind, Deadline deadline)
       : lock_(lock) {
-    if (const int error = detail::lock_until(lock, deadline))
-      throw_lock_error(handle, kind, "lock", error);
+    const int error = detail::lock_until(lock, deadline);
+    reentered_ = error == EDEADLK;
+    if (error != 0 && !reentered_) throw_lock_error(handle, kind, "lock", error);
   }
-  ~DeadlineLock() { detail::unlock(lock_); }
+  ~DeadlineLock() {
+    if (!reentered_) detail::unlock(lock_);
+  }
   DeadlineLock(const DeadlineLock&) = delete;
   DeadlineLock& operator=(const DeadlineLock&) = delete;
 
 private:
   RobustLock& lock_;
+  bool reentered_ = false;
 };
 
-// Throws OwnerDied for a write to the poisoned object `handle`.
-[[noreturn]] PROCSHARE_API void throw_poisoned(const HandleCore& handle, ObjectKind kind);
+// Throws OwnerDied for an access refused because `lock`'s object `handle` is poisoned:
+// the message says why (the dead holder's pid and the death count, or an exception
+// through a guard) and the call that clears it (clear_poison(), or reset() for a
+// container); the exception carries the pid and the count.
+[[noreturn]] PROCSHARE_API void throw_poisoned(const RobustLock& lock, const HandleCore& handle,
+                                               ObjectKind kind);
 
 // Called with the lock held before a write: throws OwnerDied if the object is poisoned.
 inline void check_writable(const RobustLock& lock, const HandleCore& handle, ObjectKind kind) {
   if (lock.poisoned.load(std::memory_order_relaxed)) [[unlikely]]
-    throw_poisoned(handle, kind);
+    throw_poisoned(lock, handle, kind);
 }
 
 // Marks an object dirty (with its lock held): a holder dying from here until
@@ -178,37 +206,56 @@ inline void clear_dirty(RobustLock& lock) noexcept {
   lock.dirty = 0;
 }
 
-// Marks an object dirty for a scope, with the lock held (see mark_dirty).
+// Marks an object dirty for a scope, with the lock held (see mark_dirty); then restores
+// the mark it found, so that a write made inside a Guard leaves the Guard's mark on.
 class DirtyScope {
 public:
-  explicit DirtyScope(RobustLock& lock) noexcept : lock_(lock) { mark_dirty(lock_); }
-  ~DirtyScope() { clear_dirty(lock_); }
+  explicit DirtyScope(RobustLock& lock) noexcept : lock_(lock), was_dirty_(lock.dirty) {
+    mark_dirty(lock_);
+  }
+  ~DirtyScope() {
+    std::atomic_thread_fence(std::memory_order_release);
+    lock_.dirty = was_dirty_;
+  }
   DirtyScope(const DirtyScope&) = delete;
   DirtyScope& operator=(const DirtyScope&) = delete;
 
 private:
   RobustLock& lock_;
+  std::uint8_t was_dirty_;
 };
 
-// Starts a guard (Value::lock(), Array::lock()): locks, refuses a poisoned object with
-// OwnerDied (unlocking again), and marks the object dirty until end_guard().
-inline void begin_guard(RobustLock& lock, const HandleCore& handle, ObjectKind kind) {
-  if (const int error = detail::lock(lock)) throw_lock_error(handle, kind, "lock", error);
+// What begin_guard found, for end_guard to restore.
+struct GuardState {
+  bool reentered = false;      // this thread held the lock already (a guard in a guard)
+  std::uint8_t was_dirty = 0;  // the dirty mark before the guard
+};
+
+// Starts a guard (Value::lock(), Array::lock(), a container's lock()): locks (re-entrant
+// for the holding thread, as ScopedLock), refuses a poisoned object with OwnerDied
+// (unlocking again), and marks the object dirty until end_guard().
+inline GuardState begin_guard(RobustLock& lock, const HandleCore& handle, ObjectKind kind) {
+  const int error = detail::lock(lock);
+  const GuardState state{error == EDEADLK, lock.dirty};
+  if (error != 0 && !state.reentered) throw_lock_error(handle, kind, "lock", error);
   if (lock.poisoned.load(std::memory_order_relaxed)) [[unlikely]] {
-    detail::unlock(lock);
-    throw_poisoned(handle, kind);
+    if (!state.reentered) detail::unlock(lock);
+    throw_poisoned(lock, handle, kind);
   }
   mark_dirty(lock);
+  return state;
 }
-// Ends a guard: clears the dirty mark and unlocks, only in the process that holds the lock
-// (a guard copied into a forked child by fork() must not unmark its parent's write). A
-// guard ended by an exception unwinding through it (`unwinding`) poisons the object: its
-// write may be half done, as if the holder had died.
-inline void end_guard(RobustLock& lock, bool unwinding) noexcept {
+// Ends a guard: restores the dirty mark and unlocks (unless the guard was re-entered),
+// only in the process that holds the lock (a guard copied into a forked child by fork()
+// must not unmark its parent's write). `poison`: an exception is unwinding through a guard
+// that may have written, so the write may be half done, as if the holder had died.
+inline void end_guard(RobustLock& lock, GuardState state, bool poison) noexcept {
   if (lock.owner_pid != cached_pid) return;
-  if (unwinding) lock.poisoned.store(1, std::memory_order_relaxed);
-  clear_dirty(lock);
-  detail::unlock(lock);
+  if (poison)
+    lock.poisoned.store(static_cast<std::uint8_t>(PoisonCause::exception), std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  lock.dirty = state.was_dirty;
+  if (!state.reentered) detail::unlock(lock);
 }
 
 // The common part of Mutex (K = mutex) and RecursiveMutex (K = recursive_mutex).
@@ -221,29 +268,32 @@ public:
   void lock() {
     if (const int error = detail::lock(block().lock)) throw_lock_error(core_, kind(), "lock", error);
   }
+  // EDEADLK (this thread holds the non-recursive lock) is a plain false for the try
+  // calls, at once: no other thread can release it.
   bool try_lock() {
     const int error = detail::try_lock(block().lock);
-    if (error == EBUSY) return false;
+    if (error == EBUSY || error == EDEADLK) return false;
     if (error) throw_lock_error(core_, kind(), "try_lock", error);
     return true;
   }
   template <class Rep, class Period>
   bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
     const int error = detail::lock_until(block().lock, deadline_after(timeout));
-    if (error == ETIMEDOUT) return false;
+    if (error == ETIMEDOUT || error == EDEADLK) return false;
     if (error) throw_lock_error(core_, kind(), "try_lock_for", error);
     return true;
   }
   template <class Clock, class Duration>
   bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
     const int error = detail::lock_until(block().lock, to_deadline(deadline));
-    if (error == ETIMEDOUT) return false;
+    if (error == ETIMEDOUT || error == EDEADLK) return false;
     if (error) throw_lock_error(core_, kind(), "try_lock_until", error);
     return true;
   }
   void unlock() {
-    if (const int error = detail::unlock(block().lock))
-      throw_lock_error(core_, kind(), "unlock", error);
+    RobustLock& lock = block().lock;
+    const pid_t holder = lock.owner_pid;  // read before: names who holds it in the error
+    if (const int error = detail::unlock(lock)) throw_lock_error(core_, kind(), "unlock", error, holder);
   }
   std::uint32_t owner_deaths() const {
     observe_deaths(block().lock);
@@ -278,9 +328,11 @@ public:
   // lock and counts the death (see top of file). Throws InvalidArgument if this thread
   // holds it already.
   void lock() { impl_.lock(); }
-  // Takes the lock if free; returns false at once if another thread holds it.
+  // Takes the lock if free; returns false at once if another thread holds it, or if this
+  // thread does (Python's Lock.acquire(blocking=False)).
   bool try_lock() { return impl_.try_lock(); }
-  // Blocks at most `timeout` (steady clock); returns false if the lock was not taken.
+  // Blocks at most `timeout` (steady clock); returns false if the lock was not taken. If
+  // this thread holds it already, returns false at once (waiting could not help).
   template <class Rep, class Period>
   bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
     return impl_.try_lock_for(timeout);
@@ -290,7 +342,8 @@ public:
   bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
     return impl_.try_lock_until(deadline);
   }
-  // Releases the lock. Throws NotOwner if this thread does not hold it.
+  // Releases the lock. Throws NotOwner if this thread does not hold it (naming the holder's
+  // pid when one is recorded).
   void unlock() { impl_.unlock(); }
   // How many holders died holding this lock (a death is seen as soon as the lock is
   // free, or when the next locker takes it).

@@ -10,7 +10,8 @@
 // Visibility: once a write returns in one process, every later load() anywhere sees it.
 // Owner death (poisoning): the next locker gets the lock and the death is counted
 //   (owner_deaths(), last_dead_owner()). If the holder died in the middle of a write
-//   (a multi-store write of a non-scalar T, or while it held a Guard), the value is
+//   (a multi-store write of a non-scalar T, or while it held a Guard), or an exception
+//   unwound through a Guard after it gave access to the T, the value is
 //   poisoned: load() still works, writes throw OwnerDied and change nothing until
 //   clear_poison(). A death anywhere else (say, inside update's f, which works on a
 //   copy) leaves the value as it was and does not poison it. A death never leaves a
@@ -89,29 +90,44 @@ class Value {
 public:
   // Holds the value's lock and gives access to the T; the value is marked dirty meanwhile,
   // so a holder that dies poisons it, and so does an exception that unwinds through the
-  // guard (the write may be half done). Move-only; unlocks on destruction, only in the
-  // process that took it. Not to be handed to another thread.
+  // guard once the guard gave access to the T (a write through it may be half done).
+  // Inside it, the value's own calls (load, store, +=, update, a nested lock()) work: the
+  // lock is re-entrant for its holder, as Python's Value lock (an RLock) is. Move-only;
+  // unlocks on destruction, only in the process that took it. Not to be handed to
+  // another thread.
   class Guard {
   public:
     Guard(Guard&& other) noexcept
-        : block_(std::exchange(other.block_, nullptr)), exceptions_(other.exceptions_) {}
+        : block_(std::exchange(other.block_, nullptr)),
+          state_(other.state_),
+          touched_(other.touched_),
+          exceptions_(other.exceptions_) {}
     Guard& operator=(Guard&&) = delete;
     ~Guard() { release(); }
     // The locked value.
-    T& operator*() const noexcept { return block_->value; }
-    T* operator->() const noexcept { return &block_->value; }
+    T& operator*() const noexcept {
+      touched_ = true;
+      return block_->value;
+    }
+    T* operator->() const noexcept {
+      touched_ = true;
+      return &block_->value;
+    }
     // Unlocks now rather than at destruction.
     void unlock() noexcept { release(); }
 
   private:
     friend class Value;
-    explicit Guard(detail::ValueBlock<T>* block) noexcept : block_(block) {}
+    Guard(detail::ValueBlock<T>* block, detail::GuardState state) noexcept
+        : block_(block), state_(state) {}
     void release() noexcept {
       if (block_ != nullptr)
-        detail::end_guard(std::exchange(block_, nullptr)->lock,
-                          std::uncaught_exceptions() > exceptions_);
+        detail::end_guard(std::exchange(block_, nullptr)->lock, state_,
+                          touched_ && std::uncaught_exceptions() > exceptions_);
     }
     detail::ValueBlock<T>* block_;
+    detail::GuardState state_;
+    mutable bool touched_ = false;  // the T was reached through this guard
     int exceptions_ = std::uncaught_exceptions();  // in flight when the guard was made
   };
 
@@ -157,8 +173,8 @@ public:
   // poisoned.
   [[nodiscard]] Guard lock() {
     auto& b = block();
-    detail::begin_guard(b.lock, core_, kind);
-    return Guard(&b);
+    const detail::GuardState state = detail::begin_guard(b.lock, core_, kind);
+    return Guard(&b, state);
   }
 
   // Adds `delta` and returns the previous value (arithmetic T). Throws OwnerDied.
