@@ -55,9 +55,23 @@ struct alignas(64) BarrierBlock {
   std::uint32_t generation;           // the current round's number
   std::uint64_t broken_rounds;        // bit (round % 64): that round ended broken
   std::uint32_t broken;               // broken until reset()
+  std::uint32_t break_cause;          // why the last break happened (BreakCause)
+  std::int32_t break_pid;             // the process it names (the dead party, the caller)
   // followed by 2 * parties Party slots: the processes whose death breaks the barrier
 };
 constexpr std::size_t barrier_parties_offset = sizeof(BarrierBlock);
+// The break record sits in what was padding: the party table did not move.
+static_assert(barrier_parties_offset == 192);
+
+// Why a barrier broke, kept in the block so that every process it reaches says the same.
+enum class BreakCause : std::uint32_t {
+  unknown = 0,       // a block written before causes were recorded
+  party_died = 1,    // break_pid: a watched party that died
+  timed_out = 2,     // break_pid: the process whose wait_for() timed out
+  aborted = 3,       // break_pid: the process that called abort()
+  reset = 4,         // break_pid: the process that called reset() while parties waited
+  holder_died = 5,   // a process died while it updated the barrier
+};
 
 // A process the barrier watches: a registered member, or one waiting in a round.
 struct Party {
@@ -97,8 +111,21 @@ bool process_dead(std::int32_t pid) {
   return state == 'Z' || state == 'X';
 }
 
-[[noreturn]] void throw_broken(const HandleCore& core, std::string_view why) {
-  throw BrokenBarrier(segment_name(core), describe(core, ObjectKind::barrier), why);
+// Throws BrokenBarrier saying why its last break happened: the same text in every process
+// it reaches (read with the barrier's lock held).
+[[noreturn]] void throw_broken(const HandleCore& core, const BarrierBlock& b) {
+  const auto pid = b.break_pid;
+  std::string why;
+  switch (static_cast<BreakCause>(b.break_cause)) {
+    case BreakCause::party_died: why = fmt::format("process {}, a party it watched, died", pid); break;
+    case BreakCause::timed_out: why = fmt::format("a wait in process {} timed out", pid); break;
+    case BreakCause::aborted: why = fmt::format("process {} called abort()", pid); break;
+    case BreakCause::reset: why = fmt::format("process {} called reset() while parties waited", pid); break;
+    case BreakCause::holder_died: why = "a process died while it updated the barrier"; break;
+    default: why = "the cause was not recorded"; break;
+  }
+  throw BrokenBarrier(segment_name(core), describe(core, ObjectKind::barrier),
+                      fmt::format("broken: {}; reset() makes it usable again", why));
 }
 
 // Holds a barrier's lock; a holder that died mid-update broke the barrier (repaired here).
@@ -109,7 +136,7 @@ public:
       throw_lock_error(core, ObjectKind::barrier, "lock", error);
     if (b.lock.poisoned.load(std::memory_order_relaxed)) {
       b.lock.poisoned.store(0, std::memory_order_relaxed);
-      break_round();
+      break_round(BreakCause::holder_died, 0);
     }
   }
   ~BarrierLock() { detail::unlock(block_.lock); }
@@ -133,9 +160,12 @@ public:
     b.epoch.fetch_add(1, std::memory_order_release);
     futex_wake(b.epoch);
   }
-  // Breaks the barrier: the current round's waiters throw, later arrivals too.
-  void break_round() {
+  // Breaks the barrier for `cause`, naming process `pid`: the current round's waiters
+  // throw, later arrivals too. A barrier broken already keeps its first cause.
+  void break_round(BreakCause cause, std::int32_t pid) {
     if (block_.broken) return;
+    block_.break_cause = static_cast<std::uint32_t>(cause);
+    block_.break_pid = pid;
     block_.broken = 1;
     end_round(true);
   }
@@ -158,13 +188,13 @@ public:
     for (Party& party : barrier_parties(block_))
       if (party.pid == cached_pid) party = Party{0, 0};
   }
-  // Forgets watched processes that have died; returns how many there were.
-  int forget_dead() {
-    int dead = 0;
+  // Forgets watched processes that have died; returns the pid of one of them, or 0.
+  std::int32_t forget_dead() {
+    std::int32_t dead = 0;
     for (Party& party : barrier_parties(block_))
       if (party.pid != 0 && party.pid != cached_pid && process_dead(party.pid)) {
+        if (dead == 0) dead = party.pid;
         party = Party{0, 0};
-        ++dead;
       }
     return dead;
   }
@@ -397,7 +427,7 @@ std::uint32_t Barrier::arrive_until(detail::Deadline deadline) {
   std::uint32_t index = 0, round = 0;
   {
     detail::BarrierLock held(b, core_);
-    if (b.broken) detail::throw_broken(core_, "broken (reset() makes it usable again)");
+    if (b.broken) detail::throw_broken(core_, b);
     index = b.count;
     round = b.generation;
     if (index + 1 == b.parties) {
@@ -412,17 +442,16 @@ std::uint32_t Barrier::arrive_until(detail::Deadline deadline) {
     {
       detail::BarrierLock held(b, core_);
       if (b.generation != round) {
-        if (b.broken_rounds & (std::uint64_t{1} << (round % 64)))
-          detail::throw_broken(core_, "broken while waiting (timeout, abort, reset or a dead party)");
+        if (b.broken_rounds & (std::uint64_t{1} << (round % 64))) detail::throw_broken(core_, b);
         return index;
       }
       if (std::chrono::steady_clock::now() >= deadline) {
-        held.break_round();
-        detail::throw_broken(core_, "wait timed out: the barrier is now broken");
+        held.break_round(detail::BreakCause::timed_out, detail::cached_pid);
+        detail::throw_broken(core_, b);
       }
-      if (held.forget_dead() > 0) {
-        held.break_round();
-        detail::throw_broken(core_, "a registered party died: the barrier is now broken");
+      if (const std::int32_t dead = held.forget_dead(); dead != 0) {
+        held.break_round(detail::BreakCause::party_died, dead);
+        detail::throw_broken(core_, b);
       }
     }
     const auto wake_by = std::min(deadline, std::chrono::steady_clock::now() + detail::liveness_period);
@@ -445,14 +474,18 @@ void Barrier::unregister_party() {
 void Barrier::abort() {
   auto& b = detail::block_of<BarrierBlock>(core_, ObjectKind::barrier);
   detail::BarrierLock held(b, core_);
-  held.break_round();
+  held.break_round(detail::BreakCause::aborted, detail::cached_pid);
 }
 
 void Barrier::reset() {
   auto& b = detail::block_of<BarrierBlock>(core_, ObjectKind::barrier);
   detail::BarrierLock held(b, core_);
   held.forget_dead();
-  if (b.count > 0) held.end_round(true);  // those waiting now throw BrokenBarrier
+  if (b.count > 0) {  // those waiting now throw BrokenBarrier
+    b.break_cause = static_cast<std::uint32_t>(detail::BreakCause::reset);
+    b.break_pid = detail::cached_pid;
+    held.end_round(true);
+  }
   b.broken = 0;
 }
 

@@ -830,7 +830,8 @@ TEST_CASE("closed queues, broken barriers and misused locks give their exact err
   auto& cq = f.closed_queue;
   const Says push_closed{s, "queue 'closed_queue'", "push: the queue is closed"};
   const Says pop_closed{s, "queue 'closed_queue'", "pop: the queue is closed and empty"};
-  const Says broken{s, "barrier 'broken_barrier'", "broken (reset() makes it usable again)"};
+  const Says broken{s, "barrier 'broken_barrier'",
+                    fmt::format("broken: process {} called abort(); reset() makes it usable again", ::getpid())};
   SegmentName elsewhere_name("elsewhere");
   auto elsewhere = Segment::create(elsewhere_name, 65536);
   auto foreign_mutex = elsewhere.create_mutex("foreign");
@@ -1000,10 +1001,10 @@ TEST_CASE("zero, negative and huge timeouts return at once with the documented r
                    }))),
       throws<BrokenBarrier>("Barrier::wait_for(0) breaks the barrier at once",
                             bounded([&] { barrier_zero.wait_for(0s); }),
-                            {c, "barrier 'zero'", "wait timed out: the barrier is now broken"}),
+                            {c, "barrier 'zero'", fmt::format("broken: a wait in process {} timed out", ::getpid())}),
       throws<BrokenBarrier>("Barrier::wait_for(-1 s) breaks the barrier at once",
                             bounded([&] { barrier_negative.wait_for(-1s); }),
-                            {c, "barrier 'negative'", "wait timed out: the barrier is now broken"}),
+                            {c, "barrier 'negative'", fmt::format("broken: a wait in process {} timed out", ::getpid())}),
   };
   run(rows, [&] { f.verify(); });
   CHECK(barrier_zero.broken());

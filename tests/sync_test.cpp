@@ -314,7 +314,10 @@ TEST_CASE("a timed-out wait breaks the Barrier for everyone until reset") {
   });
   REQUIRE(wait_until_sleeping(other));
   const auto start = std::chrono::steady_clock::now();
-  CHECK_THROWS_WITH_AS(barrier.wait_for(50ms), doctest::Contains("wait timed out"), BrokenBarrier);
+  CHECK_THROWS_WITH_AS(barrier.wait_for(50ms),
+                       doctest::Contains(fmt::format("broken: a wait in process {} timed out; reset() "
+                                                     "makes it usable again", ::getpid()).c_str()),
+                       BrokenBarrier);
   CHECK(std::chrono::steady_clock::now() - start >= 50ms);
   CHECK(wait_child(other, 10s).ok());
   CHECK(barrier.broken());
@@ -491,27 +494,38 @@ TEST_CASE("a waiter killed while it sleeps on an Event leaves set working for th
   CHECK_FALSE(event.wait_for(10ms));
 }
 
-TEST_CASE("a Barrier party killed while the others wait breaks the barrier within a moment") {
+TEST_CASE("a Barrier party killed while the others wait breaks it, and every survivor's message names it") {
   SegmentName name("barrierkill");
   auto segment = Segment::create(name, 64 * 1024);
-  auto barrier = segment.create_barrier("b", 3);
+  auto barrier = segment.create_barrier("b", 4);
+  auto messages = segment.create_queue<std::string>("messages", 4, 512);
   const pid_t victim = run_child([&] {
     barrier.register_party();
     sleep_until_killed();  // a member that never arrives
   });
-  const pid_t waiter = run_child([&] {
-    try {
-      barrier.arrive_and_wait();
-    } catch (const BrokenBarrier& e) {
-      ::_exit(std::string_view(e.what()).find("a registered party died") != std::string_view::npos ? 0 : 4);
-    }
-    ::_exit(9);
-  });
-  REQUIRE(wait_until_sleeping(waiter));
-  while (barrier.waiting() < 1) std::this_thread::yield();
+  std::vector<pid_t> waiters;
+  for (int i = 0; i < 2; ++i)
+    waiters.push_back(run_child([&] {
+      try {
+        barrier.arrive_and_wait();
+      } catch (const BrokenBarrier& e) {
+        messages.push(e.what());
+        ::_exit(0);
+      }
+      ::_exit(9);
+    }));
+  for (const pid_t waiter : waiters) REQUIRE(wait_until_sleeping(waiter));
+  while (barrier.waiting() < 2) std::this_thread::yield();
   kill_and_reap(victim);
-  CHECK(wait_child(waiter, 10s).ok());
+  for (const pid_t waiter : waiters) CHECK(wait_child(waiter, 10s).ok());
+  const std::string expected =
+      fmt::format("segment '{}': barrier 'b': broken: process {}, a party it watched, died; "
+                  "reset() makes it usable again", name.str(), victim);
+  CHECK(messages.pop_for(1s) == std::optional<std::string>(expected));
+  CHECK(messages.pop_for(1s) == std::optional<std::string>(expected));
   CHECK(barrier.broken());
+  // A later arrival hears the same.
+  CHECK_THROWS_WITH_AS(barrier.arrive_and_wait(), expected.c_str(), BrokenBarrier);
   barrier.reset();
   CHECK_FALSE(barrier.broken());
 }

@@ -217,7 +217,9 @@ private:
 //   ready for the next round.
 // Broken: a timed-out wait_for(), abort(), or reset() with callers waiting breaks the
 //   round: every waiter throws BrokenBarrier, and so does every later arrival until
-//   reset() (Python's semantics).
+//   reset() (Python's semantics). Its message says why, the same in every process it
+//   reaches: the pid of the party that died, or of the process whose wait timed out, or
+//   that called abort() or reset().
 // Dead parties: waiters wake at least every 100 ms to check that the processes the
 //   barrier watches are alive, and break it if one has died instead of waiting for ever.
 //   It watches every process waiting in the current round, and every process that
