@@ -645,8 +645,11 @@ Segment detail::create_segment(std::string_view name_view, std::size_t bytes,
                                       "objects need at least {}",
                                       bytes, options.max_objects, minimum));
   const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-  if (bytes > (std::uint64_t{1} << 46))
-    throw SegmentFull(name, "", fmt::format("{} bytes is more than this library maps", bytes));
+  if (bytes > max_segment_bytes)
+    throw InvalidArgument(name, "",
+                          fmt::format("{} bytes is more than the largest segment procshare maps "
+                                      "({} bytes, 64 TiB)",
+                                      bytes, max_segment_bytes));
   const std::uint64_t size = align_up(bytes, page);
 
   // 1. An anonymous file in /dev/shm, reserved and initialised while nobody can see it:

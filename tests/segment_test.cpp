@@ -486,3 +486,18 @@ TEST_CASE("open_or_create refuses an existing segment whose mode is wider than r
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("segment") {
+
+TEST_CASE("create of more than max_segment_bytes is InvalidArgument naming the largest size procshare maps") {
+  SegmentName name("huge");
+  CHECK_THROWS_WITH_AS(Segment::create(name, SIZE_MAX),
+                       ("segment '" + name.str() + "': " + std::to_string(SIZE_MAX) +
+                        " bytes is more than the largest segment procshare maps (70368744177664 bytes, 64 TiB)")
+                           .c_str(),
+                       InvalidArgument);
+  CHECK_THROWS_AS(Segment::create(name, max_segment_bytes + 1), InvalidArgument);
+  CHECK_FALSE(procshare::test::shm_exists(name));
+}
+
+}  // TEST_SUITE

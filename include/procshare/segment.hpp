@@ -158,6 +158,10 @@ struct OpenOptions {
   bool allow_other_owner = false;
 };
 
+// The largest segment procshare creates and maps: 2^46 bytes (64 TiB). Larger sizes are
+// InvalidArgument at create(); /dev/shm usually refuses far less (SegmentFull).
+inline constexpr std::uint64_t max_segment_bytes = std::uint64_t{1} << 46;
+
 // Options for Segment::create and Segment::open_or_create.
 struct SegmentOptions {
   // Mode bits of the file, applied with fchmod so the umask cannot change them.
@@ -323,9 +327,10 @@ class PROCSHARE_API Segment {
 public:
   // Creates segment `name` of `bytes` (rounded up to whole pages), mode
   // options.permissions, its memory reserved up front with posix_fallocate.
-  // Throws InvalidName, InvalidArgument (bytes too small for the header and directory:
-  // the message names the minimum), AlreadyExists, PermissionDenied, SegmentFull
-  // (/dev/shm cannot reserve `bytes`; nothing is left behind).
+  // Throws InvalidName, InvalidArgument (bytes too small for the header and directory,
+  // or more than max_segment_bytes: the message names the limit), AlreadyExists,
+  // PermissionDenied, SegmentFull (/dev/shm cannot reserve `bytes`; nothing is left
+  // behind).
   static Segment create(std::string_view name, std::size_t bytes,
                         const SegmentOptions& options = {});
   // Opens the existing segment `name`, validating its header before anything else.
