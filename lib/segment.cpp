@@ -576,8 +576,10 @@ struct FdCloser {
 };
 
 // Opens and validates `name`: the header first, before anything else is read.
+// `most_permissions` is the widest mode accepted (PermissionDenied past it, the message
+// ending with `limit`, what set it).
 std::shared_ptr<Mapping> open_mapping(const std::string& name, const OpenOptions& options,
-                                      std::uint32_t most_permissions = 07777) {
+                                      std::uint32_t most_permissions, std::string_view limit) {
   using namespace detail;
   bip::shared_memory_object file;
   try {
@@ -593,10 +595,6 @@ std::shared_ptr<Mapping> open_mapping(const std::string& name, const OpenOptions
     throw PermissionDenied(name, "",
                            fmt::format("it is owned by uid {}, not by this process's uid {}",
                                        status.st_uid, ::geteuid()));
-  if ((status.st_mode & 07777 & ~most_permissions) != 0)
-    throw PermissionDenied(name, "",
-                           fmt::format("its mode {:04o} is wider than the {:04o} requested",
-                                       status.st_mode & 07777, most_permissions));
   lock_file(*mapping, LOCK_SH);
   const auto size = static_cast<std::uint64_t>(status.st_size);
   if (size < sizeof(Header))
@@ -612,6 +610,11 @@ std::shared_ptr<Mapping> open_mapping(const std::string& name, const OpenOptions
   }
   if (const std::string reason = invalid_header_reason(*mapping); !reason.empty())
     throw CorruptSegment(name, "", reason);
+  // (after the header: a file that is no segment at all says so first)
+  if ((status.st_mode & 07777 & ~most_permissions) != 0)
+    throw PermissionDenied(name, "",
+                           fmt::format("its mode {:04o} is wider than the {:04o} {}",
+                                       status.st_mode & 07777, most_permissions, limit));
   if (auto existing = find_mapped(mapping->header().uuid)) return existing;
   register_mapping(mapping);
   return mapping;
@@ -705,7 +708,7 @@ Segment detail::create_segment(std::string_view name_view, std::size_t bytes,
     rethrow_os(name, "cannot create segment", errno);
 
   // 3. Map it as any opener does (through Boost, holding the liveness lock).
-  auto mapping = open_mapping(name, {});
+  auto mapping = open_mapping(name, {}, 07777, "");  // (made by us, in the mode asked for)
   if (!(mapping->header().uuid == uuid))
     throw AlreadyExists(name, "", "cannot create segment: it was replaced as it was created");
   mapping->creator_pid = ::getpid();
@@ -725,7 +728,12 @@ void detail::reserve(const Segment& segment, std::uint64_t offset, std::uint64_t
 
 Segment Segment::open(std::string_view name, const OpenOptions& options) {
   detail::validate_segment_name(name);
-  return Segment(open_mapping(std::string(name), options), false);
+  if (options.max_permissions > 07777)
+    throw InvalidArgument(std::string(name), "",
+                          fmt::format("max_permissions {:o} are not mode bits", options.max_permissions));
+  return Segment(open_mapping(std::string(name), options, options.max_permissions,
+                              "accepted (OpenOptions::max_permissions)"),
+                 false);
 }
 
 Segment Segment::open_or_create(std::string_view name, std::size_t bytes,
@@ -739,7 +747,7 @@ Segment Segment::open_or_create(std::string_view name, std::size_t bytes,
     } catch (const AlreadyExists&) {
     }
     try {
-      return Segment(open_mapping(std::string(name), {}, options.permissions), false);
+      return Segment(open_mapping(std::string(name), {}, options.permissions, "requested"), false);
     } catch (const NotFound&) {
       if (attempt == 100) throw;
     }

@@ -383,6 +383,9 @@ TEST_CASE("bad segment names, sizes, options and files are refused with the exac
   std::ofstream("/dev/shm/" + garbage_file.str()) << std::string(8192, 'g');
   for (const auto* file : {&empty_file, &short_file, &garbage_file})
     REQUIRE(::chmod(("/dev/shm/" + file->str()).c_str(), 0600) == 0);
+  SegmentName wide_file("wide");  // a segment whose mode someone widened
+  Segment::create(wide_file, 65536).keep();
+  REQUIRE(::chmod(("/dev/shm/" + wide_file.str()).c_str(), 0666) == 0);
   f.files = shm_files(my_shm_prefix());
 
   const std::string minimum_fragment = "bytes is too small: the header and a directory of 128 objects need at least";
@@ -471,6 +474,12 @@ TEST_CASE("bad segment names, sizes, options and files are refused with the exac
       throws<CorruptSegment>("open_or_create of an empty file",
                              [&] { Segment::open_or_create(empty_file, 65536); },
                              {empty_file.str(), "", "the file is empty"}),
+      throws<PermissionDenied>("open of a segment whose mode was widened to 0666",
+                               [&] { Segment::open(wide_file); },
+                               {wide_file.str(), "", "its mode 0666 is wider than the 0600 accepted (OpenOptions::max_permissions)"}),
+      throws<InvalidArgument>("open with max_permissions beyond the mode bits",
+                              [s] { Segment::open(s, {.allow_other_owner = false, .max_permissions = 010000}); },
+                              {s, "", "max_permissions 10000 are not mode bits"}),
   };
   run(rows, [&] {
     f.verify();

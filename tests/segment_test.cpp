@@ -489,6 +489,21 @@ TEST_CASE("open_or_create refuses an existing segment whose mode is wider than r
 
 TEST_SUITE("segment") {
 
+TEST_CASE("open refuses a segment whose mode was widened to 0666, naming the mode, unless max_permissions allows it") {
+  SegmentName name("widened");
+  auto segment = Segment::create(name, 64 * 1024);
+  segment.create_value<int>("v", 7);
+  REQUIRE(::chmod(("/dev/shm/" + name.str()).c_str(), 0666) == 0);
+  CHECK_THROWS_WITH_AS(Segment::open(name),
+                       ("segment '" + name.str() +
+                        "': its mode 0666 is wider than the 0600 accepted (OpenOptions::max_permissions)")
+                           .c_str(),
+                       PermissionDenied);
+  CHECK(Segment::open(name, {.max_permissions = 0666}).open_value<int>("v").load() == 7);
+  REQUIRE(::chmod(("/dev/shm/" + name.str()).c_str(), 0600) == 0);
+  CHECK(Segment::open(name).open_value<int>("v").load() == 7);
+}
+
 TEST_CASE("create of more than max_segment_bytes is InvalidArgument naming the largest size procshare maps") {
   SegmentName name("huge");
   CHECK_THROWS_WITH_AS(Segment::create(name, SIZE_MAX),

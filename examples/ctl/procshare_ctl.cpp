@@ -11,6 +11,7 @@
 //   procshare-ctl rm SEG                   remove a segment's name
 //   procshare-ctl clean [--dry-run]        remove segments no process maps any more
 //   --any-owner (before the command)       also open segments other users own
+//   --any-mode (before the command)        also open segments whose mode is wider than 0600
 //
 // Exit status: 0 done, 1 not found or refused (the message says why), 2 usage.
 #include <procshare/procshare.hpp>
@@ -166,6 +167,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.add_flag("--any-owner", open_options.allow_other_owner,
                "Open segments other users own too (refused by default)");
+  bool any_mode = false;
+  app.add_flag("--any-mode", any_mode,
+               "Open segments whose mode is wider than 0600 too (refused by default)");
   bool json = false, dry_run = false;
   std::string segment, object, value;
   std::uint64_t job = 0;
@@ -203,6 +207,7 @@ int main(int argc, char** argv) {
     app.exit(e);
     return 2;
   }
+  if (any_mode) open_options.max_permissions = 07777;
   try {
     if (ls->parsed()) return list(json);
     if (show_cmd->parsed()) return show(segment, json);

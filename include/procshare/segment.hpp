@@ -156,6 +156,10 @@ struct OpenOptions {
   // Open a segment another user owns (a controller run by root, say). Off by default:
   // a segment someone else made is PermissionDenied, so a name cannot be hijacked.
   bool allow_other_owner = false;
+  // The widest file mode accepted: a segment whose mode has bits outside these (0666,
+  // say: anyone could have written it) is PermissionDenied naming its mode, as in
+  // open_or_create. Widen it (0660 for a group, 07777 for any mode) to opt in.
+  std::uint32_t max_permissions = 0600;
 };
 
 // The largest segment procshare creates and maps: 2^46 bytes (64 TiB). Larger sizes are
@@ -334,8 +338,9 @@ public:
   static Segment create(std::string_view name, std::size_t bytes,
                         const SegmentOptions& options = {});
   // Opens the existing segment `name`, validating its header before anything else.
-  // Throws InvalidName, NotFound, PermissionDenied (the OS refused, or another user owns
-  // it and options.allow_other_owner is off), CorruptSegment (at once, for an empty,
+  // Throws InvalidName, NotFound, PermissionDenied (the OS refused, another user owns
+  // it and options.allow_other_owner is off, or its mode is wider than
+  // options.max_permissions), CorruptSegment (at once, for an empty,
   // short, foreign, unready or inconsistent file), Timeout (another process has held
   // the file's exclusive lock for over a second).
   static Segment open(std::string_view name, const OpenOptions& options = {});
