@@ -754,16 +754,9 @@ Segment Segment::open_or_create(std::string_view name, std::size_t bytes,
   }
 }
 
-bool Segment::remove(std::string_view name) {
-  detail::validate_segment_name(name);
-  if (::shm_unlink(fmt::format("/{}", name).c_str()) == 0) return true;
-  if (errno == ENOENT) return false;
-  detail::rethrow_os(std::string(name), "cannot remove segment", errno);
-}
-
 namespace {
 
-// A file in /dev/shm opened read-only, for list() and clean().
+// A file in /dev/shm opened read-only, for list(), clean() and remove().
 struct ReadOnlyFile {
   int fd = -1;
   explicit ReadOnlyFile(const std::string& path)
@@ -774,6 +767,57 @@ struct ReadOnlyFile {
   ReadOnlyFile(const ReadOnlyFile&) = delete;
   ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
 };
+
+// Why the file open on `fd`, of `size` bytes, is not a valid procshare segment, or "" if
+// its header validates (invalid_header_reason, the check open() makes). Reads with pread.
+std::string file_problem(int fd, std::uint64_t size) {
+  using namespace detail;
+  if (size == 0) return "the file is empty";
+  if (size < sizeof(Header))
+    return fmt::format("the file is {} bytes, smaller than a segment header ({} bytes)", size,
+                       sizeof(Header));
+  alignas(Header) std::byte buffer[sizeof(Header)];
+  if (::pread(fd, buffer, sizeof buffer, 0) != static_cast<ssize_t>(sizeof buffer))
+    return fmt::format("cannot read its header: {}", os_reason(errno));
+  return invalid_header_reason(*reinterpret_cast<const Header*>(buffer), size);
+}
+
+}  // namespace
+
+bool Segment::remove(std::string_view name_view, const RemoveOptions& options) {
+  detail::validate_segment_name(name_view);
+  const std::string name(name_view);
+  const std::string path = "/dev/shm/" + name;
+  if (!options.force) {
+    ReadOnlyFile file(path);
+    if (file.fd < 0) {
+      if (errno == ENOENT) return false;
+      detail::rethrow_os(name, "cannot remove segment", errno);
+    }
+    struct stat mine{};
+    if (::fstat(file.fd, &mine) != 0) detail::rethrow_os(name, "cannot remove segment", errno);
+    std::string problem = S_ISREG(mine.st_mode)
+                              ? file_problem(file.fd, static_cast<std::uint64_t>(mine.st_size))
+                              : std::string("not a regular file");
+    if (!problem.empty())
+      throw CorruptSegment(name, "",
+                           fmt::format("not removed: {}{}",
+                                       problem.starts_with("not a procshare segment")
+                                           ? ""
+                                           : "not a valid procshare segment: ",
+                                       problem));
+    // Unlink the file just checked, not one put in its place meanwhile.
+    struct stat named{};
+    if (::stat(path.c_str(), &named) != 0) return false;
+    if (named.st_ino != mine.st_ino || named.st_dev != mine.st_dev)
+      throw CorruptSegment(name, "", "not removed: the file was replaced while it was checked");
+  }
+  if (::shm_unlink(fmt::format("/{}", name).c_str()) == 0) return true;
+  if (errno == ENOENT) return false;
+  detail::rethrow_os(name, "cannot remove segment", errno);
+}
+
+namespace {
 
 // Whether some process holds a lock on the file (maps the segment).
 bool file_in_use(int fd) {

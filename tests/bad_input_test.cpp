@@ -480,6 +480,12 @@ TEST_CASE("bad segment names, sizes, options and files are refused with the exac
       throws<InvalidArgument>("open with max_permissions beyond the mode bits",
                               [s] { Segment::open(s, {.allow_other_owner = false, .max_permissions = 010000}); },
                               {s, "", "max_permissions 10000 are not mode bits"}),
+      throws<CorruptSegment>("remove of a file of garbage", [&] { Segment::remove(garbage_file); },
+                             {garbage_file.str(), "", "not removed: not a procshare segment (bad magic number)"}),
+      throws<CorruptSegment>("remove of an empty file", [&] { Segment::remove(empty_file); },
+                             {empty_file.str(), "", "not removed: not a valid procshare segment: the file is empty"}),
+      throws<CorruptSegment>("remove of a 10-byte file", [&] { Segment::remove(short_file); },
+                             {short_file.str(), "", "not a valid procshare segment: the file is 10 bytes, smaller than a segment header"}),
   };
   run(rows, [&] {
     f.verify();

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -286,6 +287,40 @@ TEST_CASE("bad input: a clear error, a non-zero exit, and nothing changed") {
   CHECK(run(ctl("show")).status == 2);
   CHECK(run(ctl("--help")).status == 0);
   CHECK(run(ctl("rm no-such-" + std::to_string(::getpid()))).status == 1);
+}
+
+TEST_CASE("rm refuses a text file and a semaphore's file with exit 1, leaving them intact; --force, named in --help, removes them") {
+  SegmentName text("ctl-rm-text");
+  const std::string content(4096, 't');
+  { std::ofstream(("/dev/shm/" + text.str()).c_str()) << content; }
+  const std::string semaphore = "/" + text.str() + "-sem", semaphore_file = "sem." + text.str() + "-sem";
+  sem_t* handle = ::sem_open(semaphore.c_str(), O_CREAT | O_EXCL, 0600, 1);
+  REQUIRE(handle != SEM_FAILED);
+  ::sem_close(handle);
+  struct RemoveSemaphore {
+    std::string name;
+    ~RemoveSemaphore() { ::sem_unlink(name.c_str()); }
+  } remove_semaphore{semaphore};
+  const auto refused = run(ctl("rm " + text.str()));
+  CHECK(refused.status == 1);
+  CHECK(refused.text == "procshare-ctl: segment '" + text.str() +
+                            "': not removed: not a procshare segment (bad magic number) (rm --force removes any file)\n");
+  std::ifstream in("/dev/shm/" + text.str());
+  CHECK(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()) == content);
+  const auto semaphore_refused = run(ctl("rm " + semaphore_file));
+  CHECK(semaphore_refused.status == 1);
+  CHECK(semaphore_refused.text.find("not a valid procshare segment: the file is 32 bytes") != std::string::npos);
+  CHECK(procshare::test::shm_exists(semaphore_file));
+  CHECK(run(ctl("rm --help")).text.find("--force") != std::string::npos);
+  CHECK(run(ctl("rm --force " + text.str())).status == 0);
+  CHECK_FALSE(procshare::test::shm_exists(text));
+  CHECK(run(ctl("rm --force " + semaphore_file)).status == 0);
+  CHECK_FALSE(procshare::test::shm_exists(semaphore_file));
+  // A real segment needs no --force.
+  SegmentName real("ctl-rm-real");
+  Segment::create(real, 1 << 16).keep();
+  CHECK(run(ctl("rm " + real.str())).status == 0);
+  CHECK_FALSE(procshare::test::shm_exists(real));
 }
 
 }  // TEST_SUITE

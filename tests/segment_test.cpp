@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <semaphore.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 
@@ -513,6 +514,46 @@ TEST_CASE("create of more than max_segment_bytes is InvalidArgument naming the l
                        InvalidArgument);
   CHECK_THROWS_AS(Segment::create(name, max_segment_bytes + 1), InvalidArgument);
   CHECK_FALSE(procshare::test::shm_exists(name));
+}
+
+TEST_CASE("remove refuses a text file and a POSIX semaphore's file, leaving them in place, unless forced") {
+  SegmentName text("text");
+  write_shm_file(text.str(), std::string(4096, 't'));
+  CHECK_THROWS_WITH_AS(Segment::remove(text),
+                       ("segment '" + text.str() + "': not removed: not a procshare segment (bad magic number)").c_str(),
+                       CorruptSegment);
+  CHECK(procshare::test::shm_exists(text));
+  // A named semaphore lives in /dev/shm as sem.NAME, 32 bytes.
+  const std::string semaphore_name = "/" + text.str() + "-sem";
+  sem_t* semaphore = ::sem_open(semaphore_name.c_str(), O_CREAT | O_EXCL, 0600, 1);
+  REQUIRE(semaphore != SEM_FAILED);
+  const std::string semaphore_file = "sem." + text.str() + "-sem";
+  struct RemoveSemaphore {
+    std::string name;
+    ~RemoveSemaphore() { ::sem_unlink(name.c_str()); }
+  } remove_semaphore{semaphore_name};
+  CHECK_THROWS_WITH_AS(Segment::remove(semaphore_file),
+                       doctest::Contains("not removed: not a valid procshare segment: the file is 32 bytes, "
+                                         "smaller than a segment header"),
+                       CorruptSegment);
+  CHECK(procshare::test::shm_exists(semaphore_file));
+  CHECK(::sem_post(semaphore) == 0);  // still the same, working semaphore
+  ::sem_close(semaphore);
+  SegmentName empty("empty");
+  write_shm_file(empty.str(), "");
+  CHECK_THROWS_WITH_AS(Segment::remove(empty), doctest::Contains("not a valid procshare segment: the file is empty"),
+                       CorruptSegment);
+  CHECK(procshare::test::shm_exists(empty));
+  // A real segment is removed; force removes anything.
+  SegmentName real("real");
+  Segment::create(real, 65536).keep();
+  CHECK(Segment::remove(real));
+  CHECK_FALSE(procshare::test::shm_exists(real));
+  CHECK(Segment::remove(text, {.force = true}));
+  CHECK_FALSE(procshare::test::shm_exists(text));
+  CHECK(Segment::remove(semaphore_file, {.force = true}));
+  CHECK_FALSE(procshare::test::shm_exists(semaphore_file));
+  CHECK_FALSE(Segment::remove(text));
 }
 
 }  // TEST_SUITE

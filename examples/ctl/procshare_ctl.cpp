@@ -8,7 +8,8 @@
 //   procshare-ctl stop SEG [JOB]           raise the stop flag of a pool's job (or all jobs)
 //   procshare-ctl watch SEG                a live progress bar of a pool's jobs (plain lines
 //                                          when stdout is not a terminal)
-//   procshare-ctl rm SEG                   remove a segment's name
+//   procshare-ctl rm SEG [--force]         remove a segment's name (only a procshare segment's,
+//                                          unless --force)
 //   procshare-ctl clean [--dry-run]        remove segments no process maps any more
 //   --any-owner (before the command)       also open segments other users own
 //   --any-mode (before the command)        also open segments whose mode is wider than 0600
@@ -170,7 +171,7 @@ int main(int argc, char** argv) {
   bool any_mode = false;
   app.add_flag("--any-mode", any_mode,
                "Open segments whose mode is wider than 0600 too (refused by default)");
-  bool json = false, dry_run = false;
+  bool json = false, dry_run = false, force = false;
   std::string segment, object, value;
   std::uint64_t job = 0;
   int interval_ms = 200;
@@ -196,6 +197,8 @@ int main(int argc, char** argv) {
   watch_cmd->add_option("--interval", interval_ms, "Refresh period in milliseconds")->check(CLI::Range(10, 10000));
   auto* rm_cmd = app.add_subcommand("rm", "Remove a segment's name from /dev/shm");
   rm_cmd->add_option("SEG", segment, "Segment name")->required();
+  rm_cmd->add_flag("--force", force,
+                   "Remove the file even if it is not a procshare segment (refused by default)");
   auto* clean_cmd = app.add_subcommand("clean", "Remove segments no process maps any more");
   clean_cmd->add_flag("--dry-run", dry_run, "Only list what would be removed");
 
@@ -216,7 +219,14 @@ int main(int argc, char** argv) {
     if (stop_cmd->parsed()) return stop(segment, job);
     if (watch_cmd->parsed()) return watch(segment, std::chrono::milliseconds(interval_ms));
     if (rm_cmd->parsed()) {
-      if (!procshare::Segment::remove(segment)) {
+      bool removed = false;
+      try {
+        removed = procshare::Segment::remove(segment, {.force = force});
+      } catch (const procshare::CorruptSegment& e) {
+        fmt::print(stderr, "procshare-ctl: {} (rm --force removes any file)\n", e.what());
+        return 1;
+      }
+      if (!removed) {
         fmt::print(stderr, "procshare-ctl: segment '{}': no such segment\n", segment);
         return 1;
       }

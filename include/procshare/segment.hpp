@@ -174,6 +174,14 @@ struct SegmentOptions {
   std::uint32_t max_objects = 128;
 };
 
+// Options for Segment::remove.
+struct RemoveOptions {
+  // Remove the file even if it is not a valid procshare segment (a foreign or garbled
+  // file in /dev/shm, a POSIX semaphore's sem.* file). Off by default: such a file is
+  // CorruptSegment and left in place.
+  bool force = false;
+};
+
 namespace detail {
 
 // A segment's random identity; a handle names its segment by it.
@@ -350,8 +358,11 @@ public:
   static Segment open_or_create(std::string_view name, std::size_t bytes,
                                 const SegmentOptions& options = {});
   // Removes the name `name` from /dev/shm; processes that map it keep their mapping.
-  // Returns false if there was no such segment. Throws InvalidName, PermissionDenied.
-  static bool remove(std::string_view name);
+  // Only a file whose header validates (as open() checks it) is removed, unless
+  // options.force is set. Returns false if there was no such file. Throws InvalidName,
+  // PermissionDenied, CorruptSegment (the file is not a valid procshare segment: a
+  // foreign, empty, short or garbled file, left in place; its message says why).
+  static bool remove(std::string_view name, const RemoveOptions& options = {});
   // Every file in /dev/shm, procshare segments described, others marked foreign or
   // corrupt. Reads headers with pread on read-only descriptors; never throws for a file.
   static std::vector<SegmentListing> list();
