@@ -67,6 +67,27 @@ TEST_CASE("map over 200,000 items gives exact, ordered results with 1, 2 and 8 w
   }
 }
 
+TEST_CASE("map, map_async and submit of a task returning bool give every item's bool in input order") {
+  Pool pool({.workers = 2});
+  std::vector<std::int64_t> items(10000);
+  std::iota(items.begin(), items.end(), 0);
+  const auto is_odd = [](std::int64_t x) { return x % 2 == 1; };
+  const std::vector<bool> odd = pool.map(items, is_odd);
+  REQUIRE(odd.size() == items.size());
+  bool exact = true;
+  for (std::size_t i = 0; i < items.size(); ++i) exact = exact && odd[i] == (i % 2 == 1);
+  CHECK(exact);
+  auto job = pool.map_async(Chunk{7}, items, [](std::int64_t x, std::int64_t d) { return x % d == 0; },
+                            std::int64_t{3});
+  const std::vector<bool> thirds = job.get();
+  REQUIRE(thirds.size() == items.size());
+  CHECK(std::count(thirds.begin(), thirds.end(), true) == 3334);
+  CHECK(thirds[9999]);
+  CHECK_FALSE(thirds[9998]);
+  CHECK(pool.submit(is_odd, std::int64_t{7}).get());
+  CHECK_FALSE(pool.submit(is_odd, std::int64_t{8}).get());
+}
+
 TEST_CASE("submit returns a Future; 20,000 outstanding futures are all collected at the end") {
   Pool pool({.workers = 2});
   auto one = pool.submit([](int a, int b) { return a + b; }, 2, 40);

@@ -435,7 +435,11 @@ template <class R> struct ResultState : JobState {
       if (index < values.size()) values[index] = Transport<R>::read(r);
   }
   void copy_fixed(const std::byte* slots) override {
-    if constexpr (fixed) {
+    if constexpr (std::is_same_v<R, bool>) {
+      // std::vector<bool> packs its bits (no data()): one byte per slot, 0 or 1.
+      fixed_values.resize(count);
+      for (std::uint64_t i = 0; i < count; ++i) fixed_values[i] = slots[i] != std::byte{0};
+    } else if constexpr (fixed) {
       fixed_values.resize(count);
       if (count) std::memcpy(static_cast<void*>(fixed_values.data()), slots, count * sizeof(R));
     }
