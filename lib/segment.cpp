@@ -842,7 +842,10 @@ std::vector<SegmentListing> Segment::list() {
     struct stat st{};
     if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
     SegmentListing listing{name, false, "", static_cast<std::uint64_t>(st.st_size), 0, 0,
-                           false, false, 0, 0};
+                           false, false, 0, 0,
+                           std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_blocks) * 512,
+                                                   static_cast<std::uint64_t>(st.st_size)),
+                           false};
     ReadOnlyFile file(path);
     if (file.fd < 0) {
       listing.problem = fmt::format("cannot open: {}", os_reason(errno));
@@ -874,7 +877,11 @@ std::vector<SegmentListing> Segment::list() {
       const auto bytes = static_cast<ssize_t>(entries.size() * sizeof(Entry));
       if (::pread(file.fd, entries.data(), static_cast<std::size_t>(bytes),
                   static_cast<off_t>(h.directory_offset)) == bytes)
-        for (const Entry& e : entries) listing.objects += e.state.load() == entry_ready ? 1 : 0;
+        for (const Entry& e : entries) {
+          if (e.state.load() != entry_ready) continue;
+          ++listing.objects;
+          listing.pool = listing.pool || e.kind == static_cast<std::uint32_t>(ObjectKind::pool);
+        }
     }
     result.push_back(std::move(listing));
   }
@@ -910,6 +917,11 @@ const std::string& Segment::name() const noexcept {
 std::size_t Segment::size() const noexcept { return mapping_ ? mapping_->size() : 0; }
 std::size_t Segment::used() const noexcept {
   return mapping_ ? mapping_->header().bump.load(std::memory_order_relaxed) : 0;
+}
+std::size_t Segment::reserved() const noexcept {
+  struct stat st{};
+  if (!mapping_ || ::fstat(mapping_->fd(), &st) != 0) return 0;
+  return std::min<std::size_t>(static_cast<std::size_t>(st.st_blocks) * 512, mapping_->size());
 }
 pid_t Segment::creator_pid() const noexcept { return mapping_ ? mapping_->header().creator_pid : 0; }
 bool Segment::created() const noexcept { return created_; }

@@ -237,7 +237,7 @@ TEST_CASE("clean removes a killed job's segment, leaves live ones, and --dry-run
   CHECK_FALSE(procshare::test::shm_exists(control));
   CHECK(procshare::test::shm_exists(live_name));
   const auto listed = run(ctl("ls"));
-  CHECK(std::regex_search(listed.text, std::regex(live_name.str() + R"(\s+\S+\s+\S+\s+\d+\s+live)")));
+  CHECK(std::regex_search(listed.text, std::regex(live_name.str() + R"(\s+\S+\s+\S+\s+\S+\s+\d+\s+live)")));
   ::kill(holder, SIGKILL);
   for (int i = 0; i < 200 && procshare::test::shm_exists(live_name); ++i) {
     run(ctl("clean"));
@@ -278,7 +278,7 @@ TEST_CASE("bad input: a clear error, a non-zero exit, and nothing changed") {
   CHECK(run(ctl("show " + empty.str())).text.find("the file is empty") != std::string::npos);
   const auto listed = run(ctl("ls"));
   CHECK(listed.status == 0);
-  CHECK(std::regex_search(listed.text, std::regex(garbage.str() + R"(\s+\S+\s+-\s+-\s+foreign)")));
+  CHECK(std::regex_search(listed.text, std::regex(garbage.str() + R"(\s+\S+\s+-\s+\S+\s+-\s+foreign)")));
   CHECK(run(ctl("clean")).text.find(garbage.str()) == std::string::npos);
   std::ifstream in("/dev/shm/" + garbage.str());
   std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -321,6 +321,27 @@ TEST_CASE("rm refuses a text file and a semaphore's file with exit 1, leaving th
   Segment::create(real, 1 << 16).keep();
   CHECK(run(ctl("rm " + real.str())).status == 0);
   CHECK_FALSE(procshare::test::shm_exists(real));
+}
+
+TEST_CASE("ls and show tell the memory a pool has reserved apart from the bytes allocated to it") {
+  Pool pool({.workers = 1});
+  CHECK(pool.map(std::vector<int>{1, 2, 3}, [](int x) { return x + 1; }) == std::vector<int>{2, 3, 4});
+  const std::string control = pool.control_segment();
+  const auto listed = run(ctl("ls --json"));
+  std::smatch m;
+  REQUIRE(std::regex_search(listed.text, m,
+                            std::regex("\"name\":\"" + control +
+                                       R"(\",[^}]*\"size\":(\d+),\"used\":(\d+),\"reserved\":(\d+),[^}]*\"pool\":true)")));
+  const auto size = std::stoull(m[1]), used = std::stoull(m[2]), reserved = std::stoull(m[3]);
+  CHECK(used > size / 2);        // the arena is allocated to the pool object...
+  CHECK(reserved < size / 16);   // ...but only what was used is reserved
+  CHECK(reserved > 0);
+  const auto text = run(ctl("ls")).text;
+  CHECK(std::regex_search(text, std::regex(control + R"(\s+(\S+)\s+\1\s+\d+\.\dK\s+\d+\s+live .*\(pool\))")));
+  const auto shown = run(ctl("show " + control)).text;
+  CHECK(std::regex_search(shown, std::regex("segment '" + control +
+                                            R"(': (\S+) used of \1, \d+\.\dK reserved in memory \(the rest as it is first used\), created by pid )" +
+                                            std::to_string(::getpid()))));
 }
 
 }  // TEST_SUITE

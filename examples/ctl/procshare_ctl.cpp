@@ -1,6 +1,7 @@
 // procshare-ctl: look at and steer procshare segments from another terminal.
 //
-//   procshare-ctl ls [--json]              every segment in /dev/shm: size, use, creator, live or stale
+//   procshare-ctl ls [--json]              every segment in /dev/shm: size, bytes used by objects and
+//                                          reserved in memory, creator, live or stale
 //   procshare-ctl show SEG [--json]        its objects and values, poison and owner-death marks,
 //                                          and a pool's workers and jobs
 //   procshare-ctl get SEG NAME [--json]    one object's value
@@ -43,25 +44,28 @@ int list(bool json) {
     for (std::size_t i = 0; i < segments.size(); ++i) {
       const auto& s = segments[i];
       out += fmt::format(
-          "{}{{\"name\":{},\"procshare\":{},\"problem\":{},\"size\":{},\"used\":{},"
-          "\"creator_pid\":{},\"creator_alive\":{},\"in_use\":{},\"age_seconds\":{},\"objects\":{}}}",
+          "{}{{\"name\":{},\"procshare\":{},\"problem\":{},\"size\":{},\"used\":{},\"reserved\":{},"
+          "\"creator_pid\":{},\"creator_alive\":{},\"in_use\":{},\"age_seconds\":{},\"objects\":{},\"pool\":{}}}",
           i ? "," : "", procshare::json_quote(s.name), s.procshare, procshare::json_quote(s.problem), s.size, s.used,
-          s.creator_pid, s.creator_alive, s.in_use, s.age_seconds, s.objects);
+          s.reserved, s.creator_pid, s.creator_alive, s.in_use, s.age_seconds, s.objects, s.pool);
     }
     fmt::print("{}]\n", out);
     return 0;
   }
-  fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7} {:>7} {:>7}\n", "NAME", "SIZE", "USED", "CREATOR",
-             "STATUS", "AGE", "OBJECTS");
+  // USED: bytes allocated to objects; RESERVED: memory /dev/shm really holds for the file
+  // (a pool takes most of its segment as one object, but reserves it only as it is used).
+  fmt::print("{:<40} {:>8} {:>8} {:>8} {:>8} {:<7} {:>7} {:>7}\n", "NAME", "SIZE", "USED", "RESERVED",
+             "CREATOR", "STATUS", "AGE", "OBJECTS");
   for (const auto& s : segments) {
     if (!s.procshare) {
-      fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7}\n", s.name, procshare::human_bytes(s.size), "-", "-",
+      fmt::print("{:<40} {:>8} {:>8} {:>8} {:>8} {:<7}\n", s.name, procshare::human_bytes(s.size), "-",
+                 procshare::human_bytes(s.reserved), "-",
                  s.problem == "foreign" || s.problem == "empty" ? "foreign" : "corrupt");
       continue;
     }
-    fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7} {:>6}s {:>7}\n", s.name, procshare::human_bytes(s.size),
-               procshare::human_bytes(s.used), s.creator_pid, s.in_use ? "live" : "stale", s.age_seconds,
-               s.objects);
+    fmt::print("{:<40} {:>8} {:>8} {:>8} {:>8} {:<7} {:>6}s {:>7}{}\n", s.name, procshare::human_bytes(s.size),
+               procshare::human_bytes(s.used), procshare::human_bytes(s.reserved), s.creator_pid,
+               s.in_use ? "live" : "stale", s.age_seconds, s.objects, s.pool ? "  (pool)" : "");
   }
   return 0;
 }

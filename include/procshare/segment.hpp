@@ -149,6 +149,8 @@ struct SegmentListing {
   bool in_use;                 // some process maps it (holds its flock)
   std::int64_t age_seconds;    // since creation
   std::uint32_t objects;
+  std::uint64_t reserved;      // bytes of /dev/shm the file really holds (see Segment::reserved)
+  bool pool;                   // holds a Pool: it is a pool's control segment
 };
 
 // Options for Segment::open.
@@ -398,6 +400,11 @@ public:
   std::size_t size() const noexcept;
   // Bytes taken by the header, the directory and the objects so far.
   std::size_t used() const noexcept;
+  // Bytes of /dev/shm memory the segment's file really holds: all of size() for a segment
+  // made by create() (reserved up front), less for a pool's control segment, whose pool
+  // takes most of the segment as one object but reserves each part only when first used.
+  // 0 if the file cannot be examined.
+  std::size_t reserved() const noexcept;
   // The pid that created the segment.
   pid_t creator_pid() const noexcept;
   // True if this handle created the segment (and so will remove it, see ~Segment).
