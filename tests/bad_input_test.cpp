@@ -1272,9 +1272,9 @@ TEST_CASE("bad Pool options, calls after close and oversized jobs are refused, a
                             {p, "pool", "raise PoolOptions::arena_bytes"}),
         throws<InvalidArgument>("join() before close()", [&] { pool.join(); }, {p, "pool", "join() before close()"}),
         throws<NotFound>("inspect_pool of a segment without a pool", [&] { inspect_pool(taken_segment); },
-                         {t, "pool 'pool'", "no object of that name"}),
+                         {t, "pool 'pool'", "no object of that name: it is not a pool's control segment; the pool"}),
         throws<NotFound>("stop_pool_jobs of a segment without a pool", [&] { stop_pool_jobs(taken_segment); },
-                         {t, "pool 'pool'", "no object of that name"}),
+                         {t, "pool 'pool'", "'" + p + "'"}),
         returns_true("map of no items returns no results", [&] {
           auto job = pool.map_async(std::vector<I64>{}, twice);
           return job.wait_for(30s) && job.get().empty();

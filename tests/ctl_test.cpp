@@ -323,6 +323,27 @@ TEST_CASE("rm refuses a text file and a semaphore's file with exit 1, leaving th
   CHECK_FALSE(procshare::test::shm_exists(real));
 }
 
+TEST_CASE("stop and watch given a job's data segment find the pool its creator made") {
+  Demo demo({"--records", "400000000", "--rounds", "50", "--workers", "2"});
+  REQUIRE(!demo.segment.empty());
+  REQUIRE(!demo.pool.empty());
+  const std::string note = "procshare-ctl: segment '" + demo.segment + "' holds no pool; using the pool its creator (pid " +
+                          std::to_string(demo.pid) + ") made: '" + demo.pool + "'\n";
+  // watch first (its first line, the note, says it found the pool), then stop.
+  FILE* watch = ::popen((ctl("watch " + demo.segment + " --interval 50") + " 2>&1").c_str(), "r");
+  REQUIRE(watch != nullptr);
+  char buffer[1024] = {};
+  CHECK(std::string(std::fgets(buffer, sizeof buffer, watch) ? buffer : "") == note);
+  const auto stop = run(ctl("stop " + demo.segment));
+  CHECK(stop.status == 0);
+  CHECK(stop.text == note + "stop requested for 1 job\n");
+  std::string rest;
+  while (std::fgets(buffer, sizeof buffer, watch)) rest += buffer;
+  CHECK(::pclose(watch) == 0);
+  CHECK(rest.find("pool ") != std::string::npos);
+  CHECK(demo.rest().find("stopped by controller: searched") != std::string::npos);
+}
+
 TEST_CASE("ls and show tell the memory a pool has reserved apart from the bytes allocated to it") {
   Pool pool({.workers = 1});
   CHECK(pool.map(std::vector<int>{1, 2, 3}, [](int x) { return x + 1; }) == std::vector<int>{2, 3, 4});

@@ -433,6 +433,38 @@ TEST_CASE("a controller's stop_pool_jobs stops a running job, which throws Stopp
   CHECK_THROWS_AS(inspect_pool(plain), NotFound);
 }
 
+TEST_CASE("inspect_pool of a job's data segment is NotFound naming the control segment of the pool its creator made") {
+  // In a child, so that no other pool of this process is in /dev/shm meanwhile.
+  SegmentName data_name("jobdata"), pool_name("jobpool");
+  PipeSignal ready, checked;
+  const pid_t owner = run_child([&] {
+    auto data = Segment::create(data_name, 1 << 16);
+    Pool pool({.workers = 1, .name = pool_name.str()});
+    ready.notify();
+    if (!checked.wait()) ::_exit(3);
+  });
+  REQUIRE(ready.wait());
+  auto data = Segment::open(data_name);
+  CHECK(pools_of_creator(data) == std::vector<std::string>{pool_name.str()});
+  const std::string expected = "segment '" + data_name.str() +
+                               "': pool 'pool': no object of that name: it is not a pool's control segment; the pool "
+                               "its creator (pid " + std::to_string(owner) + ") made: segment '" + pool_name.str() + "'";
+  CHECK_THROWS_WITH_AS(inspect_pool(data), expected.c_str(), NotFound);
+  CHECK_THROWS_WITH_AS(stop_pool_jobs(data), expected.c_str(), NotFound);
+  auto control = Segment::open(pool_name);
+  CHECK(inspect_pool(control).workers.size() == 1);
+  checked.notify();
+  CHECK(wait_child(owner).ok());
+  SegmentName lone_name("lone");
+  auto lone = Segment::create(lone_name, 1 << 16);
+  // This process's own pools are gone by now (every test's Pool was destroyed).
+  CHECK_THROWS_WITH_AS(inspect_pool(lone),
+                       doctest::Contains(("it is not a pool's control segment, and its creator (pid " +
+                                          std::to_string(::getpid()) + ") has no pool in /dev/shm")
+                                             .c_str()),
+                       NotFound);
+}
+
 TEST_CASE("bad pool options are InvalidArgument; a closed pool refuses work with PoolClosed") {
   CHECK_THROWS_AS(Pool({.workers = 5000}), InvalidArgument);
   CHECK_THROWS_AS(Pool({.workers = 1, .arena_bytes = 10}), InvalidArgument);

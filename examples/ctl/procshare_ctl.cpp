@@ -9,6 +9,8 @@
 //   procshare-ctl stop SEG [JOB]           raise the stop flag of a pool's job (or all jobs)
 //   procshare-ctl watch SEG                a live progress bar of a pool's jobs (plain lines
 //                                          when stdout is not a terminal)
+//   (stop and watch take the pool's control segment, or a job's data segment whose
+//   creator made exactly one pool)
 //   procshare-ctl rm SEG [--force]         remove a segment's name (only a procshare segment's,
 //                                          unless --force)
 //   procshare-ctl clean [--dry-run]        remove segments no process maps any more
@@ -100,8 +102,22 @@ int set(const std::string& name, const std::string& object, const std::string& v
   return 0;
 }
 
-int stop(const std::string& name, std::uint64_t job) {
+// The segment holding the pool that `name` is about: `name` itself if it is a pool's
+// control segment; else, given a job's data segment, the one pool its creator made (said
+// on stderr). With none or several, `name` itself: inspect_pool's error then names them.
+procshare::Segment open_pool_segment(const std::string& name) {
   auto segment = open_segment(name);
+  for (const auto& object : segment.objects())
+    if (object.kind == procshare::ObjectKind::pool) return segment;
+  const auto pools = procshare::pools_of_creator(segment);
+  if (pools.size() != 1) return segment;
+  fmt::print(stderr, "procshare-ctl: segment '{}' holds no pool; using the pool its creator (pid {}) made: '{}'\n",
+             name, segment.creator_pid(), pools[0]);
+  return open_segment(pools[0]);
+}
+
+int stop(const std::string& name, std::uint64_t job) {
+  auto segment = open_pool_segment(name);
   const std::size_t stopped = procshare::stop_pool_jobs(segment, job);
   if (stopped == 0) {
     fmt::print(stderr, "procshare-ctl: segment '{}': no running job{}\n", name,
@@ -114,7 +130,7 @@ int stop(const std::string& name, std::uint64_t job) {
 
 int watch(const std::string& name, std::chrono::milliseconds interval) {
   const bool terminal = ::isatty(STDOUT_FILENO) != 0;
-  auto segment = open_segment(name);
+  auto segment = open_pool_segment(name);
   const auto start = std::chrono::steady_clock::now();
   std::uint64_t first_done = 0;
   bool seen_job = false;
@@ -194,10 +210,10 @@ int main(int argc, char** argv) {
   set_cmd->add_option("NAME", object, "Object name")->required();
   set_cmd->add_option("VALUE", value, "The new value")->required();
   auto* stop_cmd = app.add_subcommand("stop", "Raise the stop flag of a pool's job (all jobs by default)");
-  stop_cmd->add_option("SEG", segment, "The pool's control segment")->required();
+  stop_cmd->add_option("SEG", segment, "The pool's control segment (or a job's data segment)")->required();
   stop_cmd->add_option("JOB", job, "Job id (see show)");
   auto* watch_cmd = app.add_subcommand("watch", "Show a live progress bar of a pool's jobs");
-  watch_cmd->add_option("SEG", segment, "The pool's control segment")->required();
+  watch_cmd->add_option("SEG", segment, "The pool's control segment (or a job's data segment)")->required();
   watch_cmd->add_option("--interval", interval_ms, "Refresh period in milliseconds")->check(CLI::Range(10, 10000));
   auto* rm_cmd = app.add_subcommand("rm", "Remove a segment's name from /dev/shm");
   rm_cmd->add_option("SEG", segment, "Segment name")->required();
