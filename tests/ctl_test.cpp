@@ -365,4 +365,30 @@ TEST_CASE("ls and show tell the memory a pool has reserved apart from the bytes 
                                             std::to_string(::getpid()))));
 }
 
+TEST_CASE("watch after a stop shows a percentage that agrees with its counts, and the done, failed and skipped items") {
+  SegmentName events_name("ctl-watch-events");
+  auto events = Segment::create(events_name, 1 << 16);
+  auto started = events.create_event("started");
+  auto go = events.create_event("go");
+  Pool pool({.workers = 1});
+  auto job = pool.map_async(Chunk{1}, std::vector<int>(10, 1), [](int x, Event started, Event go) {
+    started.set();
+    go.wait_for(std::chrono::seconds(30));
+    return x;
+  }, started, go);
+  REQUIRE(started.wait_for(30s));
+  job.cancel();  // item 0 runs on; the other 9 are dropped
+  // Read watch's first line while the stopped job is still in the pool's table.
+  FILE* watch = ::popen((ctl("watch " + pool.control_segment() + " --interval 10") + " 2>&1").c_str(), "r");
+  REQUIRE(watch != nullptr);
+  char buffer[1024] = {};
+  const std::string first = std::fgets(buffer, sizeof buffer, watch) ? buffer : "";
+  go.set();
+  CHECK_THROWS_AS(job.get(), Stopped);  // collects the job: watch then ends
+  while (std::fgets(buffer, sizeof buffer, watch)) {}
+  CHECK(::pclose(watch) == 0);
+  INFO("watch printed: ", first);
+  CHECK(first == "90% 9/10 items, 0 items/s, ETA ? (0 done, 0 failed, 9 skipped)\n");
+}
+
 }  // TEST_SUITE

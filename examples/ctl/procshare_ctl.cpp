@@ -8,7 +8,9 @@
 //   procshare-ctl set SEG NAME VALUE       store a value, parsed by the object's type
 //   procshare-ctl stop SEG [JOB]           raise the stop flag of a pool's job (or all jobs)
 //   procshare-ctl watch SEG                a live progress bar of a pool's jobs (plain lines
-//                                          when stdout is not a terminal)
+//                                          when stdout is not a terminal): items settled of
+//                                          the total, and done/failed/skipped once some
+//                                          failed or were skipped
 //   (stop and watch take the pool's control segment, or a job's data segment whose
 //   creator made exactly one pool)
 //   procshare-ctl rm SEG [--force]         remove a segment's name (only a procshare segment's,
@@ -26,6 +28,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -152,19 +155,25 @@ int watch(const std::string& name, std::chrono::milliseconds interval) {
       seen_job = true;
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const double rate = seconds > 0 ? (done - first_done) / seconds : 0;
-      const double fraction = total ? double(done + failed + skipped) / double(total) : 0;
-      const std::string eta = rate > 0 ? fmt::format("{:.0f}s", (total - done - failed - skipped) / rate) : "?";
+      // Settled items: done, failed, or skipped (a stop drops unstarted work). The
+      // percentage and the count both say how many are settled (floored, so 100% means
+      // all), and the parts show when some failed or were skipped.
+      const std::uint64_t settled = std::min(done + failed + skipped, total);
+      const std::uint64_t percent = total ? settled * 100 / total : 0;
+      const std::string eta = rate > 0 ? fmt::format("{:.0f}s", (total - settled) / rate) : "?";
+      const std::string parts = failed || skipped ? fmt::format("{} done, {} failed, {} skipped", done, failed, skipped)
+                                                  : std::string();
       if (terminal) {
         constexpr int width = 30;
-        const int filled = static_cast<int>(fraction * width);
-        fmt::print("\r[{}{}] {:3.0f}% {}/{} items  {:.0f} items/s  ETA {}{}\x1b[K",
-                   std::string(filled, '#'), std::string(width - filled, '.'), fraction * 100, done,
-                   total, rate, eta, failed ? fmt::format("  {} failed", failed) : "");
+        const auto filled = static_cast<int>(total ? settled * width / total : 0);
+        fmt::print("\r[{}{}] {:3}% {}/{} items  {:.0f} items/s  ETA {}{}\x1b[K", std::string(filled, '#'),
+                   std::string(width - filled, '.'), percent, settled, total, rate, eta,
+                   parts.empty() ? "" : "  (" + parts + ")");
         std::fflush(stdout);
       } else if (std::chrono::steady_clock::now() - last_plain >= 1s) {
         last_plain = std::chrono::steady_clock::now();
-        fmt::print("{:.0f}% {}/{} items, {:.0f} items/s, ETA {}{}\n", fraction * 100, done, total, rate,
-                   eta, failed ? fmt::format(", {} failed", failed) : "");
+        fmt::print("{}% {}/{} items, {:.0f} items/s, ETA {}{}\n", percent, settled, total, rate, eta,
+                   parts.empty() ? "" : " (" + parts + ")");
         std::fflush(stdout);
       }
     } else if (seen_job || !alive || status.state != "running") {
