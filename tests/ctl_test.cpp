@@ -391,4 +391,25 @@ TEST_CASE("watch after a stop shows a percentage that agrees with its counts, an
   CHECK(first == "90% 9/10 items, 0 items/s, ETA ? (0 done, 0 failed, 9 skipped)\n");
 }
 
+TEST_CASE("an installed procshare-ctl starts without LD_LIBRARY_PATH") {
+  char folder[] = "/tmp/procshare-install-XXXXXX";
+  REQUIRE(::mkdtemp(folder) != nullptr);
+  struct RemoveFolder {
+    std::string path;
+    ~RemoveFolder() { run("rm -rf '" + path + "'"); }
+  } remove_folder{folder};
+  const auto installed = run("'" + program("MESON") + "' install -C '" + program("PROCSHARE_BUILD_ROOT") +
+                             "' --no-rebuild --quiet --destdir '" + folder + "'");
+  INFO("meson install: ", installed.text);
+  REQUIRE(installed.status == 0);
+  const std::string ctl = run(std::string("find '") + folder + "' -name procshare-ctl -type f").text;
+  REQUIRE(ctl.find(folder) == 0);
+  const std::string path = ctl.substr(0, ctl.find('\n'));
+  const auto help = run("env -u LD_LIBRARY_PATH '" + path + "' --help");
+  INFO("installed procshare-ctl --help: ", help.text);
+  CHECK(help.status == 0);
+  CHECK(help.text.find("procshare-ctl: look at and steer procshare segments") != std::string::npos);
+  CHECK(run("env -u LD_LIBRARY_PATH '" + path + "' ls").status == 0);
+}
+
 }  // TEST_SUITE
