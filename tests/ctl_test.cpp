@@ -10,6 +10,7 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <regex>
@@ -410,6 +411,28 @@ TEST_CASE("an installed procshare-ctl starts without LD_LIBRARY_PATH") {
   CHECK(help.status == 0);
   CHECK(help.text.find("procshare-ctl: look at and steer procshare segments") != std::string::npos);
   CHECK(run("env -u LD_LIBRARY_PATH '" + path + "' ls").status == 0);
+}
+
+TEST_CASE("bash run.sh demo builds only the demo and procshare-ctl") {
+  // run.sh under a stand-in meson that records what it is asked to do (so nothing builds).
+  char folder[] = "/tmp/procshare-fake-meson-XXXXXX";
+  REQUIRE(::mkdtemp(folder) != nullptr);
+  struct RemoveFolder {
+    std::string path;
+    ~RemoveFolder() { run("rm -rf '" + path + "'"); }
+  } remove_folder{folder};
+  const std::string log = std::string(folder) + "/log";
+  {
+    std::ofstream fake(std::string(folder) + "/meson");
+    fake << "#!/bin/sh\necho \"$@\" >> '" << log << "'\n";
+  }
+  REQUIRE(::chmod((std::string(folder) + "/meson").c_str(), 0755) == 0);
+  run("cd '" + program("PROCSHARE_SOURCE_ROOT") + "' && CI= PATH='" + folder + "':\"$PATH\" bash run.sh demo --usage");
+  std::ifstream in(log);
+  const std::string asked((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  INFO("meson was asked: ", asked);
+  CHECK(asked.find("compile -C build examples/pool_demo examples/ctl/procshare-ctl\n") != std::string::npos);
+  CHECK(std::count(asked.begin(), asked.end(), '\n') == 2);  // configure (or setup), then compile
 }
 
 }  // TEST_SUITE
