@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <regex>
+#include <sstream>
 
 using namespace procshare;
 using procshare::test::PipeSignal;
@@ -56,13 +58,17 @@ struct Demo {
   FILE* out = nullptr;
   std::string pool, segment;
 
-  explicit Demo(const std::vector<std::string>& arguments) {
+  std::string header;  // what it printed up to the stop command
+
+  // Starts the demo with `arguments`, in `folder` if given.
+  explicit Demo(const std::vector<std::string>& arguments, const std::string& folder = "") {
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
     posix_spawn_file_actions_addclose(&actions, fds[0]);
+    if (!folder.empty()) posix_spawn_file_actions_addchdir_np(&actions, folder.c_str());
     std::vector<std::string> args{program("PROCSHARE_DEMO")};
     args.insert(args.end(), arguments.begin(), arguments.end());
     std::vector<char*> argv;
@@ -74,6 +80,7 @@ struct Demo {
     out = ::fdopen(fds[0], "r");
     const std::regex stop_line(R"(procshare-ctl stop (\S+))"), set_line(R"(procshare-ctl set (\S+) rounds)");
     for (std::string line; (line = read_line()) != "";) {
+      header += line;
       std::smatch m;
       if (std::regex_search(line, m, set_line)) segment = m[1];
       if (std::regex_search(line, m, stop_line)) {
@@ -433,6 +440,46 @@ TEST_CASE("bash run.sh demo builds only the demo and procshare-ctl") {
   INFO("meson was asked: ", asked);
   CHECK(asked.find("compile -C build examples/pool_demo examples/ctl/procshare-ctl\n") != std::string::npos);
   CHECK(std::count(asked.begin(), asked.end(), '\n') == 2);  // configure (or setup), then compile
+}
+
+TEST_CASE("the commands the demo prints work as printed from the project folder, while its default run lasts") {
+  const std::string source = program("PROCSHARE_SOURCE_ROOT");
+  const std::string build = program("PROCSHARE_BUILD_ROOT");
+  if (build.rfind(source + "/", 0) != 0) {
+    MESSAGE("the build folder is outside the project folder: skipped");
+    return;
+  }
+  Demo demo({"--workers", "2"}, source);  // the default number of records
+  REQUIRE(!demo.pool.empty());
+  INFO("the demo printed: ", demo.header);
+  std::map<std::string, std::string> commands;  // by subcommand, as printed
+  const std::regex line(R"(^  (\S+ (watch|show|set|stop) .*?)\s+# )");
+  std::istringstream lines(demo.header);
+  for (std::string text; std::getline(lines, text);) {
+    std::smatch m;
+    if (std::regex_search(text, m, line)) commands[m[2]] = m[1];
+  }
+  REQUIRE(commands.size() == 4);
+  CHECK(commands["stop"].rfind(build.substr(source.size() + 1) + "/examples/ctl/procshare-ctl stop ", 0) == 0);
+  // As a person would type them, in the project folder, with procshare-ctl not on PATH.
+  auto as_printed = [&](const std::string& command) { return "cd '" + source + "' && PATH=/usr/bin:/bin " + command; };
+  const auto shown = run(as_printed(commands["show"]));
+  CHECK(shown.status == 0);
+  CHECK(shown.text.find("pool: running") != std::string::npos);
+  const auto set = run(as_printed(commands["set"]));
+  CHECK(set.status == 0);
+  CHECK(set.text == "rounds = 10\n");
+  FILE* watch = ::popen((as_printed(commands["watch"]) + " 2>&1").c_str(), "r");
+  REQUIRE(watch != nullptr);
+  char buffer[1024] = {};
+  const std::string watched = std::fgets(buffer, sizeof buffer, watch) ? buffer : "";
+  CHECK(std::regex_search(watched, std::regex(R"(\d+% \d+/\d+ items, \d+ items/s, ETA)")));
+  const auto stop = run(as_printed(commands["stop"]));
+  CHECK(stop.status == 0);  // the default run was still going
+  CHECK(stop.text == "stop requested for 1 job\n");
+  while (std::fgets(buffer, sizeof buffer, watch)) {}
+  CHECK(::pclose(watch) == 0);
+  CHECK(demo.rest().find("stopped by controller: searched") != std::string::npos);
 }
 
 }  // TEST_SUITE
