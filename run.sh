@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # procshare's one setup/run script. Installs the Debian 12 packages that are missing,
 # builds with meson, and runs what you ask for:
-#   bash run.sh demo [ARGS]   the flagship demo (examples/pool_demo)
+#   bash run.sh demo [ARGS]   the flagship demo (examples/pool_demo), building only it and
+#                             procshare-ctl
 #   bash run.sh test          every test: suites unit, process and examples
 #   bash run.sh asan          every test, built with AddressSanitizer + UBSan
 #   bash run.sh bench         the benchmarks (tests/bench), printed as ratios
@@ -78,8 +79,9 @@ command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
   demo)
+    # Only the demo and the controller it tells you to use (not the tests and benchmarks).
     ensure_packages
-    build build
+    build build -- examples/pool_demo examples/ctl/procshare-ctl
     ./build/examples/pool_demo "$@"
     ;;
   test)

@@ -1,8 +1,11 @@
-// pool_demo: the flagship demo. Searches ten million generated records for rare
+// pool_demo: the flagship demo. Searches generated records (default_records of them, a
+// minute or so of work on two cores, so there is time to try the commands) for rare
 // "interesting" ones on a worker Pool, with a live progress bar fed by the pool's shared
 // progress counters, and ends with a summary. At start it prints the procshare-ctl
 // commands another terminal can use to watch the job, change its work per record, and
-// stop it early -- which it honours at once.
+// stop it early -- which it honours at once. The commands name the procshare-ctl built
+// beside the demo by a path that works from the current folder (the project folder, for
+// `bash run.sh demo`), or plain `procshare-ctl` if there is none.
 //
 // Usage: pool_demo [--workers N] [--records N] [--rounds N]
 // Prints the ctl commands, a progress bar (plain lines when stdout is not a terminal),
@@ -15,6 +18,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <numeric>
 #include <string_view>
 #include <thread>
@@ -23,6 +27,8 @@
 using namespace std::chrono_literals;
 
 constexpr std::uint64_t block_size = 1000;  // records per task
+// The default search: long enough to watch, change and stop from another terminal.
+constexpr std::uint64_t default_records = 400'000'000;
 
 // A record is generated from its id; it is interesting if its mixed hash is 0 mod 99,991.
 static std::uint64_t mix(std::uint64_t x) {
@@ -47,9 +53,22 @@ static std::int64_t scan_block(std::uint64_t block, procshare::Atomic<std::int64
   return hits;
 }
 
+// How to run the procshare-ctl built beside this program (build/examples/ctl/): a path
+// relative to the current folder when it lies below it, else the absolute path; plain
+// "procshare-ctl" (from PATH, once installed) when there is none.
+static std::string ctl_command() {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  const fs::path ctl = fs::read_symlink("/proc/self/exe", error).parent_path() / "ctl" / "procshare-ctl";
+  if (error || !fs::exists(ctl, error)) return "procshare-ctl";
+  const fs::path relative = ctl.lexically_relative(fs::current_path(error));
+  if (error || relative.empty() || *relative.begin() == "..") return ctl.string();
+  return relative.string();
+}
+
 int main(int argc, char** argv) {
   unsigned workers = 0;
-  std::uint64_t records = 10'000'000;
+  std::uint64_t records = default_records;
   std::int64_t rounds = 100;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string_view flag = argv[i];
@@ -74,11 +93,13 @@ int main(int argc, char** argv) {
   fmt::print("searching {} records in {} blocks with {} workers\n", blocks.size() * block_size,
              blocks.size(), pool.workers());
   const std::string control = pool.control_segment();
-  fmt::print("from another terminal:\n");
-  fmt::print("  {:<52} # live progress\n", "procshare-ctl watch " + control);
-  fmt::print("  {:<52} # workers and jobs\n", "procshare-ctl show " + control);
-  fmt::print("  {:<52} # less work per record\n", "procshare-ctl set " + name + " rounds 10");
-  fmt::print("  {:<52} # stop early\n", "procshare-ctl stop " + control);
+  const std::string ctl = ctl_command();
+  fmt::print("from another terminal in this folder (the search runs long on purpose; --records N "
+             "shortens it):\n");
+  fmt::print("  {:<72} # live progress\n", ctl + " watch " + control);
+  fmt::print("  {:<72} # workers and jobs\n", ctl + " show " + control);
+  fmt::print("  {:<72} # less work per record\n", ctl + " set " + name + " rounds 10");
+  fmt::print("  {:<72} # stop early\n", ctl + " stop " + control);
   std::fflush(stdout);
 
   const bool terminal = ::isatty(STDOUT_FILENO) != 0;

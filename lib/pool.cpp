@@ -1034,9 +1034,29 @@ unsigned detail::pool_workers(const PoolCore& core) { return core.block->workers
 
 namespace {
 
+// Where the pools of `segment`'s creator are, for the error of a controller pointed at a
+// job's data segment rather than its pool's control segment.
+std::string pools_hint(const Segment& segment) {
+  const auto pools = pools_of_creator(segment);
+  if (pools.empty())
+    return fmt::format("it is not a pool's control segment, and its creator (pid {}) has no pool in /dev/shm",
+                       segment.creator_pid());
+  std::string names;
+  for (const auto& name : pools) names += fmt::format("{}'{}'", names.empty() ? "" : ", ", name);
+  return fmt::format("it is not a pool's control segment; the pool{} its creator (pid {}) made: segment{} {}",
+                     pools.size() == 1 ? "" : "s", segment.creator_pid(), pools.size() == 1 ? "" : "s", names);
+}
+
 PoolBlock& find_pool(Segment& segment) {
   const detail::ObjectSpec spec{ObjectKind::pool, "", 0, 0, 0, 0};
-  const auto placed = detail::place(segment, "pool", spec, detail::Intent::open, nullptr, nullptr);
+  const auto placed = [&] {
+    try {
+      return detail::place(segment, "pool", spec, detail::Intent::open, nullptr, nullptr);
+    } catch (const NotFound& e) {
+      if (segment.name().empty()) throw;  // a moved-from Segment
+      throw NotFound(e.segment(), e.object(), fmt::format("no object of that name: {}", pools_hint(segment)));
+    }
+  }();
   auto& b = *reinterpret_cast<PoolBlock*>(
       detail::resolve(placed.handle, ObjectKind::pool, sizeof(PoolBlock)));
   // Every table must lie inside the pool's own object, after its block, aligned for what
@@ -1111,6 +1131,15 @@ PoolStatus inspect_pool(Segment& segment) {
   std::sort(status.jobs.begin(), status.jobs.end(),
             [](const auto& a, const auto& c) { return a.id < c.id; });
   return status;
+}
+
+std::vector<std::string> pools_of_creator(const Segment& segment) {
+  std::vector<std::string> names;
+  for (const SegmentListing& listing : Segment::list())
+    if (listing.procshare && listing.pool && listing.creator_pid == segment.creator_pid() &&
+        listing.name != segment.name())
+      names.push_back(listing.name);
+  return names;
 }
 
 std::size_t stop_pool_jobs(Segment& segment, std::uint64_t job_id) {

@@ -28,9 +28,9 @@ std::string value_or_reason(Segment& segment, const std::string& object) {
 
 std::string json_report(Segment& segment, const std::vector<ObjectInfo>& objects,
                         const std::optional<PoolStatus>& pool) {
-  std::string out = fmt::format("{{\"segment\":{},\"size\":{},\"used\":{},\"creator_pid\":{},\"objects\":[",
-                                json_quote(segment.name()), segment.size(), segment.used(),
-                                segment.creator_pid());
+  std::string out = fmt::format(
+      "{{\"segment\":{},\"size\":{},\"used\":{},\"reserved\":{},\"creator_pid\":{},\"objects\":[",
+      json_quote(segment.name()), segment.size(), segment.used(), segment.reserved(), segment.creator_pid());
   for (std::size_t i = 0; i < objects.size(); ++i) {
     const auto& o = objects[i];
     out += fmt::format("{}{{\"name\":{},\"kind\":{},\"type\":{},\"value\":{},\"poisoned\":{},"
@@ -64,8 +64,12 @@ std::string json_report(Segment& segment, const std::vector<ObjectInfo>& objects
 
 std::string text_report(Segment& segment, const std::vector<ObjectInfo>& objects,
                         const std::optional<PoolStatus>& pool) {
-  std::string out = fmt::format("segment '{}': {} used of {}, created by pid {}\n", segment.name(),
-                                human_bytes(segment.used()), human_bytes(segment.size()),
+  // Used (allocated to objects) and reserved (memory /dev/shm really holds) apart: a pool
+  // takes most of its segment as one object but reserves it only as it is used.
+  std::string out = fmt::format("segment '{}': {} used of {}, {} reserved in memory{}, created by pid {}\n",
+                                segment.name(), human_bytes(segment.used()), human_bytes(segment.size()),
+                                human_bytes(segment.reserved()),
+                                segment.reserved() < segment.used() ? " (the rest as it is first used)" : "",
                                 segment.creator_pid());
   for (const auto& o : objects) {
     std::string marks;

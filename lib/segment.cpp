@@ -576,8 +576,10 @@ struct FdCloser {
 };
 
 // Opens and validates `name`: the header first, before anything else is read.
+// `most_permissions` is the widest mode accepted (PermissionDenied past it, the message
+// ending with `limit`, what set it).
 std::shared_ptr<Mapping> open_mapping(const std::string& name, const OpenOptions& options,
-                                      std::uint32_t most_permissions = 07777) {
+                                      std::uint32_t most_permissions, std::string_view limit) {
   using namespace detail;
   bip::shared_memory_object file;
   try {
@@ -593,10 +595,6 @@ std::shared_ptr<Mapping> open_mapping(const std::string& name, const OpenOptions
     throw PermissionDenied(name, "",
                            fmt::format("it is owned by uid {}, not by this process's uid {}",
                                        status.st_uid, ::geteuid()));
-  if ((status.st_mode & 07777 & ~most_permissions) != 0)
-    throw PermissionDenied(name, "",
-                           fmt::format("its mode {:04o} is wider than the {:04o} requested",
-                                       status.st_mode & 07777, most_permissions));
   lock_file(*mapping, LOCK_SH);
   const auto size = static_cast<std::uint64_t>(status.st_size);
   if (size < sizeof(Header))
@@ -612,6 +610,11 @@ std::shared_ptr<Mapping> open_mapping(const std::string& name, const OpenOptions
   }
   if (const std::string reason = invalid_header_reason(*mapping); !reason.empty())
     throw CorruptSegment(name, "", reason);
+  // (after the header: a file that is no segment at all says so first)
+  if ((status.st_mode & 07777 & ~most_permissions) != 0)
+    throw PermissionDenied(name, "",
+                           fmt::format("its mode {:04o} is wider than the {:04o} {}",
+                                       status.st_mode & 07777, most_permissions, limit));
   if (auto existing = find_mapped(mapping->header().uuid)) return existing;
   register_mapping(mapping);
   return mapping;
@@ -645,8 +648,11 @@ Segment detail::create_segment(std::string_view name_view, std::size_t bytes,
                                       "objects need at least {}",
                                       bytes, options.max_objects, minimum));
   const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-  if (bytes > (std::uint64_t{1} << 46))
-    throw SegmentFull(name, "", fmt::format("{} bytes is more than this library maps", bytes));
+  if (bytes > max_segment_bytes)
+    throw InvalidArgument(name, "",
+                          fmt::format("{} bytes is more than the largest segment procshare maps "
+                                      "({} bytes, 64 TiB)",
+                                      bytes, max_segment_bytes));
   const std::uint64_t size = align_up(bytes, page);
 
   // 1. An anonymous file in /dev/shm, reserved and initialised while nobody can see it:
@@ -702,7 +708,7 @@ Segment detail::create_segment(std::string_view name_view, std::size_t bytes,
     rethrow_os(name, "cannot create segment", errno);
 
   // 3. Map it as any opener does (through Boost, holding the liveness lock).
-  auto mapping = open_mapping(name, {});
+  auto mapping = open_mapping(name, {}, 07777, "");  // (made by us, in the mode asked for)
   if (!(mapping->header().uuid == uuid))
     throw AlreadyExists(name, "", "cannot create segment: it was replaced as it was created");
   mapping->creator_pid = ::getpid();
@@ -722,7 +728,12 @@ void detail::reserve(const Segment& segment, std::uint64_t offset, std::uint64_t
 
 Segment Segment::open(std::string_view name, const OpenOptions& options) {
   detail::validate_segment_name(name);
-  return Segment(open_mapping(std::string(name), options), false);
+  if (options.max_permissions > 07777)
+    throw InvalidArgument(std::string(name), "",
+                          fmt::format("max_permissions {:o} are not mode bits", options.max_permissions));
+  return Segment(open_mapping(std::string(name), options, options.max_permissions,
+                              "accepted (OpenOptions::max_permissions)"),
+                 false);
 }
 
 Segment Segment::open_or_create(std::string_view name, std::size_t bytes,
@@ -736,23 +747,16 @@ Segment Segment::open_or_create(std::string_view name, std::size_t bytes,
     } catch (const AlreadyExists&) {
     }
     try {
-      return Segment(open_mapping(std::string(name), {}, options.permissions), false);
+      return Segment(open_mapping(std::string(name), {}, options.permissions, "requested"), false);
     } catch (const NotFound&) {
       if (attempt == 100) throw;
     }
   }
 }
 
-bool Segment::remove(std::string_view name) {
-  detail::validate_segment_name(name);
-  if (::shm_unlink(fmt::format("/{}", name).c_str()) == 0) return true;
-  if (errno == ENOENT) return false;
-  detail::rethrow_os(std::string(name), "cannot remove segment", errno);
-}
-
 namespace {
 
-// A file in /dev/shm opened read-only, for list() and clean().
+// A file in /dev/shm opened read-only, for list(), clean() and remove().
 struct ReadOnlyFile {
   int fd = -1;
   explicit ReadOnlyFile(const std::string& path)
@@ -763,6 +767,57 @@ struct ReadOnlyFile {
   ReadOnlyFile(const ReadOnlyFile&) = delete;
   ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
 };
+
+// Why the file open on `fd`, of `size` bytes, is not a valid procshare segment, or "" if
+// its header validates (invalid_header_reason, the check open() makes). Reads with pread.
+std::string file_problem(int fd, std::uint64_t size) {
+  using namespace detail;
+  if (size == 0) return "the file is empty";
+  if (size < sizeof(Header))
+    return fmt::format("the file is {} bytes, smaller than a segment header ({} bytes)", size,
+                       sizeof(Header));
+  alignas(Header) std::byte buffer[sizeof(Header)];
+  if (::pread(fd, buffer, sizeof buffer, 0) != static_cast<ssize_t>(sizeof buffer))
+    return fmt::format("cannot read its header: {}", os_reason(errno));
+  return invalid_header_reason(*reinterpret_cast<const Header*>(buffer), size);
+}
+
+}  // namespace
+
+bool Segment::remove(std::string_view name_view, const RemoveOptions& options) {
+  detail::validate_segment_name(name_view);
+  const std::string name(name_view);
+  const std::string path = "/dev/shm/" + name;
+  if (!options.force) {
+    ReadOnlyFile file(path);
+    if (file.fd < 0) {
+      if (errno == ENOENT) return false;
+      detail::rethrow_os(name, "cannot remove segment", errno);
+    }
+    struct stat mine{};
+    if (::fstat(file.fd, &mine) != 0) detail::rethrow_os(name, "cannot remove segment", errno);
+    std::string problem = S_ISREG(mine.st_mode)
+                              ? file_problem(file.fd, static_cast<std::uint64_t>(mine.st_size))
+                              : std::string("not a regular file");
+    if (!problem.empty())
+      throw CorruptSegment(name, "",
+                           fmt::format("not removed: {}{}",
+                                       problem.starts_with("not a procshare segment")
+                                           ? ""
+                                           : "not a valid procshare segment: ",
+                                       problem));
+    // Unlink the file just checked, not one put in its place meanwhile.
+    struct stat named{};
+    if (::stat(path.c_str(), &named) != 0) return false;
+    if (named.st_ino != mine.st_ino || named.st_dev != mine.st_dev)
+      throw CorruptSegment(name, "", "not removed: the file was replaced while it was checked");
+  }
+  if (::shm_unlink(fmt::format("/{}", name).c_str()) == 0) return true;
+  if (errno == ENOENT) return false;
+  detail::rethrow_os(name, "cannot remove segment", errno);
+}
+
+namespace {
 
 // Whether some process holds a lock on the file (maps the segment).
 bool file_in_use(int fd) {
@@ -787,7 +842,10 @@ std::vector<SegmentListing> Segment::list() {
     struct stat st{};
     if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
     SegmentListing listing{name, false, "", static_cast<std::uint64_t>(st.st_size), 0, 0,
-                           false, false, 0, 0};
+                           false, false, 0, 0,
+                           std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_blocks) * 512,
+                                                   static_cast<std::uint64_t>(st.st_size)),
+                           false};
     ReadOnlyFile file(path);
     if (file.fd < 0) {
       listing.problem = fmt::format("cannot open: {}", os_reason(errno));
@@ -819,7 +877,11 @@ std::vector<SegmentListing> Segment::list() {
       const auto bytes = static_cast<ssize_t>(entries.size() * sizeof(Entry));
       if (::pread(file.fd, entries.data(), static_cast<std::size_t>(bytes),
                   static_cast<off_t>(h.directory_offset)) == bytes)
-        for (const Entry& e : entries) listing.objects += e.state.load() == entry_ready ? 1 : 0;
+        for (const Entry& e : entries) {
+          if (e.state.load() != entry_ready) continue;
+          ++listing.objects;
+          listing.pool = listing.pool || e.kind == static_cast<std::uint32_t>(ObjectKind::pool);
+        }
     }
     result.push_back(std::move(listing));
   }
@@ -855,6 +917,11 @@ const std::string& Segment::name() const noexcept {
 std::size_t Segment::size() const noexcept { return mapping_ ? mapping_->size() : 0; }
 std::size_t Segment::used() const noexcept {
   return mapping_ ? mapping_->header().bump.load(std::memory_order_relaxed) : 0;
+}
+std::size_t Segment::reserved() const noexcept {
+  struct stat st{};
+  if (!mapping_ || ::fstat(mapping_->fd(), &st) != 0) return 0;
+  return std::min<std::size_t>(static_cast<std::size_t>(st.st_blocks) * 512, mapping_->size());
 }
 pid_t Segment::creator_pid() const noexcept { return mapping_ ? mapping_->header().creator_pid : 0; }
 bool Segment::created() const noexcept { return created_; }

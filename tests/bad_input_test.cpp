@@ -383,6 +383,9 @@ TEST_CASE("bad segment names, sizes, options and files are refused with the exac
   std::ofstream("/dev/shm/" + garbage_file.str()) << std::string(8192, 'g');
   for (const auto* file : {&empty_file, &short_file, &garbage_file})
     REQUIRE(::chmod(("/dev/shm/" + file->str()).c_str(), 0600) == 0);
+  SegmentName wide_file("wide");  // a segment whose mode someone widened
+  Segment::create(wide_file, 65536).keep();
+  REQUIRE(::chmod(("/dev/shm/" + wide_file.str()).c_str(), 0666) == 0);
   f.files = shm_files(my_shm_prefix());
 
   const std::string minimum_fragment = "bytes is too small: the header and a directory of 128 objects need at least";
@@ -438,10 +441,10 @@ TEST_CASE("bad segment names, sizes, options and files are refused with the exac
       throws<InvalidArgument>("create of 64 KiB with a directory of 65536 objects",
                               [n] { Segment::create(n, 65536, {.permissions = 0600, .max_objects = 65536}); },
                               {n, "", "65536 bytes is too small: the header and a directory of 65536 objects"}),
-      throws<SegmentFull>("create of SIZE_MAX bytes", [n] { Segment::create(n, SIZE_MAX); },
-                          {n, "", "bytes is more than this library maps"}),
-      throws<SegmentFull>("create of 2^46 + 1 bytes", [n] { Segment::create(n, (std::size_t{1} << 46) + 1); },
-                          {n, "", "70368744177665 bytes is more than this library maps"}),
+      throws<InvalidArgument>("create of SIZE_MAX bytes", [n] { Segment::create(n, SIZE_MAX); },
+                              {n, "", "bytes is more than the largest segment procshare maps (70368744177664 bytes, 64 TiB)"}),
+      throws<InvalidArgument>("create of 2^46 + 1 bytes", [n] { Segment::create(n, (std::size_t{1} << 46) + 1); },
+                              {n, "", "70368744177665 bytes is more than the largest segment procshare maps"}),
       throws<SegmentFull>("create of 16 TiB, more than /dev/shm can reserve",
                           [n] { Segment::create(n, std::size_t{1} << 44); },
                           {n, "", "cannot reserve 17592186044416 bytes in /dev/shm"}),
@@ -471,6 +474,18 @@ TEST_CASE("bad segment names, sizes, options and files are refused with the exac
       throws<CorruptSegment>("open_or_create of an empty file",
                              [&] { Segment::open_or_create(empty_file, 65536); },
                              {empty_file.str(), "", "the file is empty"}),
+      throws<PermissionDenied>("open of a segment whose mode was widened to 0666",
+                               [&] { Segment::open(wide_file); },
+                               {wide_file.str(), "", "its mode 0666 is wider than the 0600 accepted (OpenOptions::max_permissions)"}),
+      throws<InvalidArgument>("open with max_permissions beyond the mode bits",
+                              [s] { Segment::open(s, {.allow_other_owner = false, .max_permissions = 010000}); },
+                              {s, "", "max_permissions 10000 are not mode bits"}),
+      throws<CorruptSegment>("remove of a file of garbage", [&] { Segment::remove(garbage_file); },
+                             {garbage_file.str(), "", "not removed: not a procshare segment (bad magic number)"}),
+      throws<CorruptSegment>("remove of an empty file", [&] { Segment::remove(empty_file); },
+                             {empty_file.str(), "", "not removed: not a valid procshare segment: the file is empty"}),
+      throws<CorruptSegment>("remove of a 10-byte file", [&] { Segment::remove(short_file); },
+                             {short_file.str(), "", "not a valid procshare segment: the file is 10 bytes, smaller than a segment header"}),
   };
   run(rows, [&] {
     f.verify();
@@ -1262,9 +1277,9 @@ TEST_CASE("bad Pool options, calls after close and oversized jobs are refused, a
                             {p, "pool", "raise PoolOptions::arena_bytes"}),
         throws<InvalidArgument>("join() before close()", [&] { pool.join(); }, {p, "pool", "join() before close()"}),
         throws<NotFound>("inspect_pool of a segment without a pool", [&] { inspect_pool(taken_segment); },
-                         {t, "pool 'pool'", "no object of that name"}),
+                         {t, "pool 'pool'", "no object of that name: it is not a pool's control segment; the pool"}),
         throws<NotFound>("stop_pool_jobs of a segment without a pool", [&] { stop_pool_jobs(taken_segment); },
-                         {t, "pool 'pool'", "no object of that name"}),
+                         {t, "pool 'pool'", "'" + p + "'"}),
         returns_true("map of no items returns no results", [&] {
           auto job = pool.map_async(std::vector<I64>{}, twice);
           return job.wait_for(30s) && job.get().empty();

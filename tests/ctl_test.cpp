@@ -5,13 +5,17 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <regex>
+#include <sstream>
 
 using namespace procshare;
 using procshare::test::PipeSignal;
@@ -54,13 +58,17 @@ struct Demo {
   FILE* out = nullptr;
   std::string pool, segment;
 
-  explicit Demo(const std::vector<std::string>& arguments) {
+  std::string header;  // what it printed up to the stop command
+
+  // Starts the demo with `arguments`, in `folder` if given.
+  explicit Demo(const std::vector<std::string>& arguments, const std::string& folder = "") {
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
     posix_spawn_file_actions_addclose(&actions, fds[0]);
+    if (!folder.empty()) posix_spawn_file_actions_addchdir_np(&actions, folder.c_str());
     std::vector<std::string> args{program("PROCSHARE_DEMO")};
     args.insert(args.end(), arguments.begin(), arguments.end());
     std::vector<char*> argv;
@@ -72,6 +80,7 @@ struct Demo {
     out = ::fdopen(fds[0], "r");
     const std::regex stop_line(R"(procshare-ctl stop (\S+))"), set_line(R"(procshare-ctl set (\S+) rounds)");
     for (std::string line; (line = read_line()) != "";) {
+      header += line;
       std::smatch m;
       if (std::regex_search(line, m, set_line)) segment = m[1];
       if (std::regex_search(line, m, stop_line)) {
@@ -236,7 +245,7 @@ TEST_CASE("clean removes a killed job's segment, leaves live ones, and --dry-run
   CHECK_FALSE(procshare::test::shm_exists(control));
   CHECK(procshare::test::shm_exists(live_name));
   const auto listed = run(ctl("ls"));
-  CHECK(std::regex_search(listed.text, std::regex(live_name.str() + R"(\s+\S+\s+\S+\s+\d+\s+live)")));
+  CHECK(std::regex_search(listed.text, std::regex(live_name.str() + R"(\s+\S+\s+\S+\s+\S+\s+\d+\s+live)")));
   ::kill(holder, SIGKILL);
   for (int i = 0; i < 200 && procshare::test::shm_exists(live_name); ++i) {
     run(ctl("clean"));
@@ -277,7 +286,7 @@ TEST_CASE("bad input: a clear error, a non-zero exit, and nothing changed") {
   CHECK(run(ctl("show " + empty.str())).text.find("the file is empty") != std::string::npos);
   const auto listed = run(ctl("ls"));
   CHECK(listed.status == 0);
-  CHECK(std::regex_search(listed.text, std::regex(garbage.str() + R"(\s+\S+\s+-\s+-\s+foreign)")));
+  CHECK(std::regex_search(listed.text, std::regex(garbage.str() + R"(\s+\S+\s+-\s+\S+\s+-\s+foreign)")));
   CHECK(run(ctl("clean")).text.find(garbage.str()) == std::string::npos);
   std::ifstream in("/dev/shm/" + garbage.str());
   std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -286,6 +295,191 @@ TEST_CASE("bad input: a clear error, a non-zero exit, and nothing changed") {
   CHECK(run(ctl("show")).status == 2);
   CHECK(run(ctl("--help")).status == 0);
   CHECK(run(ctl("rm no-such-" + std::to_string(::getpid()))).status == 1);
+}
+
+TEST_CASE("rm refuses a text file and a semaphore's file with exit 1, leaving them intact; --force, named in --help, removes them") {
+  SegmentName text("ctl-rm-text");
+  const std::string content(4096, 't');
+  { std::ofstream(("/dev/shm/" + text.str()).c_str()) << content; }
+  const std::string semaphore = "/" + text.str() + "-sem", semaphore_file = "sem." + text.str() + "-sem";
+  sem_t* handle = ::sem_open(semaphore.c_str(), O_CREAT | O_EXCL, 0600, 1);
+  REQUIRE(handle != SEM_FAILED);
+  ::sem_close(handle);
+  struct RemoveSemaphore {
+    std::string name;
+    ~RemoveSemaphore() { ::sem_unlink(name.c_str()); }
+  } remove_semaphore{semaphore};
+  const auto refused = run(ctl("rm " + text.str()));
+  CHECK(refused.status == 1);
+  CHECK(refused.text == "procshare-ctl: segment '" + text.str() +
+                            "': not removed: not a procshare segment (bad magic number) (rm --force removes any file)\n");
+  std::ifstream in("/dev/shm/" + text.str());
+  CHECK(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()) == content);
+  const auto semaphore_refused = run(ctl("rm " + semaphore_file));
+  CHECK(semaphore_refused.status == 1);
+  CHECK(semaphore_refused.text.find("not a valid procshare segment: the file is 32 bytes") != std::string::npos);
+  CHECK(procshare::test::shm_exists(semaphore_file));
+  CHECK(run(ctl("rm --help")).text.find("--force") != std::string::npos);
+  CHECK(run(ctl("rm --force " + text.str())).status == 0);
+  CHECK_FALSE(procshare::test::shm_exists(text));
+  CHECK(run(ctl("rm --force " + semaphore_file)).status == 0);
+  CHECK_FALSE(procshare::test::shm_exists(semaphore_file));
+  // A real segment needs no --force.
+  SegmentName real("ctl-rm-real");
+  Segment::create(real, 1 << 16).keep();
+  CHECK(run(ctl("rm " + real.str())).status == 0);
+  CHECK_FALSE(procshare::test::shm_exists(real));
+}
+
+TEST_CASE("stop and watch given a job's data segment find the pool its creator made") {
+  Demo demo({"--records", "400000000", "--rounds", "50", "--workers", "2"});
+  REQUIRE(!demo.segment.empty());
+  REQUIRE(!demo.pool.empty());
+  const std::string note = "procshare-ctl: segment '" + demo.segment + "' holds no pool; using the pool its creator (pid " +
+                          std::to_string(demo.pid) + ") made: '" + demo.pool + "'\n";
+  // watch first (its first line, the note, says it found the pool), then stop.
+  FILE* watch = ::popen((ctl("watch " + demo.segment + " --interval 50") + " 2>&1").c_str(), "r");
+  REQUIRE(watch != nullptr);
+  char buffer[1024] = {};
+  CHECK(std::string(std::fgets(buffer, sizeof buffer, watch) ? buffer : "") == note);
+  const auto stop = run(ctl("stop " + demo.segment));
+  CHECK(stop.status == 0);
+  CHECK(stop.text == note + "stop requested for 1 job\n");
+  std::string rest;
+  while (std::fgets(buffer, sizeof buffer, watch)) rest += buffer;
+  CHECK(::pclose(watch) == 0);
+  CHECK(rest.find("pool ") != std::string::npos);
+  CHECK(demo.rest().find("stopped by controller: searched") != std::string::npos);
+}
+
+TEST_CASE("ls and show tell the memory a pool has reserved apart from the bytes allocated to it") {
+  Pool pool({.workers = 1});
+  CHECK(pool.map(std::vector<int>{1, 2, 3}, [](int x) { return x + 1; }) == std::vector<int>{2, 3, 4});
+  const std::string control = pool.control_segment();
+  const auto listed = run(ctl("ls --json"));
+  std::smatch m;
+  REQUIRE(std::regex_search(listed.text, m,
+                            std::regex("\"name\":\"" + control +
+                                       R"(\",[^}]*\"size\":(\d+),\"used\":(\d+),\"reserved\":(\d+),[^}]*\"pool\":true)")));
+  const auto size = std::stoull(m[1]), used = std::stoull(m[2]), reserved = std::stoull(m[3]);
+  CHECK(used > size / 2);        // the arena is allocated to the pool object...
+  CHECK(reserved < size / 16);   // ...but only what was used is reserved
+  CHECK(reserved > 0);
+  const auto text = run(ctl("ls")).text;
+  CHECK(std::regex_search(text, std::regex(control + R"(\s+(\S+)\s+\1\s+\d+\.\dK\s+\d+\s+live .*\(pool\))")));
+  const auto shown = run(ctl("show " + control)).text;
+  CHECK(std::regex_search(shown, std::regex("segment '" + control +
+                                            R"(': (\S+) used of \1, \d+\.\dK reserved in memory \(the rest as it is first used\), created by pid )" +
+                                            std::to_string(::getpid()))));
+}
+
+TEST_CASE("watch after a stop shows a percentage that agrees with its counts, and the done, failed and skipped items") {
+  SegmentName events_name("ctl-watch-events");
+  auto events = Segment::create(events_name, 1 << 16);
+  auto started = events.create_event("started");
+  auto go = events.create_event("go");
+  Pool pool({.workers = 1});
+  auto job = pool.map_async(Chunk{1}, std::vector<int>(10, 1), [](int x, Event started, Event go) {
+    started.set();
+    go.wait_for(std::chrono::seconds(30));
+    return x;
+  }, started, go);
+  REQUIRE(started.wait_for(30s));
+  job.cancel();  // item 0 runs on; the other 9 are dropped
+  // Read watch's first line while the stopped job is still in the pool's table.
+  FILE* watch = ::popen((ctl("watch " + pool.control_segment() + " --interval 10") + " 2>&1").c_str(), "r");
+  REQUIRE(watch != nullptr);
+  char buffer[1024] = {};
+  const std::string first = std::fgets(buffer, sizeof buffer, watch) ? buffer : "";
+  go.set();
+  CHECK_THROWS_AS(job.get(), Stopped);  // collects the job: watch then ends
+  while (std::fgets(buffer, sizeof buffer, watch)) {}
+  CHECK(::pclose(watch) == 0);
+  INFO("watch printed: ", first);
+  CHECK(first == "90% 9/10 items, 0 items/s, ETA ? (0 done, 0 failed, 9 skipped)\n");
+}
+
+TEST_CASE("an installed procshare-ctl starts without LD_LIBRARY_PATH") {
+  char folder[] = "/tmp/procshare-install-XXXXXX";
+  REQUIRE(::mkdtemp(folder) != nullptr);
+  struct RemoveFolder {
+    std::string path;
+    ~RemoveFolder() { run("rm -rf '" + path + "'"); }
+  } remove_folder{folder};
+  const auto installed = run("'" + program("MESON") + "' install -C '" + program("PROCSHARE_BUILD_ROOT") +
+                             "' --no-rebuild --quiet --destdir '" + folder + "'");
+  INFO("meson install: ", installed.text);
+  REQUIRE(installed.status == 0);
+  const std::string ctl = run(std::string("find '") + folder + "' -name procshare-ctl -type f").text;
+  REQUIRE(ctl.find(folder) == 0);
+  const std::string path = ctl.substr(0, ctl.find('\n'));
+  const auto help = run("env -u LD_LIBRARY_PATH '" + path + "' --help");
+  INFO("installed procshare-ctl --help: ", help.text);
+  CHECK(help.status == 0);
+  CHECK(help.text.find("procshare-ctl: look at and steer procshare segments") != std::string::npos);
+  CHECK(run("env -u LD_LIBRARY_PATH '" + path + "' ls").status == 0);
+}
+
+TEST_CASE("bash run.sh demo builds only the demo and procshare-ctl") {
+  // run.sh under a stand-in meson that records what it is asked to do (so nothing builds).
+  char folder[] = "/tmp/procshare-fake-meson-XXXXXX";
+  REQUIRE(::mkdtemp(folder) != nullptr);
+  struct RemoveFolder {
+    std::string path;
+    ~RemoveFolder() { run("rm -rf '" + path + "'"); }
+  } remove_folder{folder};
+  const std::string log = std::string(folder) + "/log";
+  {
+    std::ofstream fake(std::string(folder) + "/meson");
+    fake << "#!/bin/sh\necho \"$@\" >> '" << log << "'\n";
+  }
+  REQUIRE(::chmod((std::string(folder) + "/meson").c_str(), 0755) == 0);
+  run("cd '" + program("PROCSHARE_SOURCE_ROOT") + "' && CI= PATH='" + folder + "':\"$PATH\" bash run.sh demo --usage");
+  std::ifstream in(log);
+  const std::string asked((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  INFO("meson was asked: ", asked);
+  CHECK(asked.find("compile -C build examples/pool_demo examples/ctl/procshare-ctl\n") != std::string::npos);
+  CHECK(std::count(asked.begin(), asked.end(), '\n') == 2);  // configure (or setup), then compile
+}
+
+TEST_CASE("the commands the demo prints work as printed from the project folder, while its default run lasts") {
+  const std::string source = program("PROCSHARE_SOURCE_ROOT");
+  const std::string build = program("PROCSHARE_BUILD_ROOT");
+  if (build.rfind(source + "/", 0) != 0) {
+    MESSAGE("the build folder is outside the project folder: skipped");
+    return;
+  }
+  Demo demo({"--workers", "2"}, source);  // the default number of records
+  REQUIRE(!demo.pool.empty());
+  INFO("the demo printed: ", demo.header);
+  std::map<std::string, std::string> commands;  // by subcommand, as printed
+  const std::regex line(R"(^  (\S+ (watch|show|set|stop) .*?)\s+# )");
+  std::istringstream lines(demo.header);
+  for (std::string text; std::getline(lines, text);) {
+    std::smatch m;
+    if (std::regex_search(text, m, line)) commands[m[2]] = m[1];
+  }
+  REQUIRE(commands.size() == 4);
+  CHECK(commands["stop"].rfind(build.substr(source.size() + 1) + "/examples/ctl/procshare-ctl stop ", 0) == 0);
+  // As a person would type them, in the project folder, with procshare-ctl not on PATH.
+  auto as_printed = [&](const std::string& command) { return "cd '" + source + "' && PATH=/usr/bin:/bin " + command; };
+  const auto shown = run(as_printed(commands["show"]));
+  CHECK(shown.status == 0);
+  CHECK(shown.text.find("pool: running") != std::string::npos);
+  const auto set = run(as_printed(commands["set"]));
+  CHECK(set.status == 0);
+  CHECK(set.text == "rounds = 10\n");
+  FILE* watch = ::popen((as_printed(commands["watch"]) + " 2>&1").c_str(), "r");
+  REQUIRE(watch != nullptr);
+  char buffer[1024] = {};
+  const std::string watched = std::fgets(buffer, sizeof buffer, watch) ? buffer : "";
+  CHECK(std::regex_search(watched, std::regex(R"(\d+% \d+/\d+ items, \d+ items/s, ETA)")));
+  const auto stop = run(as_printed(commands["stop"]));
+  CHECK(stop.status == 0);  // the default run was still going
+  CHECK(stop.text == "stop requested for 1 job\n");
+  while (std::fgets(buffer, sizeof buffer, watch)) {}
+  CHECK(::pclose(watch) == 0);
+  CHECK(demo.rest().find("stopped by controller: searched") != std::string::npos);
 }
 
 }  // TEST_SUITE

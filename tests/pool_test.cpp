@@ -67,6 +67,27 @@ TEST_CASE("map over 200,000 items gives exact, ordered results with 1, 2 and 8 w
   }
 }
 
+TEST_CASE("map, map_async and submit of a task returning bool give every item's bool in input order") {
+  Pool pool({.workers = 2});
+  std::vector<std::int64_t> items(10000);
+  std::iota(items.begin(), items.end(), 0);
+  const auto is_odd = [](std::int64_t x) { return x % 2 == 1; };
+  const std::vector<bool> odd = pool.map(items, is_odd);
+  REQUIRE(odd.size() == items.size());
+  bool exact = true;
+  for (std::size_t i = 0; i < items.size(); ++i) exact = exact && odd[i] == (i % 2 == 1);
+  CHECK(exact);
+  auto job = pool.map_async(Chunk{7}, items, [](std::int64_t x, std::int64_t d) { return x % d == 0; },
+                            std::int64_t{3});
+  const std::vector<bool> thirds = job.get();
+  REQUIRE(thirds.size() == items.size());
+  CHECK(std::count(thirds.begin(), thirds.end(), true) == 3334);
+  CHECK(thirds[9999]);
+  CHECK_FALSE(thirds[9998]);
+  CHECK(pool.submit(is_odd, std::int64_t{7}).get());
+  CHECK_FALSE(pool.submit(is_odd, std::int64_t{8}).get());
+}
+
 TEST_CASE("submit returns a Future; 20,000 outstanding futures are all collected at the end") {
   Pool pool({.workers = 2});
   auto one = pool.submit([](int a, int b) { return a + b; }, 2, 40);
@@ -410,6 +431,38 @@ TEST_CASE("a controller's stop_pool_jobs stops a running job, which throws Stopp
   SegmentName other("notapool");
   auto plain = Segment::create(other, 1 << 16);
   CHECK_THROWS_AS(inspect_pool(plain), NotFound);
+}
+
+TEST_CASE("inspect_pool of a job's data segment is NotFound naming the control segment of the pool its creator made") {
+  // In a child, so that no other pool of this process is in /dev/shm meanwhile.
+  SegmentName data_name("jobdata"), pool_name("jobpool");
+  PipeSignal ready, checked;
+  const pid_t owner = run_child([&] {
+    auto data = Segment::create(data_name, 1 << 16);
+    Pool pool({.workers = 1, .name = pool_name.str()});
+    ready.notify();
+    if (!checked.wait()) ::_exit(3);
+  });
+  REQUIRE(ready.wait());
+  auto data = Segment::open(data_name);
+  CHECK(pools_of_creator(data) == std::vector<std::string>{pool_name.str()});
+  const std::string expected = "segment '" + data_name.str() +
+                               "': pool 'pool': no object of that name: it is not a pool's control segment; the pool "
+                               "its creator (pid " + std::to_string(owner) + ") made: segment '" + pool_name.str() + "'";
+  CHECK_THROWS_WITH_AS(inspect_pool(data), expected.c_str(), NotFound);
+  CHECK_THROWS_WITH_AS(stop_pool_jobs(data), expected.c_str(), NotFound);
+  auto control = Segment::open(pool_name);
+  CHECK(inspect_pool(control).workers.size() == 1);
+  checked.notify();
+  CHECK(wait_child(owner).ok());
+  SegmentName lone_name("lone");
+  auto lone = Segment::create(lone_name, 1 << 16);
+  // This process's own pools are gone by now (every test's Pool was destroyed).
+  CHECK_THROWS_WITH_AS(inspect_pool(lone),
+                       doctest::Contains(("it is not a pool's control segment, and its creator (pid " +
+                                          std::to_string(::getpid()) + ") has no pool in /dev/shm")
+                                             .c_str()),
+                       NotFound);
 }
 
 TEST_CASE("bad pool options are InvalidArgument; a closed pool refuses work with PoolClosed") {

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <semaphore.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 
@@ -483,6 +484,76 @@ TEST_CASE("open_or_create refuses an existing segment whose mode is wider than r
                        doctest::Contains("its mode 0666 is wider than the 0600 requested"),
                        PermissionDenied);
   CHECK(Segment::open_or_create(name, 64 * 1024, {.permissions = 0666}).uuid() == wide.uuid());
+}
+
+}  // TEST_SUITE
+
+TEST_SUITE("segment") {
+
+TEST_CASE("open refuses a segment whose mode was widened to 0666, naming the mode, unless max_permissions allows it") {
+  SegmentName name("widened");
+  auto segment = Segment::create(name, 64 * 1024);
+  segment.create_value<int>("v", 7);
+  REQUIRE(::chmod(("/dev/shm/" + name.str()).c_str(), 0666) == 0);
+  CHECK_THROWS_WITH_AS(Segment::open(name),
+                       ("segment '" + name.str() +
+                        "': its mode 0666 is wider than the 0600 accepted (OpenOptions::max_permissions)")
+                           .c_str(),
+                       PermissionDenied);
+  CHECK(Segment::open(name, {.max_permissions = 0666}).open_value<int>("v").load() == 7);
+  REQUIRE(::chmod(("/dev/shm/" + name.str()).c_str(), 0600) == 0);
+  CHECK(Segment::open(name).open_value<int>("v").load() == 7);
+}
+
+TEST_CASE("create of more than max_segment_bytes is InvalidArgument naming the largest size procshare maps") {
+  SegmentName name("huge");
+  CHECK_THROWS_WITH_AS(Segment::create(name, SIZE_MAX),
+                       ("segment '" + name.str() + "': " + std::to_string(SIZE_MAX) +
+                        " bytes is more than the largest segment procshare maps (70368744177664 bytes, 64 TiB)")
+                           .c_str(),
+                       InvalidArgument);
+  CHECK_THROWS_AS(Segment::create(name, max_segment_bytes + 1), InvalidArgument);
+  CHECK_FALSE(procshare::test::shm_exists(name));
+}
+
+TEST_CASE("remove refuses a text file and a POSIX semaphore's file, leaving them in place, unless forced") {
+  SegmentName text("text");
+  write_shm_file(text.str(), std::string(4096, 't'));
+  CHECK_THROWS_WITH_AS(Segment::remove(text),
+                       ("segment '" + text.str() + "': not removed: not a procshare segment (bad magic number)").c_str(),
+                       CorruptSegment);
+  CHECK(procshare::test::shm_exists(text));
+  // A named semaphore lives in /dev/shm as sem.NAME, 32 bytes.
+  const std::string semaphore_name = "/" + text.str() + "-sem";
+  sem_t* semaphore = ::sem_open(semaphore_name.c_str(), O_CREAT | O_EXCL, 0600, 1);
+  REQUIRE(semaphore != SEM_FAILED);
+  const std::string semaphore_file = "sem." + text.str() + "-sem";
+  struct RemoveSemaphore {
+    std::string name;
+    ~RemoveSemaphore() { ::sem_unlink(name.c_str()); }
+  } remove_semaphore{semaphore_name};
+  CHECK_THROWS_WITH_AS(Segment::remove(semaphore_file),
+                       doctest::Contains("not removed: not a valid procshare segment: the file is 32 bytes, "
+                                         "smaller than a segment header"),
+                       CorruptSegment);
+  CHECK(procshare::test::shm_exists(semaphore_file));
+  CHECK(::sem_post(semaphore) == 0);  // still the same, working semaphore
+  ::sem_close(semaphore);
+  SegmentName empty("empty");
+  write_shm_file(empty.str(), "");
+  CHECK_THROWS_WITH_AS(Segment::remove(empty), doctest::Contains("not a valid procshare segment: the file is empty"),
+                       CorruptSegment);
+  CHECK(procshare::test::shm_exists(empty));
+  // A real segment is removed; force removes anything.
+  SegmentName real("real");
+  Segment::create(real, 65536).keep();
+  CHECK(Segment::remove(real));
+  CHECK_FALSE(procshare::test::shm_exists(real));
+  CHECK(Segment::remove(text, {.force = true}));
+  CHECK_FALSE(procshare::test::shm_exists(text));
+  CHECK(Segment::remove(semaphore_file, {.force = true}));
+  CHECK_FALSE(procshare::test::shm_exists(semaphore_file));
+  CHECK_FALSE(Segment::remove(text));
 }
 
 }  // TEST_SUITE

@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,7 +25,9 @@
 namespace procshare::test {
 
 // A segment name unique to this process and call: "ps-test-<pid>-<n>-<label>". The name
-// is removed from /dev/shm when the object is destroyed, whatever the test did.
+// is removed from /dev/shm when the object is destroyed, whatever the test did and
+// whatever file it names (shm_unlink: Segment::remove refuses files that are not
+// segments).
 class SegmentName {
 public:
   explicit SegmentName(std::string_view label = "t") {
@@ -33,7 +36,7 @@ public:
             std::string(label);
   }
   ~SegmentName() {
-    if (::getpid() == owner_) Segment::remove(name_);
+    if (::getpid() == owner_) ::shm_unlink(("/" + name_).c_str());
   }
   SegmentName(const SegmentName&) = delete;
   SegmentName& operator=(const SegmentName&) = delete;

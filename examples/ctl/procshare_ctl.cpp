@@ -1,16 +1,23 @@
 // procshare-ctl: look at and steer procshare segments from another terminal.
 //
-//   procshare-ctl ls [--json]              every segment in /dev/shm: size, use, creator, live or stale
+//   procshare-ctl ls [--json]              every segment in /dev/shm: size, bytes used by objects and
+//                                          reserved in memory, creator, live or stale
 //   procshare-ctl show SEG [--json]        its objects and values, poison and owner-death marks,
 //                                          and a pool's workers and jobs
 //   procshare-ctl get SEG NAME [--json]    one object's value
 //   procshare-ctl set SEG NAME VALUE       store a value, parsed by the object's type
 //   procshare-ctl stop SEG [JOB]           raise the stop flag of a pool's job (or all jobs)
 //   procshare-ctl watch SEG                a live progress bar of a pool's jobs (plain lines
-//                                          when stdout is not a terminal)
-//   procshare-ctl rm SEG                   remove a segment's name
+//                                          when stdout is not a terminal): items settled of
+//                                          the total, and done/failed/skipped once some
+//                                          failed or were skipped
+//   (stop and watch take the pool's control segment, or a job's data segment whose
+//   creator made exactly one pool)
+//   procshare-ctl rm SEG [--force]         remove a segment's name (only a procshare segment's,
+//                                          unless --force)
 //   procshare-ctl clean [--dry-run]        remove segments no process maps any more
 //   --any-owner (before the command)       also open segments other users own
+//   --any-mode (before the command)        also open segments whose mode is wider than 0600
 //
 // Exit status: 0 done, 1 not found or refused (the message says why), 2 usage.
 #include <procshare/procshare.hpp>
@@ -21,6 +28,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -41,25 +49,28 @@ int list(bool json) {
     for (std::size_t i = 0; i < segments.size(); ++i) {
       const auto& s = segments[i];
       out += fmt::format(
-          "{}{{\"name\":{},\"procshare\":{},\"problem\":{},\"size\":{},\"used\":{},"
-          "\"creator_pid\":{},\"creator_alive\":{},\"in_use\":{},\"age_seconds\":{},\"objects\":{}}}",
+          "{}{{\"name\":{},\"procshare\":{},\"problem\":{},\"size\":{},\"used\":{},\"reserved\":{},"
+          "\"creator_pid\":{},\"creator_alive\":{},\"in_use\":{},\"age_seconds\":{},\"objects\":{},\"pool\":{}}}",
           i ? "," : "", procshare::json_quote(s.name), s.procshare, procshare::json_quote(s.problem), s.size, s.used,
-          s.creator_pid, s.creator_alive, s.in_use, s.age_seconds, s.objects);
+          s.reserved, s.creator_pid, s.creator_alive, s.in_use, s.age_seconds, s.objects, s.pool);
     }
     fmt::print("{}]\n", out);
     return 0;
   }
-  fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7} {:>7} {:>7}\n", "NAME", "SIZE", "USED", "CREATOR",
-             "STATUS", "AGE", "OBJECTS");
+  // USED: bytes allocated to objects; RESERVED: memory /dev/shm really holds for the file
+  // (a pool takes most of its segment as one object, but reserves it only as it is used).
+  fmt::print("{:<40} {:>8} {:>8} {:>8} {:>8} {:<7} {:>7} {:>7}\n", "NAME", "SIZE", "USED", "RESERVED",
+             "CREATOR", "STATUS", "AGE", "OBJECTS");
   for (const auto& s : segments) {
     if (!s.procshare) {
-      fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7}\n", s.name, procshare::human_bytes(s.size), "-", "-",
+      fmt::print("{:<40} {:>8} {:>8} {:>8} {:>8} {:<7}\n", s.name, procshare::human_bytes(s.size), "-",
+                 procshare::human_bytes(s.reserved), "-",
                  s.problem == "foreign" || s.problem == "empty" ? "foreign" : "corrupt");
       continue;
     }
-    fmt::print("{:<40} {:>8} {:>8} {:>8} {:<7} {:>6}s {:>7}\n", s.name, procshare::human_bytes(s.size),
-               procshare::human_bytes(s.used), s.creator_pid, s.in_use ? "live" : "stale", s.age_seconds,
-               s.objects);
+    fmt::print("{:<40} {:>8} {:>8} {:>8} {:>8} {:<7} {:>6}s {:>7}{}\n", s.name, procshare::human_bytes(s.size),
+               procshare::human_bytes(s.used), procshare::human_bytes(s.reserved), s.creator_pid,
+               s.in_use ? "live" : "stale", s.age_seconds, s.objects, s.pool ? "  (pool)" : "");
   }
   return 0;
 }
@@ -94,8 +105,22 @@ int set(const std::string& name, const std::string& object, const std::string& v
   return 0;
 }
 
-int stop(const std::string& name, std::uint64_t job) {
+// The segment holding the pool that `name` is about: `name` itself if it is a pool's
+// control segment; else, given a job's data segment, the one pool its creator made (said
+// on stderr). With none or several, `name` itself: inspect_pool's error then names them.
+procshare::Segment open_pool_segment(const std::string& name) {
   auto segment = open_segment(name);
+  for (const auto& object : segment.objects())
+    if (object.kind == procshare::ObjectKind::pool) return segment;
+  const auto pools = procshare::pools_of_creator(segment);
+  if (pools.size() != 1) return segment;
+  fmt::print(stderr, "procshare-ctl: segment '{}' holds no pool; using the pool its creator (pid {}) made: '{}'\n",
+             name, segment.creator_pid(), pools[0]);
+  return open_segment(pools[0]);
+}
+
+int stop(const std::string& name, std::uint64_t job) {
+  auto segment = open_pool_segment(name);
   const std::size_t stopped = procshare::stop_pool_jobs(segment, job);
   if (stopped == 0) {
     fmt::print(stderr, "procshare-ctl: segment '{}': no running job{}\n", name,
@@ -108,7 +133,7 @@ int stop(const std::string& name, std::uint64_t job) {
 
 int watch(const std::string& name, std::chrono::milliseconds interval) {
   const bool terminal = ::isatty(STDOUT_FILENO) != 0;
-  auto segment = open_segment(name);
+  auto segment = open_pool_segment(name);
   const auto start = std::chrono::steady_clock::now();
   std::uint64_t first_done = 0;
   bool seen_job = false;
@@ -130,19 +155,25 @@ int watch(const std::string& name, std::chrono::milliseconds interval) {
       seen_job = true;
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const double rate = seconds > 0 ? (done - first_done) / seconds : 0;
-      const double fraction = total ? double(done + failed + skipped) / double(total) : 0;
-      const std::string eta = rate > 0 ? fmt::format("{:.0f}s", (total - done - failed - skipped) / rate) : "?";
+      // Settled items: done, failed, or skipped (a stop drops unstarted work). The
+      // percentage and the count both say how many are settled (floored, so 100% means
+      // all), and the parts show when some failed or were skipped.
+      const std::uint64_t settled = std::min(done + failed + skipped, total);
+      const std::uint64_t percent = total ? settled * 100 / total : 0;
+      const std::string eta = rate > 0 ? fmt::format("{:.0f}s", (total - settled) / rate) : "?";
+      const std::string parts = failed || skipped ? fmt::format("{} done, {} failed, {} skipped", done, failed, skipped)
+                                                  : std::string();
       if (terminal) {
         constexpr int width = 30;
-        const int filled = static_cast<int>(fraction * width);
-        fmt::print("\r[{}{}] {:3.0f}% {}/{} items  {:.0f} items/s  ETA {}{}\x1b[K",
-                   std::string(filled, '#'), std::string(width - filled, '.'), fraction * 100, done,
-                   total, rate, eta, failed ? fmt::format("  {} failed", failed) : "");
+        const auto filled = static_cast<int>(total ? settled * width / total : 0);
+        fmt::print("\r[{}{}] {:3}% {}/{} items  {:.0f} items/s  ETA {}{}\x1b[K", std::string(filled, '#'),
+                   std::string(width - filled, '.'), percent, settled, total, rate, eta,
+                   parts.empty() ? "" : "  (" + parts + ")");
         std::fflush(stdout);
       } else if (std::chrono::steady_clock::now() - last_plain >= 1s) {
         last_plain = std::chrono::steady_clock::now();
-        fmt::print("{:.0f}% {}/{} items, {:.0f} items/s, ETA {}{}\n", fraction * 100, done, total, rate,
-                   eta, failed ? fmt::format(", {} failed", failed) : "");
+        fmt::print("{}% {}/{} items, {:.0f} items/s, ETA {}{}\n", percent, settled, total, rate, eta,
+                   parts.empty() ? "" : " (" + parts + ")");
         std::fflush(stdout);
       }
     } else if (seen_job || !alive || status.state != "running") {
@@ -166,7 +197,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.add_flag("--any-owner", open_options.allow_other_owner,
                "Open segments other users own too (refused by default)");
-  bool json = false, dry_run = false;
+  bool any_mode = false;
+  app.add_flag("--any-mode", any_mode,
+               "Open segments whose mode is wider than 0600 too (refused by default)");
+  bool json = false, dry_run = false, force = false;
   std::string segment, object, value;
   std::uint64_t job = 0;
   int interval_ms = 200;
@@ -185,13 +219,15 @@ int main(int argc, char** argv) {
   set_cmd->add_option("NAME", object, "Object name")->required();
   set_cmd->add_option("VALUE", value, "The new value")->required();
   auto* stop_cmd = app.add_subcommand("stop", "Raise the stop flag of a pool's job (all jobs by default)");
-  stop_cmd->add_option("SEG", segment, "The pool's control segment")->required();
+  stop_cmd->add_option("SEG", segment, "The pool's control segment (or a job's data segment)")->required();
   stop_cmd->add_option("JOB", job, "Job id (see show)");
   auto* watch_cmd = app.add_subcommand("watch", "Show a live progress bar of a pool's jobs");
-  watch_cmd->add_option("SEG", segment, "The pool's control segment")->required();
+  watch_cmd->add_option("SEG", segment, "The pool's control segment (or a job's data segment)")->required();
   watch_cmd->add_option("--interval", interval_ms, "Refresh period in milliseconds")->check(CLI::Range(10, 10000));
   auto* rm_cmd = app.add_subcommand("rm", "Remove a segment's name from /dev/shm");
   rm_cmd->add_option("SEG", segment, "Segment name")->required();
+  rm_cmd->add_flag("--force", force,
+                   "Remove the file even if it is not a procshare segment (refused by default)");
   auto* clean_cmd = app.add_subcommand("clean", "Remove segments no process maps any more");
   clean_cmd->add_flag("--dry-run", dry_run, "Only list what would be removed");
 
@@ -203,6 +239,7 @@ int main(int argc, char** argv) {
     app.exit(e);
     return 2;
   }
+  if (any_mode) open_options.max_permissions = 07777;
   try {
     if (ls->parsed()) return list(json);
     if (show_cmd->parsed()) return show(segment, json);
@@ -211,7 +248,14 @@ int main(int argc, char** argv) {
     if (stop_cmd->parsed()) return stop(segment, job);
     if (watch_cmd->parsed()) return watch(segment, std::chrono::milliseconds(interval_ms));
     if (rm_cmd->parsed()) {
-      if (!procshare::Segment::remove(segment)) {
+      bool removed = false;
+      try {
+        removed = procshare::Segment::remove(segment, {.force = force});
+      } catch (const procshare::CorruptSegment& e) {
+        fmt::print(stderr, "procshare-ctl: {} (rm --force removes any file)\n", e.what());
+        return 1;
+      }
+      if (!removed) {
         fmt::print(stderr, "procshare-ctl: segment '{}': no such segment\n", segment);
         return 1;
       }

@@ -442,7 +442,11 @@ template <class R> struct ResultState : JobState {
       if (index < values.size()) values[index] = Transport<R>::read(r);
   }
   void copy_fixed(const std::byte* slots) override {
-    if constexpr (fixed) {
+    if constexpr (std::is_same_v<R, bool>) {
+      // std::vector<bool> packs its bits (no data()): one byte per slot, 0 or 1.
+      fixed_values.resize(count);
+      for (std::uint64_t i = 0; i < count; ++i) fixed_values[i] = slots[i] != std::byte{0};
+    } else if constexpr (fixed) {
       fixed_values.resize(count);
       if (count) std::memcpy(static_cast<void*>(fixed_values.data()), slots, count * sizeof(R));
     }
@@ -579,11 +583,17 @@ struct PoolStatus {
 
 // Reads the pool in control segment `segment` (from any process: opened by name, e.g.
 // by procshare-ctl). Lock-free reads: counters may be a moment apart, never torn.
-// Throws NotFound if the segment holds no pool, CorruptSegment if its tables do not fit.
+// Throws NotFound if the segment holds no pool (naming the control segments of the pools
+// its creator made, see pools_of_creator), CorruptSegment if its tables do not fit.
 PROCSHARE_API PoolStatus inspect_pool(Segment& segment);
 // Raises the stop flag of job `job_id` in that pool, or of every job if 0 (a
-// controller's early stop); returns how many jobs it stopped.
+// controller's early stop); returns how many jobs it stopped. Throws as inspect_pool.
 PROCSHARE_API std::size_t stop_pool_jobs(Segment& segment, std::uint64_t job_id = 0);
+// The names of the pools' control segments in /dev/shm made by the process that made
+// `segment` (the same creator pid), in name order, `segment` itself left out: how a
+// controller given a job's data segment finds the pool that works on it. Reads headers
+// only (Segment::list); never throws for a file.
+PROCSHARE_API std::vector<std::string> pools_of_creator(const Segment& segment);
 
 // Inside a task: whether the job it belongs to was asked to stop (cancel(), a
 // controller, or request_stop()). Cheap: one load. Outside a task: false.

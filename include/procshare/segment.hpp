@@ -149,6 +149,8 @@ struct SegmentListing {
   bool in_use;                 // some process maps it (holds its flock)
   std::int64_t age_seconds;    // since creation
   std::uint32_t objects;
+  std::uint64_t reserved;      // bytes of /dev/shm the file really holds (see Segment::reserved)
+  bool pool;                   // holds a Pool: it is a pool's control segment
 };
 
 // Options for Segment::open.
@@ -156,7 +158,15 @@ struct OpenOptions {
   // Open a segment another user owns (a controller run by root, say). Off by default:
   // a segment someone else made is PermissionDenied, so a name cannot be hijacked.
   bool allow_other_owner = false;
+  // The widest file mode accepted: a segment whose mode has bits outside these (0666,
+  // say: anyone could have written it) is PermissionDenied naming its mode, as in
+  // open_or_create. Widen it (0660 for a group, 07777 for any mode) to opt in.
+  std::uint32_t max_permissions = 0600;
 };
+
+// The largest segment procshare creates and maps: 2^46 bytes (64 TiB). Larger sizes are
+// InvalidArgument at create(); /dev/shm usually refuses far less (SegmentFull).
+inline constexpr std::uint64_t max_segment_bytes = std::uint64_t{1} << 46;
 
 // Options for Segment::create and Segment::open_or_create.
 struct SegmentOptions {
@@ -164,6 +174,14 @@ struct SegmentOptions {
   std::uint32_t permissions = 0600;
   // Directory slots: how many named objects the segment can hold (1 .. 65536).
   std::uint32_t max_objects = 128;
+};
+
+// Options for Segment::remove.
+struct RemoveOptions {
+  // Remove the file even if it is not a valid procshare segment (a foreign or garbled
+  // file in /dev/shm, a POSIX semaphore's sem.* file). Off by default: such a file is
+  // CorruptSegment and left in place.
+  bool force = false;
 };
 
 namespace detail {
@@ -323,14 +341,16 @@ class PROCSHARE_API Segment {
 public:
   // Creates segment `name` of `bytes` (rounded up to whole pages), mode
   // options.permissions, its memory reserved up front with posix_fallocate.
-  // Throws InvalidName, InvalidArgument (bytes too small for the header and directory:
-  // the message names the minimum), AlreadyExists, PermissionDenied, SegmentFull
-  // (/dev/shm cannot reserve `bytes`; nothing is left behind).
+  // Throws InvalidName, InvalidArgument (bytes too small for the header and directory,
+  // or more than max_segment_bytes: the message names the limit), AlreadyExists,
+  // PermissionDenied, SegmentFull (/dev/shm cannot reserve `bytes`; nothing is left
+  // behind).
   static Segment create(std::string_view name, std::size_t bytes,
                         const SegmentOptions& options = {});
   // Opens the existing segment `name`, validating its header before anything else.
-  // Throws InvalidName, NotFound, PermissionDenied (the OS refused, or another user owns
-  // it and options.allow_other_owner is off), CorruptSegment (at once, for an empty,
+  // Throws InvalidName, NotFound, PermissionDenied (the OS refused, another user owns
+  // it and options.allow_other_owner is off, or its mode is wider than
+  // options.max_permissions), CorruptSegment (at once, for an empty,
   // short, foreign, unready or inconsistent file), Timeout (another process has held
   // the file's exclusive lock for over a second).
   static Segment open(std::string_view name, const OpenOptions& options = {});
@@ -340,8 +360,11 @@ public:
   static Segment open_or_create(std::string_view name, std::size_t bytes,
                                 const SegmentOptions& options = {});
   // Removes the name `name` from /dev/shm; processes that map it keep their mapping.
-  // Returns false if there was no such segment. Throws InvalidName, PermissionDenied.
-  static bool remove(std::string_view name);
+  // Only a file whose header validates (as open() checks it) is removed, unless
+  // options.force is set. Returns false if there was no such file. Throws InvalidName,
+  // PermissionDenied, CorruptSegment (the file is not a valid procshare segment: a
+  // foreign, empty, short or garbled file, left in place; its message says why).
+  static bool remove(std::string_view name, const RemoveOptions& options = {});
   // Every file in /dev/shm, procshare segments described, others marked foreign or
   // corrupt. Reads headers with pread on read-only descriptors; never throws for a file.
   static std::vector<SegmentListing> list();
@@ -377,6 +400,11 @@ public:
   std::size_t size() const noexcept;
   // Bytes taken by the header, the directory and the objects so far.
   std::size_t used() const noexcept;
+  // Bytes of /dev/shm memory the segment's file really holds: all of size() for a segment
+  // made by create() (reserved up front), less for a pool's control segment, whose pool
+  // takes most of the segment as one object but reserves each part only when first used.
+  // 0 if the file cannot be examined.
+  std::size_t reserved() const noexcept;
   // The pid that created the segment.
   pid_t creator_pid() const noexcept;
   // True if this handle created the segment (and so will remove it, see ~Segment).
