@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -130,23 +131,15 @@ void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std:
 std::atomic<std::uint32_t>* current_stop = nullptr;  // the running job's stop flag
 PoolBlock* current_block = nullptr;                   // the worker's pool
 
-// Appends a record about item `index` of job `job_id` to the worker's result ring (for
-// `complete`, index is the job id too), waiting for the parent to make room.
-void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
-                   std::span<const std::byte> first, std::span<const std::byte> second) {
+// Writes one record (header + `first` + `second`, need <= half the ring) to the worker's
+// result ring, waiting for the parent to make room.
+void write_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
+                  std::size_t type_length, std::span<const std::byte> first,
+                  std::span<const std::byte> second) {
   PoolBlock& b = *w.block;
   WorkerSlot& s = *w.slot;
   const std::uint64_t ring = b.ring_bytes;
   const std::uint64_t need = align_up(sizeof(RecordHeader) + first.size() + second.size(), 8);
-  if (need > ring / 2) {  // too big to ever fit: fail the item instead
-    static const char type_name[] = "procshare::Error";
-    const std::string message =
-        fmt::format("the result takes {} bytes; a worker's result ring holds {} at most", need, ring / 2);
-    append_record(w, RecordType::error, job_id, index,
-                  std::as_bytes(std::span(type_name, sizeof type_name - 1)),
-                  std::as_bytes(std::span(message.data(), message.size())));
-    return;
-  }
   for (;;) {
     const std::uint64_t write = s.ring_write.load(std::memory_order_relaxed);
     const std::uint64_t read = s.ring_read.load(std::memory_order_acquire);
@@ -184,13 +177,57 @@ void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std:
   }
   RecordHeader header{static_cast<std::uint32_t>(need), static_cast<std::uint32_t>(type),
                       job_id, index, cached_pid,
-                      static_cast<std::uint32_t>(first.size()),
+                      static_cast<std::uint32_t>(type_length),
                       static_cast<std::uint32_t>(first.size() + second.size()), 0};
   std::byte* at = base + write % ring;
   std::memcpy(at, &header, sizeof header);
   if (!first.empty()) std::memcpy(at + sizeof header, first.data(), first.size());
   if (!second.empty()) std::memcpy(at + sizeof header + first.size(), second.data(), second.size());
   s.ring_write.store(write + need, std::memory_order_release);  // publishes the record
+}
+
+// The bytes a message keeps when a failure's record would outgrow the pool's arena.
+constexpr std::size_t kept_message_bytes = 4096;
+
+// Appends a record about item `index` of job `job_id` to the worker's result ring (for
+// `complete`, index is the job id too), waiting for the parent to make room. Its payload
+// is `first` then `second` (an error's exception type, then its message). A payload over
+// half the ring goes in pieces (see RecordType); one larger than the pool's arena fails
+// the item instead, keeping an error's exception type and the start of its message.
+void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
+                   std::span<const std::byte> first, std::span<const std::byte> second) {
+  PoolBlock& b = *w.block;
+  const std::uint64_t total = first.size() + second.size();
+  const std::uint64_t largest_record = (b.ring_bytes / 2 - sizeof(RecordHeader)) & ~std::uint64_t{7};
+  if (total <= largest_record) {
+    write_record(w, type, job_id, index, first.size(), first, second);
+    return;
+  }
+  if (total > b.arena_bytes) {
+    static const char procshare_error[] = "procshare::Error";
+    std::string message;
+    if (type == RecordType::error) {
+      const auto text = std::string_view(reinterpret_cast<const char*>(second.data()), second.size());
+      message = fmt::format("{}... (the message was cut: {} bytes, more than the pool's arena of "
+                            "{} bytes, PoolOptions::arena_bytes)",
+                            text.substr(0, kept_message_bytes), second.size(), b.arena_bytes);
+    } else {
+      message = fmt::format("the result takes {} bytes, more than the pool's arena of {} bytes "
+                            "(PoolOptions::arena_bytes)", total, b.arena_bytes);
+      first = std::as_bytes(std::span(procshare_error, sizeof procshare_error - 1));
+    }
+    append_record(w, RecordType::error, job_id, index, first,
+                  std::as_bytes(std::span(message.data(), message.size())));
+    return;
+  }
+  // The payload in pieces of `largest_record` bytes; the last one is the record itself.
+  std::vector<std::byte> payload(first.begin(), first.end());
+  payload.insert(payload.end(), second.begin(), second.end());
+  const std::span<const std::byte> all(payload);
+  std::uint64_t offset = 0;
+  for (; total - offset > largest_record; offset += largest_record)
+    write_record(w, RecordType::piece, job_id, index, 0, all.subspan(offset, largest_record), {});
+  write_record(w, type, job_id, index, first.size(), all.subspan(offset), {});
 }
 
 void op_emit(ChunkContext& c, std::uint64_t index, const std::byte* data, std::size_t size) {
@@ -329,6 +366,18 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   }
 }
 
+// Keeps `reason` as the pool's broken_reason unless one is kept already: the first
+// reason wins, whole, when several processes fail at once.
+void record_broken_reason(PoolBlock& b, std::string_view reason) {
+  char expected = '\0';
+  std::atomic_ref<char> first(b.broken_reason[0]);
+  if (!first.compare_exchange_strong(expected, '?')) return;
+  const std::size_t length = std::min(reason.size(), sizeof b.broken_reason - 1);
+  std::memcpy(b.broken_reason + 1, reason.data() + 1, length > 0 ? length - 1 : 0);
+  b.broken_reason[length] = '\0';
+  first.store(length > 0 ? reason[0] : '\0', std::memory_order_release);
+}
+
 [[noreturn]] void worker_main(PoolBlock& b, std::uint32_t index, pid_t supervisor,
                               const std::function<void()>& initializer, const Segment& segment,
                               std::uint64_t block_offset) {
@@ -338,15 +387,17 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   s.pid.store(::getpid());  // before any work (the supervisor's fork() may return later)
   s.state.store(static_cast<std::uint32_t>(WorkerState::starting));
   if (initializer) {
+    std::string reason;
     try {
       initializer();
     } catch (const std::exception& e) {
-      const std::string reason = fmt::format("the initializer threw {}: {}", demangle(typeid(e).name()), e.what());
-      std::snprintf(b.broken_reason, sizeof b.broken_reason, "%s", reason.c_str());
-      std::fflush(nullptr);
-      ::_exit(3);
+      reason = fmt::format("worker {}: the initializer threw {}: {}", ::getpid(),
+                           demangle(typeid(e).name()), e.what());
     } catch (...) {
-      std::snprintf(b.broken_reason, sizeof b.broken_reason, "the initializer threw");
+      reason = fmt::format("worker {}: the initializer threw an exception of unknown type", ::getpid());
+    }
+    if (!reason.empty()) {
+      record_broken_reason(b, reason);
       std::fflush(nullptr);
       ::_exit(3);
     }
@@ -507,16 +558,13 @@ struct Supervisor {
     }
     s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
     s.job_id.store(0);
-    if (state == WorkerState::starting) {
-      if (b.startup_failures.fetch_add(1) + 1 >= startup_failure_limit) {
-        if (b.broken_reason[0] == '\0')
-          std::snprintf(b.broken_reason, sizeof b.broken_reason,
-                        "workers keep dying at start-up (last: %s %d)",
-                        signal ? "signal" : "exit status", signal ? signal : exit_status);
-        b.state.store(static_cast<std::uint32_t>(PoolState::broken));
-      }
-    } else if (state != WorkerState::exited || exit_status != 0) {
-      b.worker_deaths.fetch_add(1);
+    if (state != WorkerState::exited || exit_status != 0) b.worker_deaths.fetch_add(1);
+    if (state == WorkerState::starting &&
+        b.startup_failures.fetch_add(1) + 1 >= startup_failure_limit) {
+      record_broken_reason(b, fmt::format("workers keep dying at start-up (last: worker {}, {} {})",
+                                          s.pid.load(), signal ? "signal" : "exit status",
+                                          signal ? signal : exit_status));
+      b.state.store(static_cast<std::uint32_t>(PoolState::broken));
     }
     if (state != WorkerState::starting) b.startup_failures.store(0);
   }
@@ -635,6 +683,14 @@ public:
   std::uint64_t arena_at = 0;        // the arena's offset in the segment
   std::uint64_t arena_reserved = 0;  // arena bytes reserved so far (from its start)
   std::uint64_t jobs_at = 0;         // the job table's offset in the segment
+  // Per worker slot: the pieces of a record that came in pieces (see RecordType), for the
+  // job, item and worker pid of the first piece.
+  struct Pieces {
+    std::uint64_t job_id = 0, index = 0;
+    std::int32_t pid = 0;
+    std::vector<std::byte> bytes;
+  };
+  std::vector<Pieces> pieces;
 
   explicit PoolCore(Segment s) : segment(std::move(s)) {}
 
@@ -749,14 +805,31 @@ public:
       if (read == write) continue;
       const std::byte* ring = block->ring(i);
       const std::uint64_t bytes = block->ring_bytes;
+      if (pieces.size() < block->workers) pieces.resize(block->workers);
+      Pieces& held = pieces[i];
       while (read < write) {
         RecordHeader header{};
         std::memcpy(&header, ring + read % bytes, sizeof(std::uint32_t) * 2);
         if (header.size < 8 || header.size % 8 != 0 || header.size > bytes - read % bytes) break;  // corrupt
         if (header.type != static_cast<std::uint32_t>(RecordType::padding) && header.size >= sizeof header) {
           std::memcpy(&header, ring + read % bytes, sizeof header);
-          dispatch(header, ring + read % bytes + sizeof header,
-                   std::min<std::size_t>(header.payload_length, header.size - sizeof header));
+          const std::byte* payload = ring + read % bytes + sizeof header;
+          const std::size_t size = std::min<std::size_t>(header.payload_length, header.size - sizeof header);
+          const bool same_item = !held.bytes.empty() && held.job_id == header.job_id &&
+                                 held.index == header.index && held.pid == header.pid;
+          if (!same_item) held.bytes.clear();  // pieces whose final record never came
+          if (header.type == static_cast<std::uint32_t>(RecordType::piece)) {
+            held.job_id = header.job_id;
+            held.index = header.index;
+            held.pid = header.pid;
+            held.bytes.insert(held.bytes.end(), payload, payload + size);
+          } else if (same_item) {
+            held.bytes.insert(held.bytes.end(), payload, payload + size);
+            dispatch(header, held.bytes.data(), held.bytes.size());
+            held.bytes = {};
+          } else {
+            dispatch(header, payload, size);
+          }
         }
         read += header.size;
       }

@@ -266,7 +266,29 @@ TEST_CASE("a throwing initializer breaks the pool with a clear error, without a 
                        doctest::Contains("the initializer threw std::runtime_error: no database"),
                        PoolClosed);
   CHECK(std::chrono::steady_clock::now() - start < 5s);
-  CHECK_THROWS_AS(pool.submit([] { return 1; }), PoolClosed);
+  try {
+    pool.submit([] { return 1; });
+    FAIL("no exception");
+  } catch (const PoolClosed& e) {  // names the worker whose initializer threw
+    const std::string text = e.what();
+    const auto at = text.find("worker ");
+    REQUIRE(at != std::string::npos);
+    CHECK(std::atoi(text.c_str() + at + 7) > 0);
+    CHECK(text.find(": the initializer threw std::runtime_error: no database", at) != std::string::npos);
+  }
+}
+
+TEST_CASE("a worker whose initializer fails once is counted as a worker death, and the pool goes on") {
+  SegmentName name("init-once");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto failed = segment.create_flag("failed");
+  Pool pool({.workers = 1, .initializer = [failed]() mutable {
+               if (!failed.test_and_set()) throw std::runtime_error("first start fails");
+             }});
+  CHECK(pool.submit([] { return 5; }).get() == 5);  // the replacement runs it
+  auto control = Segment::open(pool.control_segment());
+  CHECK(inspect_pool(control).worker_deaths == 1);
+  CHECK(segment_report(control, ReportFormat::text).find("1 worker deaths") != std::string::npos);
 }
 
 TEST_CASE("the initializer runs in every worker, replacements included") {
@@ -589,6 +611,58 @@ TEST_CASE("a forged pool block (misaligned or outside tables) is CorruptSegment 
   forged(b.ring_bytes, 3);
   CHECK(inspect_pool(segment).workers.size() == 1);   // intact again
   CHECK(pool.submit([] { return 7; }).get() == 7);
+}
+
+// A string of `bytes` bytes that tells every position apart (so a lost or misplaced
+// piece shows).
+std::string patterned(std::size_t bytes, std::size_t seed) {
+  std::string text(bytes, ' ');
+  for (std::size_t i = 0; i < bytes; ++i) text[i] = static_cast<char>('a' + (i * 7 + seed) % 26);
+  return text;
+}
+
+TEST_CASE("results and exception messages far larger than a result ring arrive whole") {
+  Pool pool({.workers = 2});
+  const auto big = [](std::size_t bytes) { return patterned(bytes, bytes); };
+  CHECK(pool.submit(big, std::size_t{1} << 20).get() == big(std::size_t{1} << 20));
+  // Several at once, from both workers, interleaved in the parent.
+  std::vector<std::size_t> sizes{700'000, 3 << 20, 10, 1'500'000, 524'200, 524'300};
+  const auto results = pool.map(sizes, big);
+  REQUIRE(results.size() == sizes.size());
+  for (std::size_t i = 0; i < sizes.size(); ++i) CHECK(results[i] == big(sizes[i]));
+  try {
+    pool.submit([](std::size_t bytes) -> int { throw std::runtime_error(patterned(bytes, 1)); },
+                std::size_t{1} << 20)
+        .get();
+    FAIL("no exception");
+  } catch (const TaskError& e) {
+    CHECK(e.exception_type() == "std::runtime_error");
+    CHECK(e.message() == patterned(std::size_t{1} << 20, 1));
+  }
+}
+
+TEST_CASE("a result larger than the pool's arena fails its item; a larger message keeps its type and start") {
+  Pool pool({.workers = 1, .arena_bytes = 1 << 20});
+  try {
+    pool.submit([](std::size_t bytes) { return std::string(bytes, 'x'); }, std::size_t{2} << 20).get();
+    FAIL("no exception");
+  } catch (const TaskError& e) {
+    CHECK(e.exception_type() == "procshare::Error");
+    CHECK(e.message() == fmt::format("the result takes {} bytes, more than the pool's arena of {} bytes "
+                                     "(PoolOptions::arena_bytes)", (std::size_t{2} << 20) + 8, 1 << 20));
+  }
+  try {
+    pool.submit([](std::size_t bytes) -> int { throw std::invalid_argument(patterned(bytes, 2)); },
+                std::size_t{2} << 20)
+        .get();
+    FAIL("no exception");
+  } catch (const TaskError& e) {
+    CHECK(e.exception_type() == "std::invalid_argument");
+    CHECK(e.message().rfind(patterned(4096, 2), 0) == 0);
+    CHECK(e.message().find("... (the message was cut: 2097152 bytes, more than the pool's arena of "
+                           "1048576 bytes, PoolOptions::arena_bytes)") == 4096);
+  }
+  CHECK(pool.submit([] { return 7; }).get() == 7);  // the pool goes on
 }
 
 }  // TEST_SUITE

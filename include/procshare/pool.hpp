@@ -13,6 +13,10 @@
 //   function pointer or a capture-less lambda -- and its data travels in explicit
 //   arguments and results that are transportable (see Transportable below). procshare
 //   handles are transportable: hand a task a Value, Array, Flag or Queue as an argument.
+// Sizes: results and exception messages of any size up to PoolOptions::arena_bytes
+//   arrive whole (a large one streams through the worker's result ring in pieces). A
+//   larger result fails its item with TaskError of type procshare::Error saying so; a
+//   larger message is cut to its first 4 KiB, keeping the task's exception type.
 // Failures: a task that throws fails its item with TaskError (index, exception type,
 //   message, worker pid); a worker killed mid-task fails only the item it was running with
 //   WorkerDied, and the rest of its chunk runs elsewhere; map() finishes every other item
@@ -487,7 +491,8 @@ struct PoolOptions {
   // Bytes of shared memory for jobs' items, arguments and fixed-size results (small
   // arguments and results travel in the job's own slot). /dev/shm memory is reserved as
   // jobs first use it, so an arena that is never filled costs nothing; a job that cannot
-  // be reserved throws SegmentFull.
+  // be reserved throws SegmentFull. Also the largest result or exception message a task
+  // can send back (see Sizes at the top).
   std::size_t arena_bytes = 64u << 20;
 };
 

@@ -88,10 +88,14 @@ struct DeathRecord {
 };
 inline constexpr std::uint32_t death_ring_size = 256;
 
-// Result ring records: a header, then the payload; 8-byte aligned; never split.
-// `complete`: the worker settled the job's last item (the parent collects it at once
-// instead of polling every job).
-enum class RecordType : std::uint32_t { result = 1, error = 2, padding = 3, complete = 4 };
+// Result ring records: a header, then the payload; 8-byte aligned; a record is never
+// split across the ring's end. `complete`: the worker settled the job's last item (the
+// parent collects it at once instead of polling every job). A payload too big for one
+// record (over half the ring) travels as `piece` records carrying its first bytes, in
+// order, then the result or error record with the rest: the parent joins the pieces of
+// the same job, item and worker pid (a worker writes its ring in order, so they follow
+// each other) and drops pieces whose final record never came (the worker died).
+enum class RecordType : std::uint32_t { result = 1, error = 2, padding = 3, complete = 4, piece = 5 };
 struct RecordHeader {
   std::uint32_t size;  // whole record, header included
   std::uint32_t type;  // RecordType
@@ -99,6 +103,7 @@ struct RecordHeader {
   std::uint64_t index;
   std::int32_t pid;
   std::uint32_t type_length;     // error: bytes of the exception type before the message
+                                 // (counted from the first piece, if it came in pieces)
   std::uint32_t payload_length;  // bytes after the header, padding excluded
   std::uint32_t reserved;
 };
