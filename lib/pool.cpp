@@ -3,25 +3,23 @@
 // made the pool.
 //
 // Shared memory it writes: the job table (a job's slot, filled then published under the
-// pool lock, and freed when it finishes), its job's stop flag (cancel), the arena (items,
-// arguments) and the job table's reserved size; the workers' ring read positions and
-// ring_space_sequence; death_read; parent_waiting and the work sequence. The control
-// block's fixed fields once, at creation.
+// pool lock with `published`, and freed when it finishes), a job's stop flag (cancel) and,
+// under the pool lock, the unclaimed items of a stopped job (drop_unclaimed); the arena
+// (items, arguments) and the job table's reserved size; the workers' ring read positions
+// and ring_space_sequence, and death_read (RingReader); parent_waiting and the work
+// sequence. The control block's fixed fields once, at creation.
 #include <procshare/pool.hpp>
 #include <procshare/value.hpp>
 
 #include "detail/names.hpp"
+#include "detail/pool_internal.hpp"
 #include "detail/pool_layout.hpp"
+#include "detail/pool_parent.hpp"
 
 #include <fmt/format.h>
 
-#include <cxxabi.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,13 +30,6 @@
 #include <map>
 #include <mutex>
 #include <thread>
-#include <unordered_map>
-
-#ifndef P_PIDFD
-#define P_PIDFD 3
-#endif
-#include "detail/pool_internal.hpp"
-#include "detail/pool_parent.hpp"
 
 namespace procshare {
 namespace detail {

@@ -4,36 +4,16 @@
 // Shared memory it writes: nothing but a job's stop flag, rescan and the wake-up
 // sequences (stop_pool_jobs); everything else it only reads.
 #include <procshare/pool.hpp>
-#include <procshare/value.hpp>
 
 #include "detail/names.hpp"
+#include "detail/pool_internal.hpp"
 #include "detail/pool_layout.hpp"
 
 #include <fmt/format.h>
 
-#include <cxxabi.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <sched.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
-#include <cstdio>
-#include <fstream>
-#include <map>
-#include <mutex>
-#include <thread>
-#include <unordered_map>
-
-#ifndef P_PIDFD
-#define P_PIDFD 3
-#endif
-#include "detail/pool_internal.hpp"
+#include <string>
+#include <vector>
 
 namespace procshare {
 

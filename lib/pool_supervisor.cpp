@@ -8,36 +8,25 @@
 // state (closing, terminating, broken) and broken_reason; supervisor_pid; rescan and the
 // wake-up sequences.
 #include <procshare/pool.hpp>
-#include <procshare/value.hpp>
 
-#include "detail/names.hpp"
+#include "detail/pool_internal.hpp"
 #include "detail/pool_layout.hpp"
 
 #include <fmt/format.h>
 
-#include <cxxabi.h>
-#include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cstdio>
-#include <fstream>
-#include <map>
-#include <mutex>
-#include <thread>
-#include <unordered_map>
+#include <functional>
+#include <vector>
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
-#include "detail/pool_internal.hpp"
 
 namespace procshare {
 namespace detail {

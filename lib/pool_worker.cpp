@@ -3,41 +3,33 @@
 // (write_record, append_record); also stop_requested()/request_stop() for a running task.
 //
 // Shared memory it writes: its own WorkerSlot (state, job, chunk, progress, counts, ring
-// write position and ring_waiting); its own result ring; under the pool lock, the claim
-// words of the job table (cursor, requeued ranges, claim_from) and a job's settled, done,
-// failed, skipped and best counts; a job's stop flag (request_stop); rescan, the wake-up
-// sequences and, once, broken_reason (an initializer that throws). Nothing else.
+// write position and ring_waiting) and its own result ring; under the pool lock, the
+// claim words of the job table (cursor, requeued ranges, claim_from, and the skipped and
+// settled counts of the items it drops); atomically, without the lock, a job's done,
+// skipped, settled and best (find_first) and the pool's items_done; a job's stop flag
+// (request_stop); rescan, the wake-up sequences and, once, broken_reason (an initializer
+// that throws). Nothing else.
 #include <procshare/pool.hpp>
 #include <procshare/value.hpp>
 
 #include "detail/names.hpp"
+#include "detail/pool_internal.hpp"
 #include "detail/pool_layout.hpp"
 
 #include <fmt/format.h>
 
 #include <cxxabi.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <fstream>
-#include <map>
-#include <mutex>
-#include <thread>
-#include <unordered_map>
-
-#ifndef P_PIDFD
-#define P_PIDFD 3
-#endif
-#include "detail/pool_internal.hpp"
+#include <cstdlib>
+#include <span>
+#include <string>
+#include <vector>
 
 namespace procshare {
 namespace detail {
