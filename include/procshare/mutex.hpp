@@ -258,56 +258,76 @@ inline void end_guard(RobustLock& lock, GuardState state, bool poison) noexcept 
   if (!state.reentered) detail::unlock(lock);
 }
 
-// The common part of Mutex (K = mutex) and RecursiveMutex (K = recursive_mutex).
+// The one lock implementation behind Mutex (K = mutex) and RecursiveMutex (K =
+// recursive_mutex): both are this class with their own name and constructor. The members
+// below are theirs; where the two kinds differ, the comment says so.
 template <ObjectKind K>
-class MutexHandle {
+class BasicMutex {
 public:
-  MutexHandle() = default;
-  explicit MutexHandle(HandleCore core) : core_(core) {}
-
+  // Blocks until this thread holds the lock (a RecursiveMutex: holds it again, one level
+  // more). After a holder died, returns holding the lock and counts the death (see top of
+  // file). A Mutex throws InvalidArgument if this thread holds it already.
   void lock() {
-    if (const int error = detail::lock(block().lock)) throw_lock_error(core_, kind(), "lock", error);
+    if (const int error = detail::lock(block().lock)) throw_lock_error(core_, K, "lock", error);
   }
-  // EDEADLK (this thread holds the non-recursive lock) is a plain false for the try
-  // calls, at once: no other thread can release it.
+  // Takes the lock if free (a RecursiveMutex: or held by this thread); returns false at
+  // once if another thread holds it, or, for a Mutex, if this thread does (Python's
+  // Lock.acquire(blocking=False)).
+  // (EDEADLK, this thread holding the non-recursive lock, is a plain false for the try
+  // calls, at once: no other thread can release it.)
   bool try_lock() {
     const int error = detail::try_lock(block().lock);
     if (error == EBUSY || error == EDEADLK) return false;
-    if (error) throw_lock_error(core_, kind(), "try_lock", error);
+    if (error) throw_lock_error(core_, K, "try_lock", error);
     return true;
   }
+  // Blocks at most `timeout` (steady clock); returns false if the lock was not taken. If
+  // this thread holds a Mutex already, returns false at once (waiting could not help).
   template <class Rep, class Period>
   bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
     const int error = detail::lock_until(block().lock, deadline_after(timeout));
     if (error == ETIMEDOUT || error == EDEADLK) return false;
-    if (error) throw_lock_error(core_, kind(), "try_lock_for", error);
+    if (error) throw_lock_error(core_, K, "try_lock_for", error);
     return true;
   }
+  // Blocks until `deadline` at most; returns false if the lock was not taken.
   template <class Clock, class Duration>
   bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
     const int error = detail::lock_until(block().lock, to_deadline(deadline));
     if (error == ETIMEDOUT || error == EDEADLK) return false;
-    if (error) throw_lock_error(core_, kind(), "try_lock_until", error);
+    if (error) throw_lock_error(core_, K, "try_lock_until", error);
     return true;
   }
+  // Releases the lock (a RecursiveMutex: one level). Throws NotOwner if this thread does
+  // not hold it (naming the holder's pid when one is recorded).
   void unlock() {
     RobustLock& lock = block().lock;
     const pid_t holder = lock.owner_pid;  // read before: names who holds it in the error
-    if (const int error = detail::unlock(lock)) throw_lock_error(core_, kind(), "unlock", error, holder);
+    if (const int error = detail::unlock(lock)) throw_lock_error(core_, K, "unlock", error, holder);
   }
+  // How many holders died holding this lock (a death is seen as soon as the lock is
+  // free, or when the next locker takes it).
   std::uint32_t owner_deaths() const {
     observe_deaths(block().lock);
     return block().lock.deaths.load(std::memory_order_relaxed);
   }
+  // The pid of the last holder that died holding it; 0 if none, or if it died within
+  // the few instructions between taking the lock and recording itself.
   pid_t last_dead_owner() const {
     observe_deaths(block().lock);
     return block().lock.last_dead_pid.load(std::memory_order_relaxed);
   }
+  // The name it has in its segment.
   std::string name() const { return object_name(core_); }
+  // The handle's record (segment uuid, offset, type hash).
   const HandleCore& handle() const noexcept { return core_; }
 
+protected:
+  // An empty handle: every call throws NotFound until one is assigned.
+  BasicMutex() = default;
+  explicit BasicMutex(HandleCore core) : core_(core) {}
+
 private:
-  static constexpr ObjectKind kind() noexcept { return K; }
   LockBlock& block() const {
     return *reinterpret_cast<LockBlock*>(resolve(core_, K, sizeof(LockBlock)));
   }
@@ -318,89 +338,31 @@ private:
 }  // namespace detail
 
 // Mutex: a non-recursive robust lock (Python's multiprocessing.Lock).
-// Made by Segment::create_mutex / open_mutex / mutex(name).
-class Mutex {
+// Made by Segment::create_mutex / open_mutex / mutex(name). Its members (lock, try_lock,
+// try_lock_for, try_lock_until, unlock, owner_deaths, last_dead_owner, name, handle) are
+// detail::BasicMutex's, documented there.
+class Mutex : public detail::BasicMutex<ObjectKind::mutex> {
 public:
   // An empty handle: every call throws NotFound until one is assigned.
   Mutex() = default;
 
-  // Blocks until this thread holds the lock. After a holder died, returns holding the
-  // lock and counts the death (see top of file). Throws InvalidArgument if this thread
-  // holds it already.
-  void lock() { impl_.lock(); }
-  // Takes the lock if free; returns false at once if another thread holds it, or if this
-  // thread does (Python's Lock.acquire(blocking=False)).
-  bool try_lock() { return impl_.try_lock(); }
-  // Blocks at most `timeout` (steady clock); returns false if the lock was not taken. If
-  // this thread holds it already, returns false at once (waiting could not help).
-  template <class Rep, class Period>
-  bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return impl_.try_lock_for(timeout);
-  }
-  // Blocks until `deadline` at most; returns false if the lock was not taken.
-  template <class Clock, class Duration>
-  bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return impl_.try_lock_until(deadline);
-  }
-  // Releases the lock. Throws NotOwner if this thread does not hold it (naming the holder's
-  // pid when one is recorded).
-  void unlock() { impl_.unlock(); }
-  // How many holders died holding this lock (a death is seen as soon as the lock is
-  // free, or when the next locker takes it).
-  std::uint32_t owner_deaths() const { return impl_.owner_deaths(); }
-  // The pid of the last holder that died holding it; 0 if none, or if it died within
-  // the few instructions between taking the lock and recording itself.
-  pid_t last_dead_owner() const { return impl_.last_dead_owner(); }
-  // The name it has in its segment.
-  std::string name() const { return impl_.name(); }
-  // The handle's record (segment uuid, offset, type hash).
-  const detail::HandleCore& handle() const noexcept { return impl_.handle(); }
-
 private:
   friend class Segment;
   friend class Condition;  // Condition::mutex() returns its bound Mutex
-  explicit Mutex(detail::HandleCore core) : impl_(core) {}
-  detail::MutexHandle<ObjectKind::mutex> impl_;
+  explicit Mutex(detail::HandleCore core) : BasicMutex(core) {}
 };
 
 // RecursiveMutex: a robust lock the holding thread may take again (Python's RLock); it is
-// released when unlock() has been called as often as lock(). Same contract as Mutex.
-class RecursiveMutex {
+// released when unlock() has been called as often as lock(). Same contract as Mutex, and
+// the same members (detail::BasicMutex).
+class RecursiveMutex : public detail::BasicMutex<ObjectKind::recursive_mutex> {
 public:
   // An empty handle: every call throws NotFound until one is assigned.
   RecursiveMutex() = default;
 
-  // Blocks until this thread holds the lock (again); counts a dead holder.
-  void lock() { impl_.lock(); }
-  // Takes the lock if free or held by this thread; false if another thread holds it.
-  bool try_lock() { return impl_.try_lock(); }
-  // Blocks at most `timeout`; returns false if the lock was not taken.
-  template <class Rep, class Period>
-  bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return impl_.try_lock_for(timeout);
-  }
-  // Blocks until `deadline` at most; returns false if the lock was not taken.
-  template <class Clock, class Duration>
-  bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return impl_.try_lock_until(deadline);
-  }
-  // Releases one level. Throws NotOwner if this thread does not hold it.
-  void unlock() { impl_.unlock(); }
-  // How many holders died holding this lock (a death is seen as soon as the lock is
-  // free, or when the next locker takes it).
-  std::uint32_t owner_deaths() const { return impl_.owner_deaths(); }
-  // The pid of the last holder that died holding it; 0 if none, or if it died within
-  // the few instructions between taking the lock and recording itself.
-  pid_t last_dead_owner() const { return impl_.last_dead_owner(); }
-  // The name it has in its segment.
-  std::string name() const { return impl_.name(); }
-  // The handle's record (segment uuid, offset, type hash).
-  const detail::HandleCore& handle() const noexcept { return impl_.handle(); }
-
 private:
   friend class Segment;
-  explicit RecursiveMutex(detail::HandleCore core) : impl_(core) {}
-  detail::MutexHandle<ObjectKind::recursive_mutex> impl_;
+  explicit RecursiveMutex(detail::HandleCore core) : BasicMutex(core) {}
 };
 
 }  // namespace procshare

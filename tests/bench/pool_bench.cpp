@@ -66,6 +66,8 @@
 #include <procshare/error.hpp>
 #include <procshare/pool.hpp>
 
+#include "harness.hpp"
+
 #include <fmt/format.h>
 
 #include <fcntl.h>
@@ -105,79 +107,27 @@ using Clock = std::chrono::steady_clock;
 constexpr int worker_count = 2;
 constexpr std::size_t map_items = 2'000'000;
 constexpr std::uint64_t stop_items = 1000;
-// How long one run may take before its workers are killed and the benchmark fails.
-constexpr std::chrono::seconds run_timeout{120};
 
-// ---------------------------------------------------------------------------------------
-// Failure: a message on stderr and a non-zero exit, after the pools have been removed.
+using bench::describe_status;
+using bench::fail;
+using bench::median;
+using bench::now_ns;
+using bench::percentile;
+using bench::rate_text;
+using bench::ratio_text;
+using bench::reset_signal_handlers;
+using bench::run_timeout;
+using bench::seconds_since;
+using bench::wait_until;
+using bench::live_children;  // [0, 1]: raw workers; [2]: the start-trial helper
 
-struct BenchFailure : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-template <class... Args>
-[[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {
-  throw BenchFailure(fmt::format(format, std::forward<Args>(args)...));
-}
-
-// ---------------------------------------------------------------------------------------
-// Signals: remove the pools' segments and kill the raw workers and python, then die of
-// the signal (the pools' supervisors see the parent die and kill their workers).
-
-// "/dev/shm/<name>" of the main pool [0] and of the start/join pool alive now [1].
-char pool_paths[2][160];
-// Pids of running children (a negative pid names a process group), for the handler.
-// [0, 1]: raw workers; [2]: python's group; [3]: the start-trial helper.
-volatile sig_atomic_t live_children[worker_count + 2] = {};
-pid_t parent_pid = 0;
-
-extern "C" void on_fatal_signal(int signal_number) {
-  if (::getpid() == parent_pid) {
-    for (const sig_atomic_t pid : live_children)
-      if (pid != 0) ::kill(static_cast<pid_t>(pid), SIGKILL);
-    for (const char* path : pool_paths)
-      if (path[0] != '\0') ::unlink(path);
-  }
-  ::signal(signal_number, SIG_DFL);
-  ::raise(signal_number);
-}
-
-constexpr int fatal_signals[] = {SIGINT, SIGTERM, SIGHUP};
-
-void install_signal_handlers() {
-  for (const int s : fatal_signals) ::signal(s, on_fatal_signal);
-  ::signal(SIGPIPE, SIG_IGN);  // a dead helper is an error from write(), not a death
-}
-
-void reset_signal_handlers() {
-  for (const int s : fatal_signals) ::signal(s, SIG_DFL);
-  ::signal(SIGPIPE, SIG_DFL);
-}
-
-// Records (or, with "", forgets) the segment of pool `slot` for the signal handler.
-void remember_pool(int slot, const std::string& name) {
-  char* path = pool_paths[slot];
-  path[0] = '\0';  // never half a path in the handler's view
-  if (name.empty()) return;
-  const std::string text = fmt::format("/dev/shm/{}", name);
-  const std::size_t n = std::min(text.size(), sizeof pool_paths[slot] - 1);
-  std::memcpy(path + 1, text.data() + 1, n - 1);
-  path[n] = '\0';
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  path[0] = text[0];  // last: the handler sees the whole path or none
-}
+// The remembered shared-memory slots: the main pool, and the start/join pool alive now.
+constexpr int main_pool_slot = 0;
+constexpr int start_pool_slot = 1;
+constexpr int helper_slot = worker_count;
 
 // ---------------------------------------------------------------------------------------
 // Time, CPU time and futexes.
-
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
-      .count();
-}
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 std::int64_t clock_ns(clockid_t clock) {
   timespec t{};
@@ -270,7 +220,7 @@ void* map_shared(std::size_t bytes, const char* what) {
 [[noreturn]] void raw_worker_main(int index) {
   reset_signal_handlers();
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (::getppid() != parent_pid) ::_exit(3);
+  if (::getppid() != bench::parent_pid()) ::_exit(3);
   Control& c = *control;
   std::uint32_t seen = 0;
   for (;;) {
@@ -323,12 +273,6 @@ void* map_shared(std::size_t bytes, const char* what) {
   }
 }
 
-std::string describe_status(int status) {
-  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return fmt::format("killed by signal {}", WTERMSIG(status));
-  return fmt::format("ended with wait status {}", status);
-}
-
 void start_raw_workers() {
   for (int i = 0; i < worker_count; ++i) {
     std::fflush(nullptr);
@@ -362,39 +306,6 @@ void check_raw_workers() {
       fail("raw worker {} {}", pid, describe_status(status));
     }
   }
-}
-
-// Waits for `pid` until `deadline`; returns its wait status, or nullopt on timeout.
-std::optional<int> wait_until(pid_t pid, Clock::time_point deadline) {
-  const long pidfd = ::syscall(SYS_pidfd_open, pid, 0);
-  if (pidfd >= 0) {
-    for (;;) {
-      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-      pollfd watched{static_cast<int>(pidfd), POLLIN, 0};
-      const int ready = ::poll(&watched, 1, static_cast<int>(std::max<long>(0, left.count())));
-      if (ready > 0) break;
-      if (ready == 0) {
-        ::close(static_cast<int>(pidfd));
-        return std::nullopt;
-      }
-      if (errno != EINTR) break;  // fall back to a plain waitpid
-    }
-    ::close(static_cast<int>(pidfd));
-  } else {
-    // No pidfd here: poll the child every millisecond.
-    for (;;) {
-      int status = 0;
-      const pid_t done = ::waitpid(pid, &status, WNOHANG);
-      if (done == pid) return status;
-      if (done < 0 && errno != EINTR) fail("waitpid: {}", std::strerror(errno));
-      if (Clock::now() >= deadline) return std::nullopt;
-      ::usleep(1000);
-    }
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) fail("waitpid: {}", std::strerror(errno));
-  return status;
 }
 
 // Posts a command to both raw workers (they are asleep on command_sequence).
@@ -722,7 +633,7 @@ StartTimes start_trial(const StartRequest& request) {
 [[noreturn]] void start_helper_main(int requests, int replies) {
   reset_signal_handlers();
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (::getppid() != parent_pid) ::_exit(3);
+  if (::getppid() != bench::parent_pid()) ::_exit(3);
   for (;;) {
     StartRequest request{};
     if (!read_all(requests, &request, sizeof request)) ::_exit(0);  // the parent is done
@@ -755,7 +666,7 @@ void start_start_helper() {
   start_requests = requests[1];
   start_replies = replies[0];
   start_helper = pid;
-  live_children[worker_count + 1] = pid;
+  live_children[helper_slot] = pid;
 }
 
 // Ends the helper (EOF on its requests; killed if it does not exit within 5 s).
@@ -770,7 +681,7 @@ void stop_start_helper(bool kill_it) {
     }
   }
   start_helper = 0;
-  live_children[worker_count + 1] = 0;
+  live_children[helper_slot] = 0;
   if (start_replies >= 0) ::close(start_replies);
   start_replies = -1;
 }
@@ -778,9 +689,9 @@ void stop_start_helper(bool kill_it) {
 // One trial in the helper, with an arena of `arena_bytes`.
 StartTimes start_procshare(std::size_t arena_bytes) {
   StartRequest request{arena_bytes, {}};
-  const std::string name = fmt::format("ps-pool-bench-{}-start-{}", parent_pid, start_pools++);
+  const std::string name = fmt::format("ps-pool-bench-{}-start-{}", bench::parent_pid(), start_pools++);
   std::snprintf(request.name, sizeof request.name, "%s", name.c_str());
-  remember_pool(1, name);
+  bench::remember_path(start_pool_slot, name);
   if (!write_all(start_requests, &request, sizeof request))
     fail("the start-trial helper is gone: {}", std::strerror(errno));
   pollfd reply_ready{start_replies, POLLIN, 0};
@@ -800,7 +711,7 @@ StartTimes start_procshare(std::size_t arena_bytes) {
   }
   reply.error[sizeof reply.error - 1] = '\0';
   if (!reply.ok) fail("start trial: {}", reply.error);
-  remember_pool(1, "");
+  bench::remember_path(start_pool_slot, "");
   return reply.times;
 }
 
@@ -887,111 +798,20 @@ if __name__ == "__main__":
         sys.exit(f"unknown mode {mode}")
 )";
 
-// Whether python3 runs here at all (fork + exec rather than std::system, which would
-// ignore SIGINT meanwhile).
-bool python_available() {
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) fail("fork: {}", std::strerror(errno));
-  if (pid == 0) {
-    reset_signal_handlers();
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    const int null = ::open("/dev/null", O_WRONLY);
-    if (null >= 0) {
-      ::dup2(null, STDOUT_FILENO);
-      ::dup2(null, STDERR_FILENO);
-    }
-    ::execlp("python3", "python3", "-c", "import multiprocessing, concurrent.futures",
-             static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  live_children[worker_count] = pid;
-  const std::optional<int> status = wait_until(pid, Clock::now() + std::chrono::seconds(60));
-  if (!status) {
-    ::kill(pid, SIGKILL);
-    wait_until(pid, Clock::now() + std::chrono::seconds(5));
-  }
-  live_children[worker_count] = 0;
-  return status && WIFEXITED(*status) && WEXITSTATUS(*status) == 0;
-}
-
 // Runs the script in `mode` with `n`; returns the numbers it printed. Fails if python
 // fails or prints none.
 std::vector<double> run_python(const char* mode, std::int64_t n) {
-  int out[2];
-  if (::pipe(out) != 0) fail("pipe: {}", std::strerror(errno));
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) fail("fork: {}", std::strerror(errno));
-  if (pid == 0) {
-    reset_signal_handlers();
-    ::setpgid(0, 0);  // its own group, so that python's workers can be killed with it
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    ::dup2(out[1], STDOUT_FILENO);
-    ::close(out[0]);
-    ::close(out[1]);
-    const std::string n_arg = std::to_string(n);
-    ::execlp("python3", "python3", "-c", python_script, mode, n_arg.c_str(),
-             static_cast<char*>(nullptr));
-    std::fprintf(stderr, "pool_bench: cannot run python3: %s\n", std::strerror(errno));
-    ::_exit(127);
-  }
-  live_children[worker_count] = -pid;  // the signal handler kills the whole group
-  ::close(out[1]);
-  std::string output;
-  char buffer[4096];
-  for (;;) {
-    const ssize_t got = ::read(out[0], buffer, sizeof buffer);
-    if (got > 0) {
-      output.append(buffer, static_cast<std::size_t>(got));
-    } else if (got == 0 || errno != EINTR) {
-      break;
-    }
-  }
-  ::close(out[0]);
-  const std::optional<int> status = wait_until(pid, Clock::now() + run_timeout);
-  if (!status) {
-    ::kill(-pid, SIGKILL);
-    int ignored = 0;
-    ::waitpid(pid, &ignored, 0);
-    live_children[worker_count] = 0;
-    fail("python {} {}: no result within {} s", mode, n, run_timeout.count());
-  }
-  ::kill(-pid, SIGKILL);  // any stray python worker
-  live_children[worker_count] = 0;
-  if (!WIFEXITED(*status) || WEXITSTATUS(*status) != 0)
-    fail("python {} {} {}", mode, n, describe_status(*status));
-  std::vector<double> numbers;
-  const char* p = output.c_str();
-  for (;;) {
-    char* end = nullptr;
-    const double value = std::strtod(p, &end);
-    if (end == p) break;
+  const std::string output = bench::run_python(python_script, {mode, std::to_string(n)},
+                                               fmt::format("python {} {}", mode, n));
+  const std::vector<double> numbers = bench::parse_numbers(output);
+  for (const double value : numbers)
     if (!(value > 0) || !std::isfinite(value)) fail("python {} printed '{}'", mode, output);
-    numbers.push_back(value);
-    p = end;
-  }
   if (numbers.empty()) fail("python {} printed no numbers: '{}'", mode, output);
   return numbers;
 }
 
 // ---------------------------------------------------------------------------------------
 // Statistics and the table.
-
-double median(std::vector<double> values) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  const std::size_t n = values.size();
-  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
-// The p-th percentile (nearest rank).
-double percentile(std::vector<double> values, double p) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  const auto rank = static_cast<std::size_t>(std::ceil(p / 100 * static_cast<double>(values.size())));
-  return values[std::clamp<std::size_t>(rank, 1, values.size()) - 1];
-}
 
 // One variant's measurements (rates or seconds), kept by round.
 struct Series {
@@ -1026,20 +846,11 @@ struct Row {
   double target;  // 0: none
 };
 
-std::string rate_text(double rate) {
-  if (rate >= 1e6) return fmt::format("{:.2f} M/s", rate / 1e6);
-  return fmt::format("{:.1f} k/s", rate / 1e3);
-}
-
 std::string time_text(double seconds) {
   if (seconds >= 1) return fmt::format("{:.2f} s", seconds);
   if (seconds >= 1e-3) return fmt::format("{:.2f} ms", seconds * 1e3);
   if (seconds >= 1e-6) return fmt::format("{:.1f} us", seconds * 1e6);
   return fmt::format("{:.0f} ns", seconds * 1e9);
-}
-
-std::string ratio_text(double ratio) {
-  return ratio >= 10 ? fmt::format("{:.0f}x", ratio) : fmt::format("{:.2f}x", ratio);
 }
 
 std::string value_text(Unit unit, double value) {
@@ -1079,41 +890,20 @@ struct Options {
 };
 
 Options parse_options(int argc, char** argv) {
+  const bench::CommonOptions common = bench::parse_common_options(
+      argc, argv,
+      "usage: pool_bench [--quick] [--scale=F] [--rounds=N] [--no-python]\n"
+      "  --quick      about 10 s: 5 rounds, fewer samples, smaller Python runs\n"
+      "  --scale=F    F times more calls, tasks and samples per round (default: about 20 s)\n"
+      "  --rounds=N   rounds, at least 5 (default 7; 5 with --quick)\n"
+      "  --no-python  skip the comparisons with Python's multiprocessing",
+      1000);
   Options options;
-  bool rounds_given = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg == "--quick") {
-      options.quick = true;
-      options.map_budget = 1.5;
-      if (!rounds_given) options.rounds = 5;
-    } else if (arg.starts_with("--scale=")) {
-      char* end = nullptr;
-      const double value = std::strtod(argv[i] + 8, &end);
-      if (end == argv[i] + 8 || *end != '\0' || !(value > 0) || !std::isfinite(value) ||
-          value > 1000)
-        fail("--scale wants a positive number up to 1000, got '{}'", argv[i] + 8);
-      options.scale *= value;
-    } else if (arg.starts_with("--rounds=")) {
-      char* end = nullptr;
-      const long rounds = std::strtol(argv[i] + 9, &end, 10);
-      if (end == argv[i] + 9 || *end != '\0' || rounds < 5 || rounds > 1000)
-        fail("--rounds wants a whole number from 5 to 1000, got '{}'", argv[i] + 9);
-      options.rounds = static_cast<int>(rounds);
-      rounds_given = true;
-    } else if (arg == "--no-python") {
-      options.python = false;
-    } else if (arg == "--help" || arg == "-h") {
-      std::puts("usage: pool_bench [--quick] [--scale=F] [--rounds=N] [--no-python]\n"
-                "  --quick      about 10 s: 5 rounds, fewer samples, smaller Python runs\n"
-                "  --scale=F    F times more calls, tasks and samples per round (default: about 20 s)\n"
-                "  --rounds=N   rounds, at least 5 (default 7; 5 with --quick)\n"
-                "  --no-python  skip the comparisons with Python's multiprocessing");
-      std::exit(0);
-    } else {
-      fail("unknown argument '{}' (try --help)", arg);
-    }
-  }
+  options.rounds = common.rounds;
+  options.scale = common.scale;
+  options.quick = common.quick;
+  options.python = common.python;
+  if (options.quick) options.map_budget = 1.5;
   const double s = options.scale;
   auto scaled = [s](double n, double least) {
     return static_cast<std::int64_t>(std::max(least, std::round(n * s)));
@@ -1351,8 +1141,7 @@ void print_load(const char* when) {
 
 int run(int argc, char** argv) {
   const Options options = parse_options(argc, argv);
-  parent_pid = ::getpid();
-  install_signal_handlers();
+  bench::install_signal_handlers("pool_bench", true);
   start_start_helper();  // first: while this process is small
 
   // Shared memory for the baselines, mapped before any fork.
@@ -1364,16 +1153,15 @@ int run(int argc, char** argv) {
     input[i] = static_cast<std::int64_t>(i) - static_cast<std::int64_t>(map_items / 2);
   const std::vector<std::int64_t> stop_input(stop_items, 1);
 
-  const bool python = options.python && python_available();
+  const bool python = options.python && bench::python_available("multiprocessing, concurrent.futures");
   if (options.python && !python)
     std::fprintf(stderr, "pool_bench: python3 with multiprocessing not found: skipping it\n");
-  const bool progress = ::isatty(STDERR_FILENO) != 0;
 
   start_raw_workers();
   procshare::PoolOptions pool_options;
   pool_options.workers = worker_count;
-  pool_options.name = fmt::format("ps-pool-bench-{}", parent_pid);
-  remember_pool(0, pool_options.name);
+  pool_options.name = fmt::format("ps-pool-bench-{}", bench::parent_pid());
+  bench::remember_path(main_pool_slot, pool_options.name);
   std::optional<procshare::Pool> pool;
   Results results;
   try {
@@ -1399,15 +1187,11 @@ int run(int argc, char** argv) {
     std::fflush(stdout);
 
     warm_up(*pool, input, stop_input);
-    const auto started = Clock::now();
-    for (int round = 0; round < options.rounds; ++round) {
+    const double elapsed = bench::run_rounds(options.rounds, [&](int round) {
       run_round(*pool, options, python, round, input, stop_input, results);
-      if (progress) std::fprintf(stderr, "\rround %d/%d done", round + 1, options.rounds);
-    }
-    if (progress) std::fprintf(stderr, "\r%40s\r", "");
-    const double elapsed = seconds_since(started);
+    });
     pool.reset();  // close + join, and its segment is removed
-    remember_pool(0, "");
+    bench::remember_path(main_pool_slot, "");
     stop_raw_workers();
     stop_start_helper(false);
     print_report(python, results, elapsed);
@@ -1417,11 +1201,12 @@ int run(int argc, char** argv) {
       pool->terminate();
       pool.reset();
     }
-    remember_pool(0, "");
+    bench::remember_path(main_pool_slot, "");
     stop_raw_workers();
     stop_start_helper(true);
-    if (pool_paths[1][0] != '\0') ::unlink(pool_paths[1]);  // the helper's pool, if it died
-    remember_pool(1, "");
+    if (const char* path = bench::remembered_path(start_pool_slot); path[0] != '\0')
+      ::unlink(path);  // the helper's pool, if it died
+    bench::remember_path(start_pool_slot, "");
     throw;
   }
   return 0;
@@ -1429,12 +1214,4 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& error) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "\npool_bench: FAILED: %s\n", error.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return bench::run_main(run, argc, argv); }

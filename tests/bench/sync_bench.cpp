@@ -56,6 +56,8 @@
 #include <procshare/segment.hpp>
 #include <procshare/sync.hpp>
 
+#include "harness.hpp"
+
 #include <boost/interprocess/ipc/message_queue.hpp>
 #include <fmt/format.h>
 
@@ -94,13 +96,19 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::describe_status;
+using bench::fail;
+using bench::median;
+using bench::percentile;
+using bench::rate_text;
+using bench::ratio_text;
+using bench::run_timeout;
+using bench::wait_until;
 namespace bip = boost::interprocess;
 
 constexpr int max_waiters = 2;
 constexpr int max_children = max_waiters;
-// How long one run may take before its children are killed and the benchmark fails.
-constexpr std::chrono::seconds run_timeout{120};
 // How long one step of a latency sample (falling asleep, waking) may take.
 constexpr std::chrono::seconds step_timeout{10};
 constexpr std::uint32_t pingpong_capacity = 16;
@@ -108,61 +116,10 @@ constexpr std::uint32_t stream_capacity = 256;
 constexpr int warmup_samples = 20;
 
 // ---------------------------------------------------------------------------------------
-// Failure: a message on stderr and a non-zero exit, after the names have been removed.
-
-struct BenchFailure : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-template <class... Args>
-[[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {
-  throw BenchFailure(fmt::format(format, std::forward<Args>(args)...));
-}
-
-// ---------------------------------------------------------------------------------------
-// Signals: remove the names and kill the children, then die of the signal.
-
-// "/dev/shm/<name>" of the segment and of the three message queues, set before any signal.
-char shm_paths[4][160];
-// Kill targets of running children (a negative pid names a process group).
-volatile sig_atomic_t live_children[max_children] = {};
-pid_t parent_pid = 0;
-
-extern "C" void on_fatal_signal(int signal_number) {
-  if (::getpid() == parent_pid) {
-    for (const sig_atomic_t target : live_children)
-      if (target != 0) ::kill(static_cast<pid_t>(target), SIGKILL);
-    for (const auto& path : shm_paths)
-      if (path[0] != '\0') ::unlink(path);
-  }
-  ::signal(signal_number, SIG_DFL);
-  ::raise(signal_number);
-}
-
-constexpr int fatal_signals[] = {SIGINT, SIGTERM, SIGHUP};
-
-void install_signal_handlers() {
-  for (const int s : fatal_signals) ::signal(s, on_fatal_signal);
-}
-
-void reset_signal_handlers() {
-  for (const int s : fatal_signals) ::signal(s, SIG_DFL);
-}
-
-// ---------------------------------------------------------------------------------------
 // Clocks and small system helpers.
 
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
-      .count();
-}
-
-// CPU time this process has used.
-std::int64_t cpu_now_ns() {
-  timespec t{};
-  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return static_cast<std::int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
-}
+using bench::cpu_now_ns;
+using bench::now_ns;
 
 // CPU seconds the whole machine spent busy (/proc/stat: user, nice, system, irq, softirq,
 // steal), and those this process and its reaped descendants used.
@@ -271,32 +228,6 @@ Fd open_wchan(pid_t pid) {
   return Fd(fd);
 }
 
-std::string describe_status(int status) {
-  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return fmt::format("killed by signal {}", WTERMSIG(status));
-  return fmt::format("ended with wait status {}", status);
-}
-
-// Waits for `pid` until `deadline`; returns its wait status, or nullopt on timeout.
-std::optional<int> wait_until(pid_t pid, Clock::time_point deadline) {
-  for (;;) {
-    int status = 0;
-    const pid_t done = ::waitpid(pid, &status, WNOHANG);
-    if (done == pid) return status;
-    if (done < 0 && errno != EINTR) fail("waitpid: {}", std::strerror(errno));
-    if (Clock::now() >= deadline) return std::nullopt;
-    const long pidfd = ::syscall(SYS_pidfd_open, pid, 0);
-    if (pidfd < 0) {
-      ::usleep(1000);  // no pidfd here: poll the child every millisecond
-      continue;
-    }
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-    pollfd watched{static_cast<int>(pidfd), POLLIN, 0};
-    ::poll(&watched, 1, static_cast<int>(std::clamp<long>(left.count(), 0, 1000)));
-    ::close(static_cast<int>(pidfd));
-  }
-}
-
 // ---------------------------------------------------------------------------------------
 // Children: forked, registered for the signal handler, killed and reaped on every path.
 
@@ -310,27 +241,9 @@ public:
   // Forks a child that runs body() and _exits (0, or 1 with a message on stderr). It never
   // returns from main, so never runs the Segment's or the message queues' destructors.
   template <class Body> pid_t fork(std::string_view what, Body body) {
-    std::fflush(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0) fail("fork: {}", std::strerror(errno));
-    if (pid > 0) {
-      add(pid, false);
-      return pid;
-    }
-    int code = 0;
-    try {
-      reset_signal_handlers();
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent_pid) ::_exit(3);
-      body();
-    } catch (const std::exception& error) {
-      std::fprintf(stderr, "sync_bench: %s (pid %d): %s\n", std::string(what).c_str(),
-                   static_cast<int>(::getpid()), error.what());
-      code = 1;
-    } catch (...) {
-      code = 1;
-    }
-    ::_exit(code);
+    const pid_t pid = bench::fork_child(what, body);
+    add(pid, false);
+    return pid;
   }
 
   // Registers `pid`; `group`: kill its whole process group (python and its workers).
@@ -390,8 +303,8 @@ private:
 
   // Shows the signal handler what to kill.
   void publish() noexcept {
-    for (std::size_t i = 0; i < std::size(live_children); ++i)
-      live_children[i] = i < children_.size() ? children_[i].kill_target : 0;
+    for (std::size_t i = 0; i < static_cast<std::size_t>(max_children); ++i)
+      bench::live_children[i] = i < children_.size() ? children_[i].kill_target : 0;
   }
 
   std::vector<Child> children_;
@@ -441,7 +354,7 @@ private:
   struct Names {
     std::array<std::string, 3> list;
     ~Names() {
-      if (::getpid() != parent_pid) return;
+      if (::getpid() != bench::parent_pid()) return;
       for (const std::string& name : list) bip::message_queue::remove(name.c_str());
     }
   } names_;
@@ -873,67 +786,12 @@ if __name__ == "__main__":
     {"event": event_latency, "pingpong": pingpong, "throughput": throughput}[mode](ctx, *args)
 )PY";
 
-// Whether python3 runs here at all.
-bool python_available() {
-  return std::system("python3 -c 'import multiprocessing' >/dev/null 2>&1") == 0;
-}
-
-// Runs the script with `args`; returns what it printed. Fails if python fails or hangs.
-std::string run_python(const std::vector<std::string>& args) {
-  const std::string what = fmt::format("python {}", args.front());
-  Pipe out;
-  Children children;
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) fail("fork: {}", std::strerror(errno));
-  if (pid == 0) {
-    reset_signal_handlers();
-    ::setpgid(0, 0);  // its own group, so that python's workers can be killed with it
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    ::dup2(out.write_fd, STDOUT_FILENO);
-    std::vector<char*> argv = {const_cast<char*>("python3"), const_cast<char*>("-c"),
-                               const_cast<char*>(python_script)};
-    for (const std::string& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
-    argv.push_back(nullptr);
-    ::execvp("python3", argv.data());
-    std::fprintf(stderr, "sync_bench: cannot run python3: %s\n", std::strerror(errno));
-    ::_exit(127);
-  }
-  ::setpgid(pid, pid);  // also here, so that the group exists before any kill
-  children.add(pid, true);
-  ::close(std::exchange(out.write_fd, -1));
-  const auto deadline = Clock::now() + run_timeout;
-  std::string output;
-  for (;;) {
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0) fail("{}: no result within {} s", what, run_timeout.count());
-    pollfd watched{out.read_fd, POLLIN, 0};
-    const int ready = ::poll(&watched, 1, static_cast<int>(std::min<long>(left.count(), 1000)));
-    if (ready < 0 && errno != EINTR) fail("poll: {}", std::strerror(errno));
-    if (ready <= 0) continue;
-    char buffer[4096];
-    const ssize_t got = ::read(out.read_fd, buffer, sizeof buffer);
-    if (got > 0) {
-      output.append(buffer, static_cast<std::size_t>(got));
-    } else if (got == 0 || errno != EINTR) {
-      break;
-    }
-  }
-  children.finish(what, deadline);
-  return output;
-}
-
-// The numbers python printed; fails if there are none.
-std::vector<double> parse_numbers(const std::string& output, std::string_view what) {
-  std::vector<double> numbers;
-  const char* cursor = output.c_str();
-  for (;;) {
-    char* end = nullptr;
-    const double value = std::strtod(cursor, &end);
-    if (end == cursor) break;
-    numbers.push_back(value);
-    cursor = end;
-  }
+// Runs the script with `args`; returns the numbers it printed. Fails if python fails or
+// hangs, or prints no result.
+std::vector<double> run_python(const std::vector<std::string>& args, std::string_view what) {
+  const std::string output =
+      bench::run_python(python_script, args, fmt::format("python {}", args.front()));
+  const std::vector<double> numbers = bench::parse_numbers(output);
   if (numbers.empty() || !std::all_of(numbers.begin(), numbers.end(),
                                       [](double x) { return std::isfinite(x) && x >= 0; }))
     fail("{} printed no result: '{}'", what, output);
@@ -942,9 +800,9 @@ std::vector<double> parse_numbers(const std::string& output, std::string_view wh
 
 std::vector<double> python_latency(int waiters, int samples) {
   std::vector<double> latencies =
-      parse_numbers(run_python({"event", std::to_string(waiters), std::to_string(samples),
-                                std::to_string(warmup_samples)}),
-                    "python event");
+      run_python({"event", std::to_string(waiters), std::to_string(samples),
+                  std::to_string(warmup_samples)},
+                 "python event");
   if (latencies.size() != static_cast<std::size_t>(samples))
     fail("python event printed {} samples, expected {}", latencies.size(), samples);
   for (double& latency : latencies) latency *= 1e-3;  // ns to us
@@ -953,29 +811,16 @@ std::vector<double> python_latency(int waiters, int samples) {
 
 double python_rate(Workload workload, std::int64_t n) {
   const bool pingpong = workload == Workload::pingpong;
-  const std::vector<double> numbers = parse_numbers(
+  const std::vector<double> numbers =
       run_python({pingpong ? "pingpong" : "throughput", std::to_string(n),
-                  std::to_string(pingpong ? pingpong_capacity : stream_capacity)}),
-      "python queue");
+                  std::to_string(pingpong ? pingpong_capacity : stream_capacity)},
+                 "python queue");
   if (!(numbers.front() > 0)) fail("python queue printed a rate of 0");
   return numbers.front();
 }
 
 // ---------------------------------------------------------------------------------------
 // Statistics and the tables.
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const std::size_t n = values.size();
-  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
-// The nearest-rank percentile `p` (0 < p <= 100) of `values`.
-double percentile(std::vector<double> values, double p) {
-  std::sort(values.begin(), values.end());
-  const auto rank = static_cast<std::size_t>(std::ceil(p / 100 * static_cast<double>(values.size())));
-  return values[std::clamp<std::size_t>(rank, 1, values.size()) - 1];
-}
 
 // Per-round figures of one variant: latency medians and p99s, or rates.
 struct Series {
@@ -997,27 +842,8 @@ std::string latency_text(double us) {
   return us >= 100 ? fmt::format("{:.0f} us", us) : fmt::format("{:.1f} us", us);
 }
 
-std::string rate_text(double rate) {
-  if (rate >= 1e6) return fmt::format("{:.2f} M/s", rate / 1e6);
-  return fmt::format("{:.1f} k/s", rate / 1e3);
-}
-
-std::string ratio_text(double ratio) {
-  return ratio >= 10 ? fmt::format("{:.0f}x", ratio) : fmt::format("{:.2f}x", ratio);
-}
-
-// A comparison: per-round ratios of ours[i] / baseline[i].
-struct Comparison {
-  double ratio, low, high;
-};
-
-Comparison compare(const std::vector<double>& ours, const std::vector<double>& baseline) {
-  std::vector<double> ratios;
-  for (std::size_t i = 0; i < ours.size() && i < baseline.size(); ++i)
-    ratios.push_back(ours[i] / baseline[i]);
-  const auto [low, high] = std::minmax_element(ratios.begin(), ratios.end());
-  return {median(ratios), *low, *high};
-}
+using bench::Comparison;
+using bench::compare;
 
 // One table row; a target of 0 is none. Latency rows want a ratio at most the target
 // (lower is better), rate rows at least.
@@ -1039,41 +865,18 @@ struct Options {
 };
 
 Options parse_options(int argc, char** argv) {
+  const bench::CommonOptions common = bench::parse_common_options(
+      argc, argv,
+      "usage: sync_bench [--quick] [--scale=F] [--rounds=N] [--no-python]\n"
+      "  --quick      about 6 s: short runs, fewer samples, 5 rounds\n"
+      "  --scale=F    make every run F times longer (default: about 25 s in all)\n"
+      "  --rounds=N   rounds, at least 5 (default 7; 5 with --quick)\n"
+      "  --no-python  skip the comparisons with Python's multiprocessing");
   Options options;
-  bool rounds_given = false;
-  double scale = 1.0;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg == "--quick") {
-      scale *= 0.15;
-      options.samples = 150;
-      if (!rounds_given) options.rounds = 5;
-    } else if (arg.starts_with("--scale=")) {
-      char* end = nullptr;
-      const double value = std::strtod(argv[i] + 8, &end);
-      if (end == argv[i] + 8 || *end != '\0' || !(value > 0) || !std::isfinite(value))
-        fail("--scale wants a positive number, got '{}'", argv[i] + 8);
-      scale *= value;
-    } else if (arg.starts_with("--rounds=")) {
-      char* end = nullptr;
-      const long rounds = std::strtol(argv[i] + 9, &end, 10);
-      if (end == argv[i] + 9 || *end != '\0' || rounds < 5 || rounds > 1000)
-        fail("--rounds wants a whole number from 5 to 1000, got '{}'", argv[i] + 9);
-      options.rounds = static_cast<int>(rounds);
-      rounds_given = true;
-    } else if (arg == "--no-python") {
-      options.python = false;
-    } else if (arg == "--help" || arg == "-h") {
-      std::puts("usage: sync_bench [--quick] [--scale=F] [--rounds=N] [--no-python]\n"
-                "  --quick      about 6 s: short runs, fewer samples, 5 rounds\n"
-                "  --scale=F    make every run F times longer (default: about 25 s in all)\n"
-                "  --rounds=N   rounds, at least 5 (default 7; 5 with --quick)\n"
-                "  --no-python  skip the comparisons with Python's multiprocessing");
-      std::exit(0);
-    } else {
-      fail("unknown argument '{}' (try --help)", arg);
-    }
-  }
+  options.rounds = common.rounds;
+  options.python = common.python;
+  if (common.quick) options.samples = 150;
+  const double scale = common.scale * (common.quick ? 0.15 : 1.0);
   options.run_seconds *= scale;
   options.cutoff = std::max(1.0, 5 * options.run_seconds);
   const double python_scale = std::min(1.0, 2.2 * scale);
@@ -1118,14 +921,13 @@ void calibrate(Shared& shared, QueueVariant& variant, const Options& options) {
 int run(int argc, char** argv) {
   const Options options = parse_options(argc, argv);
 
-  parent_pid = ::getpid();
-  const std::string name = fmt::format("ps-sync-bench-{}", parent_pid);
+  bench::install_signal_handlers("sync_bench");
+  const std::string name = fmt::format("ps-sync-bench-{}", bench::parent_pid());
   const std::string mq_prefix = name + "-mq";
-  fmt::format_to_n(shm_paths[0], sizeof shm_paths[0] - 1, "/dev/shm/{}", name);
-  fmt::format_to_n(shm_paths[1], sizeof shm_paths[1] - 1, "/dev/shm/{}-ab", mq_prefix);
-  fmt::format_to_n(shm_paths[2], sizeof shm_paths[2] - 1, "/dev/shm/{}-ba", mq_prefix);
-  fmt::format_to_n(shm_paths[3], sizeof shm_paths[3] - 1, "/dev/shm/{}-items", mq_prefix);
-  install_signal_handlers();
+  bench::remember_path(0, name);
+  bench::remember_path(1, mq_prefix + "-ab");
+  bench::remember_path(2, mq_prefix + "-ba");
+  bench::remember_path(3, mq_prefix + "-items");
   procshare::Segment segment = procshare::Segment::create(name, 256 * 1024);
   MessageQueues message_queues(mq_prefix);
 
@@ -1136,10 +938,9 @@ int run(int argc, char** argv) {
                 segment.create_queue<std::int64_t>("items", stream_capacity),
                 &message_queues};
 
-  const bool python = options.python && python_available();
+  const bool python = options.python && bench::python_available();
   if (options.python && !python)
     std::fprintf(stderr, "sync_bench: python3 with multiprocessing not found: skipping it\n");
-  const bool progress = ::isatty(STDERR_FILENO) != 0;
 
   // Latency variants: [waiters - 1][waker].
   Series latency[max_waiters][2];
@@ -1175,11 +976,10 @@ int run(int argc, char** argv) {
 #endif
   std::fflush(stdout);
 
-  const auto started = Clock::now();
   // CPUs that other processes kept busy during each round (steal time included).
   std::vector<double> other_load;
   int cut_runs = 0;  // queue runs stopped at the cut-off
-  for (int round = 0; round < options.rounds; ++round) {
+  const double elapsed = bench::run_rounds(options.rounds, [&](int round) {
     const CpuUse round_start = cpu_use();
     const auto round_started = Clock::now();
     for (int waiters = 1; waiters <= max_waiters; ++waiters) {
@@ -1209,10 +1009,7 @@ int run(int argc, char** argv) {
     other_load.push_back(std::max(0.0, (round_end.machine - round_start.machine) -
                                            (round_end.own - round_start.own)) /
                          round_seconds);
-    if (progress) std::fprintf(stderr, "\rround %d/%d done", round + 1, options.rounds);
-  }
-  if (progress) std::fprintf(stderr, "\r%40s\r", "");
-  const double elapsed = std::chrono::duration<double>(Clock::now() - started).count();
+  });
   std::vector<std::string> verdicts;
   auto verdict = [&verdicts](const Row& row, double ratio, bool lower_is_better) {
     if (row.target <= 0) return;
@@ -1318,12 +1115,4 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& error) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "\nsync_bench: FAILED: %s\n", error.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return bench::run_main(run, argc, argv); }

@@ -61,7 +61,7 @@ inline bool retarget_offset_pointer(void* object, std::size_t object_size, const
   return false;
 }
 
-// The map's node links, as the map keeps them (see containers.hpp, tree_intact).
+// The map's node links, as the map keeps them (see detail/container.hpp, tree_intact).
 template <class K, class V> struct MapLinks {
   using C = boost::interprocess::map<typename detail::Stored<K>::type, typename detail::Stored<V>::type,
                                      detail::KeyLess,

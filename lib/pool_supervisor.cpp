@@ -1,0 +1,230 @@
+// Pool, the supervisor: the one process that forks every worker and every replacement,
+// reaps them (one pidfd each), settles a dead worker's chunk, follows the parent's
+// commands (close, terminate) and dies with the parent.
+//
+// Shared memory it writes: worker slots' pid, state and job id; under the pool lock, a
+// dead worker's job counts (done, failed, skipped, settled) and requeued ranges, and
+// claim_from; the death ring (death_write); worker_deaths, startup_failures, the pool's
+// state (closing, terminating, broken) and broken_reason; supervisor_pid; rescan and the
+// wake-up sequences.
+#include <procshare/pool.hpp>
+
+#include "detail/pool_internal.hpp"
+#include "detail/pool_layout.hpp"
+
+#include <fmt/format.h>
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+namespace procshare {
+namespace detail {
+namespace {
+
+int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+struct Supervisor {
+  PoolBlock& b;
+  const std::function<void()>& initializer;
+  const Segment& segment;
+  std::uint64_t block_offset;  // of b in segment
+  int commands;  // read end of the parent's command pipe
+  pid_t self = ::getpid();
+  std::vector<int> pidfds;  // per worker slot; -1 if none
+  std::vector<DeathRecord> pending;  // deaths waiting for room in the death ring
+
+  void spawn(std::uint32_t index) {
+    WorkerSlot& s = b.worker(index);
+    s.state.store(static_cast<std::uint32_t>(WorkerState::starting));
+    s.job_id.store(0);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::close(commands);
+      for (int fd : pidfds)
+        if (fd >= 0) ::close(fd);
+      worker_main(b, index, self, initializer, segment, block_offset);
+    }
+    if (pid < 0) {
+      s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
+      return;
+    }
+    s.pid.store(pid);
+    pidfds[index] = pidfd_open(pid);
+  }
+
+  void publish_deaths() {
+    while (!pending.empty()) {
+      const std::uint64_t write = b.death_write.load(std::memory_order_relaxed);
+      if (write - b.death_read.load(std::memory_order_acquire) >= death_ring_size) return;
+      b.death_ring[write % death_ring_size] = pending.front();
+      pending.erase(pending.begin());
+      b.death_write.store(write + 1, std::memory_order_release);
+    }
+  }
+
+  // A worker ended with `status`: settle the chunk it held and report its running item.
+  void settle_death(std::uint32_t index, const siginfo_t& info) {
+    WorkerSlot& s = b.worker(index);
+    const int signal = info.si_code == CLD_EXITED ? 0 : info.si_status;
+    const int exit_status = info.si_code == CLD_EXITED ? info.si_status : -1;
+    const auto state = static_cast<WorkerState>(s.state.load());
+    PoolLock held(b);
+    if (state == WorkerState::busy || state == WorkerState::claiming) {
+      JobSlot& job = b.job(s.job_slot.load());
+      const std::uint64_t id = s.job_id.load();
+      bool claimed = state == WorkerState::busy;
+      if (state == WorkerState::claiming)  // did its one claiming store happen?
+        claimed = s.from_requeue.load() ? job.requeued_count.load() == s.requeue_index.load()
+                                        : job.cursor.load() == s.chunk_end.load();
+      if (claimed && job.id.load() == id) {
+        const std::uint64_t first = s.chunk_first.load(), end = s.chunk_end.load();
+        const std::uint64_t progress = s.progress.load();
+        // Items before `current` are over; item `current` was running if progress is odd.
+        std::uint64_t current = std::min(end, first + progress / 2);
+        const bool running = progress % 2 == 1 && current < end;
+        const std::uint64_t failed = s.chunk_failed.load(), skipped = s.chunk_skipped.load();
+        std::uint64_t settled = current - first;
+        job.done.fetch_add(settled >= failed + skipped ? settled - failed - skipped : 0);
+        job.skipped.fetch_add(skipped);
+        if (running) {
+          job.failed.fetch_add(1);
+          settled += 1;
+          pending.push_back(DeathRecord{id, current, s.pid.load(), signal, exit_status, 0});
+          current += 1;
+        }
+        if (current < end) {  // the rest of its chunk runs elsewhere
+          const std::uint32_t n = job.requeued_count.load();
+          if (n < max_requeued) {
+            job.requeued[n] = Range{current, end};
+            job.requeued_count.store(n + 1);
+            if (b.claim_from.load() > id) b.claim_from.store(id);  // claimable again
+          } else {  // nowhere to put it: those items fail too
+            for (std::uint64_t k = current; k < end; ++k)
+              pending.push_back(DeathRecord{id, k, s.pid.load(), signal, exit_status, 0});
+            job.failed.fetch_add(end - current);
+            settled += end - current;
+          }
+        }
+        publish_deaths();
+        job.settled.fetch_add(settled);
+      }
+    }
+    s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
+    s.job_id.store(0);
+    if (state != WorkerState::exited || exit_status != 0) b.worker_deaths.fetch_add(1);
+    if (state == WorkerState::starting &&
+        b.startup_failures.fetch_add(1) + 1 >= startup_failure_limit) {
+      record_broken_reason(b, fmt::format("workers keep dying at start-up (last: worker {}, {} {})",
+                                          s.pid.load(), signal ? "signal" : "exit status",
+                                          signal ? signal : exit_status));
+      b.state.store(static_cast<std::uint32_t>(PoolState::broken));
+    }
+    if (state != WorkerState::starting) b.startup_failures.store(0);
+  }
+
+  // Whether some job still has items to run (a closing pool replaces dead workers then).
+  bool work_left() {
+    for (std::uint32_t i = 0; i < std::min(b.job_slots, b.job_slots_ready.load()); ++i)
+      if (b.job(i).id.load() != 0) return true;
+    return false;
+  }
+
+  void kill_workers() {
+    for (std::uint32_t i = 0; i < b.workers; ++i)
+      if (pidfds[i] >= 0) ::syscall(SYS_pidfd_send_signal, pidfds[i], SIGKILL, nullptr, 0);
+    for (std::uint32_t i = 0; i < b.workers; ++i)
+      if (pidfds[i] >= 0) {
+        siginfo_t info{};
+        ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfds[i]), &info, WEXITED);
+        ::close(pidfds[i]);
+        pidfds[i] = -1;
+      }
+  }
+
+  [[noreturn]] void run() {
+    ::setpgid(0, 0);  // the pool's own process group
+    const int parent = pidfd_open(b.parent_pid);
+    if (parent < 0 || ::getppid() != b.parent_pid) ::_exit(1);
+    pidfds.assign(b.workers, -1);
+    b.supervisor_pid.store(self);
+    for (std::uint32_t i = 0; i < b.workers; ++i) spawn(i);
+    for (;;) {
+      std::vector<pollfd> fds{{parent, POLLIN, 0}, {commands, POLLIN, 0}};
+      for (std::uint32_t i = 0; i < b.workers; ++i) fds.push_back({pidfds[i], POLLIN, 0});
+      ::poll(fds.data(), fds.size(), 100);
+      if (fds[0].revents != 0) {  // the parent died: so does the pool
+        kill_workers();
+        ::_exit(0);
+      }
+      if (fds[1].revents != 0) {
+        char command = 0;
+        if (::read(commands, &command, 1) != 1 || command == 'T') {  // terminate (or EOF)
+          b.state.store(static_cast<std::uint32_t>(PoolState::terminating));
+          kill_workers();
+          ::_exit(0);
+        }
+        if (command == 'C') {
+          b.state.store(static_cast<std::uint32_t>(PoolState::closing));
+          wake_workers(b);
+        }
+      }
+      const auto state = static_cast<PoolState>(b.state.load());
+      bool any = false;
+      for (std::uint32_t i = 0; i < b.workers; ++i) {
+        if (pidfds[i] < 0) continue;
+        siginfo_t info{};
+        info.si_pid = 0;
+        if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfds[i]), &info,
+                     WEXITED | WNOHANG) != 0 || info.si_pid == 0) {
+          any = true;
+          continue;
+        }
+        ::close(pidfds[i]);
+        pidfds[i] = -1;
+        settle_death(i, info);
+        // A job may be complete now, settled here or by the worker just before it died
+        // (before it could report it): the parent checks every job.
+        b.rescan.fetch_add(1);
+        wake_parent(b);
+        wake_workers(b);
+        const auto now = static_cast<PoolState>(b.state.load());
+        if (now == PoolState::running || (now == PoolState::closing && work_left())) {
+          spawn(i);
+          any = true;
+        }
+      }
+      publish_deaths();
+      if (static_cast<PoolState>(b.state.load()) == PoolState::broken) {
+        kill_workers();
+        wake_parent(b);
+        ::_exit(0);
+      }
+      if (!any && state != PoolState::running) {
+        wake_parent(b);
+        ::_exit(0);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+void run_supervisor(PoolBlock& b, const std::function<void()>& initializer, const Segment& segment,
+                    std::uint64_t block_offset, int commands) {
+  Supervisor supervisor{b, initializer, segment, block_offset, commands, ::getpid(), {}, {}};
+  supervisor.run();
+}
+
+}  // namespace detail
+}  // namespace procshare

@@ -1,0 +1,402 @@
+// Pool, the worker side: the loop each worker process runs (worker_main), claiming chunks
+// of jobs, running their tasks and writing what they produce to its own result ring
+// (write_record, append_record); also stop_requested()/request_stop() for a running task.
+//
+// Shared memory it writes: its own WorkerSlot (state, job, chunk, progress, counts, ring
+// write position and ring_waiting) and its own result ring; under the pool lock, the
+// claim words of the job table (cursor, requeued ranges, claim_from, and the skipped and
+// settled counts of the items it drops); atomically, without the lock, a job's done,
+// skipped, settled and best (find_first) and the pool's items_done; a job's stop flag
+// (request_stop); rescan, the wake-up sequences and, once, broken_reason (an initializer
+// that throws). Nothing else.
+#include <procshare/pool.hpp>
+#include <procshare/value.hpp>
+
+#include "detail/names.hpp"
+#include "detail/pool_internal.hpp"
+#include "detail/pool_layout.hpp"
+
+#include <fmt/format.h>
+
+#include <cxxabi.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace procshare {
+namespace detail {
+namespace {
+
+std::string demangle(const char* mangled) {
+  if (mangled == nullptr || *mangled == '\0') return "unknown exception";
+  int status = 0;
+  char* text = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+  std::string name = status == 0 && text ? text : mangled;
+  std::free(text);
+  return name;
+}
+
+// The running worker's state (one per worker process).
+struct WorkerContext {
+  PoolBlock* block;
+  WorkerSlot* slot;
+  JobSlot* job;
+  std::uint32_t index;
+  const Segment* segment;
+  std::uint64_t ring_at;        // the ring's offset in the segment
+  std::uint64_t ring_reserved;  // bytes of it reserved so far
+};
+void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
+                   std::span<const std::byte> first, std::span<const std::byte> second = {});
+
+std::atomic<std::uint32_t>* current_stop = nullptr;  // the running job's stop flag
+PoolBlock* current_block = nullptr;                   // the worker's pool
+
+// Writes one record (header + `first` + `second`, need <= half the ring) to the worker's
+// result ring, waiting for the parent to make room.
+void write_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
+                  std::size_t type_length, std::span<const std::byte> first,
+                  std::span<const std::byte> second) {
+  PoolBlock& b = *w.block;
+  WorkerSlot& s = *w.slot;
+  const std::uint64_t ring = b.ring_bytes;
+  const std::uint64_t need = align_up(sizeof(RecordHeader) + first.size() + second.size(), 8);
+  for (;;) {
+    const std::uint64_t write = s.ring_write.load(std::memory_order_relaxed);
+    const std::uint64_t read = s.ring_read.load(std::memory_order_acquire);
+    const std::uint64_t contiguous = ring - write % ring;
+    const std::uint64_t required = need + (contiguous < need ? contiguous : 0);
+    if (ring - (write - read) >= required) break;
+    s.ring_waiting.store(1, std::memory_order_seq_cst);
+    const std::uint32_t sequence = s.ring_space_sequence.load(std::memory_order_seq_cst);
+    if (s.ring_read.load(std::memory_order_seq_cst) == read) {
+      wake_parent(b);
+      futex_wait(s.ring_space_sequence, sequence, deadline_after(std::chrono::milliseconds(50)));
+    }
+    s.ring_waiting.store(0, std::memory_order_relaxed);
+  }
+  std::uint64_t write = s.ring_write.load(std::memory_order_relaxed);
+  if (write % ring + need > w.ring_reserved && w.ring_reserved < ring) {
+    // Reserve the ring as it is first used. If /dev/shm is full the worker cannot report
+    // anything: it says why on stderr and exits, and its item fails with WorkerDied.
+    const std::uint64_t end = std::min(ring, align_up(write % ring + need, ring_reserve_step));
+    try {
+      reserve(*w.segment, w.ring_at + w.ring_reserved, end - w.ring_reserved);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "procshare: pool worker %d: %s\n", ::getpid(), e.what());
+      ::_exit(4);
+    }
+    w.ring_reserved = end;
+  }
+  std::byte* base = b.ring(w.index);
+  if (ring - write % ring < need) {  // no room before the end: pad to it and wrap
+    RecordHeader pad{static_cast<std::uint32_t>(ring - write % ring),
+                     static_cast<std::uint32_t>(RecordType::padding), 0, 0, 0, 0, 0, 0};
+    std::memcpy(base + write % ring, &pad, sizeof(std::uint32_t) * 2);
+    write += ring - write % ring;
+    s.ring_write.store(write, std::memory_order_release);
+  }
+  RecordHeader header{static_cast<std::uint32_t>(need), static_cast<std::uint32_t>(type),
+                      job_id, index, cached_pid,
+                      static_cast<std::uint32_t>(type_length),
+                      static_cast<std::uint32_t>(first.size() + second.size()), 0};
+  std::byte* at = base + write % ring;
+  std::memcpy(at, &header, sizeof header);
+  if (!first.empty()) std::memcpy(at + sizeof header, first.data(), first.size());
+  if (!second.empty()) std::memcpy(at + sizeof header + first.size(), second.data(), second.size());
+  s.ring_write.store(write + need, std::memory_order_release);  // publishes the record
+}
+
+// The bytes a message keeps when a failure's record would outgrow the pool's arena.
+constexpr std::size_t kept_message_bytes = 4096;
+
+// Appends a record about item `index` of job `job_id` to the worker's result ring (for
+// `complete`, index is the job id too), waiting for the parent to make room. Its payload
+// is `first` then `second` (an error's exception type, then its message). A payload over
+// half the ring goes in pieces (see RecordType); one larger than the pool's arena fails
+// the item instead, keeping an error's exception type and the start of its message.
+void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
+                   std::span<const std::byte> first, std::span<const std::byte> second) {
+  PoolBlock& b = *w.block;
+  const std::uint64_t total = first.size() + second.size();
+  const std::uint64_t largest_record = (b.ring_bytes / 2 - sizeof(RecordHeader)) & ~std::uint64_t{7};
+  if (total <= largest_record) {
+    write_record(w, type, job_id, index, first.size(), first, second);
+    return;
+  }
+  if (total > b.arena_bytes) {
+    static const char procshare_error[] = "procshare::Error";
+    std::string message;
+    if (type == RecordType::error) {
+      const auto text = std::string_view(reinterpret_cast<const char*>(second.data()), second.size());
+      message = fmt::format("{}... (the message was cut: {} bytes, more than the pool's arena of "
+                            "{} bytes, PoolOptions::arena_bytes)",
+                            text.substr(0, kept_message_bytes), second.size(), b.arena_bytes);
+    } else {
+      message = fmt::format("the result takes {} bytes, more than the pool's arena of {} bytes "
+                            "(PoolOptions::arena_bytes)", total, b.arena_bytes);
+      first = std::as_bytes(std::span(procshare_error, sizeof procshare_error - 1));
+    }
+    append_record(w, RecordType::error, job_id, index, first,
+                  std::as_bytes(std::span(message.data(), message.size())));
+    return;
+  }
+  // The payload in pieces of `largest_record` bytes; the last one is the record itself.
+  std::vector<std::byte> payload(first.begin(), first.end());
+  payload.insert(payload.end(), second.begin(), second.end());
+  const std::span<const std::byte> all(payload);
+  std::uint64_t offset = 0;
+  for (; total - offset > largest_record; offset += largest_record)
+    write_record(w, RecordType::piece, job_id, index, 0, all.subspan(offset, largest_record), {});
+  write_record(w, type, job_id, index, first.size(), all.subspan(offset), {});
+}
+
+void op_emit(ChunkContext& c, std::uint64_t index, const std::byte* data, std::size_t size) {
+  auto& w = *static_cast<WorkerContext*>(c.worker);
+  append_record(w, RecordType::result, w.slot->job_id.load(std::memory_order_relaxed), index,
+                std::span(data, size));
+}
+
+void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char* message) {
+  auto& w = *static_cast<WorkerContext*>(c.worker);
+  const std::string name = demangle(type);
+  append_record(w, RecordType::error, w.slot->job_id.load(std::memory_order_relaxed), index,
+                std::as_bytes(std::span(name.data(), name.size())),
+                std::as_bytes(std::span(message, std::strlen(message))));
+  // Counted as failed in the job at once, so a controller can react to it.
+  w.slot->chunk_failed.store(w.slot->chunk_failed.load(std::memory_order_relaxed) + 1,
+                             std::memory_order_relaxed);
+  w.job->failed.fetch_add(1, std::memory_order_relaxed);
+}
+
+void op_found(ChunkContext& c, std::uint64_t index) {
+  auto& w = *static_cast<WorkerContext*>(c.worker);
+  std::uint64_t best = w.job->best.load(std::memory_order_relaxed);
+  while (index < best && !w.job->best.compare_exchange_weak(best, index)) {
+  }
+}
+
+constexpr ChunkOps chunk_ops{op_emit, op_fail, op_found};
+}  // namespace
+
+// For a stopped job, or a find_first whose cursor passed its match: drops the unclaimed
+// items (under the pool lock), settling them as skipped. Returns whether that completed
+// the job.
+bool drop_unclaimed(JobSlot& job) {
+  const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
+  std::uint64_t dropped = 0;
+  if (cursor < job.total) {
+    dropped = job.total - cursor;
+    job.cursor.store(job.total, std::memory_order_relaxed);
+  }
+  if (job.stop.load(std::memory_order_relaxed) != 0) {  // requeued ranges too
+    const std::uint32_t requeued = job.requeued_count.load(std::memory_order_relaxed);
+    for (std::uint32_t r = 0; r < requeued; ++r) dropped += job.requeued[r].end - job.requeued[r].first;
+    job.requeued_count.store(0, std::memory_order_release);
+  }
+  if (dropped == 0) return false;
+  job.skipped.fetch_add(dropped, std::memory_order_relaxed);
+  return job.settled.fetch_add(dropped, std::memory_order_acq_rel) + dropped == job.total;
+}
+namespace {
+
+// Claims a chunk (under the pool lock) into the worker's slot; returns the job's slot or
+// nullptr if there is no work. Jobs are read oldest first from `claim_from`, which moves
+// past every job with nothing left to claim; stopped jobs' unclaimed items, and
+// find_first items above the match, are dropped on the way (the ids of jobs that this
+// completes go to `completed`).
+JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferred_for,
+               std::vector<std::uint64_t>& completed) {
+  PoolBlock& b = *w.block;
+  WorkerSlot& s = *w.slot;
+  PoolLock held(b);
+  JobSlot* chosen = nullptr;
+  std::uint32_t chosen_index = 0;
+  const std::uint64_t published = b.published.load(std::memory_order_acquire);
+  for (std::uint64_t id = b.claim_from.load(std::memory_order_relaxed); id <= published; ++id) {
+    JobSlot& job = b.job_of(id);
+    if (job.id.load(std::memory_order_acquire) == id) {
+      const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
+      const bool stopped = job.stop.load(std::memory_order_relaxed) != 0;
+      if ((stopped || cursor > job.best.load(std::memory_order_relaxed)) && drop_unclaimed(job))
+        completed.push_back(id);  // reported once the lock is released
+      if (job.requeued_count.load(std::memory_order_relaxed) > 0 ||
+          job.cursor.load(std::memory_order_relaxed) < job.total) {
+        chosen = &job;
+        chosen_index = static_cast<std::uint32_t>((id - 1) % b.job_slots);
+        break;
+      }
+    }
+    b.claim_from.store(id + 1, std::memory_order_relaxed);  // nothing left to claim in `id`
+  }
+  if (chosen == nullptr) return nullptr;
+  JobSlot& job = *chosen;
+  std::uint64_t first, end;
+  const std::uint32_t requeued = job.requeued_count.load(std::memory_order_relaxed);
+  if (requeued > 0) {
+    // The lowest requeued range first (find_first claims in ascending order).
+    std::uint32_t lowest = 0;
+    for (std::uint32_t r = 1; r < requeued; ++r)
+      if (job.requeued[r].first < job.requeued[lowest].first) lowest = r;
+    std::swap(job.requeued[lowest], job.requeued[requeued - 1]);
+    first = job.requeued[requeued - 1].first;
+    end = job.requeued[requeued - 1].end;
+  } else {
+    // A fixed chunk if the caller set one; else the worker's preferred size (see
+    // worker_main), but never more than an even share of what is left.
+    first = job.cursor.load(std::memory_order_relaxed);
+    const std::uint64_t share = std::max<std::uint64_t>(1, (job.total - first) / b.workers);
+    const std::uint64_t want = job.id.load(std::memory_order_relaxed) == preferred_for ? preferred : 1;
+    end = std::min(job.total, first + (job.chunk ? job.chunk : std::min(want, share)));
+  }
+  // Record the claim, then make it (one store), then mark the worker busy: a supervisor
+  // settling a death can tell from `state`, `cursor` and `requeued_count` where it stopped.
+  s.job_slot.store(chosen_index, std::memory_order_relaxed);
+  s.job_id.store(job.id.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  s.chunk_first.store(first, std::memory_order_relaxed);
+  s.chunk_end.store(end, std::memory_order_relaxed);
+  s.progress.store(0, std::memory_order_relaxed);
+  s.chunk_failed.store(0, std::memory_order_relaxed);
+  s.chunk_skipped.store(0, std::memory_order_relaxed);
+  s.from_requeue.store(requeued > 0 ? 1 : 0, std::memory_order_relaxed);
+  s.requeue_index.store(requeued - 1, std::memory_order_relaxed);
+  s.state.store(static_cast<std::uint32_t>(WorkerState::claiming), std::memory_order_release);
+  if (requeued > 0)
+    job.requeued_count.store(requeued - 1, std::memory_order_release);
+  else
+    job.cursor.store(end, std::memory_order_release);
+  s.state.store(static_cast<std::uint32_t>(WorkerState::busy), std::memory_order_release);
+  return &job;
+}
+
+// Settles the worker's finished chunk into its job.
+void settle_chunk(WorkerContext& w, JobSlot& job) {
+  WorkerSlot& s = *w.slot;
+  const std::uint64_t count = s.chunk_end.load() - s.chunk_first.load();
+  const std::uint64_t skipped = s.chunk_skipped.load(std::memory_order_relaxed);
+  const std::uint64_t done = count - skipped - s.chunk_failed.load(std::memory_order_relaxed);
+  job.done.fetch_add(done, std::memory_order_relaxed);
+  job.skipped.fetch_add(skipped, std::memory_order_relaxed);
+  w.block->items_done.fetch_add(done, std::memory_order_relaxed);
+  s.state.store(static_cast<std::uint32_t>(WorkerState::idle), std::memory_order_release);
+  s.tasks_done.fetch_add(1, std::memory_order_relaxed);
+  // The last store that touches the job: the parent may free it once settled == total.
+  // The worker that completes it tells the parent (a record, then a wake-up).
+  const std::uint64_t id = s.job_id.load(std::memory_order_relaxed);
+  if (job.settled.fetch_add(count, std::memory_order_acq_rel) + count == job.total) {
+    append_record(w, RecordType::complete, id, id, {});
+    wake_parent(*w.block);
+  }
+}
+}  // namespace
+
+[[noreturn]] void worker_main(PoolBlock& b, std::uint32_t index, pid_t supervisor,
+                              const std::function<void()>& initializer, const Segment& segment,
+                              std::uint64_t block_offset) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != supervisor) ::_exit(1);  // the supervisor died before prctl
+  WorkerSlot& s = b.worker(index);
+  s.pid.store(::getpid());  // before any work (the supervisor's fork() may return later)
+  s.state.store(static_cast<std::uint32_t>(WorkerState::starting));
+  if (initializer) {
+    std::string reason;
+    try {
+      initializer();
+    } catch (const std::exception& e) {
+      reason = fmt::format("worker {}: the initializer threw {}: {}", ::getpid(),
+                           demangle(typeid(e).name()), e.what());
+    } catch (...) {
+      reason = fmt::format("worker {}: the initializer threw an exception of unknown type", ::getpid());
+    }
+    if (!reason.empty()) {
+      record_broken_reason(b, reason);
+      std::fflush(nullptr);
+      ::_exit(3);
+    }
+  }
+  s.state.store(static_cast<std::uint32_t>(WorkerState::idle));
+  WorkerContext w{&b, &s, nullptr, index, &segment, block_offset + b.rings_offset + index * b.ring_bytes, 0};
+  std::vector<std::uint64_t> completed;
+  std::uint64_t tasks = 0;
+  // Automatic chunking: start each job with single items and grow the chunk (x4) while
+  // chunks take under a quarter of the target time, shrink it when they take over twice
+  // as long. Millions of tiny items then cost a claim per ~2 ms of work, and progress
+  // and failures show up within milliseconds.
+  constexpr auto target = std::chrono::microseconds(2000);  // (not milliseconds: target / 4)
+  std::uint64_t preferred = 1, preferred_for = 0;
+  for (;;) {
+    const auto state = static_cast<PoolState>(b.state.load(std::memory_order_acquire));
+    if (state == PoolState::terminating || state == PoolState::broken) break;
+    const std::uint32_t sequence = b.work_sequence.load(std::memory_order_seq_cst);
+    JobSlot* job = claim(w, preferred, preferred_for, completed);
+    for (const std::uint64_t id : completed) append_record(w, RecordType::complete, id, id, {});
+    if (!completed.empty()) wake_parent(b);
+    completed.clear();
+    if (job == nullptr) {
+      if (state == PoolState::closing) break;
+      if (spin_while(b.work_sequence, sequence)) continue;  // new work arrived meanwhile
+      b.workers_waiting.fetch_add(1, std::memory_order_seq_cst);
+      futex_wait(b.work_sequence, sequence, deadline_after(std::chrono::milliseconds(100)));
+      b.workers_waiting.fetch_sub(1, std::memory_order_seq_cst);
+      continue;
+    }
+    w.job = job;
+    current_block = &b;
+    current_stop = &job->stop;
+    ChunkContext c{&chunk_ops,
+                   &w,
+                   job->function,
+                   b.arena() + job->items_offset,
+                   job->offsets_offset != UINT64_MAX
+                       ? reinterpret_cast<const std::uint64_t*>(b.arena() + job->offsets_offset)
+                       : nullptr,
+                   job->items_size,
+                   job->args_offset == in_slot ? job->inline_args : b.arena() + job->args_offset,
+                   job->args_size,
+                   job->result_slot_bytes == 0       ? nullptr
+                   : job->results_offset == in_slot ? job->inline_results
+                                                    : b.arena() + job->results_offset,
+                   s.chunk_first.load(),
+                   s.chunk_end.load(),
+                   &s.progress,
+                   &s.chunk_skipped,
+                   &job->stop,
+                   &job->best};
+    const auto started = std::chrono::steady_clock::now();
+    job->run(c);
+    const auto took = std::chrono::steady_clock::now() - started;
+    const std::uint64_t id = s.job_id.load(std::memory_order_relaxed);
+    if (preferred_for != id) preferred_for = id, preferred = 1;
+    const std::uint64_t ran = c.end - c.first;
+    if (took < target / 4 && ran >= preferred) preferred = std::min<std::uint64_t>(preferred * 4, 1u << 24);
+    else if (took > target * 2 && preferred > 1) preferred = std::max<std::uint64_t>(1, preferred / 2);
+    current_stop = nullptr;
+    settle_chunk(w, *job);
+    w.job = nullptr;
+    if (b.max_tasks_per_child != 0 && ++tasks >= b.max_tasks_per_child) break;
+  }
+  s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
+  std::fflush(nullptr);
+  ::_exit(0);
+}
+}  // namespace detail
+
+bool stop_requested() noexcept {
+  return detail::current_stop != nullptr && detail::current_stop->load(std::memory_order_relaxed) != 0;
+}
+
+void request_stop() noexcept {
+  if (detail::current_stop == nullptr) return;
+  detail::current_stop->store(1, std::memory_order_release);
+  detail::current_block->rescan.fetch_add(1);  // the parent drops the job's unclaimed work
+  detail::wake_parent(*detail::current_block);
+}
+}  // namespace procshare
