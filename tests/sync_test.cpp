@@ -499,10 +499,13 @@ TEST_CASE("a Barrier party killed while the others wait breaks it, and every sur
   auto segment = Segment::create(name, 64 * 1024);
   auto barrier = segment.create_barrier("b", 4);
   auto messages = segment.create_queue<std::string>("messages", 4, 512);
+  PipeSignal registered;
   const pid_t victim = run_child([&] {
     barrier.register_party();
+    registered.notify();
     sleep_until_killed();  // a member that never arrives
   });
+  REQUIRE(registered.wait());  // killed before it registered, it would not be watched
   std::vector<pid_t> waiters;
   for (int i = 0; i < 2; ++i)
     waiters.push_back(run_child([&] {
