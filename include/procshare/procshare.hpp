@@ -13,4 +13,5 @@
 #include <procshare/report.hpp>
 #include <procshare/segment.hpp>
 #include <procshare/sync.hpp>
+#include <procshare/transport.hpp>
 #include <procshare/value.hpp>
