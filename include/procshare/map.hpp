@@ -16,7 +16,8 @@ namespace procshare {
 
 // Map<K, V>: an ordered map in the segment (Python's Manager().dict()). K is an integral
 // type or std::string; V any container element.
-template <class K, class V> class Map {
+template <class K, class V>
+class Map : public detail::ContainerObject<detail::MapContainer<K, V>, ObjectKind::map> {
   static_assert((std::is_integral_v<K> && Shareable<K>) || std::is_same_v<K, std::string>,
                 "procshare::Map<K, V>: K must be an integral type or std::string");
   static_assert(detail::ContainerElement<V>,
@@ -24,9 +25,10 @@ template <class K, class V> class Map {
                 "procshare::type_name<V>");
   using SK = typename detail::Stored<K>::type;
   using SV = typename detail::Stored<V>::type;
-  using Pair = std::pair<const SK, SV>;
-  using C = boost::interprocess::map<SK, SV, detail::KeyLess, detail::ArenaAllocator<Pair>>;
-  using Handle = detail::ContainerHandle<C, ObjectKind::map>;
+  using C = detail::MapContainer<K, V>;
+  using Base = detail::ContainerObject<C, ObjectKind::map>;
+  using typename Base::Handle;
+  using Base::handle_;
 
   static void assign(C& c, const K& k, const V& v, const detail::ArenaAllocator<char>& a, bool& inserted) {
     auto it = c.find(k);
@@ -123,21 +125,14 @@ public:
   }
   // Locks the map for a longer sequence (see Guard). Throws OwnerDied if poisoned.
   [[nodiscard]] Guard lock() { return Guard(handle_); }
-  // Whether a writer died mid-write (see top of file); reset() empties and repairs it.
-  bool poisoned() const { return handle_.poisoned(); }
-  void reset() { handle_.reset(); }
-  std::uint32_t owner_deaths() const { return handle_.owner_deaths(); }
-  std::size_t free_bytes() const { return handle_.free_bytes(); }
-  std::string name() const { return detail::object_name(handle_.core_); }
-  const detail::HandleCore& handle() const noexcept { return handle_.core_; }
+  // (poisoned, reset, owner_deaths, free_bytes, name, handle: see ContainerObject)
 
 private:
   friend class Segment;
-  explicit Map(detail::HandleCore core) : handle_(core) {}
+  explicit Map(detail::HandleCore core) : Base(core) {}
   static std::string type() {
     return std::string(detail::Stored<K>::name()) + "," + std::string(detail::Stored<V>::name());
   }
-  Handle handle_;
 };
 
 template <class K, class V> Map<K, V> Segment::create_map(std::string_view name, std::size_t capacity) {

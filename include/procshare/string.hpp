@@ -12,9 +12,8 @@
 namespace procshare {
 
 // String: one shared string (a Manager().Value(c_char_p) that can grow).
-class String {
+class String : public detail::ContainerObject<detail::SharedString, ObjectKind::string> {
   using C = detail::SharedString;
-  using Handle = detail::ContainerHandle<C, ObjectKind::string>;
 
 public:
   // An empty handle: every call throws NotFound until one is assigned.
@@ -26,17 +25,11 @@ public:
   // Appends to it. Throws SegmentFull (unchanged), OwnerDied.
   void append(std::string_view text) { handle_.write([&](C& c) { c.append(text.data(), text.size()); }); }
   std::size_t size() const { return handle_.read([](const C& c) { return c.size(); }); }
-  // Whether a writer died mid-write (see top of file); reset() empties and repairs it.
-  bool poisoned() const { return handle_.poisoned(); }
-  void reset() { handle_.reset(); }
-  std::size_t free_bytes() const { return handle_.free_bytes(); }
-  std::string name() const { return detail::object_name(handle_.core_); }
-  const detail::HandleCore& handle() const noexcept { return handle_.core_; }
+  // (poisoned, reset, owner_deaths, free_bytes, name, handle: see ContainerObject)
 
 private:
   friend class Segment;
-  explicit String(detail::HandleCore core) : handle_(core) {}
-  Handle handle_;
+  explicit String(detail::HandleCore core) : ContainerObject(core) {}
 };
 
 inline String Segment::create_string(std::string_view name, std::size_t capacity) {

@@ -15,13 +15,15 @@
 namespace procshare {
 
 // Vector<T>: a growable array in the segment (Python's Manager().list()).
-template <class T> class Vector {
+template <class T> class Vector : public detail::ContainerObject<detail::VectorContainer<T>, ObjectKind::vector> {
   static_assert(detail::ContainerElement<T>,
                 "procshare::Vector<T>: T must be std::string, or trivially copyable with a "
                 "procshare::type_name<T>");
   using S = typename detail::Stored<T>::type;
-  using C = boost::interprocess::vector<S, detail::ArenaAllocator<S>>;
-  using Handle = detail::ContainerHandle<C, ObjectKind::vector>;
+  using C = detail::VectorContainer<T>;
+  using Base = detail::ContainerObject<C, ObjectKind::vector>;
+  using typename Base::Handle;
+  using Base::handle_;
 
 public:
   // Holds the vector's lock (marked dirty) for a read-modify-write sequence or iteration.
@@ -112,20 +114,12 @@ public:
   }
   // Locks the vector for a longer sequence (see Guard). Throws OwnerDied if poisoned.
   [[nodiscard]] Guard lock() { return Guard(handle_); }
-  // Whether a writer died mid-write (see top of file); reset() empties and repairs it.
-  bool poisoned() const { return handle_.poisoned(); }
-  void reset() { handle_.reset(); }
-  std::uint32_t owner_deaths() const { return handle_.owner_deaths(); }
-  // Bytes of its arena still free.
-  std::size_t free_bytes() const { return handle_.free_bytes(); }
-  std::string name() const { return detail::object_name(handle_.core_); }
-  const detail::HandleCore& handle() const noexcept { return handle_.core_; }
+  // (poisoned, reset, owner_deaths, free_bytes, name, handle: see ContainerObject)
 
 private:
   friend class Segment;
-  explicit Vector(detail::HandleCore core) : handle_(core) {}
+  explicit Vector(detail::HandleCore core) : Base(core) {}
   static std::string type() { return std::string(detail::Stored<T>::name()); }
-  Handle handle_;
 };
 
 template <class T> Vector<T> Segment::create_vector(std::string_view name, std::size_t capacity) {

@@ -343,6 +343,41 @@ public:
 };
 
 
+// What every container offers besides its own operations: its poison state and repair,
+// its owner deaths, its arena's free bytes, its name and its handle. Vector, Map and
+// String derive from it.
+template <class C, ObjectKind Kind> class ContainerObject {
+public:
+  // Whether a writer died mid-write (or an exception escaped a guard after a write):
+  // reads and writes throw OwnerDied until reset().
+  bool poisoned() const { return handle_.poisoned(); }
+  // Empties the container and repairs it (clears the poison). Throws OwnerDied only if
+  // the lock itself cannot be taken.
+  void reset() { handle_.reset(); }
+  // How many holders of its lock have died so far.
+  std::uint32_t owner_deaths() const { return handle_.owner_deaths(); }
+  // Bytes of its arena still free.
+  std::size_t free_bytes() const { return handle_.free_bytes(); }
+  // Its name in the segment's directory ("" when its segment is not open here).
+  std::string name() const { return object_name(handle_.core_); }
+  // Where it lives (segment uuid, offset): transportable to pool tasks.
+  const HandleCore& handle() const noexcept { return handle_.core_; }
+
+protected:
+  using Handle = ContainerHandle<C, Kind>;
+  ContainerObject() = default;
+  explicit ContainerObject(HandleCore core) : handle_(core) {}
+  Handle handle_;
+};
+
+// The Boost containers behind Vector<T> and Map<K, V>.
+template <class T>
+using VectorContainer = bip::vector<typename Stored<T>::type, ArenaAllocator<typename Stored<T>::type>>;
+template <class K, class V>
+using MapContainer =
+    bip::map<typename Stored<K>::type, typename Stored<V>::type, KeyLess,
+             ArenaAllocator<std::pair<const typename Stored<K>::type, typename Stored<V>::type>>>;
+
 // The plumbing of Vector::Guard and Map::Guard: holds the container's lock (marked dirty)
 // from construction to destruction, only in the process that took it, and poisons the
 // container on an exception that unwinds through it only if a write was made through it
