@@ -43,8 +43,11 @@ inline constexpr std::size_t array_data_offset = sizeof(LockBlock);
 }  // namespace detail
 
 template <class T>
-class Array {
+class Array : public detail::DataObject<ObjectKind::array, detail::type_tag<ObjectKind::array, T>()> {
   static_assert((detail::check_shareable<T>(), true));
+  using Base = detail::DataObject<ObjectKind::array, detail::type_tag<ObjectKind::array, T>()>;
+  using Base::core_;
+  using Base::kind;
 
 public:
   // Holds the array's lock and gives a span over its elements; the array is marked dirty
@@ -55,14 +58,6 @@ public:
   // took it. Not to be handed to another thread.
   class Guard {
   public:
-    Guard(Guard&& other) noexcept
-        : block_(std::exchange(other.block_, nullptr)),
-          elements_(other.elements_),
-          state_(other.state_),
-          touched_(other.touched_),
-          exceptions_(other.exceptions_) {}
-    Guard& operator=(Guard&&) = delete;
-    ~Guard() { release(); }
     // The locked elements.
     std::span<T> span() const noexcept { return touch(); }
     T& operator[](std::size_t index) const noexcept { return touch()[index]; }
@@ -70,27 +65,19 @@ public:
     auto begin() const noexcept { return touch().begin(); }
     auto end() const noexcept { return touch().end(); }
     // Unlocks now rather than at destruction.
-    void unlock() noexcept { release(); }
+    void unlock() noexcept { held_.release(); }
 
   private:
     friend class Array;
-    Guard(detail::LockBlock* block, std::span<T> elements, detail::GuardState state) noexcept
-        : block_(block), elements_(elements), state_(state) {}
-    void release() noexcept {
-      if (block_ != nullptr)
-        detail::end_guard(std::exchange(block_, nullptr)->lock, state_,
-                          touched_ && std::uncaught_exceptions() > exceptions_);
-    }
+    Guard(detail::LockBlock& block, std::span<T> elements, detail::GuardState state) noexcept
+        : held_(block.lock, state), elements_(elements) {}
     // The elements, noting that they were reached through this guard.
     std::span<T> touch() const noexcept {
-      touched_ = true;
+      held_.touch();
       return elements_;
     }
-    detail::LockBlock* block_;
+    detail::HeldGuard held_;
     std::span<T> elements_;
-    detail::GuardState state_;
-    mutable bool touched_ = false;  // the elements were reached through this guard
-    int exceptions_ = std::uncaught_exceptions();  // in flight when the guard was made
   };
 
   // An empty handle: every call throws NotFound until one is assigned.
@@ -145,44 +132,16 @@ public:
   // poisoned.
   [[nodiscard]] Guard lock() {
     auto& b = block();
-    const detail::GuardState state = detail::begin_guard(b.lock, core_, kind);
-    return Guard(&b, std::span<T>(data(b), b.header.length), state);
+    return Guard(b, std::span<T>(data(b), b.header.length), detail::begin_guard(b.lock, core_, kind));
   }
 
-  // Whether a holder died mid-write (see top of file).
-  bool poisoned() const {
-    detail::observe_deaths(block().lock);
-    return block().lock.poisoned.load(std::memory_order_relaxed) != 0;
-  }
-  // Makes a poisoned array writable again, keeping its current contents.
-  void clear_poison() {
-    auto& b = block();
-    detail::ScopedLock held(b.lock, core_, kind);
-    b.lock.poisoned.store(0, std::memory_order_relaxed);
-  }
-  // How many holders of its lock died holding it; the pid of the last one (0 if none).
-  std::uint32_t owner_deaths() const {
-    detail::observe_deaths(block().lock);
-    return block().lock.deaths.load(std::memory_order_relaxed);
-  }
-  pid_t last_dead_owner() const {
-    detail::observe_deaths(block().lock);
-    return block().lock.last_dead_pid.load(std::memory_order_relaxed);
-  }
-  // The name it has in its segment (a directory lookup: not for hot paths).
-  std::string name() const { return detail::object_name(core_); }
-  // The handle's record (segment uuid, offset, type hash).
-  const detail::HandleCore& handle() const noexcept { return core_; }
+  // (poisoned, clear_poison, owner_deaths, last_dead_owner, name, handle: see
+  // detail::DataObject and detail::LockedObject in mutex.hpp)
 
 private:
   friend class Segment;
-  static constexpr ObjectKind kind = ObjectKind::array;
-  // The tag a handle of this type must carry (a handle copied bit for bit from an
-  // Array<U> carries U's and is refused).
-  static constexpr std::uint64_t tag =
-      detail::tag_hash(kind, type_name<T>::value, sizeof(T), alignof(T));
 
-  explicit Array(detail::HandleCore core) : core_(core) {}
+  explicit Array(detail::HandleCore core) : Base(core) {}
 
   // Bytes for `length` elements; saturates (and so fails as SegmentFull) on overflow.
   static std::size_t bytes_for(std::size_t length) {
@@ -190,10 +149,7 @@ private:
     return length > most ? SIZE_MAX : detail::array_data_offset + length * sizeof(T);
   }
   detail::LockBlock& block() const {
-    if (core_.tag_hash != tag) [[unlikely]]
-      detail::throw_unresolved(core_, kind);
-    auto* header = detail::resolve(core_, kind, detail::array_data_offset);
-    return *reinterpret_cast<detail::LockBlock*>(header);
+    return *reinterpret_cast<detail::LockBlock*>(this->resolved(detail::array_data_offset));
   }
   static T* data(detail::LockBlock& b) noexcept {
     return reinterpret_cast<T*>(reinterpret_cast<std::byte*>(&b) + detail::array_data_offset);
@@ -217,8 +173,6 @@ private:
     };
     return Array(detail::place(segment, name, spec, intent, init, initial).handle);
   }
-
-  detail::HandleCore core_;
 };
 
 template <class T>

@@ -36,6 +36,9 @@
 #include <chrono>
 #include <cstdint>
 #include <ctime>
+#include <exception>
+#include <string>
+#include <utility>
 
 namespace procshare {
 namespace detail {
@@ -258,17 +261,119 @@ inline void end_guard(RobustLock& lock, GuardState state, bool poison) noexcept 
   if (!state.reentered) detail::unlock(lock);
 }
 
+// The one guard mechanism behind Value::Guard, Array::Guard and the containers' guards:
+// holds an object's lock from begin_guard until release(), and on release poisons the
+// object if an exception is unwinding through the guard after the data was reached
+// through it (touch()), since a write may then be half done. Move-only; releases once,
+// only in the process that took the lock (end_guard).
+class HeldGuard {
+public:
+  HeldGuard(RobustLock& lock, GuardState state) noexcept : lock_(&lock), state_(state) {}
+  HeldGuard(HeldGuard&& other) noexcept
+      : lock_(std::exchange(other.lock_, nullptr)),
+        state_(other.state_),
+        touched_(other.touched_),
+        exceptions_(other.exceptions_) {}
+  HeldGuard& operator=(HeldGuard&&) = delete;
+  ~HeldGuard() { release(); }
+  // Notes that the data was reached through the guard (so it may have been written).
+  void touch() const noexcept { touched_ = true; }
+  bool touched() const noexcept { return touched_; }
+  // Takes a touch back (a container write that failed whole, changing nothing).
+  void set_touched(bool touched) noexcept { touched_ = touched; }
+  // Unlocks (end_guard) unless already released.
+  void release() noexcept {
+    if (lock_ != nullptr)
+      end_guard(*std::exchange(lock_, nullptr), state_,
+                touched_ && std::uncaught_exceptions() > exceptions_);
+  }
+
+private:
+  RobustLock* lock_;
+  GuardState state_;
+  mutable bool touched_ = false;
+  int exceptions_ = std::uncaught_exceptions();  // in flight when the guard was made
+};
+
+// What every object with a robust lock reports once: the deaths of its lock's holders,
+// its name and its handle; DataObject adds poisoning for objects that hold data. Every
+// such object's block starts with a LockBlock (header, then lock). Tag: the type tag a
+// handle must carry (0: the kind alone decides, as for Mutex).
+template <ObjectKind K, std::uint64_t Tag = 0> class LockedObject {
+public:
+  // How many holders died holding this lock (a death is seen as soon as the lock is
+  // free, or when the next locker takes it).
+  std::uint32_t owner_deaths() const {
+    RobustLock& lock = lock_word();
+    observe_deaths(lock);
+    return lock.deaths.load(std::memory_order_relaxed);
+  }
+  // The pid of the last holder that died holding it; 0 if none, or if it died within
+  // the few instructions between taking the lock and recording itself.
+  pid_t last_dead_owner() const {
+    RobustLock& lock = lock_word();
+    observe_deaths(lock);
+    return lock.last_dead_pid.load(std::memory_order_relaxed);
+  }
+  // The name it has in its segment (a directory lookup: not for hot paths).
+  std::string name() const { return object_name(core_); }
+  // The handle's record (segment uuid, offset, type hash).
+  const HandleCore& handle() const noexcept { return core_; }
+
+protected:
+  static constexpr ObjectKind kind = K;
+  LockedObject() = default;
+  explicit LockedObject(HandleCore core) : core_(core) {}
+  // The object's block, at least `bytes` long: an empty, stale or mistyped handle throws.
+  ObjectHeader* resolved(std::size_t bytes) const {
+    if constexpr (Tag != 0)
+      if (core_.tag_hash != Tag) [[unlikely]]
+        throw_unresolved(core_, K);
+    return resolve(core_, K, bytes);
+  }
+  RobustLock& lock_word() const {
+    return reinterpret_cast<LockBlock*>(resolved(sizeof(LockBlock)))->lock;
+  }
+
+  HandleCore core_;
+};
+
+// A LockedObject that holds data (Value, Array): a holder's death mid-write, or an
+// exception through a guard that wrote, poisons it.
+template <ObjectKind K, std::uint64_t Tag> class DataObject : public LockedObject<K, Tag> {
+public:
+  // Whether a holder died mid-write (reads work; writes throw OwnerDied until
+  // clear_poison()).
+  bool poisoned() const {
+    RobustLock& lock = this->lock_word();
+    observe_deaths(lock);
+    return lock.poisoned.load(std::memory_order_relaxed) != 0;
+  }
+  // Makes a poisoned object writable again, keeping its current contents.
+  void clear_poison() {
+    RobustLock& lock = this->lock_word();
+    ScopedLock held(lock, this->core_, K);
+    lock.poisoned.store(0, std::memory_order_relaxed);
+  }
+
+protected:
+  using LockedObject<K, Tag>::LockedObject;
+};
+
 // The one lock implementation behind Mutex (K = mutex) and RecursiveMutex (K =
 // recursive_mutex): both are this class with their own name and constructor. The members
 // below are theirs; where the two kinds differ, the comment says so.
 template <ObjectKind K>
-class BasicMutex {
+class BasicMutex : public LockedObject<K> {
+  using LockedObject<K>::core_;
+  using LockedObject<K>::lock_word;
+
 public:
   // Blocks until this thread holds the lock (a RecursiveMutex: holds it again, one level
   // more). After a holder died, returns holding the lock and counts the death (see top of
   // file). A Mutex throws InvalidArgument if this thread holds it already.
   void lock() {
-    if (const int error = detail::lock(block().lock)) throw_lock_error(core_, K, "lock", error);
+    if (const int error = detail::lock(lock_word())) throw_lock_error(core_, K, "lock", error);
   }
   // Takes the lock if free (a RecursiveMutex: or held by this thread); returns false at
   // once if another thread holds it, or, for a Mutex, if this thread does (Python's
@@ -276,7 +381,7 @@ public:
   // (EDEADLK, this thread holding the non-recursive lock, is a plain false for the try
   // calls, at once: no other thread can release it.)
   bool try_lock() {
-    const int error = detail::try_lock(block().lock);
+    const int error = detail::try_lock(lock_word());
     if (error == EBUSY || error == EDEADLK) return false;
     if (error) throw_lock_error(core_, K, "try_lock", error);
     return true;
@@ -285,7 +390,7 @@ public:
   // this thread holds a Mutex already, returns false at once (waiting could not help).
   template <class Rep, class Period>
   bool try_lock_for(const std::chrono::duration<Rep, Period>& timeout) {
-    const int error = detail::lock_until(block().lock, deadline_after(timeout));
+    const int error = detail::lock_until(lock_word(), deadline_after(timeout));
     if (error == ETIMEDOUT || error == EDEADLK) return false;
     if (error) throw_lock_error(core_, K, "try_lock_for", error);
     return true;
@@ -293,7 +398,7 @@ public:
   // Blocks until `deadline` at most; returns false if the lock was not taken.
   template <class Clock, class Duration>
   bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    const int error = detail::lock_until(block().lock, to_deadline(deadline));
+    const int error = detail::lock_until(lock_word(), to_deadline(deadline));
     if (error == ETIMEDOUT || error == EDEADLK) return false;
     if (error) throw_lock_error(core_, K, "try_lock_until", error);
     return true;
@@ -301,38 +406,16 @@ public:
   // Releases the lock (a RecursiveMutex: one level). Throws NotOwner if this thread does
   // not hold it (naming the holder's pid when one is recorded).
   void unlock() {
-    RobustLock& lock = block().lock;
+    RobustLock& lock = lock_word();
     const pid_t holder = lock.owner_pid;  // read before: names who holds it in the error
     if (const int error = detail::unlock(lock)) throw_lock_error(core_, K, "unlock", error, holder);
   }
-  // How many holders died holding this lock (a death is seen as soon as the lock is
-  // free, or when the next locker takes it).
-  std::uint32_t owner_deaths() const {
-    observe_deaths(block().lock);
-    return block().lock.deaths.load(std::memory_order_relaxed);
-  }
-  // The pid of the last holder that died holding it; 0 if none, or if it died within
-  // the few instructions between taking the lock and recording itself.
-  pid_t last_dead_owner() const {
-    observe_deaths(block().lock);
-    return block().lock.last_dead_pid.load(std::memory_order_relaxed);
-  }
-  // The name it has in its segment.
-  std::string name() const { return object_name(core_); }
-  // The handle's record (segment uuid, offset, type hash).
-  const HandleCore& handle() const noexcept { return core_; }
+  // (owner_deaths, last_dead_owner, name, handle: see LockedObject)
 
 protected:
   // An empty handle: every call throws NotFound until one is assigned.
   BasicMutex() = default;
-  explicit BasicMutex(HandleCore core) : core_(core) {}
-
-private:
-  LockBlock& block() const {
-    return *reinterpret_cast<LockBlock*>(resolve(core_, K, sizeof(LockBlock)));
-  }
-
-  HandleCore core_;
+  explicit BasicMutex(HandleCore core) : LockedObject<K>(core) {}
 };
 
 }  // namespace detail

@@ -70,6 +70,16 @@ consteval void check_shareable() {
   static_assert(alignof(T) <= 64, "procshare: T must not need more than 64-byte alignment");
 }
 
+// The tag a handle of a T object of kind K must carry (a handle copied bit for bit from
+// an object of another T carries that T's and is refused). 0 for a T without a
+// type_name: the object's own static_assert then says why.
+template <ObjectKind K, class T> consteval std::uint64_t type_tag() {
+  if constexpr (requires { type_name<T>::value; })
+    return tag_hash(K, type_name<T>::value, sizeof(T), alignof(T));
+  else
+    return 0;
+}
+
 template <class T> struct alignas(64) ValueBlock {
   ObjectHeader header;
   RobustLock lock;
@@ -84,8 +94,11 @@ template <class T> struct alignas(64) AtomicBlock {
 }  // namespace detail
 
 template <class T>
-class Value {
+class Value : public detail::DataObject<ObjectKind::value, detail::type_tag<ObjectKind::value, T>()> {
   static_assert((detail::check_shareable<T>(), true));
+  using Base = detail::DataObject<ObjectKind::value, detail::type_tag<ObjectKind::value, T>()>;
+  using Base::core_;
+  using Base::kind;
 
 public:
   // Holds the value's lock and gives access to the T; the value is marked dirty meanwhile,
@@ -97,38 +110,24 @@ public:
   // another thread.
   class Guard {
   public:
-    Guard(Guard&& other) noexcept
-        : block_(std::exchange(other.block_, nullptr)),
-          state_(other.state_),
-          touched_(other.touched_),
-          exceptions_(other.exceptions_) {}
-    Guard& operator=(Guard&&) = delete;
-    ~Guard() { release(); }
     // The locked value.
     T& operator*() const noexcept {
-      touched_ = true;
-      return block_->value;
+      held_.touch();
+      return *value_;
     }
     T* operator->() const noexcept {
-      touched_ = true;
-      return &block_->value;
+      held_.touch();
+      return value_;
     }
     // Unlocks now rather than at destruction.
-    void unlock() noexcept { release(); }
+    void unlock() noexcept { held_.release(); }
 
   private:
     friend class Value;
-    Guard(detail::ValueBlock<T>* block, detail::GuardState state) noexcept
-        : block_(block), state_(state) {}
-    void release() noexcept {
-      if (block_ != nullptr)
-        detail::end_guard(std::exchange(block_, nullptr)->lock, state_,
-                          touched_ && std::uncaught_exceptions() > exceptions_);
-    }
-    detail::ValueBlock<T>* block_;
-    detail::GuardState state_;
-    mutable bool touched_ = false;  // the T was reached through this guard
-    int exceptions_ = std::uncaught_exceptions();  // in flight when the guard was made
+    Guard(detail::ValueBlock<T>& block, detail::GuardState state) noexcept
+        : held_(block.lock, state), value_(&block.value) {}
+    detail::HeldGuard held_;
+    T* value_;
   };
 
   // An empty handle: every call throws NotFound until one is assigned.
@@ -173,8 +172,7 @@ public:
   // poisoned.
   [[nodiscard]] Guard lock() {
     auto& b = block();
-    const detail::GuardState state = detail::begin_guard(b.lock, core_, kind);
-    return Guard(&b, state);
+    return Guard(b, detail::begin_guard(b.lock, core_, kind));
   }
 
   // Adds `delta` and returns the previous value (arithmetic T). Throws OwnerDied.
@@ -211,47 +209,16 @@ public:
   T operator++(int) requires requires(Value v) { v.fetch_add(T{1}); } { return fetch_add(T{1}); }
   T operator--(int) requires requires(Value v) { v.fetch_sub(T{1}); } { return fetch_sub(T{1}); }
 
-  // Whether a holder died mid-write (see top of file).
-  bool poisoned() const {
-    detail::observe_deaths(block().lock);
-    return block().lock.poisoned.load(std::memory_order_relaxed) != 0;
-  }
-  // Makes a poisoned value writable again, keeping its current contents.
-  void clear_poison() {
-    auto& b = block();
-    detail::ScopedLock held(b.lock, core_, kind);
-    b.lock.poisoned.store(0, std::memory_order_relaxed);
-  }
-  // How many holders of its lock died holding it; the pid of the last one (0 if none).
-  std::uint32_t owner_deaths() const {
-    detail::observe_deaths(block().lock);
-    return block().lock.deaths.load(std::memory_order_relaxed);
-  }
-  pid_t last_dead_owner() const {
-    detail::observe_deaths(block().lock);
-    return block().lock.last_dead_pid.load(std::memory_order_relaxed);
-  }
-  // The name it has in its segment (a directory lookup: not for hot paths).
-  std::string name() const { return detail::object_name(core_); }
-  // The handle's record (segment uuid, offset, type hash).
-  const detail::HandleCore& handle() const noexcept { return core_; }
+  // (poisoned, clear_poison, owner_deaths, last_dead_owner, name, handle: see
+  // detail::DataObject and detail::LockedObject in mutex.hpp)
 
 private:
   friend class Segment;
   using Block = detail::ValueBlock<T>;
-  static constexpr ObjectKind kind = ObjectKind::value;
-  // The tag a handle of this type must carry (a handle copied bit for bit from a
-  // Value<U> carries U's and is refused).
-  static constexpr std::uint64_t tag =
-      detail::tag_hash(kind, type_name<T>::value, sizeof(T), alignof(T));
 
-  explicit Value(detail::HandleCore core) : core_(core) {}
+  explicit Value(detail::HandleCore core) : Base(core) {}
 
-  Block& block() const {
-    if (core_.tag_hash != tag) [[unlikely]]
-      detail::throw_unresolved(core_, kind);
-    return *reinterpret_cast<Block*>(detail::resolve(core_, kind, sizeof(Block)));
-  }
+  Block& block() const { return *reinterpret_cast<Block*>(this->resolved(sizeof(Block))); }
   static void write(Block& b, const T& desired) { detail::write_guarded(b.lock, b.value, desired); }
   static Value place(Segment& segment, std::string_view name, detail::Intent intent,
                      const T* initial) {
@@ -265,8 +232,6 @@ private:
     };
     return Value(detail::place(segment, name, spec, intent, init, initial).handle);
   }
-
-  detail::HandleCore core_;
 };
 
 template <class T>

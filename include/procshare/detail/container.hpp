@@ -381,39 +381,29 @@ using MapContainer =
 // The plumbing of Vector::Guard and Map::Guard: holds the container's lock (marked dirty)
 // from construction to destruction, only in the process that took it, and poisons the
 // container on an exception that unwinds through it only if a write was made through it
-// (written_). A guard taken by a holder that already has the lock (re-entrant, see
+// (see HeldGuard). A guard taken by a holder that already has the lock (re-entrant, see
 // GuardState) unlocks nothing. Move-only.
 template <class C, ObjectKind Kind> class ContainerGuard {
-public:
-  ContainerGuard(ContainerGuard&& other) noexcept
-      : handle_(other.handle_), block_(std::exchange(other.block_, nullptr)), state_(other.state_),
-        written_(other.written_), exceptions_(other.exceptions_) {}
-  ContainerGuard& operator=(ContainerGuard&&) = delete;
-  ~ContainerGuard() {
-    if (block_)
-      end_guard(std::exchange(block_, nullptr)->lock, state_,
-                written_ && std::uncaught_exceptions() > exceptions_);
-  }
-
 protected:
   using Handle = ContainerHandle<C, Kind>;
   // Takes the lock (begin_guard). Throws OwnerDied if poisoned.
   explicit ContainerGuard(Handle handle)
-      : handle_(handle), block_(&handle.block()), state_(begin_guard(block_->lock, handle.core_, Kind)) {}
+      : handle_(handle), block_(&handle.block()), held_(block_->lock, begin_guard(block_->lock, handle.core_, Kind)) {}
   C& c() const { return Handle::container(*block_); }
   // Records a write that cannot fail for want of room (a pop, an erase, a clear).
-  void mark_written() noexcept { written_ = true; }
+  void mark_written() noexcept { held_.touch(); }
   // Runs the write f; out of arena memory is SegmentFull, and then (the Boost containers
-  // giving the strong guarantee) nothing was written, so written_ is as it was.
+  // giving the strong guarantee) nothing was written, so the guard's touch is as it was.
   template <class F> void write(F f) {
-    const bool before = std::exchange(written_, true);
+    const bool before = held_.touched();
+    held_.touch();
     try {
       f();
     } catch (const bip::bad_alloc&) {
-      written_ = before;
+      held_.set_touched(before);
       handle_.throw_full(c());
     } catch (const boost::container::length_error&) {
-      written_ = before;
+      held_.set_touched(before);
       handle_.throw_full(c());
     }
   }
@@ -422,9 +412,7 @@ protected:
 
 private:
   ContainerBlock* block_;
-  GuardState state_;
-  bool written_ = false;  // a write was made through this guard
-  int exceptions_ = std::uncaught_exceptions();
+  HeldGuard held_;  // touched: a write was made through this guard
 };
 
 }  // namespace detail
