@@ -218,6 +218,33 @@ public:
     --active_count;
   }
 
+  // find_first: whether job `state`'s best match so far is final, because every item
+  // below it has settled: none unclaimed, none requeued, none in a chunk still running,
+  // and every failure counted so far has reached the parent. Sets `match`.
+  bool match_final(JobState& state, std::uint64_t& match) {
+    JobSlot& job = block->job(slot_of(state.id));
+    const std::uint64_t failed = job.failed.load(std::memory_order_acquire);
+    {
+      PoolLock held(*block);  // no claim or settlement of a death meanwhile
+      match = job.best.load(std::memory_order_acquire);
+      if (match >= job.total || job.cursor.load(std::memory_order_relaxed) < match) return false;
+      const std::uint32_t requeued = job.requeued_count.load(std::memory_order_relaxed);
+      for (std::uint32_t r = 0; r < requeued; ++r)
+        if (job.requeued[r].first < match) return false;
+      for (std::uint32_t i = 0; i < block->workers; ++i) {
+        const WorkerSlot& s = block->worker(i);
+        const auto worker = static_cast<WorkerState>(s.state.load(std::memory_order_acquire));
+        if ((worker == WorkerState::busy || worker == WorkerState::claiming) &&
+            s.job_id.load(std::memory_order_relaxed) == state.id &&
+            s.chunk_first.load(std::memory_order_relaxed) +
+                    s.progress.load(std::memory_order_acquire) / 2 < match)
+          return false;  // items below the match still run there (or a death is unsettled)
+      }
+    }
+    drain_rings();  // the failure records of items below the match
+    return state.failures.size() >= failed;
+  }
+
   // The progress word to sleep on: read it before checking, so that progress made after
   // the check wakes the sleep (see sleep_until).
   std::uint32_t progress_sequence() const {
@@ -385,6 +412,20 @@ bool detail::wait_job(PoolCore& core, JobState& state, Deadline deadline) {
     if (std::chrono::steady_clock::now() >= deadline) return false;
     // Poll briefly (a short task's result arrives without a wake-up), then sleep.
     if (!spin_while(core.block->parent_sequence, sequence)) core.sleep_until(deadline, sequence);
+  }
+}
+
+std::optional<std::uint64_t> detail::wait_first(PoolCore& core, JobState& state) {
+  std::lock_guard guard(core.mutex);
+  for (;;) {
+    const std::uint32_t sequence = core.progress_sequence();
+    core.pump();
+    if (state.finished) return state.found;
+    // Return as soon as nothing below the match can change it; the tasks above it see
+    // stop_requested() and the job ends in the background.
+    std::uint64_t match = 0;
+    if (core.find(state.id) != nullptr && core.match_final(state, match)) return match;
+    if (!spin_while(core.block->parent_sequence, sequence)) core.sleep_until(no_deadline, sequence);
   }
 }
 

@@ -57,8 +57,9 @@ struct WorkerContext {
 void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
                    std::span<const std::byte> first, std::span<const std::byte> second = {});
 
-std::atomic<std::uint32_t>* current_stop = nullptr;  // the running job's stop flag
-PoolBlock* current_block = nullptr;                   // the worker's pool
+JobSlot* current_job = nullptr;        // the job whose chunk runs now
+WorkerSlot* current_slot = nullptr;   // this worker's slot
+PoolBlock* current_block = nullptr;   // the worker's pool
 
 // Writes one record (header + `first` + `second`, need <= half the ring) to the worker's
 // result ring, waiting for the parent to make room.
@@ -350,7 +351,8 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     }
     w.job = job;
     current_block = &b;
-    current_stop = &job->stop;
+    current_slot = &s;
+    current_job = job;
     ChunkContext c{&chunk_ops,
                    &w,
                    job->function,
@@ -378,7 +380,7 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     const std::uint64_t ran = c.end - c.first;
     if (took < target / 4 && ran >= preferred) preferred = std::min<std::uint64_t>(preferred * 4, 1u << 24);
     else if (took > target * 2 && preferred > 1) preferred = std::max<std::uint64_t>(1, preferred / 2);
-    current_stop = nullptr;
+    current_job = nullptr;
     settle_chunk(w, *job);
     w.job = nullptr;
     if (b.max_tasks_per_child != 0 && ++tasks >= b.max_tasks_per_child) break;
@@ -390,12 +392,21 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
 }  // namespace detail
 
 bool stop_requested() noexcept {
-  return detail::current_stop != nullptr && detail::current_stop->load(std::memory_order_relaxed) != 0;
+  const detail::JobSlot* job = detail::current_job;
+  if (job == nullptr) return false;
+  if (job->stop.load(std::memory_order_relaxed) != 0) return true;
+  if (job->kind != static_cast<std::uint32_t>(detail::JobKind::find_first)) return false;
+  // find_first: an item above the best match so far is no longer needed. The running
+  // item is chunk_first + i while progress is 2i+1.
+  const detail::WorkerSlot& s = *detail::current_slot;
+  const std::uint64_t progress = s.progress.load(std::memory_order_relaxed);
+  const std::uint64_t item = s.chunk_first.load(std::memory_order_relaxed) + (progress - 1) / 2;
+  return progress % 2 == 1 && item > job->best.load(std::memory_order_relaxed);
 }
 
 void request_stop() noexcept {
-  if (detail::current_stop == nullptr) return;
-  detail::current_stop->store(1, std::memory_order_release);
+  if (detail::current_job == nullptr) return;
+  detail::current_job->stop.store(1, std::memory_order_release);
   detail::current_block->rescan.fetch_add(1);  // the parent drops the job's unclaimed work
   detail::wake_parent(*detail::current_block);
 }

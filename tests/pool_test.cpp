@@ -259,6 +259,99 @@ TEST_CASE("find_first reports an error from an item below the match, not one abo
   CHECK(pool.find_first(items, pred)->first == 3000);
 }
 
+TEST_CASE("find_first: tasks above the match see stop_requested, and it returns without waiting for them") {
+  // Item 40 matches after 100 ms; every item above it polls stop_requested() for up to
+  // 30 s; item 45 ignores it and sleeps 30 s. find_first must return soon after the match
+  // (not after 30 s), and the tasks above the match must have seen the stop.
+  SegmentName name("above");
+  auto segment = Segment::create(name, 1 << 16);
+  auto saw_stop = segment.create_atomic<std::int64_t>("saw_stop", 0);
+  auto above_started = segment.create_atomic<std::int64_t>("above_started", 0);
+  std::vector<int> items(200);
+  std::iota(items.begin(), items.end(), 0);
+  Pool pool({.workers = 4});
+  const auto started = std::chrono::steady_clock::now();
+  const auto found = pool.find_first(items, [](const int& x, Atomic<std::int64_t> saw,
+                                               Atomic<std::int64_t> above) {
+    if (x == 40) {
+      std::this_thread::sleep_for(100ms);
+      return true;
+    }
+    if (x < 40) return false;
+    above.fetch_add(1);
+    if (x == 45) {
+      std::this_thread::sleep_for(30s);
+      return false;
+    }
+    const auto until = std::chrono::steady_clock::now() + 30s;
+    while (std::chrono::steady_clock::now() < until) {
+      if (stop_requested()) {
+        saw.fetch_add(1);
+        return false;
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+    return false;
+  }, saw_stop, above_started);
+  const auto took = std::chrono::steady_clock::now() - started;
+  REQUIRE(found.has_value());
+  CHECK(found->first == 40);
+  CHECK(took < 10s);  // not the 30 s of the tasks above the match
+  CHECK(above_started.load() >= 1);
+  // Every polling task that started above the match ends by seeing the stop (item 45,
+  // which ignores it, is cut by terminate() below).
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (saw_stop.load() < above_started.load() - 1 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  CHECK(saw_stop.load() >= 1);
+  CHECK(saw_stop.load() >= above_started.load() - 1);
+  pool.terminate();
+}
+
+TEST_CASE("find_first still waits for every item below the match, and reports their failures") {
+  // The match (item 3) is found at once; items 0 and 1 are slow, item 1 throws. The
+  // answer cannot be final before they settled: TaskError for item 1 every run.
+  Pool pool({.workers = 4});
+  std::vector<int> items(64);
+  std::iota(items.begin(), items.end(), 0);
+  for (int run = 0; run < 5; ++run) {
+    CHECK_THROWS_WITH_AS(pool.find_first(items, [](const int& x) {
+      if (x == 0) std::this_thread::sleep_for(150ms);
+      if (x == 1) {
+        std::this_thread::sleep_for(200ms);
+        throw std::runtime_error("slow failure");
+      }
+      return x == 3;
+    }), doctest::Contains("item 1 failed"), TaskError);
+    const auto found = pool.find_first(items, [](const int& x) {
+      if (x == 0) std::this_thread::sleep_for(150ms);
+      return x == 3 || x == 0;
+    });
+    REQUIRE(found.has_value());
+    CHECK(found->first == 0);
+  }
+}
+
+TEST_CASE("find_first: a worker killed below the match is settled before the answer") {
+  // Item 2 kills its worker once (SIGKILL), after the match at item 5 was found; the
+  // answer waits for item 2's death to settle and reports WorkerDied for it.
+  SegmentName name("killed_below");
+  auto segment = Segment::create(name, 1 << 16);
+  auto killed = segment.create_atomic<std::int64_t>("killed", 0);
+  Pool pool({.workers = 3});
+  std::vector<int> items(32);
+  std::iota(items.begin(), items.end(), 0);
+  CHECK_THROWS_AS(pool.find_first(items, [](const int& x, Atomic<std::int64_t> k) {
+    if (x == 2) {
+      std::this_thread::sleep_for(150ms);
+      if (k.fetch_add(1) == 0) ::raise(SIGKILL);
+    }
+    return x == 5;
+  }, killed), WorkerDied);
+  CHECK(killed.load() == 1);
+  CHECK(pool.find_first(items, [](const int& x) { return x == 5; })->first == 5);
+}
+
 TEST_CASE("a throwing initializer breaks the pool with a clear error, without a respawn loop") {
   Pool pool({.workers = 2, .initializer = [] { throw std::runtime_error("no database"); }});
   const auto start = std::chrono::steady_clock::now();

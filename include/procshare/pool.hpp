@@ -149,9 +149,12 @@ void run_chunk(ChunkContext& c) {
   for (std::uint64_t k = c.first; k < c.end; ++k) {
     const std::uint64_t step = 2 * (k - c.first);
     if (c.stop->load(std::memory_order_relaxed) != 0 || k > c.best->load(std::memory_order_relaxed)) {
-      c.skipped->store(++skipped, std::memory_order_relaxed);
-      c.progress->store(step + 2, std::memory_order_release);
-      continue;
+      // The rest of the chunk is stopped, or above the match, too (stop is never lowered,
+      // best never raised): skip it at once.
+      skipped += c.end - k;
+      c.skipped->store(skipped, std::memory_order_relaxed);
+      c.progress->store(2 * (c.end - c.first), std::memory_order_release);
+      break;
     }
     c.progress->store(step + 1, std::memory_order_release);  // item k runs
     try {
@@ -244,6 +247,9 @@ struct Progress {
 
 PROCSHARE_API void start_job(PoolCore& core, const JobSpec& spec, const std::shared_ptr<JobState>& state);
 PROCSHARE_API bool wait_job(PoolCore& core, JobState& state, Deadline deadline);
+// find_first: waits until the match is final (every item below it settled) or the job
+// ended; returns the match, or nullopt if there is none.
+PROCSHARE_API std::optional<std::uint64_t> wait_first(PoolCore& core, JobState& state);
 PROCSHARE_API void cancel_job(PoolCore& core, JobState& state);
 PROCSHARE_API Progress job_progress(PoolCore& core, JobState& state);
 PROCSHARE_API unsigned pool_workers(const PoolCore& core);
@@ -422,7 +428,9 @@ PROCSHARE_API std::size_t stop_pool_jobs(Segment& segment, std::uint64_t job_id 
 PROCSHARE_API std::vector<std::string> pools_of_creator(const Segment& segment);
 
 // Inside a task: whether the job it belongs to was asked to stop (cancel(), a
-// controller, or request_stop()). Cheap: one load. Outside a task: false.
+// controller, or request_stop()), or, in find_first, whether an item below this one has
+// matched already (its result can no longer matter). Cheap: a few loads. Outside a
+// task: false.
 PROCSHARE_API bool stop_requested() noexcept;
 // Inside a task: stops the job it belongs to, as cancel() would. Outside a task: no-op.
 PROCSHARE_API void request_stop() noexcept;
@@ -499,8 +507,10 @@ public:
 
   // The lowest index whose item satisfies pred(item, args...), with the item, or nullopt.
   // The same answer every run: items are claimed in ascending order, items above the
-  // best match so far are skipped, items below it never are. Throws the TaskError or
-  // WorkerDied of an item below the match.
+  // best match so far are skipped, items below it never are. Returns as soon as every
+  // item below the match has settled: tasks still running above it see stop_requested()
+  // and end in the background (the pool waits for them before it closes). Throws the
+  // TaskError or WorkerDied of an item below the match.
   template <class T, class F, class... Args>
   std::optional<std::pair<std::size_t, T>> find_first(std::span<const T> items, F pred,
                                                       const Args&... args) {
@@ -510,10 +520,10 @@ public:
                   (detail::check_transportable<Args>() && ...));
     auto state = std::make_shared<detail::ResultState<void>>(items.size());
     start_items<detail::JobKind::find_first, T, void, F, Args...>(Chunk{0}, items, pred, state, args...);
-    detail::wait_job(*core_, *state, detail::no_deadline);
-    state->throw_if_failed(state->found.value_or(UINT64_MAX));
-    if (!state->found) return std::nullopt;
-    return std::pair<std::size_t, T>(*state->found, items[*state->found]);
+    const std::optional<std::uint64_t> match = detail::wait_first(*core_, *state);
+    state->throw_if_failed(match.value_or(UINT64_MAX));
+    if (!match) return std::nullopt;
+    return std::pair<std::size_t, T>(*match, items[*match]);
   }
   template <class T, class F, class... Args>
   std::optional<std::pair<std::size_t, T>> find_first(const std::vector<T>& items, F pred,
