@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <exception>
 #include <span>
 #include <string>
 
@@ -269,6 +271,37 @@ void Semaphore::release(std::uint32_t units) {
   } while (!b.count.compare_exchange_weak(count, count + units, std::memory_order_seq_cst));
   if (b.waiters.load() > 0)
     detail::futex_wake(b.count, static_cast<int>(std::min<std::uint32_t>(units, INT_MAX)));
+}
+
+Semaphore::Guard Semaphore::guard() {
+  acquire();
+  return Guard(core_, kind_, detail::cached_pid);
+}
+
+Semaphore::Guard Semaphore::guard_until_deadline(detail::Deadline deadline, std::string_view call) {
+  if (!acquire_until(deadline))
+    throw Timeout(detail::segment_name(core_), detail::describe(core_, kind_),
+                  fmt::format("{}: no unit became free before the deadline", call));
+  return Guard(core_, kind_, detail::cached_pid);
+}
+
+Semaphore::Guard::~Guard() {
+  if (!held()) return;
+  try {
+    release();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "procshare: ~Semaphore::Guard: %s\n", e.what());
+  }
+}
+
+void Semaphore::Guard::release() {
+  if (!held()) return;
+  holder_ = 0;
+  Semaphore(core_, kind_).release();
+}
+
+bool Semaphore::Guard::held() const noexcept {
+  return holder_ != 0 && holder_ == detail::cached_pid;
 }
 
 std::uint32_t Semaphore::value() const {

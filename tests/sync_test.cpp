@@ -4,7 +4,10 @@
 
 #include <doctest/doctest.h>
 
+#include <optional>
 #include <set>
+#include <stdexcept>
+#include <thread>
 
 using namespace procshare;
 using procshare::test::PipeSignal;
@@ -124,6 +127,106 @@ TEST_CASE("release wakes processes sleeping in acquire") {
   sem.release(3);
   for (const pid_t pid : pids) CHECK(wait_child(pid, 10s).ok());
   CHECK(sem.value() == 0);
+}
+
+TEST_CASE("6 processes each taking a Semaphore(1) guard 5,000 times keep an unlocked counter exact") {
+  SegmentName name("semguard");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto sem = segment.create_semaphore("s", 1);
+  // Read, then write back: without mutual exclusion, increments are lost.
+  auto counter = segment.create_atomic<long>("counter", 0);
+  constexpr int processes = 6;
+  constexpr int iterations = 5000;
+  std::vector<pid_t> pids;
+  for (int p = 0; p < processes; ++p)
+    pids.push_back(run_child([&] {
+      for (int i = 0; i < iterations; ++i) {
+        auto held = sem.guard();
+        const long seen = counter.load(std::memory_order_relaxed);
+        if (i % 64 == 0) std::this_thread::yield();  // widen the window a race would need
+        counter.store(seen + 1, std::memory_order_relaxed);
+      }
+    }));
+  for (const pid_t pid : pids) CHECK(wait_child(pid).ok());
+  CHECK(counter.load() == long{processes} * iterations);
+  CHECK(sem.value() == 1);
+}
+
+TEST_CASE("a Semaphore guard gives its unit back when an exception unwinds through it") {
+  SegmentName name("semunwind");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto sem = segment.create_semaphore("s", 1);
+  CHECK_THROWS_WITH_AS(
+      [&] {
+        auto held = sem.guard();
+        CHECK(held.held());
+        CHECK(sem.value() == 0);
+        throw std::runtime_error("task failed");
+      }(),
+      "task failed", std::runtime_error);
+  CHECK(sem.value() == 1);
+  // Another process can take it now.
+  const pid_t child = run_child([&] {
+    if (!sem.try_acquire_for(5s)) ::_exit(2);
+    sem.release();
+  });
+  CHECK(wait_child(child).ok());
+  CHECK(sem.value() == 1);
+}
+
+TEST_CASE("guard_for on an empty Semaphore throws Timeout and takes nothing") {
+  SegmentName name("semguardtime");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto sem = segment.create_semaphore("s", 0);
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH_AS((void)sem.guard_for(40ms),
+                       ("segment '" + name.str() +
+                        "': semaphore 's': guard_for: no unit became free before the deadline").c_str(),
+                       Timeout);
+  CHECK(std::chrono::steady_clock::now() - start >= 40ms);
+  CHECK_THROWS_AS((void)sem.guard_until(std::chrono::system_clock::now() + 10ms), Timeout);
+  CHECK(sem.value() == 0);
+  sem.release();
+  {
+    auto held = sem.guard_for(1s);
+    CHECK(sem.value() == 0);
+  }
+  CHECK(sem.value() == 1);
+}
+
+TEST_CASE("a BoundedSemaphore guard never releases twice: moved, released early, or copied by fork") {
+  SegmentName name("boundedguard");
+  auto segment = Segment::create(name, 64 * 1024);
+  auto sem = segment.create_bounded_semaphore("b", 2);
+  {
+    auto first = sem.guard();
+    auto moved = std::move(first);
+    CHECK_FALSE(first.held());
+    CHECK(moved.held());
+    CHECK(sem.value() == 1);
+    auto second = sem.guard();
+    CHECK(sem.value() == 0);
+    second.release();
+    CHECK_FALSE(second.held());
+    CHECK(sem.value() == 1);
+    second.release();  // a second call gives nothing back
+    CHECK(sem.value() == 1);
+  }  // `first` (moved from) and `second` (released) give nothing back; `moved` gives one
+  CHECK(sem.value() == 2);
+
+  // A guard the parent holds, destroyed in a forked child: the child gives nothing back.
+  std::optional<Semaphore::Guard> held;
+  held.emplace(sem.guard());
+  CHECK(sem.value() == 1);
+  const pid_t child = run_child([&] {
+    if (held->held()) ::_exit(2);
+    held.reset();
+  });
+  CHECK(wait_child(child).ok());
+  CHECK(sem.value() == 1);
+  CHECK(held->held());
+  held.reset();
+  CHECK(sem.value() == 2);
 }
 
 }  // TEST_SUITE

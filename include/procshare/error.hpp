@@ -77,6 +77,15 @@ PROCSHARE_DECLARE_ERROR(BrokenBarrier);
 // push to a closed Queue, or pop from a closed Queue that has been drained.
 PROCSHARE_DECLARE_ERROR(QueueClosed);
 
+// A Pipe end whose other end was closed or whose process died (recv at the end of the
+// data, also in the middle of a message; send with nobody left to read), or a call on
+// an end this process closed (close(), or moved from).
+PROCSHARE_DECLARE_ERROR(PipeClosed);
+// A Pipe message that does not hold together: a foreign or garbled header (the stream
+// is out of step, so the end is closed), or a payload that does not decode as the type
+// it was sent as (that message is dropped).
+PROCSHARE_DECLARE_ERROR(CorruptMessage);
+
 // A pool call after close(), terminate() or a broken start-up (the message says which);
 // also what pending futures and jobs fail with when the pool is terminated.
 PROCSHARE_DECLARE_ERROR(PoolClosed);

@@ -8,6 +8,7 @@
 #include <procshare/flag.hpp>
 #include <procshare/format.hpp>
 #include <procshare/mutex.hpp>
+#include <procshare/pipe.hpp>
 #include <procshare/pool.hpp>
 #include <procshare/queue.hpp>
 #include <procshare/report.hpp>

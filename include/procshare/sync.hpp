@@ -18,7 +18,8 @@
 // Owner death: Semaphore units held by a process that dies are not given back (as in
 //   Python); an Event has no owner; a Condition relocks its Mutex like Mutex::lock(),
 //   counting a dead holder; a Barrier breaks when a registered party dies (see Barrier).
-// Errors: InvalidArgument for a bad count, party number or release; TypeMismatch,
+// Errors: InvalidArgument for a bad count, party number or release; Timeout from
+//   Semaphore::guard_for/guard_until; TypeMismatch,
 //   AlreadyExists, NotFound, SegmentFull, InvalidName from the Segment factories;
 //   NotFound when the handle's segment is not mapped in this process.
 // Handles are small trivially copyable records: copy them freely, also into children.
@@ -35,11 +36,17 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <string_view>
+#include <utility>
+
+#include <sys/types.h>
 
 namespace procshare {
 
 // Semaphore: a counter that acquire() decrements, waiting while it is 0, and release()
 // increments (Python's multiprocessing.Semaphore). Lock-free: no process holds a lock.
+// Scopes: `auto held = sem.guard();` takes a unit and gives it back when `held` goes
+//   out of scope, also when an exception unwinds (Python's `with sem:`).
 // Deaths: the count is the futex word. A release() raises it (one atomic step) before it
 //   wakes anyone, so a waiter whose wake-up died (handed to a waiter killed before it
 //   took the unit, or never sent by a releaser killed after its increment) sees the
@@ -47,6 +54,37 @@ namespace procshare {
 //   leaves a stale waiter count, which costs releases a wake-up call at most.
 class PROCSHARE_API Semaphore {
 public:
+  // Guard: holds one unit of a Semaphore (or BoundedSemaphore) for a scope, from
+  // guard(), guard_for() or guard_until(), and releases it when destroyed. Move-only; a
+  // moved-from Guard holds nothing. It releases only in the process that acquired: a
+  // copy that fork() put in a child gives nothing back (that would be a second release
+  // of one unit). The destructor never throws: a release that fails (a BoundedSemaphore
+  // that someone else released above its bound meanwhile, a segment no longer mapped)
+  // is reported on stderr.
+  class PROCSHARE_API Guard {
+  public:
+    Guard(Guard&& other) noexcept
+        : core_(other.core_), kind_(other.kind_), holder_(std::exchange(other.holder_, 0)) {}
+    Guard& operator=(Guard&&) = delete;
+    Guard(const Guard&) = delete;
+    Guard& operator=(const Guard&) = delete;
+    ~Guard();
+    // Releases the unit now rather than at destruction (then the destructor does
+    // nothing). Throws what Semaphore::release() throws; the guard holds nothing after.
+    void release();
+    // Whether this guard still holds its unit (false once released or moved from, and
+    // in a forked child).
+    bool held() const noexcept;
+
+  private:
+    friend class Semaphore;
+    Guard(detail::HandleCore core, ObjectKind kind, pid_t holder) noexcept
+        : core_(core), kind_(kind), holder_(holder) {}
+    detail::HandleCore core_;
+    ObjectKind kind_;
+    pid_t holder_;  // the process that acquired the unit; 0: none held
+  };
+
   // An empty handle: every call throws NotFound until one is assigned.
   Semaphore() = default;
 
@@ -64,6 +102,20 @@ public:
   bool try_acquire_until(const std::chrono::time_point<Clock, Duration>& deadline) {
     return acquire_until(detail::to_deadline(deadline));
   }
+  // Takes one unit as acquire() does and returns a Guard that releases it at the end of
+  // its scope (Python's `with sem:`).
+  [[nodiscard]] Guard guard();
+  // As guard(), sleeping at most `timeout`: throws Timeout (taking nothing) if no unit
+  // became free by then.
+  template <class Rep, class Period>
+  [[nodiscard]] Guard guard_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return guard_until_deadline(detail::deadline_after(timeout), "guard_for");
+  }
+  // As guard(), sleeping until `deadline` at most: throws Timeout if it passed.
+  template <class Clock, class Duration>
+  [[nodiscard]] Guard guard_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return guard_until_deadline(detail::to_deadline(deadline), "guard_until");
+  }
   // Gives back `units` (>= 1) and wakes as many sleepers. Throws InvalidArgument for
   // units == 0 or a count that would pass 2^31 - 1; the count is then unchanged.
   void release(std::uint32_t units = 1);
@@ -78,6 +130,7 @@ protected:
   friend class Segment;
   Semaphore(detail::HandleCore core, ObjectKind kind) : core_(core), kind_(kind) {}
   bool acquire_until(detail::Deadline deadline);
+  Guard guard_until_deadline(detail::Deadline deadline, std::string_view call);
 
   detail::HandleCore core_;
   ObjectKind kind_ = ObjectKind::semaphore;
