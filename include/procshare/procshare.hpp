@@ -9,6 +9,7 @@
 #include <procshare/format.hpp>
 #include <procshare/mutex.hpp>
 #include <procshare/pool.hpp>
+#include <procshare/process.hpp>
 #include <procshare/queue.hpp>
 #include <procshare/report.hpp>
 #include <procshare/segment.hpp>
