@@ -3,7 +3,7 @@
 //
 // Ownership: a Process owns its child. It is move-only; the process that started the
 //   child is the only one that may join, signal or reap it (a forked copy of the object
-//   does nothing, in its destructor too).
+//   does nothing, in its destructor too). Use one Process from one thread at a time.
 // Starting: `Process p(f, args...)` makes a process that is not started yet, as Python's
 //   Process(target=f, args=...); `p.start()` forks. `Process::spawn(f, args...)` does both.
 //   start() flushes stdout, stderr and std::cout / std::cerr / std::clog first, so nothing
