@@ -38,6 +38,14 @@ TaskError::TaskError(std::string segment, std::uint64_t index, std::string type,
       message_(std::move(message)),
       worker_pid_(worker_pid) {}
 
+TaskError::TaskError(std::string object, std::string type, std::string message, int pid)
+    : Error("", std::move(object),
+            fmt::format("the callable threw in pid {}: {}: {}", pid, type, message)),
+      index_(0),
+      type_(std::move(type)),
+      message_(std::move(message)),
+      worker_pid_(pid) {}
+
 namespace {
 
 std::string death_text(std::uint64_t index, int pid, int signal, int exit_status) {

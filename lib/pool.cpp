@@ -15,6 +15,7 @@
 #include "detail/pool_internal.hpp"
 #include "detail/pool_layout.hpp"
 #include "detail/pool_parent.hpp"
+#include "detail/streams.hpp"
 
 #include <fmt/format.h>
 
@@ -528,7 +529,7 @@ Pool::Pool(PoolOptions options) {
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0)
     throw Error(name, "pool", fmt::format("cannot make a pipe: {}", detail::os_reason(errno)));
-  std::fflush(nullptr);  // nothing buffered may be printed twice
+  detail::flush_standard_streams();  // nothing buffered may be printed twice
   const pid_t pid = ::fork();
   if (pid < 0) {
     ::close(pipe_fds[0]);

@@ -11,6 +11,7 @@
 
 #include "detail/pool_internal.hpp"
 #include "detail/pool_layout.hpp"
+#include "detail/streams.hpp"
 
 #include <fmt/format.h>
 
@@ -48,6 +49,7 @@ struct Supervisor {
     WorkerSlot& s = b.worker(index);
     s.state.store(static_cast<std::uint32_t>(WorkerState::starting));
     s.job_id.store(0);
+    flush_standard_streams();  // (the supervisor prints nothing; a worker must not repeat it)
     const pid_t pid = ::fork();
     if (pid == 0) {
       ::close(commands);

@@ -15,6 +15,7 @@
 #include "detail/names.hpp"
 #include "detail/pool_internal.hpp"
 #include "detail/pool_layout.hpp"
+#include "detail/streams.hpp"
 
 #include <fmt/format.h>
 
@@ -319,7 +320,7 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     }
     if (!reason.empty()) {
       record_broken_reason(b, reason);
-      std::fflush(nullptr);
+      flush_standard_streams();
       ::_exit(3);
     }
   }
@@ -381,12 +382,15 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     if (took < target / 4 && ran >= preferred) preferred = std::min<std::uint64_t>(preferred * 4, 1u << 24);
     else if (took > target * 2 && preferred > 1) preferred = std::max<std::uint64_t>(1, preferred / 2);
     current_job = nullptr;
+    // What the tasks printed is written before the parent can learn the chunk is done, so
+    // it is there once get() returns, and survives terminate().
+    flush_standard_streams();
     settle_chunk(w, *job);
     w.job = nullptr;
     if (b.max_tasks_per_child != 0 && ++tasks >= b.max_tasks_per_child) break;
   }
   s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
-  std::fflush(nullptr);
+  flush_standard_streams();
   ::_exit(0);
 }
 }  // namespace detail

@@ -119,17 +119,21 @@ public:
 
 // A task that threw in a pool worker: the item's index, the exception's type and message,
 // and the worker's pid travel back to the caller (an exception_ptr cannot cross processes).
+// Also what Process::join() throws when the process's callable threw.
 class PROCSHARE_API TaskError : public Error {
 public:
   TaskError(std::string segment, std::uint64_t index, std::string type, std::string message,
             int worker_pid);
+  // A Process's callable threw in child `pid`: "process 'NAME': the callable threw in pid
+  // PID: TYPE: MESSAGE", where `object` is "process 'NAME'"; index() is 0.
+  TaskError(std::string object, std::string type, std::string message, int pid);
   // The failing item's index in the job (0 for submit()).
   std::uint64_t index() const noexcept { return index_; }
   // The exception's type, e.g. "std::runtime_error".
   const std::string& exception_type() const noexcept { return type_; }
   // Its what().
   const std::string& message() const noexcept { return message_; }
-  // The pid of the worker it ran in.
+  // The pid of the worker (or Process child) it ran in.
   int worker_pid() const noexcept { return worker_pid_; }
 
 private:

@@ -10,6 +10,7 @@
 #include <procshare/mutex.hpp>
 #include <procshare/pipe.hpp>
 #include <procshare/pool.hpp>
+#include <procshare/process.hpp>
 #include <procshare/queue.hpp>
 #include <procshare/report.hpp>
 #include <procshare/segment.hpp>
