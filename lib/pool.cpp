@@ -286,6 +286,8 @@ void detail::JobState::throw_if_failed(std::uint64_t limit) const {
       throw WorkerDied(segment, lowest->index, lowest->pid, lowest->signal, lowest->exit_status);
     throw TaskError(segment, lowest->index, lowest->type, lowest->message, lowest->pid);
   }
+  if (cancelled)
+    throw Stopped(segment, "pool", "the task was cancelled before it started (Future::cancel())");
   if (stopped && kind != JobKind::find_first)
     throw Stopped(segment, "pool",
                   fmt::format("the job was stopped: {} of {} items done, {} dropped", done, total,
@@ -442,6 +444,39 @@ void detail::cancel_job(PoolCore& core, JobState& state) {
     complete = drop_unclaimed(job);
   }
   if (complete) core.completed.push_back(state.id);
+}
+
+bool detail::cancel_unstarted(PoolCore& core, JobState& state) {
+  std::lock_guard guard(core.mutex);
+  core.pump();
+  if (state.cancelled) return true;
+  if (state.finished || core.find(state.id) == nullptr) return false;
+  JobSlot& job = core.block->job(core.slot_of(state.id));
+  bool complete = false;
+  {
+    PoolLock held(*core.block);  // no claim meanwhile
+    if (job.cursor.load(std::memory_order_relaxed) != 0 ||
+        job.requeued_count.load(std::memory_order_relaxed) != 0 ||
+        job.settled.load(std::memory_order_relaxed) != 0)
+      return false;  // a worker has it (or had it)
+    job.stop.store(1, std::memory_order_release);
+    complete = drop_unclaimed(job);
+  }
+  state.cancelled = true;
+  if (complete) core.completed.push_back(state.id);
+  core.pump();
+  return true;
+}
+
+void detail::throw_job_timeout(const JobState& state, const char* call,
+                               std::chrono::nanoseconds waited) {
+  const char* kinds[] = {"", "submit", "map", "find_first"};
+  const auto kind = static_cast<std::uint32_t>(state.kind);
+  throw Timeout(state.segment, "pool",
+                fmt::format("{}: job {} ({}, {} items) has not ended after {} ms; it goes on "
+                            "running",
+                            call, state.id, kind < 4 ? kinds[kind] : "?", state.total,
+                            std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()));
 }
 
 detail::Progress detail::job_progress(PoolCore& core, JobState& state) {

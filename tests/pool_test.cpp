@@ -352,6 +352,82 @@ TEST_CASE("find_first: a worker killed below the match is settled before the ans
   CHECK(pool.find_first(items, [](const int& x) { return x == 5; })->first == 5);
 }
 
+TEST_CASE("Future::get and Job::get with a timeout throw Timeout while the work runs, then return") {
+  Pool pool({.workers = 2});
+  auto future = pool.submit([](int x) {
+    std::this_thread::sleep_for(300ms);
+    return x * 2;
+  }, 21);
+  CHECK_THROWS_WITH_AS(future.get(20ms), doctest::Contains("has not ended after 20 ms"), Timeout);
+  CHECK(future.get(30s) == 42);
+  auto job = pool.map_async(std::vector<int>{1, 2, 3}, [](const int& x) {
+    std::this_thread::sleep_for(300ms);
+    return x + 1;
+  });
+  CHECK_THROWS_WITH_AS(job.get(10ms), doctest::Contains("Job::get"), Timeout);
+  CHECK(job.get(30s) == std::vector<int>{2, 3, 4});
+}
+
+TEST_CASE("Future::cancel takes a task no worker started, and refuses one that runs") {
+  SegmentName name("cancel");
+  auto segment = Segment::create(name, 1 << 16);
+  auto ran = segment.create_atomic<std::int64_t>("ran", 0);
+  Pool pool({.workers = 1});
+  auto busy = pool.submit([](Atomic<std::int64_t> r) {
+    r.fetch_add(1);
+    std::this_thread::sleep_for(300ms);
+  }, ran);
+  while (ran.load() == 0) std::this_thread::sleep_for(1ms);  // the one worker runs it
+  auto queued = pool.submit([](Atomic<std::int64_t> r) { r.fetch_add(100); }, ran);
+  CHECK(queued.cancel());
+  CHECK(queued.cancelled());
+  CHECK(queued.cancel());  // again: still cancelled
+  CHECK_FALSE(busy.cancel());
+  CHECK_FALSE(busy.cancelled());
+  CHECK_THROWS_WITH_AS(queued.get(), doctest::Contains("cancelled before it started"), Stopped);
+  CHECK(queued.exception() != nullptr);
+  busy.get();
+  CHECK(busy.exception() == nullptr);
+  CHECK_FALSE(busy.cancel());  // ended
+  CHECK(pool.submit([](int x) { return x; }, 5).get() == 5);  // the pool goes on
+  CHECK(ran.load() == 1);  // the cancelled task never ran
+}
+
+TEST_CASE("Future::exception returns the task's failure without throwing") {
+  Pool pool({.workers = 1});
+  auto future = pool.submit([](int x) -> int { throw std::invalid_argument("bad " + std::to_string(x)); }, 7);
+  const std::exception_ptr error = future.exception();
+  REQUIRE(error != nullptr);
+  CHECK_THROWS_WITH_AS(std::rethrow_exception(error), doctest::Contains("bad 7"), TaskError);
+  CHECK(pool.submit([](int x) { return x; }, 1).exception() == nullptr);
+}
+
+TEST_CASE("a burst of submits to an idle pool starts on as many idle workers as there are tasks") {
+  SegmentName name("burst");
+  auto segment = Segment::create(name, 1 << 16);
+  auto started = segment.create_array<std::int64_t>("started", 4, 0);
+  auto now_us = [] {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch()).count();
+  };
+  Pool pool({.workers = 4});
+  for (int round = 0; round < 10; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30 + 23 * round));  // workers idle, asleep
+    std::vector<Future<void>> futures;
+    for (int i = 0; i < 4; ++i)
+      futures.push_back(pool.submit([](int slot, Array<std::int64_t> at) {
+        at.store(static_cast<std::size_t>(slot),
+                 std::chrono::duration_cast<std::chrono::microseconds>(
+                     std::chrono::steady_clock::now().time_since_epoch()).count());
+        std::this_thread::sleep_for(400ms);
+      }, i, started));
+    const std::int64_t submitted = now_us();
+    for (auto& f : futures) f.get();
+    // All four ran at once: each started before any could have finished (400 ms).
+    for (std::size_t i = 0; i < 4; ++i) CHECK(started.load(i) - submitted < 300'000);
+  }
+}
+
 TEST_CASE("a throwing initializer breaks the pool with a clear error, without a respawn loop") {
   Pool pool({.workers = 2, .initializer = [] { throw std::runtime_error("no database"); }});
   const auto start = std::chrono::steady_clock::now();

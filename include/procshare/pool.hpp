@@ -46,6 +46,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -210,6 +211,7 @@ struct PROCSHARE_API JobState {
   JobKind kind = JobKind::map;
   bool finished = false;           // every item settled and every result moved here
   bool stopped = false;            // the job's stop flag was raised
+  bool cancelled = false;          // Future::cancel() took it before any worker did
   std::string closed;              // why the pool could not finish it ("" if it did)
   std::vector<Failure> failures;   // in arrival order
   std::optional<std::uint64_t> found;  // find_first's match
@@ -251,6 +253,12 @@ PROCSHARE_API bool wait_job(PoolCore& core, JobState& state, Deadline deadline);
 // ended; returns the match, or nullopt if there is none.
 PROCSHARE_API std::optional<std::uint64_t> wait_first(PoolCore& core, JobState& state);
 PROCSHARE_API void cancel_job(PoolCore& core, JobState& state);
+// Future::cancel(): stops the job if no worker has claimed any of it; returns whether
+// it did (or had already).
+PROCSHARE_API bool cancel_unstarted(PoolCore& core, JobState& state);
+// Throws Timeout: `call` (Future::get, Job::get) gave up after `waited`.
+[[noreturn]] PROCSHARE_API void throw_job_timeout(const JobState& state, const char* call,
+                                                  std::chrono::nanoseconds waited);
 PROCSHARE_API Progress job_progress(PoolCore& core, JobState& state);
 PROCSHARE_API unsigned pool_workers(const PoolCore& core);
 
@@ -341,6 +349,30 @@ public:
     state_->throw_if_failed();
     if constexpr (!std::is_void_v<R>) return std::move(state_->take().at(0));
   }
+  // As get(), waiting at most `timeout`: throws Timeout if the task has not ended by then
+  // (it goes on running; get() may be called again). Python's Future.result(timeout).
+  template <class Rep, class Period> R get(const std::chrono::duration<Rep, Period>& timeout) {
+    if (!wait_for(timeout))
+      detail::throw_job_timeout(*state_, "Future::get",
+                                std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+    return get();
+  }
+  // Cancels the task if no worker has started it (Python's Future.cancel()): returns true,
+  // and get() then throws Stopped ("cancelled"). Returns false if it runs or has ended.
+  bool cancel() { return detail::cancel_unstarted(*core_, *state_); }
+  // Whether cancel() took it before it started.
+  bool cancelled() const noexcept { return state_->cancelled; }
+  // Waits for the task; returns what get() would throw, or null if it succeeded (Python's
+  // Future.exception()).
+  std::exception_ptr exception() {
+    wait();
+    try {
+      state_->throw_if_failed();
+    } catch (...) {
+      return std::current_exception();
+    }
+    return nullptr;
+  }
   // Waits for the task to end.
   void wait() { detail::wait_job(*core_, *state_, detail::no_deadline); }
   // Waits at most `timeout`; returns whether it has ended.
@@ -375,6 +407,14 @@ public:
     detail::wait_job(*core_, *state_, detail::no_deadline);
     state_->throw_if_failed();
     if constexpr (!std::is_void_v<R>) return state_->take();
+  }
+  // As get(), waiting at most `timeout`: throws Timeout if the job has not ended by then
+  // (it goes on running; get() may be called again). Python's AsyncResult.get(timeout).
+  template <class Rep, class Period> auto get(const std::chrono::duration<Rep, Period>& timeout) {
+    if (!wait_for(timeout))
+      detail::throw_job_timeout(*state_, "Job::get",
+                                std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+    return get();
   }
   // Raises the job's stop flag: unstarted items are dropped; get() throws Stopped.
   void cancel() { detail::cancel_job(*core_, *state_); }
