@@ -38,6 +38,8 @@
 //   bytes left (nothing is allocated for it), a variant index out of range, a bool or an
 //   optional's flag other than 0 or 1, a key repeated in a map or set, are all
 //   CorruptSegment, never undefined behaviour or a wild read.
+// The bytes are for another process of the same program (native byte order and sizes),
+//   not a file or network format.
 #pragma once
 
 #include <procshare/error.hpp>
