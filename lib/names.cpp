@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cxxabi.h>
+
+#include <cstdlib>
 #include <cstring>
 
 namespace procshare {
@@ -62,6 +65,15 @@ std::string describe_object(ObjectKind kind, std::string_view name) {
 std::string os_reason(int error) {
   char buffer[256];
   return ::strerror_r(error, buffer, sizeof buffer);
+}
+
+std::string demangle(const char* mangled) {
+  if (mangled == nullptr || *mangled == '\0') return "unknown exception";
+  int status = 0;
+  char* text = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+  std::string name = status == 0 && text ? text : mangled;
+  std::free(text);
+  return name;
 }
 
 }  // namespace detail

@@ -28,6 +28,7 @@
 #include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <typeinfo>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -138,7 +139,13 @@ public:
     JobState& state = *found;
     if (header.type == static_cast<std::uint32_t>(RecordType::result)) {
       Reader r{payload, payload + size};
-      state.accept(header.index, r);
+      try {
+        state.accept(header.index, r);
+      } catch (const std::exception& e) {  // a user's transport<R>::read threw
+        state.failures.push_back(JobState::Failure{
+            header.index, false, demangle(typeid(e).name()),
+            fmt::format("its result could not be read back: {}", e.what()), header.pid, 0, -1});
+      }
     } else if (header.type == static_cast<std::uint32_t>(RecordType::error)) {
       const std::size_t type_length = std::min<std::size_t>(header.type_length, size);
       state.failures.push_back(JobState::Failure{
@@ -292,10 +299,6 @@ void detail::JobState::throw_if_failed(std::uint64_t limit) const {
     throw Stopped(segment, "pool",
                   fmt::format("the job was stopped: {} of {} items done, {} dropped", done, total,
                               skipped));
-}
-
-void detail::Reader::throw_truncated() {
-  throw CorruptSegment("", "pool", "a serialized value runs past the end of its bytes");
 }
 
 // ---------------------------------------------------------------- job functions

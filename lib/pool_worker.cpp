@@ -19,7 +19,6 @@
 
 #include <fmt/format.h>
 
-#include <cxxabi.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -35,15 +34,6 @@
 namespace procshare {
 namespace detail {
 namespace {
-
-std::string demangle(const char* mangled) {
-  if (mangled == nullptr || *mangled == '\0') return "unknown exception";
-  int status = 0;
-  char* text = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
-  std::string name = status == 0 && text ? text : mangled;
-  std::free(text);
-  return name;
-}
 
 // The running worker's state (one per worker process).
 struct WorkerContext {

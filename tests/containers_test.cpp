@@ -7,6 +7,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+#include <numeric>
+
 using namespace procshare;
 using procshare::test::PipeSignal;
 using procshare::test::run_child;
@@ -39,6 +42,138 @@ TEST_CASE("a Vector pushes, pops, indexes and snapshots ints and strings") {
   CHECK(fmt::format("{}", numbers) == "[1, 20]");
   numbers.clear();
   CHECK_FALSE(numbers.pop_back().has_value());
+}
+
+TEST_CASE("a Vector inserts at the front, middle and end, erases, and pops by index like Python's list") {
+  SegmentName name("vector-insert");
+  auto segment = Segment::create(name, 1 << 20);
+  auto numbers = segment.create_vector<std::int64_t>("numbers", 64 * 1024);
+  numbers.insert(0, 2);  // into an empty vector
+  numbers.insert(0, 1);  // front
+  numbers.insert(2, 4);  // end (index == size appends)
+  numbers.insert(2, 3);  // middle
+  CHECK(numbers.snapshot() == std::vector<std::int64_t>{1, 2, 3, 4});
+  numbers.erase(1);
+  CHECK(numbers.snapshot() == std::vector<std::int64_t>{1, 3, 4});
+  CHECK(numbers.pop(1) == 3);
+  CHECK(numbers.pop(1) == 4);
+  CHECK(numbers.pop(0) == 1);
+  CHECK(numbers.size() == 0);
+  auto words = segment.create_vector<std::string>("words", 64 * 1024);
+  for (const char* w : {"b", "d"}) words.push_back(w);
+  words.insert(0, "a");
+  words.insert(2, std::string(500, 'c'));  // a string too long to be stored inline
+  words.insert(4, "e");
+  CHECK(words.snapshot() == std::vector<std::string>{"a", "b", std::string(500, 'c'), "d", "e"});
+  CHECK(words.pop(2) == std::string(500, 'c'));
+  words.erase(0);
+  CHECK(words.snapshot() == std::vector<std::string>{"b", "d", "e"});
+  {
+    auto g = words.lock();  // the same through a guard
+    g.insert(1, "c");
+    g.insert(g.size(), "f");
+    CHECK(g.pop(0) == "b");
+    g.erase(g.size() - 1);
+  }
+  CHECK(words.snapshot() == std::vector<std::string>{"c", "d", "e"});
+  CHECK_FALSE(words.poisoned());
+}
+
+TEST_CASE("insert, erase and pop at a bad index throw IndexOutOfRange naming index and size, and change nothing") {
+  SegmentName name("vector-bad-index");
+  auto segment = Segment::create(name, 1 << 20);
+  auto v = segment.create_vector<long>("v", 4096);
+  const auto message = [&](std::size_t index, std::size_t size) {
+    return fmt::format("segment '{}': vector 'v': index {} out of range (size {})", name.str(), index, size);
+  };
+  CHECK_THROWS_WITH_AS(v.pop(0), message(0, 0).c_str(), IndexOutOfRange);
+  CHECK_THROWS_WITH_AS(v.erase(0), message(0, 0).c_str(), IndexOutOfRange);
+  CHECK_THROWS_WITH_AS(v.insert(1, 5), message(1, 0).c_str(), IndexOutOfRange);
+  v.push_back(1);
+  v.push_back(2);
+  CHECK_THROWS_WITH_AS(v.insert(3, 5), message(3, 2).c_str(), IndexOutOfRange);
+  CHECK_THROWS_WITH_AS(v.erase(2), message(2, 2).c_str(), IndexOutOfRange);
+  CHECK_THROWS_WITH_AS(v.pop(static_cast<std::size_t>(-1)), message(static_cast<std::size_t>(-1), 2).c_str(),
+                       IndexOutOfRange);
+  {
+    auto g = v.lock();
+    CHECK_THROWS_WITH_AS(g.insert(3, 5), message(3, 2).c_str(), IndexOutOfRange);
+    CHECK_THROWS_WITH_AS(g.erase(2), message(2, 2).c_str(), IndexOutOfRange);
+    CHECK_THROWS_WITH_AS(g.pop(7), message(7, 2).c_str(), IndexOutOfRange);
+  }
+  CHECK(v.snapshot() == std::vector<long>{1, 2});
+  CHECK_FALSE(v.poisoned());
+}
+
+TEST_CASE("insert into a full arena is SegmentFull, and the Vector is unchanged and not poisoned") {
+  SegmentName name("vector-insert-full");
+  auto segment = Segment::create(name, 1 << 20);
+  auto numbers = segment.create_vector<std::int64_t>("numbers", 4096);
+  try {
+    for (std::int64_t i = 0;; ++i) numbers.insert(numbers.size() / 2, i);
+  } catch (const SegmentFull& e) {
+    CHECK(std::string(e.what()).find("vector 'numbers': its arena is full") != std::string::npos);
+  }
+  const auto before = numbers.snapshot();
+  REQUIRE_FALSE(before.empty());
+  CHECK_THROWS_AS(numbers.insert(0, -1), SegmentFull);
+  CHECK_THROWS_AS(numbers.insert(before.size(), -1), SegmentFull);
+  {
+    auto g = numbers.lock();
+    CHECK_THROWS_AS(g.insert(1, -1), SegmentFull);
+  }
+  CHECK(numbers.snapshot() == before);
+  CHECK_FALSE(numbers.poisoned());
+  auto words = segment.create_vector<std::string>("words", 4096);
+  words.push_back("first");
+  words.push_back("last");
+  CHECK_THROWS_AS(words.insert(1, std::string(5000, 'x')), SegmentFull);  // the string itself does not fit
+  try {
+    for (;;) words.insert(1, std::string(200, 'm'));
+  } catch (const SegmentFull&) {
+  }
+  const auto words_before = words.snapshot();
+  CHECK_THROWS_AS(words.insert(1, std::string(200, 'n')), SegmentFull);
+  CHECK(words.snapshot() == words_before);
+  CHECK(words_before.front() == "first");
+  CHECK(words_before.back() == "last");
+  CHECK_FALSE(words.poisoned());
+}
+
+TEST_CASE("4 processes inserting and popping at random indices lose and duplicate nothing") {
+  SegmentName name("vector-insert-pop");
+  auto segment = Segment::create(name, 8 << 20);
+  auto v = segment.create_vector<std::int64_t>("v", 2 << 20);
+  auto popped = segment.create_vector<std::int64_t>("popped", 2 << 20);
+  constexpr int processes = 4, per_process = 3000;
+  std::vector<pid_t> pids;
+  for (int p = 0; p < processes; ++p)
+    pids.push_back(run_child([&, p] {
+      std::uint64_t state = 0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(p + 1);
+      const auto next = [&] { return state = state * 6364136223846793005ULL + 1442695040888963407ULL, state >> 33; };
+      for (std::int64_t i = 0; i < per_process; ++i) {
+        const std::int64_t value = std::int64_t{p} * per_process + i;
+        if (i % 3 == 0) {
+          v.insert(0, value);  // always a valid index: no guard needed
+        } else {
+          auto g = v.lock();
+          g.insert(next() % (g.size() + 1), value);
+        }
+        if (i % 2 == 1) {
+          auto g = v.lock();
+          if (g.size() > 0) popped.push_back(g.pop(next() % g.size()));
+        }
+      }
+    }));
+  for (const pid_t pid : pids) CHECK(wait_child(pid, 120s).ok());
+  std::vector<std::int64_t> all = v.snapshot();
+  const auto out = popped.snapshot();
+  CHECK(out.size() == processes * per_process / 2);
+  all.insert(all.end(), out.begin(), out.end());
+  std::sort(all.begin(), all.end());
+  std::vector<std::int64_t> expected(processes * per_process);
+  std::iota(expected.begin(), expected.end(), 0);
+  CHECK(all == expected);
 }
 
 TEST_CASE("a Map inserts, replaces, erases and looks up by integer and string keys") {

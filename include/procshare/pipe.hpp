@@ -4,7 +4,7 @@
 // Shared: nothing in memory. A Pipe is one AF_UNIX stream socketpair; each end is a file
 //   descriptor that fork() copies into the child. Each message is a header (a magic
 //   word, the sender's type, the payload's length), then the type's name, then the
-//   value serialized as pool tasks' arguments are (Transportable, pool.hpp).
+//   value serialized as pool tasks' arguments are (Transportable, transport.hpp).
 // Usage: make the Pipe, fork, and let each process close the end it does not use (as in
 //   Python): an end stays open while any process holds a copy of it, and only when
 //   every copy is closed does its peer see the close. A process forked while it holds
@@ -32,7 +32,7 @@
 #include <procshare/detail/config.hpp>
 #include <procshare/error.hpp>
 #include <procshare/futex.hpp>
-#include <procshare/pool.hpp>  // detail::Transport, Writer, Reader: how values are serialized
+#include <procshare/transport.hpp>  // Writer, Reader: how values are serialized
 
 #include <chrono>
 #include <cstddef>
@@ -60,15 +60,6 @@ struct PipeHeader {
 };
 inline constexpr std::uint32_t pipe_magic = 0x4d505350;  // "PSPM"
 
-template <class T> consteval bool check_pipe_transportable() {
-  static_assert(Transportable<T>,
-                "procshare::Connection: this type cannot cross processes. Pointers, "
-                "references, C strings, std::string_view and std::span would point into the "
-                "wrong process; send values, std::string, std::vector, std::array, std::pair, "
-                "std::tuple, procshare handles, or opt a trivially copyable type in with "
-                "procshare::transport_opt_in<T>");
-  return true;
-}
 }  // namespace detail
 
 // How Pipe makes its ends.
@@ -100,13 +91,13 @@ public:
   // InvalidArgument on the receiving end of a one-way pipe.
   template <class T> void send(const T& value) {
     using U = std::remove_cvref_t<T>;
-    static_assert(detail::check_pipe_transportable<U>());
+    static_assert(detail::check_transportable<U>());
     std::vector<std::byte> message(sizeof(detail::PipeHeader));
     const std::string_view type = typeid(U).name();
     const auto* type_bytes = reinterpret_cast<const std::byte*>(type.data());
     message.insert(message.end(), type_bytes, type_bytes + type.size());
-    detail::Writer writer{message};
-    detail::Transport<U>::write(writer, value);
+    Writer writer(message);
+    writer.write(value);
     send_message(message, type.size());
   }
 
@@ -175,19 +166,19 @@ private:
 
   template <class T> T receive(detail::Deadline deadline, std::string_view call) {
     using U = std::remove_cvref_t<T>;
-    static_assert(detail::check_pipe_transportable<U>());
+    static_assert(detail::check_transportable<U>());
     const std::string_view type = typeid(U).name();
     const std::span<const std::byte> payload = take(deadline, call, type);
-    detail::Reader reader{payload.data(), payload.data() + payload.size()};
+    Reader reader(payload);
     auto decode = [&]() -> U {
       try {
-        return detail::Transport<U>::read(reader);
+        return reader.read<U>();
       } catch (const CorruptSegment&) {  // the Reader ran past the end of the payload
         throw_undecodable(call, type, false);
       }
     };
     U value = decode();
-    if (reader.position != reader.end) throw_undecodable(call, type, true);
+    if (reader.remaining() != 0) throw_undecodable(call, type, true);
     discard();
     return value;
   }

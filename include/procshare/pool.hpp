@@ -70,6 +70,14 @@ template <class F> consteval bool check_stateless() {
   return true;
 }
 
+// Whether task F, with items and arguments Ts and result R, passes check_stateless and
+// check_transportable: the pool's calls compile their bodies only then, so that a failed
+// check is the only error the compiler reports.
+template <class F, class R, class... Ts>
+inline constexpr bool task_fits_v = (std::is_empty_v<F> || std::is_pointer_v<F>) &&
+                                    (Transportable<Ts> && ...) &&
+                                    (std::is_void_v<R> || Transportable<R>);
+
 // ---------------------------------------------------------------- running tasks
 
 using AnyFunction = void (*)();
@@ -144,8 +152,9 @@ enum class JobKind : std::uint32_t { submit = 1, map = 2, find_first = 3 };
 // from the predicate).
 template <JobKind Kind, class F, class T, class R, class... Args>
 void run_chunk(ChunkContext& c) {
-  Reader args_reader{c.args, c.args + c.args_size};
-  auto args = Transport<std::tuple<Args...>>::read(args_reader);
+  // The arguments are read inside the first item's try, so that a user's transport<T>::read
+  // that throws fails items (each with its exception) rather than the worker.
+  std::optional<std::tuple<Args...>> args;
   std::uint64_t skipped = 0;
   for (std::uint64_t k = c.first; k < c.end; ++k) {
     const std::uint64_t step = 2 * (k - c.first);
@@ -159,10 +168,14 @@ void run_chunk(ChunkContext& c) {
     }
     c.progress->store(step + 1, std::memory_order_release);  // item k runs
     try {
+      if (!args) {
+        Reader args_reader{c.args, c.args + c.args_size};
+        args.emplace(Transport<std::tuple<Args...>>::read(args_reader));
+      }
       auto call = [&](auto&&... item) -> decltype(auto) {
         return std::apply(
             [&](auto&... a) -> decltype(auto) { return call_task<F>(c.function, item..., a...); },
-            args);
+            *args);
       };
       if constexpr (Kind == JobKind::submit) {
         if constexpr (std::is_void_v<R>)
@@ -495,14 +508,18 @@ public:
     using R = std::invoke_result_t<F, const Args&...>;
     static_assert(detail::check_stateless<F>() && (detail::check_transportable<Args>() && ...));
     static_assert(detail::check_result<R>());
-    const auto args_bytes = detail::pack_args(args...);
-    auto state = std::make_shared<detail::ResultState<R>>(1);
-    detail::JobSpec spec{detail::JobKind::submit,
-                         &detail::run_chunk<detail::JobKind::submit, F, void, R, Args...>,
-                         function_of(f), {}, {}, args_bytes, 1, fixed_size<R>(), 1};
-    // (a submit is a job of one item)
-    detail::start_job(*core_, spec, state);
-    return Future<R>(core_, std::move(state));
+    if constexpr (detail::task_fits_v<F, R, Args...>) {
+      const auto args_bytes = detail::pack_args(args...);
+      auto state = std::make_shared<detail::ResultState<R>>(1);
+      detail::JobSpec spec{detail::JobKind::submit,
+                           &detail::run_chunk<detail::JobKind::submit, F, void, R, Args...>,
+                           function_of(f), {}, {}, args_bytes, 1, fixed_size<R>(), 1};
+      // (a submit is a job of one item)
+      detail::start_job(*core_, spec, state);
+      return Future<R>(core_, std::move(state));
+    } else {
+      return Future<R>(core_, nullptr);  // (never built: a check above failed)
+    }
   }
 
   // Applies f(item, args...) to every item, in parallel; results in input order. Throws
@@ -510,7 +527,7 @@ public:
   // PoolClosed. `chunk` items go to a worker at a time (0: automatic).
   template <class T, class F, class... Args>
   auto map(std::span<const T> items, F f, const Args&... args) {
-    return map_async(items, f, args...).get();
+    return map(Chunk{0}, items, f, args...);
   }
   template <class T, class F, class... Args>
   auto map(const std::vector<T>& items, F f, const Args&... args) {
@@ -532,17 +549,31 @@ public:
     static_assert(detail::check_stateless<F>() && detail::check_transportable<T>() &&
                   (detail::check_transportable<Args>() && ...));
     static_assert(detail::check_result<R>());
-    auto state = std::make_shared<detail::ResultState<R>>(items.size());
-    start_items<detail::JobKind::map, T, R, F, Args...>(chunk, items, f, state, args...);
-    return Job<R>(core_, std::move(state));
+    if constexpr (detail::task_fits_v<F, R, T, Args...>) {
+      auto state = std::make_shared<detail::ResultState<R>>(items.size());
+      start_items<detail::JobKind::map, T, R, F, Args...>(chunk, items, f, state, args...);
+      return Job<R>(core_, std::move(state));
+    } else {
+      return Job<R>(core_, nullptr);  // (never built: a check above failed)
+    }
   }
   template <class T, class F, class... Args>
   auto map_async(Chunk chunk, const std::vector<T>& items, F f, const Args&... args) {
     return map_async(chunk, std::span<const T>(items), f, args...);
   }
   template <class T, class F, class... Args>
+  auto map(Chunk chunk, std::span<const T> items, F f, const Args&... args) {
+    using R = std::invoke_result_t<F, const T&, const Args&...>;
+    if constexpr (detail::task_fits_v<F, R, T, Args...>) {
+      return map_async(chunk, items, f, args...).get();
+    } else {
+      map_async(chunk, items, f, args...);  // (never built: for its one compile-time error)
+      if constexpr (!std::is_void_v<R>) return std::vector<R>{};
+    }
+  }
+  template <class T, class F, class... Args>
   auto map(Chunk chunk, const std::vector<T>& items, F f, const Args&... args) {
-    return map_async(chunk, std::span<const T>(items), f, args...).get();
+    return map(chunk, std::span<const T>(items), f, args...);
   }
 
   // The lowest index whose item satisfies pred(item, args...), with the item, or nullopt.
@@ -558,12 +589,16 @@ public:
     static_assert(std::is_convertible_v<R, bool>, "procshare::Pool::find_first: pred must return bool");
     static_assert(detail::check_stateless<F>() && detail::check_transportable<T>() &&
                   (detail::check_transportable<Args>() && ...));
-    auto state = std::make_shared<detail::ResultState<void>>(items.size());
-    start_items<detail::JobKind::find_first, T, void, F, Args...>(Chunk{0}, items, pred, state, args...);
-    const std::optional<std::uint64_t> match = detail::wait_first(*core_, *state);
-    state->throw_if_failed(match.value_or(UINT64_MAX));
-    if (!match) return std::nullopt;
-    return std::pair<std::size_t, T>(*match, items[*match]);
+    if constexpr (detail::task_fits_v<F, void, T, Args...> && std::is_convertible_v<R, bool>) {
+      auto state = std::make_shared<detail::ResultState<void>>(items.size());
+      start_items<detail::JobKind::find_first, T, void, F, Args...>(Chunk{0}, items, pred, state, args...);
+      const std::optional<std::uint64_t> match = detail::wait_first(*core_, *state);
+      state->throw_if_failed(match.value_or(UINT64_MAX));
+      if (!match) return std::nullopt;
+      return std::pair<std::size_t, T>(*match, items[*match]);
+    } else {
+      return std::nullopt;
+    }
   }
   template <class T, class F, class... Args>
   std::optional<std::pair<std::size_t, T>> find_first(const std::vector<T>& items, F pred,
@@ -607,7 +642,7 @@ private:
       item_bytes = std::as_bytes(items);
     } else {
       offsets.reserve(items.size());
-      detail::Writer w{serialized};
+      Writer w{serialized};
       for (const T& item : items) {
         offsets.push_back(serialized.size());
         detail::Transport<T>::write(w, item);

@@ -49,6 +49,25 @@ public:
     void push_back(const T& v) {
       write([&] { c().push_back(detail::Stored<T>::in(v, handle_.allocator(c()))); });
     }
+    // Inserts `v` before element `index` (size() appends). Throws IndexOutOfRange if
+    // index > size(), SegmentFull (nothing changed); neither poisons.
+    void insert(std::size_t index, const T& v) {
+      if (index > c().size()) detail::throw_container_index(handle_.core_, ObjectKind::vector, index, c().size());
+      write([&] { c().insert(c().begin() + index, detail::Stored<T>::in(v, handle_.allocator(c()))); });
+    }
+    // Removes element `index`. Throws IndexOutOfRange.
+    void erase(std::size_t index) {
+      checked(index);
+      mark_written();
+      c().erase(c().begin() + index);
+    }
+    // Removes and returns element `index`. Throws IndexOutOfRange.
+    T pop(std::size_t index) {
+      T out = detail::Stored<T>::out(c()[checked(index)]);
+      mark_written();
+      c().erase(c().begin() + index);
+      return out;
+    }
     // Removes and returns the last element, or nullopt if empty.
     std::optional<T> pop_back() {
       if (c().empty()) return std::nullopt;
@@ -78,7 +97,37 @@ public:
   void push_back(const T& v) {
     handle_.write([&](C& c) { c.push_back(detail::Stored<T>::in(v, handle_.allocator(c))); });
   }
-  // Removes and returns the last element, or nullopt if empty. Throws OwnerDied.
+  // Inserts `v` before element `index`, moving the later ones up (Python's
+  // list.insert(i, v)); index == size() appends. Unlike Python, an index past the end is
+  // an error rather than an append. Throws IndexOutOfRange if index > size(), SegmentFull
+  // (nothing changed), OwnerDied.
+  void insert(std::size_t index, const T& v) {
+    handle_.write([&](C& c) {
+      if (index > c.size()) detail::throw_container_index(handle_.core_, ObjectKind::vector, index, c.size());
+      c.insert(c.begin() + index, detail::Stored<T>::in(v, handle_.allocator(c)));
+    });
+  }
+  // Removes element `index`, moving the later ones down (Python's del l[i]). Throws
+  // IndexOutOfRange, OwnerDied.
+  void erase(std::size_t index) {
+    handle_.write([&](C& c) {
+      if (index >= c.size()) detail::throw_container_index(handle_.core_, ObjectKind::vector, index, c.size());
+      c.erase(c.begin() + index);
+    });
+  }
+  // Removes and returns element `index` (Python's list.pop(i)). Throws IndexOutOfRange
+  // (an empty vector included: pop_back() is the form that returns nullopt instead),
+  // OwnerDied.
+  T pop(std::size_t index) {
+    return handle_.write([&](C& c) {
+      if (index >= c.size()) detail::throw_container_index(handle_.core_, ObjectKind::vector, index, c.size());
+      T out = detail::Stored<T>::out(c[index]);
+      c.erase(c.begin() + index);
+      return out;
+    });
+  }
+  // Removes and returns the last element, or nullopt if empty (Python's list.pop(),
+  // without its IndexError). Throws OwnerDied.
   std::optional<T> pop_back() {
     return handle_.write([](C& c) -> std::optional<T> {
       if (c.empty()) return std::nullopt;

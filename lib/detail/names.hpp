@@ -16,5 +16,8 @@ std::string describe_type(ObjectKind kind, std::string_view type, std::uint64_t 
 std::string describe_object(ObjectKind kind, std::string_view name);
 // The OS's text for errno value `error`.
 std::string os_reason(int error);
+// A C++ type's readable name from its mangled one (typeid(x).name()); "unknown
+// exception" for null or "".
+std::string demangle(const char* mangled);
 
 }  // namespace procshare::detail
