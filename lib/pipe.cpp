@@ -5,7 +5,6 @@
 
 #include <fmt/format.h>
 
-#include <cxxabi.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -51,16 +50,6 @@ constexpr std::uint32_t max_type_size = 4096;
 constexpr std::uint64_t max_payload_size = std::uint64_t{1} << 40;
 // The body buffer grows by at most this much (or doubles) per step.
 constexpr std::size_t body_step = std::size_t{1} << 20;
-
-std::string demangle(std::string_view mangled) {
-  const std::string name(mangled);
-  int status = 0;
-  char* text = abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status);
-  if (text == nullptr) return name;
-  std::string result(text);
-  std::free(text);
-  return result;
-}
 
 // Milliseconds from now until `deadline` for poll(2), rounded up; -1 for no deadline.
 int poll_timeout(Deadline deadline) {
@@ -292,7 +281,7 @@ std::span<const std::byte> Connection::take(detail::Deadline deadline, std::stri
   if (sent_type != type)
     throw TypeMismatch("", description(),
                        fmt::format("{}<{}>: the next message was sent as {}; it stays in the pipe",
-                                   call, detail::demangle(type), detail::demangle(sent_type)));
+                                   call, detail::demangle(std::string(type).c_str()), detail::demangle(std::string(sent_type).c_str())));
   return {in.body.data() + in.header.type_size, static_cast<std::size_t>(in.header.payload_size)};
 }
 
@@ -302,7 +291,7 @@ void Connection::discard() noexcept {
 
 void Connection::throw_undecodable(std::string_view call, std::string_view type, bool trailing) {
   const std::string what = fmt::format(
-      "{}<{}>: the message's payload {} as that type; it was dropped", call, detail::demangle(type),
+      "{}<{}>: the message's payload {} as that type; it was dropped", call, detail::demangle(std::string(type).c_str()),
       trailing ? "is longer than it decodes" : "runs out before it decodes");
   discard();
   throw CorruptMessage("", description(), what);

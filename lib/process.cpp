@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include <cxxabi.h>
+
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -49,15 +50,6 @@ struct OutcomeRecord {
   char text[4096 - 16];  // the type, then the message (cut to fit)
 };
 static_assert(sizeof(OutcomeRecord) == 4096);
-
-std::string demangle(const char* mangled) {
-  if (mangled == nullptr || *mangled == '\0') return "unknown exception";
-  int status = 0;
-  char* text = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
-  std::string name = status == 0 && text ? text : mangled;
-  std::free(text);
-  return name;
-}
 
 int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 
