@@ -384,6 +384,7 @@ void detail::start_job(PoolCore& core, const JobSpec& spec, const std::shared_pt
   job.result_slot_bytes = spec.result_slot_bytes;
   job.total = spec.total;
   job.chunk = spec.chunk;  // 0: automatic (see worker_main)
+  job.range_first = spec.range_first;
   job.cursor.store(0, std::memory_order_relaxed);
   job.settled.store(0, std::memory_order_relaxed);
   job.done.store(0, std::memory_order_relaxed);

@@ -108,7 +108,7 @@ struct Supervisor {
         if (current < end) {  // the rest of its chunk runs elsewhere
           const std::uint32_t n = job.requeued_count.load();
           if (n < max_requeued) {
-            job.requeued[n] = Range{current, end};
+            job.requeued[n] = ItemRange{current, end};
             job.requeued_count.store(n + 1);
             if (b.claim_from.load() > id) b.claim_from.store(id);  // claimable again
           } else {  // nowhere to put it: those items fail too

@@ -362,7 +362,8 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
                    &s.progress,
                    &s.chunk_skipped,
                    &job->stop,
-                   &job->best};
+                   &job->best,
+                   job->range_first};
     const auto started = std::chrono::steady_clock::now();
     job->run(c);
     const auto took = std::chrono::steady_clock::now() - started;

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <csignal>
+#include <fstream>
 #include <numeric>
 #include <random>
 #include <set>
@@ -426,6 +427,69 @@ TEST_CASE("a burst of submits to an idle pool starts on as many idle workers as 
     // All four ran at once: each started before any could have finished (400 ms).
     for (std::size_t i = 0; i < 4; ++i) CHECK(started.load(i) - submitted < 300'000);
   }
+}
+
+namespace {
+// This process's resident set (VmRSS), in bytes.
+std::uint64_t resident_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+}  // namespace
+
+TEST_CASE("map and map_async over a Range give each task its index, in order") {
+  Pool pool({.workers = 3});
+  const auto squares = pool.map(Range{5, 105}, [](std::uint64_t i) { return i * i; });
+  REQUIRE(squares.size() == 100);
+  for (std::uint64_t k = 0; k < 100; ++k) CHECK(squares[k] == (k + 5) * (k + 5));
+  auto job = pool.map_async(Chunk{7}, Range{0, 1000}, [](std::uint64_t i, int add) {
+    return std::to_string(i + static_cast<std::uint64_t>(add));
+  }, 3);
+  const auto texts = job.get();
+  REQUIRE(texts.size() == 1000);
+  CHECK(texts[0] == "3");
+  CHECK(texts[999] == "1002");
+  CHECK(pool.map(Range{10, 10}, [](std::uint64_t i) { return i; }).empty());
+  CHECK(pool.map(Range{10, 3}, [](std::uint64_t i) { return i; }).empty());  // end <= first
+  CHECK_THROWS_WITH_AS(pool.map(Range{0, 50}, [](std::uint64_t i) {
+    if (i == 17) throw std::runtime_error("seventeen");
+    return i;
+  }), doctest::Contains("item 17 failed"), TaskError);
+}
+
+TEST_CASE("find_first over a Range gives the same answer as over the same items in a vector") {
+  Pool pool({.workers = 3});
+  auto pred = [](std::uint64_t x) { return x > 1500 && x % 37 == 0; };
+  std::vector<std::uint64_t> items(1000);
+  std::iota(items.begin(), items.end(), std::uint64_t{1000});
+  const auto from_vector = pool.find_first(items, [](const std::uint64_t& x) { return x > 1500 && x % 37 == 0; });
+  const auto from_range = pool.find_first(Range{1000, 2000}, pred);
+  REQUIRE(from_vector.has_value());
+  REQUIRE(from_range.has_value());
+  CHECK(from_range->first == from_vector->first);
+  CHECK(from_range->second == from_vector->second);
+  CHECK_FALSE(pool.find_first(Range{0, 1000}, [](std::uint64_t x) { return x > 5000; }).has_value());
+}
+
+TEST_CASE("find_first over Range{0, 10^9} with the match at 10^6 returns it in memory independent of n") {
+  Pool pool({.workers = 2});
+  auto pred = [](std::uint64_t x) { return x == 1'000'000; };
+  (void)pool.find_first(Range{0, 2'000'000}, pred);  // warm up
+  const std::uint64_t before = resident_bytes();
+  const auto started = std::chrono::steady_clock::now();
+  const auto found = pool.find_first(Range{0, 1'000'000'000}, pred);
+  const auto took = std::chrono::steady_clock::now() - started;
+  const std::uint64_t after = resident_bytes();
+  REQUIRE(found.has_value());
+  CHECK(found->first == 1'000'000);
+  CHECK(found->second == 1'000'000);
+  // A vector of 10^9 items would take gigabytes; a Range takes nothing per item.
+  CHECK(after < before + (16u << 20));
+  // Proportional to the match, not to n (10^9 trivial items would take far longer).
+  CHECK(took < 30s);
 }
 
 TEST_CASE("a throwing initializer breaks the pool with a clear error, without a respawn loop") {

@@ -60,6 +60,16 @@
 
 namespace procshare {
 
+// The indices [first, end) as the items of map, map_async and find_first (Python's
+// range(first, end)): the task receives each index as a std::uint64_t. Nothing is made
+// per item: find_first over Range{0, 1'000'000'000} uses the same memory as over ten.
+struct Range {
+  std::uint64_t first = 0;
+  std::uint64_t end = 0;
+  // How many indices (0 if end <= first).
+  constexpr std::uint64_t size() const noexcept { return end > first ? end - first : 0; }
+};
+
 namespace detail {
 
 template <class F> consteval bool check_stateless() {
@@ -113,6 +123,7 @@ struct ChunkContext {
   std::atomic<std::uint64_t>* skipped;        // the worker slot's skipped count
   const std::atomic<std::uint32_t>* stop;     // the job's stop flag
   const std::atomic<std::uint64_t>* best;     // find_first's best match so far
+  std::uint64_t range_first;                  // a Range job: item k is range_first + k
 };
 
 using ChunkFn = void (*)(ChunkContext&);
@@ -124,8 +135,13 @@ template <class F, class... A> decltype(auto) call_task(AnyFunction function, A&
     return F{}(std::forward<A>(a)...);
 }
 
-template <class T> T read_item(const ChunkContext& c, std::uint64_t index) {
-  if constexpr (Transport<T>::fixed) {
+// The item type a task receives for items of type T (a Range's are indices).
+template <class T> using item_t = std::conditional_t<std::is_same_v<T, Range>, std::uint64_t, T>;
+
+template <class T> item_t<T> read_item(const ChunkContext& c, std::uint64_t index) {
+  if constexpr (std::is_same_v<T, Range>) {
+    return c.range_first + index;
+  } else if constexpr (Transport<T>::fixed) {
     T item;
     std::memcpy(&item, c.items + index * sizeof(T), sizeof(T));
     return item;
@@ -247,6 +263,7 @@ struct JobSpec {
   std::uint64_t total;
   std::uint64_t result_slot_bytes;           // sizeof R when fixed, else 0
   std::uint64_t chunk;                       // 0: automatic
+  std::uint64_t range_first = 0;             // a Range job: item k is range_first + k
 };
 
 class PoolCore;
@@ -606,6 +623,58 @@ public:
     return find_first(std::span<const T>(items), pred, args...);
   }
 
+  // map, map_async and find_first over a Range of indices: f(index, args...) gets each
+  // index as a std::uint64_t, and nothing is allocated per item (map's results aside).
+  // find_first returns the position in the range and the index itself.
+  template <class F, class... Args>
+  auto map_async(Chunk chunk, Range range, F f, const Args&... args) {
+    using R = std::invoke_result_t<F, std::uint64_t, const Args&...>;
+    static_assert(detail::check_stateless<F>() && (detail::check_transportable<Args>() && ...));
+    static_assert(detail::check_result<R>());
+    if constexpr (detail::task_fits_v<F, R, Args...>) {
+      auto state = std::make_shared<detail::ResultState<R>>(range.size());
+      start_range<detail::JobKind::map, R, F, Args...>(chunk, range, f, state, args...);
+      return Job<R>(core_, std::move(state));
+    } else {
+      return Job<R>(core_, nullptr);  // (never built: a check above failed)
+    }
+  }
+  template <class F, class... Args>
+  auto map_async(Range range, F f, const Args&... args) {
+    return map_async(Chunk{0}, range, f, args...);
+  }
+  template <class F, class... Args>
+  auto map(Chunk chunk, Range range, F f, const Args&... args) {
+    using R = std::invoke_result_t<F, std::uint64_t, const Args&...>;
+    if constexpr (detail::task_fits_v<F, R, Args...>) {
+      return map_async(chunk, range, f, args...).get();
+    } else {
+      map_async(chunk, range, f, args...);  // (never built: for its one compile-time error)
+      if constexpr (!std::is_void_v<R>) return std::vector<R>{};
+    }
+  }
+  template <class F, class... Args>
+  auto map(Range range, F f, const Args&... args) {
+    return map(Chunk{0}, range, f, args...);
+  }
+  template <class F, class... Args>
+  std::optional<std::pair<std::size_t, std::uint64_t>> find_first(Range range, F pred,
+                                                                  const Args&... args) {
+    using R = std::invoke_result_t<F, std::uint64_t, const Args&...>;
+    static_assert(std::is_convertible_v<R, bool>, "procshare::Pool::find_first: pred must return bool");
+    static_assert(detail::check_stateless<F>() && (detail::check_transportable<Args>() && ...));
+    if constexpr (detail::task_fits_v<F, void, Args...> && std::is_convertible_v<R, bool>) {
+      auto state = std::make_shared<detail::ResultState<void>>(range.size());
+      start_range<detail::JobKind::find_first, void, F, Args...>(Chunk{0}, range, pred, state, args...);
+      const std::optional<std::uint64_t> match = detail::wait_first(*core_, *state);
+      state->throw_if_failed(match.value_or(UINT64_MAX));
+      if (!match) return std::nullopt;
+      return std::pair<std::size_t, std::uint64_t>(*match, range.first + *match);
+    } else {
+      return std::nullopt;
+    }
+  }
+
   // No new work; what was submitted still runs.
   void close();
   // After close(): waits for all work and for every worker and the supervisor to exit.
@@ -652,6 +721,17 @@ private:
     detail::JobSpec spec{Kind, &detail::run_chunk<Kind, F, T, R, Args...>, function_of(f),
                          item_bytes, offsets, args_bytes, items.size(),
                          Kind == detail::JobKind::map ? fixed_size<R>() : 0, chunk.items};
+    detail::start_job(*core_, spec, state);
+  }
+
+  template <detail::JobKind Kind, class R, class F, class... Args>
+  void start_range(Chunk chunk, Range range, F f, const std::shared_ptr<detail::JobState>& state,
+                   const Args&... args) {
+    const auto args_bytes = detail::pack_args(args...);
+    detail::JobSpec spec{Kind, &detail::run_chunk<Kind, F, Range, R, Args...>, function_of(f),
+                         {}, {}, args_bytes, range.size(),
+                         Kind == detail::JobKind::map ? fixed_size<R>() : 0, chunk.items,
+                         range.first};
     detail::start_job(*core_, spec, state);
   }
 

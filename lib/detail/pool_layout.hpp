@@ -47,7 +47,7 @@ struct alignas(64) WorkerSlot {
 inline constexpr std::uint64_t inline_bytes = 64;
 inline constexpr std::uint64_t in_slot = UINT64_MAX;  // an offset meaning "inline"
 
-struct Range {
+struct ItemRange {
   std::uint64_t first;
   std::uint64_t end;
 };
@@ -66,13 +66,14 @@ struct alignas(64) JobSlot {
   std::uint64_t items_offset, items_size, offsets_offset, args_offset, args_size;
   std::uint64_t results_offset, result_slot_bytes;
   std::uint64_t total, chunk;     // chunk: fixed by the caller, or 0 (automatic)
+  std::uint64_t range_first;      // a Range job: item k is range_first + k
   std::atomic<std::uint64_t> cursor;   // next unclaimed item
   std::atomic<std::uint64_t> settled;  // done + failed + skipped
   std::atomic<std::uint64_t> done, failed, skipped;
   std::atomic<std::uint32_t> stop;     // raised by cancel(), request_stop(), a controller
   std::atomic<std::uint64_t> best;     // find_first: the lowest match so far
   std::atomic<std::uint32_t> requeued_count;
-  Range requeued[max_requeued];        // ranges of dead workers' chunks, to run again
+  ItemRange requeued[max_requeued];        // ranges of dead workers' chunks, to run again
   alignas(8) std::byte inline_args[inline_bytes];
   alignas(8) std::byte inline_results[inline_bytes];
 };
