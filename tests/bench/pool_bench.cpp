@@ -928,8 +928,43 @@ struct Results {
   Series trip_ours, trip_raw;
   Series stop_ours, stop_ours_thrown, stop_ours_seen, stop_raw, stop_raw_seen, stop_python;
   Series start_ours, start_small, start_python;
+  Series first_small, first_large;                  // find_first over Range{0, n}
+  std::uint64_t first_small_peak = 0, first_large_peak = 0;  // parent's peak RSS growth
   std::vector<StartTimes> start_phases, start_small_phases;
 };
+
+// find_first over Range{0, n} with the match at 10^6: its time, and how far it raised
+// the parent's peak resident set (VmHWM, reset first through /proc/self/clear_refs).
+constexpr std::uint64_t first_match = 1'000'000;
+constexpr std::uint64_t first_small_n = 10'000'000, first_large_n = 1'000'000'000;
+
+std::uint64_t status_kib(std::string_view field) {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  std::uint64_t value = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::string_view(line).starts_with(field)) value = std::strtoull(line + field.size(), nullptr, 10);
+  std::fclose(f);
+  return value;
+}
+
+double find_first_range(procshare::Pool& pool, std::uint64_t n, std::uint64_t& peak_growth) {
+  if (FILE* f = std::fopen("/proc/self/clear_refs", "w")) {  // "5": reset VmHWM to VmRSS
+    std::fputs("5", f);
+    std::fclose(f);
+  }
+  const std::uint64_t before = status_kib("VmRSS:");
+  const auto started = Clock::now();
+  const auto found = pool.find_first(procshare::Range{0, n},
+                                     [](std::uint64_t x) { return x == first_match; });
+  const double took = seconds_since(started);
+  if (!found || found->second != first_match)
+    bench::fail("find_first over Range{{0, {}}} did not find {}", n, first_match);
+  const std::uint64_t peak = status_kib("VmHWM:");
+  peak_growth = std::max(peak_growth, peak > before ? (peak - before) * 1024 : 0);
+  return took;
+}
 
 // Untimed: fills the mappings, the pool's arena and rings, and the code paths.
 void warm_up(procshare::Pool& pool, const std::vector<std::int64_t>& input,
@@ -943,6 +978,8 @@ void warm_up(procshare::Pool& pool, const std::vector<std::int64_t>& input,
   stop_procshare(pool, stop_input);
   stop_raw();
   start_procshare(std::size_t{64} << 20);
+  std::uint64_t ignored = 0;
+  find_first_range(pool, first_large_n, ignored);
 }
 
 void run_round(procshare::Pool& pool, const Options& options, bool python, int round,
@@ -1012,6 +1049,15 @@ void run_round(procshare::Pool& pool, const Options& options, bool python, int r
     r.start_small_phases.push_back(small);
   }
   if (python && !baseline_first) r.start_python.add(at, run_python("start", options.start_trials));
+
+  // 5. find_first over a Range: the time and memory of the match at 10^6 for n = 10^7 and
+  // n = 10^9 (they should not differ).
+  for (int trial = 0; trial < options.stop_trials; ++trial) {
+    const bool small_first = (trial % 2 == 1) != baseline_first;
+    if (small_first) r.first_small.add(at, find_first_range(pool, first_small_n, r.first_small_peak));
+    r.first_large.add(at, find_first_range(pool, first_large_n, r.first_large_peak));
+    if (!small_first) r.first_small.add(at, find_first_range(pool, first_small_n, r.first_small_peak));
+  }
 }
 
 void print_report(bool python, const Results& r, double elapsed) {
@@ -1036,6 +1082,8 @@ void print_report(bool python, const Results& r, double elapsed) {
   if (python)
     rows.push_back({"early stop: cancel()->all idle vs Python Event", &r.stop_ours,
                     &r.stop_python, Unit::time, RatioKind::faster, 0});
+  rows.push_back({"find_first: Range 10^9 vs 10^7, match 10^6", &r.first_large,
+                  &r.first_small, Unit::time, RatioKind::time, 1.5});
   if (python) {
     rows.push_back({"start+join: Pool(2) vs Python Pool(2)", &r.start_ours, &r.start_python,
                     Unit::time, RatioKind::faster, 5});
@@ -1112,6 +1160,11 @@ void print_report(bool python, const Results& r, double elapsed) {
                phase(r.start_phases, &StartTimes::destroy),
                phase(r.start_small_phases, &StartTimes::destroy));
   }
+  latency("find_first Range{0, 10^7}, match at 10^6", r.first_small);
+  latency("find_first Range{0, 10^9}, match at 10^6", r.first_large);
+  fmt::print("  find_first peak RSS growth of the parent: n = 10^7 {} KiB, n = 10^9 {} KiB "
+             "(independent of n)\n",
+             r.first_small_peak / 1024, r.first_large_peak / 1024);
   const double p99_ratio = percentile(r.stop_ours.all(), 99) / percentile(r.stop_raw.all(), 99);
   fmt::print("  early stop p99: procshare / raw = {}\n", ratio_text(p99_ratio));
 
