@@ -146,6 +146,12 @@ public:
             header.index, false, demangle(typeid(e).name()),
             fmt::format("its result could not be read back: {}", e.what()), header.pid, 0, -1});
       }
+    } else if (header.type == static_cast<std::uint32_t>(RecordType::ran)) {
+      std::uint64_t end = 0;
+      if (size == sizeof end) {
+        std::memcpy(&end, payload, sizeof end);
+        if (header.index < end && end <= state.total) state.ran.emplace_back(header.index, end);
+      }
     } else if (header.type == static_cast<std::uint32_t>(RecordType::error)) {
       const std::size_t type_length = std::min<std::size_t>(header.type_length, size);
       state.failures.push_back(JobState::Failure{
@@ -160,9 +166,13 @@ public:
         *block, [this](const RecordHeader& header, const std::byte* payload,
                        std::size_t size) { dispatch(header, payload, size); },
         [this](const DeathRecord& death) {
-          if (JobState* state = find(death.job_id))
+          JobState* state = find(death.job_id);
+          if (state == nullptr) return;
+          if (death.index != no_item)
             state->failures.push_back(JobState::Failure{death.index, true, "", "", death.pid,
                                                         death.signal, death.exit_status});
+          if (death.ran_end > death.ran_first && state->kind == JobKind::map)
+            state->ran.emplace_back(death.ran_first, death.ran_end);
         });
   }
 
@@ -288,17 +298,53 @@ void detail::JobState::throw_if_failed(std::uint64_t limit) const {
   const Failure* lowest = nullptr;
   for (const Failure& f : failures)
     if (f.index < limit && (lowest == nullptr || f.index < lowest->index)) lowest = &f;
-  if (lowest != nullptr) {
-    if (lowest->died)
-      throw WorkerDied(segment, lowest->index, lowest->pid, lowest->signal, lowest->exit_status);
-    throw TaskError(segment, lowest->index, lowest->type, lowest->message, lowest->pid);
-  }
+  if (lowest != nullptr) std::rethrow_exception(failure_error(*lowest));
   if (cancelled)
     throw Stopped(segment, "pool", "the task was cancelled before it started (Future::cancel())");
   if (stopped && kind != JobKind::find_first)
     throw Stopped(segment, "pool",
                   fmt::format("the job was stopped: {} of {} items done, {} dropped", done, total,
                               skipped));
+}
+
+std::exception_ptr detail::JobState::failure_error(const Failure& f) const {
+  if (f.died)
+    return std::make_exception_ptr(WorkerDied(segment, f.index, f.pid, f.signal, f.exit_status));
+  return std::make_exception_ptr(TaskError(segment, f.index, f.type, f.message, f.pid));
+}
+
+std::vector<detail::JobState::ItemEnd> detail::JobState::item_ends() const {
+  std::vector<ItemEnd> ends(total, ItemEnd{static_cast<std::uint8_t>(ItemState::skipped), nullptr});
+  for (const auto& [first, end] : ran)  // ranges that ran (from chunks and deaths)
+    for (std::uint64_t i = first; i < end && i < total; ++i)
+      ends[i].state = static_cast<std::uint8_t>(ItemState::done);
+  for (const Failure& f : failures)
+    if (f.index < total && ends[f.index].error == nullptr) {
+      ends[f.index].state = static_cast<std::uint8_t>(ItemState::failed);
+      ends[f.index].error = failure_error(f);
+    }
+  std::exception_ptr never_ran;
+  for (std::uint64_t i = 0; i < total; ++i) {
+    if (ends[i].state != static_cast<std::uint8_t>(ItemState::skipped)) continue;
+    if (never_ran == nullptr && !closed.empty())
+      never_ran = std::make_exception_ptr(PoolClosed(segment, "pool", closed));
+    else if (never_ran == nullptr)
+      never_ran = std::make_exception_ptr(
+          Stopped(segment, "pool",
+                  fmt::format("the item never ran: the job was stopped ({} of {} items done, "
+                              "{} dropped)",
+                              done, total, skipped)));
+    ends[i].error = never_ran;
+  }
+  return ends;
+}
+
+void detail::throw_results_taken(const JobState& state) {
+  throw InvalidArgument(state.segment, "pool",
+                        fmt::format("job {}: outcomes() after get() returned the results (it "
+                                    "moved them out): call outcomes() instead of get(), or "
+                                    "after get() threw",
+                                    state.id));
 }
 
 // ---------------------------------------------------------------- job functions

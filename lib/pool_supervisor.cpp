@@ -99,10 +99,12 @@ struct Supervisor {
         std::uint64_t settled = current - first;
         job.done.fetch_add(settled >= failed + skipped ? settled - failed - skipped : 0);
         job.skipped.fetch_add(skipped);
+        if (running || current > first)  // the cut item, and what ran before it
+          pending.push_back(DeathRecord{id, running ? current : no_item, s.pid.load(), signal,
+                                        exit_status, 0, first, current});
         if (running) {
           job.failed.fetch_add(1);
           settled += 1;
-          pending.push_back(DeathRecord{id, current, s.pid.load(), signal, exit_status, 0});
           current += 1;
         }
         if (current < end) {  // the rest of its chunk runs elsewhere
@@ -113,7 +115,7 @@ struct Supervisor {
             if (b.claim_from.load() > id) b.claim_from.store(id);  // claimable again
           } else {  // nowhere to put it: those items fail too
             for (std::uint64_t k = current; k < end; ++k)
-              pending.push_back(DeathRecord{id, k, s.pid.load(), signal, exit_status, 0});
+              pending.push_back(DeathRecord{id, k, s.pid.load(), signal, exit_status, 0, 0, 0});
             job.failed.fetch_add(end - current);
             settled += end - current;
           }

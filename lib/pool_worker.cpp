@@ -275,14 +275,21 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   const std::uint64_t count = s.chunk_end.load() - s.chunk_first.load();
   const std::uint64_t skipped = s.chunk_skipped.load(std::memory_order_relaxed);
   const std::uint64_t done = count - skipped - s.chunk_failed.load(std::memory_order_relaxed);
+  if (job.kind == static_cast<std::uint32_t>(JobKind::map)) {  // for per-item outcomes
+    // (before the worker turns idle: a death before this record is settled by the
+    // supervisor, whose death record then carries the items that ran)
+    const std::uint64_t ran_end = s.chunk_end.load() - skipped;  // skipping cuts a suffix
+    append_record(w, RecordType::ran, s.job_id.load(std::memory_order_relaxed),
+                  s.chunk_first.load(), std::as_bytes(std::span(&ran_end, 1)));
+  }
   job.done.fetch_add(done, std::memory_order_relaxed);
   job.skipped.fetch_add(skipped, std::memory_order_relaxed);
   w.block->items_done.fetch_add(done, std::memory_order_relaxed);
   s.state.store(static_cast<std::uint32_t>(WorkerState::idle), std::memory_order_release);
   s.tasks_done.fetch_add(1, std::memory_order_relaxed);
+  const std::uint64_t id = s.job_id.load(std::memory_order_relaxed);
   // The last store that touches the job: the parent may free it once settled == total.
   // The worker that completes it tells the parent (a record, then a wake-up).
-  const std::uint64_t id = s.job_id.load(std::memory_order_relaxed);
   if (job.settled.fetch_add(count, std::memory_order_acq_rel) + count == job.total) {
     append_record(w, RecordType::complete, id, id, {});
     wake_parent(*w.block);

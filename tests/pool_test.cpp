@@ -492,6 +492,106 @@ TEST_CASE("find_first over Range{0, 10^9} with the match at 10^6 returns it in m
   CHECK(took < 30s);
 }
 
+TEST_CASE("Job::outcomes after get() threw keeps every good result and each item's failure") {
+  Pool pool({.workers = 3});
+  std::vector<int> items(100);
+  std::iota(items.begin(), items.end(), 0);
+  auto job = pool.map_async(items, [](const int& x) {
+    if (x == 10 || x == 50) throw std::runtime_error("bad item " + std::to_string(x));
+    return x * 3;
+  });
+  CHECK_THROWS_WITH_AS(job.get(), doctest::Contains("item 10 failed"), TaskError);
+  const auto outcomes = job.outcomes();
+  REQUIRE(outcomes.size() == 100);
+  int done = 0;
+  for (const auto& o : outcomes) {
+    CHECK(o.index() == static_cast<std::size_t>(&o - outcomes.data()));
+    if (o.index() == 10 || o.index() == 50) {
+      CHECK(o.state() == ItemState::failed);
+      CHECK_FALSE(o.ok());
+      const std::string text = "bad item " + std::to_string(o.index());
+      CHECK_THROWS_WITH_AS(o.value(), doctest::Contains(text.c_str()), TaskError);
+      CHECK(o.error() != nullptr);
+    } else {
+      REQUIRE(o.state() == ItemState::done);
+      CHECK(o.value() == static_cast<int>(o.index()) * 3);
+      CHECK(o.error() == nullptr);
+      ++done;
+    }
+  }
+  CHECK(done == 98);
+}
+
+TEST_CASE("Job::outcomes of a stopped job: items that ran keep their results, the rest never ran") {
+  Pool pool({.workers = 2});
+  std::vector<int> items(20000);
+  std::iota(items.begin(), items.end(), 0);
+  auto job = pool.map_async(items, [](const int& x) {
+    std::this_thread::sleep_for(50us);
+    return std::to_string(x);
+  });
+  while (job.progress().done < 500) std::this_thread::sleep_for(1ms);
+  job.cancel();
+  CHECK_THROWS_AS(job.get(), Stopped);
+  const auto progress = job.progress();
+  const auto outcomes = job.outcomes();
+  REQUIRE(outcomes.size() == items.size());
+  std::uint64_t done = 0, skipped = 0;
+  for (const auto& o : outcomes) {
+    if (o.state() == ItemState::done) {
+      ++done;
+      CHECK(o.value() == std::to_string(o.index()));
+    } else {
+      REQUIRE(o.state() == ItemState::skipped);
+      ++skipped;
+      CHECK_THROWS_WITH_AS(o.value(), doctest::Contains("never ran"), Stopped);
+    }
+  }
+  CHECK(done == progress.done);
+  CHECK(skipped == progress.skipped);
+  CHECK(done >= 500);
+  CHECK(skipped > 0);
+}
+
+TEST_CASE("Job::outcomes: the item a killed worker ran is WorkerDied, everything else is done") {
+  SegmentName name("outcome_kill");
+  auto segment = Segment::create(name, 1 << 16);
+  auto killed = segment.create_atomic<std::int64_t>("killed", 0);
+  Pool pool({.workers = 2});
+  std::vector<int> items(200);
+  std::iota(items.begin(), items.end(), 0);
+  auto job = pool.map_async(Chunk{10}, items, [](const int& x, Atomic<std::int64_t> k) {
+    if (x == 25 && k.fetch_add(1) == 0) ::raise(SIGKILL);
+    return x + 1;
+  }, killed);
+  CHECK_THROWS_AS(job.get(), WorkerDied);
+  const auto outcomes = job.outcomes();
+  for (const auto& o : outcomes) {
+    if (o.index() == 25) {
+      CHECK(o.state() == ItemState::failed);
+      CHECK_THROWS_AS(o.value(), WorkerDied);
+    } else {
+      REQUIRE(o.state() == ItemState::done);
+      CHECK(o.value() == static_cast<int>(o.index()) + 1);
+    }
+  }
+}
+
+TEST_CASE("Job::outcomes works for void tasks, and after a successful get() says the results moved") {
+  Pool pool({.workers = 2});
+  auto job = pool.map_async(std::vector<int>{1, 2, 3}, [](const int& x) {
+    if (x == 2) throw std::runtime_error("two");
+  });
+  const auto outcomes = job.outcomes();
+  REQUIRE(outcomes.size() == 3);
+  CHECK(outcomes[0].ok());
+  CHECK(outcomes[1].state() == ItemState::failed);
+  CHECK(outcomes[2].ok());
+  auto fine = pool.map_async(std::vector<int>{1, 2}, [](const int& x) { return x; });
+  CHECK(fine.get() == std::vector<int>{1, 2});
+  CHECK_THROWS_WITH_AS(fine.outcomes(), doctest::Contains("moved them out"), InvalidArgument);
+}
+
 TEST_CASE("a throwing initializer breaks the pool with a clear error, without a respawn loop") {
   Pool pool({.workers = 2, .initializer = [] { throw std::runtime_error("no database"); }});
   const auto start = std::chrono::steady_clock::now();

@@ -244,12 +244,23 @@ struct PROCSHARE_API JobState {
   std::string closed;              // why the pool could not finish it ("" if it did)
   std::vector<Failure> failures;   // in arrival order
   std::optional<std::uint64_t> found;  // find_first's match
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ran;  // map: item ranges that ran
+  bool taken = false;              // get() moved the results out
   std::uint64_t done = 0, failed = 0, skipped = 0;
   std::string segment;             // the pool's control segment, for messages
 
   // Throws what the job ended with, if not success: PoolClosed, the lowest-index failure
   // (below `limit`), or Stopped.
   void throw_if_failed(std::uint64_t limit = UINT64_MAX) const;
+  // The exception a failure is reported as (TaskError or WorkerDied).
+  std::exception_ptr failure_error(const Failure& failure) const;
+  // Per item of an ended map job: how it ended, and its exception if it did not succeed
+  // (the failure; for an item that never ran, Stopped or PoolClosed).
+  struct ItemEnd {
+    std::uint8_t state;  // ItemState
+    std::exception_ptr error;
+  };
+  std::vector<ItemEnd> item_ends() const;
 };
 
 // A job to start, already serialized.
@@ -286,6 +297,8 @@ PROCSHARE_API void cancel_job(PoolCore& core, JobState& state);
 // Future::cancel(): stops the job if no worker has claimed any of it; returns whether
 // it did (or had already).
 PROCSHARE_API bool cancel_unstarted(PoolCore& core, JobState& state);
+// Throws InvalidArgument: Job::outcomes() after get() moved the results out.
+[[noreturn]] PROCSHARE_API void throw_results_taken(const JobState& state);
 // Throws Timeout: `call` (Future::get, Job::get) gave up after `waited`.
 [[noreturn]] PROCSHARE_API void throw_job_timeout(const JobState& state, const char* call,
                                                   std::chrono::nanoseconds waited);
@@ -320,8 +333,18 @@ template <class R> struct ResultState : JobState {
       if (count) std::memcpy(static_cast<void*>(fixed_values.data()), slots, count * sizeof(R));
     }
   }
+  // A copy of item `index`'s result, if it has one.
+  std::optional<R> value_at(std::uint64_t index) const {
+    if constexpr (fixed) {
+      if (index < fixed_values.size()) return fixed_values[index];
+      return std::nullopt;
+    } else {
+      return index < values.size() ? values[index] : std::nullopt;
+    }
+  }
   // The results in input order (moved out).
   std::vector<R> take() {
+    taken = true;
     if constexpr (fixed) {
       return std::move(fixed_values);
     } else {
@@ -336,7 +359,43 @@ template <> struct ResultState<void> : JobState {
   explicit ResultState(std::uint64_t) {}
 };
 
+template <class R> struct OutcomeValue { std::optional<R> stored; };
+template <> struct OutcomeValue<void> {};
+
 }  // namespace detail
+
+// How an item of a job ended.
+enum class ItemState : std::uint8_t {
+  done,     // its task returned
+  failed,   // its task threw (TaskError) or its worker died running it (WorkerDied)
+  skipped,  // it never ran: the job was stopped (Stopped) or the pool ended (PoolClosed)
+};
+
+// What became of one item of a map job (Python: one future per item); see
+// Job::outcomes(). Its value() is the result or throws what the item ended with.
+template <class R> class Outcome : private detail::OutcomeValue<R> {
+public:
+  // The item's position in the job's input.
+  std::size_t index() const noexcept { return index_; }
+  ItemState state() const noexcept { return state_; }
+  // Whether its task returned.
+  bool ok() const noexcept { return state_ == ItemState::done; }
+  // The result. Throws TaskError or WorkerDied (failed), Stopped or PoolClosed (skipped).
+  template <class U = R>
+    requires(!std::is_void_v<U>)
+  const U& value() const {
+    if (error_) std::rethrow_exception(error_);
+    return *this->stored;
+  }
+  // What value() would throw; null if the task returned.
+  std::exception_ptr error() const noexcept { return error_; }
+
+private:
+  template <class> friend class Job;
+  std::size_t index_ = 0;
+  ItemState state_ = ItemState::done;
+  std::exception_ptr error_;
+};
 
 // Options for Pool.
 struct PoolOptions {
@@ -448,6 +507,25 @@ public:
   }
   // Raises the job's stop flag: unstarted items are dropped; get() throws Stopped.
   void cancel() { detail::cancel_job(*core_, *state_); }
+  // Waits for the job; then, for every item in input order, how it ended: its result,
+  // its failure, or that it never ran (Python: a future per item). The good results of
+  // a failed or stopped job are not lost: call it after get() threw, or instead of
+  // get(). After get() returned the results (moving them out), it throws InvalidArgument.
+  std::vector<Outcome<R>> outcomes() {
+    detail::wait_job(*core_, *state_, detail::no_deadline);
+    if (state_->taken) detail::throw_results_taken(*state_);
+    const auto ends = state_->item_ends();
+    std::vector<Outcome<R>> result(ends.size());
+    for (std::size_t i = 0; i < ends.size(); ++i) {
+      Outcome<R>& o = result[i];
+      o.index_ = i;
+      o.state_ = static_cast<ItemState>(ends[i].state);
+      o.error_ = ends[i].error;
+      if constexpr (!std::is_void_v<R>)
+        if (o.state_ == ItemState::done) o.stored = state_->value_at(i);
+    }
+    return result;
+  }
   // The job's id in the pool's control segment (what inspect_pool() lists).
   std::uint64_t id() const noexcept { return state_->id; }
 

@@ -78,7 +78,10 @@ struct alignas(64) JobSlot {
   alignas(8) std::byte inline_results[inline_bytes];
 };
 
-// A worker that died running an item (supervisor -> parent).
+// A worker that died holding a chunk (supervisor -> parent): the item it was running
+// (no_item if none), and the items of its chunk that had run before ([ran_first,
+// ran_end), for per-item outcomes).
+inline constexpr std::uint64_t no_item = UINT64_MAX;
 struct DeathRecord {
   std::uint64_t job_id;
   std::uint64_t index;
@@ -86,6 +89,7 @@ struct DeathRecord {
   std::int32_t signal;
   std::int32_t exit_status;
   std::uint32_t reserved;
+  std::uint64_t ran_first, ran_end;
 };
 inline constexpr std::uint32_t death_ring_size = 256;
 
@@ -96,7 +100,9 @@ inline constexpr std::uint32_t death_ring_size = 256;
 // order, then the result or error record with the rest: the parent joins the pieces of
 // the same job, item and worker pid (a worker writes its ring in order, so they follow
 // each other) and drops pieces whose final record never came (the worker died).
-enum class RecordType : std::uint32_t { result = 1, error = 2, padding = 3, complete = 4, piece = 5 };
+// `ran` (map jobs): a worker settled a chunk; index is its first item, the payload the
+// end of the items that ran (the rest of the chunk was skipped).
+enum class RecordType : std::uint32_t { result = 1, error = 2, padding = 3, complete = 4, piece = 5, ran = 6 };
 struct RecordHeader {
   std::uint32_t size;  // whole record, header included
   std::uint32_t type;  // RecordType
