@@ -161,8 +161,10 @@ public:
     }
   }
 
-  void drain_rings() {
-    rings.drain(
+  // Moves every record in the rings into its job. With `limiting`, a stream's outcomes
+  // beyond what it admits stay in the rings; returns whether some did.
+  bool drain_rings(JobState* limiting = nullptr) {
+    return rings.drain(
         *block, [this](const RecordHeader& header, const std::byte* payload,
                        std::size_t size) { dispatch(header, payload, size); },
         [this](const DeathRecord& death) {
@@ -173,6 +175,10 @@ public:
                                                         death.signal, death.exit_status});
           if (death.ran_end > death.ran_first && state->kind == JobKind::map)
             state->ran.emplace_back(death.ran_first, death.ran_end);
+        },
+        [limiting](const RecordHeader& header) {
+          return limiting == nullptr || header.job_id != limiting->id ||
+                 limiting->admits(header.index);
         });
   }
 
@@ -180,7 +186,9 @@ public:
   // Workers report each job they complete through their ring; the parent checks every job
   // only when the supervisor or a controller may have completed one (`rescan`) and, as a
   // safety net, with each supervisor check.
-  void pump() {
+  // `limiting`: a stream whose consumer is waiting (see drain_rings); returns whether
+  // some of its outcomes stayed in the rings.
+  bool pump(JobState* limiting = nullptr) {
     const auto now = std::chrono::steady_clock::now();
     const bool periodic = now - last_check >= supervisor_check_period;
     const std::uint32_t rescan = block->rescan.load(std::memory_order_acquire);
@@ -197,17 +205,22 @@ public:
           if (complete) completed.push_back(a.state->id);
         }
     }
-    drain_rings();
-    if (!completed.empty()) {
+    bool refused = drain_rings(limiting);
+    // A job is finished (and forgotten) only once the rings hold nothing more of it: not
+    // while a stream's back-pressure leaves records in them.
+    if (!completed.empty() && !refused) {
       // Once more: results another worker published before this job's last item settled.
-      drain_rings();
-      for (const std::uint64_t id : completed) finish(id);
-      completed.clear();
+      refused = drain_rings(limiting);
+      if (!refused) {
+        for (const std::uint64_t id : completed) finish(id);
+        completed.clear();
+      }
     }
     if (periodic) {
       last_check = now;
       check_supervisor();
     }
+    return refused;
   }
 
   // Job `id` reported complete: move its outcome into its JobState and free its slot.
@@ -465,6 +478,22 @@ bool detail::wait_job(PoolCore& core, JobState& state, Deadline deadline) {
     if (std::chrono::steady_clock::now() >= deadline) return false;
     // Poll briefly (a short task's result arrives without a wake-up), then sleep.
     if (!spin_while(core.block->parent_sequence, sequence)) core.sleep_until(deadline, sequence);
+  }
+}
+
+void detail::wait_stream(PoolCore& core, JobState& state, bool (*ready)(JobState&)) {
+  std::lock_guard guard(core.mutex);
+  for (;;) {
+    const std::uint32_t sequence = core.progress_sequence();
+    const bool refused = core.pump(&state);
+    if (ready(state) || state.finished) return;
+    if (refused) {
+      // The rings hold only outcomes the stream does not admit now, ahead of the one it
+      // waits for: take everything rather than wait for ever.
+      core.pump();
+      continue;
+    }
+    if (!spin_while(core.block->parent_sequence, sequence)) core.sleep_until(no_deadline, sequence);
   }
 }
 

@@ -46,8 +46,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <functional>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -152,7 +155,7 @@ template <class T> item_t<T> read_item(const ChunkContext& c, std::uint64_t inde
 }
 
 template <class R> void store_result(ChunkContext& c, std::uint64_t index, const R& value) {
-  if constexpr (Transport<R>::fixed) {
+  if (Transport<R>::fixed && c.results != nullptr) {  // (a stream has no result slots)
     std::memcpy(c.results + index * sizeof(R), &value, sizeof(R));
   } else {
     std::vector<std::byte> bytes;
@@ -222,6 +225,9 @@ struct PROCSHARE_API JobState {
   virtual ~JobState();
   // A variable-size result for `index` arrived.
   virtual void accept(std::uint64_t, Reader&) {}
+  // Whether the parent may take item `index`'s outcome out of a ring now (a stream's
+  // back-pressure: see Stream).
+  virtual bool admits(std::uint64_t) const { return true; }
   // The job is complete: copy fixed-size results out of `slots`.
   virtual void copy_fixed(const std::byte*) {}
 
@@ -290,6 +296,9 @@ struct Progress {
 
 PROCSHARE_API void start_job(PoolCore& core, const JobSpec& spec, const std::shared_ptr<JobState>& state);
 PROCSHARE_API bool wait_job(PoolCore& core, JobState& state, Deadline deadline);
+// A stream's next(): waits until `ready()` or the job ended, taking only the outcomes the
+// stream admits out of the rings (and everything, should that leave nothing to take).
+PROCSHARE_API void wait_stream(PoolCore& core, JobState& state, bool (*ready)(JobState&));
 // find_first: waits until the match is final (every item below it settled) or the job
 // ended; returns the match, or nullopt if there is none.
 PROCSHARE_API std::optional<std::uint64_t> wait_first(PoolCore& core, JobState& state);
@@ -364,6 +373,10 @@ template <> struct OutcomeValue<void> {};
 
 }  // namespace detail
 
+namespace detail {
+template <class R> struct StreamState;
+}  // namespace detail
+
 // How an item of a job ended.
 enum class ItemState : std::uint8_t {
   done,     // its task returned
@@ -392,9 +405,149 @@ public:
 
 private:
   template <class> friend class Job;
+  template <class> friend struct detail::StreamState;
   std::size_t index_ = 0;
   ItemState state_ = ItemState::done;
   std::exception_ptr error_;
+};
+
+namespace detail {
+
+// A stream's state in the parent: outcomes as they arrive, in a buffer of at most
+// `limit` (plus, for an ordered stream, the one it waits for); the rest wait in the
+// workers' rings, and workers whose ring is full wait for room (back-pressure).
+template <class R> struct StreamState : JobState {
+  bool ordered;
+  std::size_t limit;
+  std::uint64_t next = 0;                        // ordered: the index to yield next
+  std::map<std::uint64_t, Outcome<R>> waiting;   // ordered: arrived, by index
+  std::deque<Outcome<R>> arrived;                // unordered: in arrival order
+  std::size_t failures_seen = 0;                 // failures turned into outcomes
+
+  StreamState(bool ordered_, std::size_t limit_) : ordered(ordered_), limit(limit_) {}
+  std::size_t buffered() const { return ordered ? waiting.size() : arrived.size(); }
+  bool admits(std::uint64_t index) const override {
+    return buffered() < limit || (ordered && index == next);
+  }
+  void put(Outcome<R>&& o) {
+    if (ordered)
+      waiting.emplace(o.index_, std::move(o));
+    else
+      arrived.push_back(std::move(o));
+  }
+  void accept(std::uint64_t index, Reader& r) override {
+    Outcome<R> o;
+    o.index_ = index;
+    o.stored = Transport<R>::read(r);
+    put(std::move(o));
+  }
+  // Failures (task errors, deaths) become outcomes too.
+  void absorb() {
+    for (; failures_seen < failures.size(); ++failures_seen) {
+      Outcome<R> o;
+      o.index_ = failures[failures_seen].index;
+      o.state_ = ItemState::failed;
+      o.error_ = failure_error(failures[failures_seen]);
+      put(std::move(o));
+    }
+  }
+  // Whether take() has an outcome for the caller now. Once the job ended, an ordered
+  // stream skips the items that never ran.
+  bool has_next() {
+    absorb();
+    if (!ordered) return !arrived.empty();
+    return waiting.count(next) != 0 || (finished && !waiting.empty());
+  }
+  static bool ready(JobState& state) { return static_cast<StreamState&>(state).has_next(); }
+  std::optional<Outcome<R>> take() {
+    if (!has_next()) return std::nullopt;
+    if (!ordered) {
+      Outcome<R> o = std::move(arrived.front());
+      arrived.pop_front();
+      return o;
+    }
+    auto it = waiting.find(next);
+    if (it == waiting.end()) it = waiting.begin();  // (ended: past items that never ran)
+    Outcome<R> o = std::move(it->second);
+    waiting.erase(it);
+    next = o.index_ + 1;
+    return o;
+  }
+};
+
+}  // namespace detail
+
+// Stream<R>: the outcomes of a streaming job (Pool::imap, Pool::imap_unordered) as they
+// come, in input order or in completion order (Python's imap, imap_unordered and
+// concurrent.futures.as_completed). Iterate it with a range-for: each element is an
+// Outcome<R> (index, value() or the item's failure), so a failed item does not end the
+// loop. The parent holds at most about 1,024 outcomes (the rest wait in the workers'
+// result rings, and the workers wait when those are full): memory stays bounded however
+// many items there are. Leaving the loop early, or destroying the stream, cancels the
+// job. An ordered stream waiting for a slow item holds back its successors: in the rare
+// case that this would stall (a dead worker's items rerun behind others), it takes them
+// all. Not for tasks that return nothing (use map_async). Move-only.
+template <class R> class Stream {
+public:
+  Stream(Stream&& other) noexcept = default;
+  Stream& operator=(Stream&&) = delete;
+  ~Stream() {
+    if (state_ && !state_->finished) {
+      try {
+        detail::cancel_job(*core_, *state_);
+      } catch (...) {  // (a pool that ended has nothing left to stop)
+      }
+    }
+  }
+
+  // The next outcome, waiting for it; nullopt once every item that ran was yielded (see
+  // stopped()). Throws PoolClosed if the pool ended first.
+  std::optional<Outcome<R>> next() {
+    if (auto o = state_->take()) return o;  // (the rings are read once the buffer is empty)
+    detail::wait_stream(*core_, *state_, &detail::StreamState<R>::ready);
+    if (auto o = state_->take()) return o;
+    if (!state_->closed.empty()) throw PoolClosed(state_->segment, "pool", state_->closed);
+    return std::nullopt;
+  }
+
+  class iterator {
+  public:
+    using value_type = Outcome<R>;
+    using difference_type = std::ptrdiff_t;
+    const Outcome<R>& operator*() const { return *current_; }
+    const Outcome<R>* operator->() const { return &*current_; }
+    iterator& operator++() {
+      current_ = stream_->next();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& i, std::default_sentinel_t) { return !i.current_; }
+
+  private:
+    friend class Stream;
+    explicit iterator(Stream* stream) : stream_(stream), current_(stream->next()) {}
+    Stream* stream_;
+    std::optional<Outcome<R>> current_;
+  };
+  // Starts the iteration (waits for the first outcome).
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+  // Stops the job: items not started never run; the stream yields what had arrived.
+  void cancel() { detail::cancel_job(*core_, *state_); }
+  // Items done, failed and skipped so far, and the total.
+  detail::Progress progress() { return detail::job_progress(*core_, *state_); }
+  // After the end: whether the job was stopped, so that some items never ran.
+  bool stopped() const noexcept { return state_->stopped; }
+  // The job's id in the pool's control segment.
+  std::uint64_t id() const noexcept { return state_->id; }
+
+private:
+  friend class Pool;
+  Stream(std::shared_ptr<detail::PoolCore> core, std::shared_ptr<detail::StreamState<R>> state)
+      : core_(std::move(core)), state_(std::move(state)) {}
+  std::shared_ptr<detail::PoolCore> core_;
+  std::shared_ptr<detail::StreamState<R>> state_;
 };
 
 // Options for Pool.
@@ -753,6 +906,35 @@ public:
     }
   }
 
+  // Streams (Python's imap, imap_unordered, as_completed): f(item, args...) over the
+  // items (a span, a vector or a Range), the outcomes yielded as they come, in input
+  // order (imap) or in completion order (imap_unordered); see Stream. The task must
+  // return a value.
+  template <class T, class F, class... Args>
+  auto imap(std::span<const T> items, F f, const Args&... args) {
+    return stream<T, F, Args...>(true, items, f, args...);
+  }
+  template <class T, class F, class... Args>
+  auto imap(const std::vector<T>& items, F f, const Args&... args) {
+    return stream<T, F, Args...>(true, std::span<const T>(items), f, args...);
+  }
+  template <class F, class... Args>
+  auto imap(Range range, F f, const Args&... args) {
+    return stream_range<F, Args...>(true, range, f, args...);
+  }
+  template <class T, class F, class... Args>
+  auto imap_unordered(std::span<const T> items, F f, const Args&... args) {
+    return stream<T, F, Args...>(false, items, f, args...);
+  }
+  template <class T, class F, class... Args>
+  auto imap_unordered(const std::vector<T>& items, F f, const Args&... args) {
+    return stream<T, F, Args...>(false, std::span<const T>(items), f, args...);
+  }
+  template <class F, class... Args>
+  auto imap_unordered(Range range, F f, const Args&... args) {
+    return stream_range<F, Args...>(false, range, f, args...);
+  }
+
   // No new work; what was submitted still runs.
   void close();
   // After close(): waits for all work and for every worker and the supervisor to exit.
@@ -778,9 +960,17 @@ private:
     if constexpr (std::is_pointer_v<F>) return reinterpret_cast<detail::AnyFunction>(f);
     else return nullptr;
   }
+  // (results_in_slots: fixed-size map results go to shared slots, copied out at the end;
+  // a stream's go through the result rings, as they come)
   template <detail::JobKind Kind, class T, class R, class F, class... Args>
   void start_items(Chunk chunk, std::span<const T> items, F f,
                    const std::shared_ptr<detail::JobState>& state, const Args&... args) {
+    start_items<Kind, T, R, F, Args...>(chunk, items, f, state, true, args...);
+  }
+  template <detail::JobKind Kind, class T, class R, class F, class... Args>
+  void start_items(Chunk chunk, std::span<const T> items, F f,
+                   const std::shared_ptr<detail::JobState>& state, bool results_in_slots,
+                   const Args&... args) {
     const auto args_bytes = detail::pack_args(args...);
     std::vector<std::byte> serialized;
     std::vector<std::uint64_t> offsets;
@@ -798,18 +988,57 @@ private:
     }
     detail::JobSpec spec{Kind, &detail::run_chunk<Kind, F, T, R, Args...>, function_of(f),
                          item_bytes, offsets, args_bytes, items.size(),
-                         Kind == detail::JobKind::map ? fixed_size<R>() : 0, chunk.items};
+                         Kind == detail::JobKind::map && results_in_slots ? fixed_size<R>() : 0,
+                         chunk.items};
     detail::start_job(*core_, spec, state);
   }
 
+  // How many outcomes a stream's parent side holds (see Stream).
+  static constexpr std::size_t stream_buffer = 1024;
+  template <class T, class F, class... Args>
+  auto stream(bool ordered, std::span<const T> items, F f, const Args&... args) {
+    using R = std::invoke_result_t<F, const T&, const Args&...>;
+    static_assert(!std::is_void_v<R>, "procshare::Pool::imap: the task must return a value "
+                                      "(use map_async for tasks that return nothing)");
+    static_assert(detail::check_stateless<F>() && detail::check_transportable<T>() &&
+                  (detail::check_transportable<Args>() && ...));
+    static_assert(detail::check_result<R>());
+    if constexpr (detail::task_fits_v<F, R, T, Args...> && !std::is_void_v<R>) {
+      auto state = std::make_shared<detail::StreamState<R>>(ordered, stream_buffer);
+      start_items<detail::JobKind::map, T, R, F, Args...>(Chunk{0}, items, f, state, false, args...);
+      return Stream<R>(core_, std::move(state));
+    } else {
+      return Stream<R>(core_, nullptr);  // (never built: a check above failed)
+    }
+  }
+  template <class F, class... Args>
+  auto stream_range(bool ordered, Range range, F f, const Args&... args) {
+    using R = std::invoke_result_t<F, std::uint64_t, const Args&...>;
+    static_assert(!std::is_void_v<R>, "procshare::Pool::imap: the task must return a value "
+                                      "(use map_async for tasks that return nothing)");
+    static_assert(detail::check_stateless<F>() && (detail::check_transportable<Args>() && ...));
+    static_assert(detail::check_result<R>());
+    if constexpr (detail::task_fits_v<F, R, Args...> && !std::is_void_v<R>) {
+      auto state = std::make_shared<detail::StreamState<R>>(ordered, stream_buffer);
+      start_range<detail::JobKind::map, R, F, Args...>(Chunk{0}, range, f, state, false, args...);
+      return Stream<R>(core_, std::move(state));
+    } else {
+      return Stream<R>(core_, nullptr);  // (never built: a check above failed)
+    }
+  }
   template <detail::JobKind Kind, class R, class F, class... Args>
   void start_range(Chunk chunk, Range range, F f, const std::shared_ptr<detail::JobState>& state,
                    const Args&... args) {
+    start_range<Kind, R, F, Args...>(chunk, range, f, state, true, args...);
+  }
+  template <detail::JobKind Kind, class R, class F, class... Args>
+  void start_range(Chunk chunk, Range range, F f, const std::shared_ptr<detail::JobState>& state,
+                   bool results_in_slots, const Args&... args) {
     const auto args_bytes = detail::pack_args(args...);
     detail::JobSpec spec{Kind, &detail::run_chunk<Kind, F, Range, R, Args...>, function_of(f),
                          {}, {}, args_bytes, range.size(),
-                         Kind == detail::JobKind::map ? fixed_size<R>() : 0, chunk.items,
-                         range.first};
+                         Kind == detail::JobKind::map && results_in_slots ? fixed_size<R>() : 0,
+                         chunk.items, range.first};
     detail::start_job(*core_, spec, state);
   }
 

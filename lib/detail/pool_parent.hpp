@@ -79,8 +79,12 @@ private:
 class RingReader {
 public:
   // Calls deliver(header, payload, size) for every whole record in every worker's ring,
-  // then died(record) for every record in the death ring.
-  template <class Deliver, class Died> void drain(PoolBlock& block, Deliver deliver, Died died) {
+  // then died(record) for every record in the death ring. A result, error or piece
+  // record for which admit(header) is false stays in its ring, with everything after it
+  // (a stream's back-pressure, see Stream); returns whether that happened.
+  template <class Deliver, class Died, class Admit>
+  bool drain(PoolBlock& block, Deliver deliver, Died died, Admit admit) {
+    bool refused = false;
     for (std::uint32_t i = 0; i < block.workers; ++i) {
       WorkerSlot& s = block.worker(i);
       std::uint64_t read = s.ring_read.load(std::memory_order_relaxed);
@@ -90,12 +94,20 @@ public:
       const std::uint64_t bytes = block.ring_bytes;
       if (pieces_.size() < block.workers) pieces_.resize(block.workers);
       Pieces& held = pieces_[i];
+      bool stopped_here = false;
       while (read < write) {
         RecordHeader header{};
         std::memcpy(&header, ring + read % bytes, sizeof(std::uint32_t) * 2);
         if (header.size < 8 || header.size % 8 != 0 || header.size > bytes - read % bytes) break;  // corrupt
         if (header.type != static_cast<std::uint32_t>(RecordType::padding) && header.size >= sizeof header) {
           std::memcpy(&header, ring + read % bytes, sizeof header);
+          const bool outcome = header.type == static_cast<std::uint32_t>(RecordType::result) ||
+                               header.type == static_cast<std::uint32_t>(RecordType::error) ||
+                               header.type == static_cast<std::uint32_t>(RecordType::piece);
+          if (outcome && !admit(header)) {
+            refused = stopped_here = true;
+            break;
+          }
           const std::byte* payload = ring + read % bytes + sizeof header;
           const std::size_t size = std::min<std::size_t>(header.payload_length, header.size - sizeof header);
           const bool same_item = !held.bytes.empty() && held.job_id == header.job_id &&
@@ -116,7 +128,7 @@ public:
         }
         read += header.size;
       }
-      s.ring_read.store(write, std::memory_order_release);
+      s.ring_read.store(stopped_here ? read : write, std::memory_order_release);
       if (s.ring_waiting.load(std::memory_order_seq_cst)) {
         s.ring_space_sequence.fetch_add(1, std::memory_order_seq_cst);
         futex_wake(s.ring_space_sequence);
@@ -126,6 +138,7 @@ public:
     const std::uint64_t write = block.death_write.load(std::memory_order_acquire);
     for (; read < write; ++read) died(block.death_ring[read % death_ring_size]);
     block.death_read.store(read, std::memory_order_release);
+    return refused;
   }
 
 private:

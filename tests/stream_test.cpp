@@ -1,0 +1,186 @@
+// Pool streams (imap, imap_unordered): outcomes as they come, failures at their item,
+// worker deaths, bounded memory in the parent, early exit, ranges.
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <csignal>
+#include <fstream>
+#include <numeric>
+#include <set>
+
+using namespace procshare;
+using procshare::test::SegmentName;
+using namespace std::chrono_literals;
+
+namespace {
+
+// This process's resident set (VmRSS), in bytes.
+std::uint64_t resident_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+
+std::vector<int> iota_items(int n) {
+  std::vector<int> items(static_cast<std::size_t>(n));
+  std::iota(items.begin(), items.end(), 0);
+  return items;
+}
+
+}  // namespace
+
+TEST_CASE("imap yields every item's result in input order") {
+  Pool pool({.workers = 3});
+  const auto items = iota_items(2000);
+  std::size_t expected = 0;
+  for (const Outcome<int>& o : pool.imap(items, [](const int& x) {
+         if (x % 97 == 0) std::this_thread::sleep_for(1ms);  // finish out of order
+         return x * 2;
+       })) {
+    REQUIRE(o.index() == expected);
+    CHECK(o.ok());
+    CHECK(o.value() == static_cast<int>(expected) * 2);
+    ++expected;
+  }
+  CHECK(expected == items.size());
+}
+
+TEST_CASE("imap_unordered yields results as they complete, each item exactly once") {
+  Pool pool({.workers = 3});
+  const auto items = iota_items(500);
+  std::vector<std::size_t> order;
+  for (const auto& o : pool.imap_unordered(items, [](const int& x) {
+         if (x == 0) std::this_thread::sleep_for(300ms);  // the first item comes last
+         return std::to_string(x);
+       })) {
+    CHECK(o.value() == std::to_string(o.index()));
+    order.push_back(o.index());
+  }
+  REQUIRE(order.size() == items.size());
+  CHECK(order.front() != 0);
+  CHECK(order.back() == 0);
+  CHECK(std::set<std::size_t>(order.begin(), order.end()).size() == items.size());
+}
+
+TEST_CASE("a stream yields a failed item's error at its place and goes on past it") {
+  Pool pool({.workers = 2});
+  const auto items = iota_items(100);
+  std::size_t seen = 0, failed = 0;
+  for (const auto& o : pool.imap(items, [](const int& x) {
+         if (x == 30 || x == 31) throw std::runtime_error("item " + std::to_string(x) + " is bad");
+         return x;
+       })) {
+    CHECK(o.index() == seen++);
+    if (o.index() == 30 || o.index() == 31) {
+      ++failed;
+      CHECK(o.state() == ItemState::failed);
+      CHECK_THROWS_WITH_AS(o.value(), doctest::Contains("is bad"), TaskError);
+    } else {
+      CHECK(o.value() == static_cast<int>(o.index()));
+    }
+  }
+  CHECK(seen == 100);
+  CHECK(failed == 2);
+}
+
+TEST_CASE("a stream whose worker is killed mid-item yields WorkerDied for it and every other result") {
+  SegmentName name("stream_kill");
+  auto segment = Segment::create(name, 1 << 16);
+  auto killed = segment.create_atomic<std::int64_t>("killed", 0);
+  Pool pool({.workers = 2});
+  const auto items = iota_items(300);
+  std::size_t count = 0, died = 0;
+  for (const auto& o : pool.imap_unordered(items, [](const int& x, Atomic<std::int64_t> k) {
+         if (x == 120) {
+           std::this_thread::sleep_for(20ms);
+           if (k.fetch_add(1) == 0) ::raise(SIGKILL);
+         }
+         return x + 1;
+       }, killed)) {
+    ++count;
+    if (o.index() == 120) {
+      ++died;
+      CHECK_THROWS_AS(o.value(), WorkerDied);
+    } else {
+      CHECK(o.value() == static_cast<int>(o.index()) + 1);
+    }
+  }
+  CHECK(count == 300);
+  CHECK(died == 1);
+  CHECK(killed.load() == 1);
+}
+
+TEST_CASE("a stream keeps the parent's memory bounded while its consumer is slow") {
+  // 400,000 results of 256 bytes: about 100 MiB if the parent held them all.
+  Pool pool({.workers = 2});
+  const std::uint64_t before = resident_bytes();
+  auto stream = pool.imap_unordered(Range{0, 400'000}, [](std::uint64_t i) {
+    return std::string(256, static_cast<char>('a' + i % 26));
+  });
+  std::this_thread::sleep_for(1500ms);  // the workers run ahead, until their rings are full
+  std::uint64_t count = 0, peak = 0;
+  while (auto o = stream.next()) {
+    REQUIRE(o->ok());
+    CHECK(o->value().size() == 256);
+    if (++count % 20'000 == 0) peak = std::max(peak, resident_bytes());
+  }
+  CHECK(count == 400'000);
+  CHECK(peak < before + (48u << 20));
+}
+
+TEST_CASE("an ordered stream waiting for a slow first item does not stall behind its full buffer") {
+  Pool pool({.workers = 3});
+  std::size_t expected = 0;
+  for (const auto& o : pool.imap(Range{0, 20'000}, [](std::uint64_t i) {
+         if (i == 0) std::this_thread::sleep_for(500ms);
+         return std::string(64, 'x') + std::to_string(i);
+       })) {
+    REQUIRE(o.index() == expected);
+    CHECK(o.value() == std::string(64, 'x') + std::to_string(expected));
+    ++expected;
+  }
+  CHECK(expected == 20'000);
+}
+
+TEST_CASE("leaving a stream's loop early cancels its job") {
+  SegmentName name("stream_break");
+  auto segment = Segment::create(name, 1 << 16);
+  auto ran = segment.create_atomic<std::int64_t>("ran", 0);
+  Pool pool({.workers = 2});
+  {
+    int taken = 0;
+    for (const auto& o : pool.imap(Range{0, 1'000'000}, [](std::uint64_t i, Atomic<std::int64_t> r) {
+           r.fetch_add(1);
+           std::this_thread::sleep_for(200us);
+           return i;
+         }, ran)) {
+      CHECK(o.value() == static_cast<std::uint64_t>(taken));
+      if (++taken == 10) break;
+    }
+  }
+  // The pool is free again soon, and ran a tiny part of the million items.
+  CHECK(pool.map(std::vector<int>{1, 2, 3}, [](const int& x) { return x; }) == std::vector<int>{1, 2, 3});
+  CHECK(ran.load() < 100'000);
+}
+
+TEST_CASE("a cancelled stream yields what had arrived and then ends, stopped") {
+  Pool pool({.workers = 2});
+  auto stream = pool.imap(Range{0, 100'000}, [](std::uint64_t i) {
+    std::this_thread::sleep_for(100us);
+    return i;
+  });
+  std::uint64_t count = 0;
+  std::uint64_t last = 0;
+  while (auto o = stream.next()) {
+    CHECK(o->value() == o->index());
+    CHECK((count == 0 || o->index() > last));
+    last = o->index();
+    if (++count == 50) stream.cancel();
+  }
+  CHECK(stream.stopped());
+  CHECK(count >= 50);
+  CHECK(count < 100'000);
+}
