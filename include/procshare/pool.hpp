@@ -414,8 +414,8 @@ private:
 namespace detail {
 
 // A stream's state in the parent: outcomes as they arrive, in a buffer of at most
-// `limit` (plus, for an ordered stream, the one it waits for); the rest wait in the
-// workers' rings, and workers whose ring is full wait for room (back-pressure).
+// `limit`; the rest wait in the workers' rings, and workers whose ring is full wait for
+// room (back-pressure).
 template <class R> struct StreamState : JobState {
   bool ordered;
   std::size_t limit;
@@ -426,8 +426,10 @@ template <class R> struct StreamState : JobState {
 
   StreamState(bool ordered_, std::size_t limit_) : ordered(ordered_), limit(limit_) {}
   std::size_t buffered() const { return ordered ? waiting.size() : arrived.size(); }
+  // Unordered: while fewer than `limit` wait. Ordered: the `limit` indices from `next`
+  // on (so the one it waits for always, and its successors in bulk).
   bool admits(std::uint64_t index) const override {
-    return buffered() < limit || (ordered && index == next);
+    return ordered ? index < next + limit : buffered() < limit;
   }
   void put(Outcome<R>&& o) {
     if (ordered)
