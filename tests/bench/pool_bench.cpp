@@ -380,6 +380,28 @@ MapCall map_procshare(procshare::Pool& pool, const std::vector<std::int64_t>& in
           static_cast<double>(cpu) * 1e-9 / seconds};
 }
 
+// Pool::imap_unordered / imap over the same items: items per second, every result
+// consumed and checked (each item's outcome lands at its index).
+double stream_procshare(procshare::Pool& pool, const std::vector<std::int64_t>& input, bool ordered) {
+  std::vector<std::int64_t> output(input.size());
+  const auto start = Clock::now();
+  std::size_t count = 0;
+  auto consume = [&](auto&& stream) {
+    for (const auto& o : stream) {
+      output[o.index()] = o.value();
+      ++count;
+    }
+  };
+  if (ordered)
+    consume(pool.imap(input, twice_plus_one));
+  else
+    consume(pool.imap_unordered(input, twice_plus_one));
+  const double seconds = seconds_since(start);
+  if (count != input.size()) bench::fail("a stream yielded {} of {} items", count, input.size());
+  check_map(input, output, ordered ? "Pool::imap" : "Pool::imap_unordered");
+  return static_cast<double>(input.size()) / seconds;
+}
+
 // Pool::map with Chunk{chunk} (no automatic chunks); same measure.
 MapCall map_procshare_chunked(procshare::Pool& pool, const std::vector<std::int64_t>& input,
                               std::uint64_t chunk) {
@@ -928,6 +950,7 @@ struct Results {
   Series trip_ours, trip_raw;
   Series stop_ours, stop_ours_thrown, stop_ours_seen, stop_raw, stop_raw_seen, stop_python;
   Series start_ours, start_small, start_python;
+  Series stream_unordered, stream_ordered;          // imap_unordered, imap of map's items
   Series first_small, first_large;                  // find_first over Range{0, n}
   std::uint64_t first_small_peak = 0, first_large_peak = 0;  // parent's peak RSS growth
   std::vector<StartTimes> start_phases, start_small_phases;
@@ -971,6 +994,8 @@ void warm_up(procshare::Pool& pool, const std::vector<std::int64_t>& input,
              const std::vector<std::int64_t>& stop_input) {
   map_procshare(pool, input);
   map_procshare_chunked(pool, input, map_items / (4 * worker_count));
+  stream_procshare(pool, input, false);
+  stream_procshare(pool, input, true);
   map_raw(input);
   submit_procshare(pool, 2000);
   round_trips_procshare(pool, 200);
@@ -1007,6 +1032,8 @@ void run_round(procshare::Pool& pool, const Options& options, bool python, int r
     const MapCall chunked = map_procshare_chunked(pool, input, options.map_chunk);
     r.map_chunked.add(at, chunked.rate);
     r.map_chunked_cpu.push_back(chunked.parallelism);
+    r.stream_unordered.add(at, stream_procshare(pool, input, false));
+    r.stream_ordered.add(at, stream_procshare(pool, input, true));
     if (!raw_first) raw_call();
   }
   if (python) r.map_python.add(at, run_python("map", options.python_map_items));
@@ -1067,6 +1094,10 @@ void print_report(bool python, const Results& r, double elapsed) {
       {"map 2M, Chunk{250000}, vs fork + shared array", &r.map_chunked, &r.map_raw, Unit::rate,
        RatioKind::faster, 0},
   };
+  rows.push_back({"stream 2M: imap_unordered vs Pool::map", &r.stream_unordered, &r.map_ours,
+                  Unit::rate, RatioKind::faster, 0.8});
+  rows.push_back({"stream 2M: imap vs Pool::map", &r.stream_ordered, &r.map_ours, Unit::rate,
+                  RatioKind::faster, 0});
   if (python)
     rows.push_back({"map 2M: Pool::map vs Python Pool.map", &r.map_ours, &r.map_python,
                     Unit::rate, RatioKind::faster, 20});
