@@ -146,6 +146,11 @@ public:
             header.index, false, demangle(typeid(e).name()),
             fmt::format("its result could not be read back: {}", e.what()), header.pid, 0, -1});
       }
+    } else if (header.type == static_cast<std::uint32_t>(RecordType::batch)) {
+      const std::size_t item = header.type_length;
+      if (item == 0 || header.index > state.total || size / item > state.total - header.index)
+        return;  // (not a batch of this job's items)
+      state.accept_batch(header.index, payload, size / item, item);
     } else if (header.type == static_cast<std::uint32_t>(RecordType::ran)) {
       std::uint64_t end = 0;
       if (size == sizeof end) {

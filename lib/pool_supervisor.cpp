@@ -97,11 +97,19 @@ struct Supervisor {
         const bool running = progress % 2 == 1 && current < end;
         const std::uint64_t failed = s.chunk_failed.load(), skipped = s.chunk_skipped.load();
         std::uint64_t settled = current - first;
-        job.done.fetch_add(settled >= failed + skipped ? settled - failed - skipped : 0);
+        // A stream's results the worker still held back died with it: those items fail.
+        const std::uint64_t flushed = s.flushed_to.load();
+        const std::uint64_t lost_from = flushed == no_item ? current : std::clamp(flushed, first, current);
+        const std::uint64_t lost = current - lost_from;
+        const std::uint64_t done = settled >= failed + skipped + lost ? settled - failed - skipped - lost : 0;
+        job.done.fetch_add(done);
         job.skipped.fetch_add(skipped);
-        if (running || current > first)  // the cut item, and what ran before it
+        job.failed.fetch_add(lost);
+        for (std::uint64_t k = lost_from; k < current; ++k)
+          pending.push_back(DeathRecord{id, k, s.pid.load(), signal, exit_status, 0, 0, 0});
+        if (running || lost_from > first)  // the cut item, and what ran before it
           pending.push_back(DeathRecord{id, running ? current : no_item, s.pid.load(), signal,
-                                        exit_status, 0, first, current});
+                                        exit_status, 0, first, lost_from});
         if (running) {
           job.failed.fetch_add(1);
           settled += 1;

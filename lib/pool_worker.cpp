@@ -44,6 +44,11 @@ struct WorkerContext {
   const Segment* segment;
   std::uint64_t ring_at;        // the ring's offset in the segment
   std::uint64_t ring_reserved;  // bytes of it reserved so far
+  // A stream's results held back (see RecordType::batch): items batch_first on.
+  std::vector<std::byte> batch{};
+  std::uint64_t batch_first = 0, batch_count = 0;
+  std::size_t batch_item = 0;
+  std::chrono::steady_clock::time_point batch_started{};
 };
 void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
                    std::span<const std::byte> first, std::span<const std::byte> second = {});
@@ -157,8 +162,53 @@ void op_emit(ChunkContext& c, std::uint64_t index, const std::byte* data, std::s
                 std::span(data, size));
 }
 
+// Sends the held-back results as one record, then says so (flushed_to): a death after
+// this loses none of them.
+void flush_batch(WorkerContext& w, std::uint64_t covered) {
+  WorkerSlot& s = *w.slot;
+  if (w.batch_count != 0) {
+    // (at most batch_bytes: one record, never pieces; type_length: the size of one result)
+    write_record(w, RecordType::batch, s.job_id.load(std::memory_order_relaxed), w.batch_first,
+                 w.batch_item, std::span<const std::byte>(w.batch), {});
+    covered = std::max(covered, w.batch_first + w.batch_count);
+    w.batch.clear();
+    w.batch_count = 0;
+  }
+  const std::uint64_t flushed = s.flushed_to.load(std::memory_order_relaxed);
+  if (flushed != no_item && covered > flushed) s.flushed_to.store(covered, std::memory_order_release);
+}
+
+void op_flush(ChunkContext& c, std::uint64_t covered) {
+  flush_batch(*static_cast<WorkerContext*>(c.worker), covered);
+}
+
+// Batches of at most this many bytes, sent at least every couple of milliseconds.
+constexpr std::size_t batch_bytes = 16 << 10;
+constexpr auto batch_age = std::chrono::milliseconds(2);
+
+void op_batch(ChunkContext& c, std::uint64_t index, const void* data, std::size_t size) {
+  auto& w = *static_cast<WorkerContext*>(c.worker);
+  if (w.batch_count != 0 && (index != w.batch_first + w.batch_count || size != w.batch_item))
+    flush_batch(w, 0);
+  if (w.batch_count == 0) {
+    // The first result this chunk holds back: from here on, a death loses what is held.
+    if (w.slot->flushed_to.load(std::memory_order_relaxed) == no_item)
+      w.slot->flushed_to.store(index, std::memory_order_release);
+    w.batch_first = index;
+    w.batch_item = size;
+    w.batch_started = std::chrono::steady_clock::now();
+  }
+  const auto* bytes = static_cast<const std::byte*>(data);
+  w.batch.insert(w.batch.end(), bytes, bytes + size);
+  ++w.batch_count;
+  if (w.batch.size() >= batch_bytes ||
+      (w.batch_count % 32 == 0 && std::chrono::steady_clock::now() - w.batch_started >= batch_age))
+    flush_batch(w, 0);
+}
+
 void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char* message) {
   auto& w = *static_cast<WorkerContext*>(c.worker);
+  flush_batch(w, 0);  // (the results before it first: flushed_to never passes a held one)
   const std::string name = demangle(type);
   append_record(w, RecordType::error, w.slot->job_id.load(std::memory_order_relaxed), index,
                 std::as_bytes(std::span(name.data(), name.size())),
@@ -167,6 +217,7 @@ void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char*
   w.slot->chunk_failed.store(w.slot->chunk_failed.load(std::memory_order_relaxed) + 1,
                              std::memory_order_relaxed);
   w.job->failed.fetch_add(1, std::memory_order_relaxed);
+  flush_batch(w, index + 1);  // its error record is out
 }
 
 void op_found(ChunkContext& c, std::uint64_t index) {
@@ -176,7 +227,7 @@ void op_found(ChunkContext& c, std::uint64_t index) {
   }
 }
 
-constexpr ChunkOps chunk_ops{op_emit, op_fail, op_found};
+constexpr ChunkOps chunk_ops{op_emit, op_fail, op_found, op_batch, op_flush};
 }  // namespace
 
 // For a stopped job, or a find_first whose cursor passed its match: drops the unclaimed
@@ -258,6 +309,7 @@ JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferre
   s.progress.store(0, std::memory_order_relaxed);
   s.chunk_failed.store(0, std::memory_order_relaxed);
   s.chunk_skipped.store(0, std::memory_order_relaxed);
+  s.flushed_to.store(no_item, std::memory_order_relaxed);  // nothing held back yet
   s.from_requeue.store(requeued > 0 ? 1 : 0, std::memory_order_relaxed);
   s.requeue_index.store(requeued - 1, std::memory_order_relaxed);
   s.state.store(static_cast<std::uint32_t>(WorkerState::claiming), std::memory_order_release);
@@ -373,6 +425,7 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
                    job->range_first};
     const auto started = std::chrono::steady_clock::now();
     job->run(c);
+    flush_batch(w, c.end);  // a stream's last results, before the chunk is settled
     const auto took = std::chrono::steady_clock::now() - started;
     const std::uint64_t id = s.job_id.load(std::memory_order_relaxed);
     if (preferred_for != id) preferred_for = id, preferred = 1;

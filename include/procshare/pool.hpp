@@ -105,6 +105,11 @@ struct ChunkOps {
   void (*fail)(ChunkContext&, std::uint64_t index, const char* type, const char* message);
   // find_first: item `index` matched.
   void (*found)(ChunkContext&, std::uint64_t index);
+  // A stream's fixed-size result for `index`, held back to be sent in a batch.
+  void (*batch)(ChunkContext&, std::uint64_t index, const void* data, std::size_t size);
+  // Sends the held-back results; the items before `covered` need no more (they are over
+  // and were not batched: failed, skipped).
+  void (*flush)(ChunkContext&, std::uint64_t covered);
 };
 
 // One claimed range of one job, as a worker runs it. Per item, run_chunk publishes its
@@ -155,8 +160,11 @@ template <class T> item_t<T> read_item(const ChunkContext& c, std::uint64_t inde
 }
 
 template <class R> void store_result(ChunkContext& c, std::uint64_t index, const R& value) {
-  if (Transport<R>::fixed && c.results != nullptr) {  // (a stream has no result slots)
-    std::memcpy(c.results + index * sizeof(R), &value, sizeof(R));
+  if constexpr (Transport<R>::fixed) {
+    if (c.results != nullptr)
+      std::memcpy(c.results + index * sizeof(R), &value, sizeof(R));
+    else  // a stream: sent in batches
+      c.ops->batch(c, index, &value, sizeof(R));
   } else {
     std::vector<std::byte> bytes;
     Writer w{bytes};
@@ -180,6 +188,7 @@ void run_chunk(ChunkContext& c) {
     if (c.stop->load(std::memory_order_relaxed) != 0 || k > c.best->load(std::memory_order_relaxed)) {
       // The rest of the chunk is stopped, or above the match, too (stop is never lowered,
       // best never raised): skip it at once.
+      c.ops->flush(c, c.end);
       skipped += c.end - k;
       c.skipped->store(skipped, std::memory_order_relaxed);
       c.progress->store(2 * (c.end - c.first), std::memory_order_release);
@@ -225,6 +234,14 @@ struct PROCSHARE_API JobState {
   virtual ~JobState();
   // A variable-size result for `index` arrived.
   virtual void accept(std::uint64_t, Reader&) {}
+  // A batch of `count` fixed-size results of `item` bytes each, for items first on.
+  virtual void accept_batch(std::uint64_t first, const std::byte* data, std::size_t count,
+                            std::size_t item) {
+    for (std::size_t k = 0; k < count; ++k) {
+      Reader r{data + k * item, data + (k + 1) * item};
+      accept(first + k, r);
+    }
+  }
   // Whether the parent may take item `index`'s outcome out of a ring now (a stream's
   // back-pressure: see Stream).
   virtual bool admits(std::uint64_t) const { return true; }
@@ -442,6 +459,22 @@ template <class R> struct StreamState : JobState {
     o.index_ = index;
     o.stored = Transport<R>::read(r);
     put(std::move(o));
+  }
+  void accept_batch(std::uint64_t first, const std::byte* data, std::size_t count,
+                    std::size_t item) override {
+    if constexpr (Transport<R>::fixed && !std::is_same_v<R, bool>) {
+      if (item == sizeof(R)) {
+        for (std::size_t k = 0; k < count; ++k) {
+          Outcome<R> o;
+          o.index_ = first + k;
+          o.stored.emplace();
+          std::memcpy(static_cast<void*>(&*o.stored), data + k * item, sizeof(R));
+          put(std::move(o));
+        }
+        return;
+      }
+    }
+    JobState::accept_batch(first, data, count, item);
   }
   // Failures (task errors, deaths) become outcomes too.
   void absorb() {

@@ -36,6 +36,9 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint64_t> chunk_failed;   // this chunk's items by outcome (done is the
   std::atomic<std::uint64_t> chunk_skipped;  // rest; failures also count in the job at once)
   std::atomic<std::uint64_t> tasks_done;  // chunks completed, for controllers
+  std::atomic<std::uint64_t> flushed_to;  // a stream's chunk: results before this item
+                                          // have left the worker (see RecordType::batch);
+                                          // no_item while it holds none back
   alignas(64) std::atomic<std::uint64_t> ring_write;  // bytes published (worker)
   std::atomic<std::uint32_t> ring_space_sequence;    // futex: bumped when the parent reads
   std::atomic<std::uint32_t> ring_waiting;           // the worker sleeps for room
@@ -102,7 +105,11 @@ inline constexpr std::uint32_t death_ring_size = 256;
 // each other) and drops pieces whose final record never came (the worker died).
 // `ran` (map jobs): a worker settled a chunk; index is its first item, the payload the
 // end of the items that ran (the rest of the chunk was skipped).
-enum class RecordType : std::uint32_t { result = 1, error = 2, padding = 3, complete = 4, piece = 5, ran = 6 };
+// `batch` (streams, fixed-size results): the results of consecutive items from `index`
+// on, type_length bytes each. A worker holds a stream's results back to send them in
+// batches; WorkerSlot::flushed_to says which have left it, so that a supervisor settling
+// its death fails the items whose results died with it (WorkerDied).
+enum class RecordType : std::uint32_t { result = 1, error = 2, padding = 3, complete = 4, piece = 5, ran = 6, batch = 7 };
 struct RecordHeader {
   std::uint32_t size;  // whole record, header included
   std::uint32_t type;  // RecordType

@@ -79,8 +79,8 @@ private:
 class RingReader {
 public:
   // Calls deliver(header, payload, size) for every whole record in every worker's ring,
-  // then died(record) for every record in the death ring. A result, error or piece
-  // record for which admit(header) is false stays in its ring, with everything after it
+  // then died(record) for every record in the death ring. A result, error, piece or
+  // batch record for which admit(header) is false stays in its ring, with everything after it
   // (a stream's back-pressure, see Stream); returns whether that happened.
   template <class Deliver, class Died, class Admit>
   bool drain(PoolBlock& block, Deliver deliver, Died died, Admit admit) {
@@ -103,7 +103,8 @@ public:
           std::memcpy(&header, ring + read % bytes, sizeof header);
           const bool outcome = header.type == static_cast<std::uint32_t>(RecordType::result) ||
                                header.type == static_cast<std::uint32_t>(RecordType::error) ||
-                               header.type == static_cast<std::uint32_t>(RecordType::piece);
+                               header.type == static_cast<std::uint32_t>(RecordType::piece) ||
+                               header.type == static_cast<std::uint32_t>(RecordType::batch);
           if (outcome && !admit(header)) {
             refused = stopped_here = true;
             break;
