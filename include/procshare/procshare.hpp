@@ -12,8 +12,10 @@
 #include <procshare/pool.hpp>
 #include <procshare/process.hpp>
 #include <procshare/queue.hpp>
+#include <procshare/range.hpp>
 #include <procshare/report.hpp>
 #include <procshare/segment.hpp>
+#include <procshare/stream.hpp>
 #include <procshare/sync.hpp>
 #include <procshare/transport.hpp>
 #include <procshare/value.hpp>
