@@ -13,6 +13,7 @@
 #include <set>
 
 using namespace procshare;
+using procshare::test::all_gone;
 using procshare::test::PipeSignal;
 using procshare::test::run_child;
 using procshare::test::SegmentName;
@@ -20,29 +21,6 @@ using procshare::test::wait_child;
 using namespace std::chrono_literals;
 
 namespace {
-
-// Whether process `pid` is gone (or a zombie nobody has reaped yet).
-bool process_gone(int pid) {
-  if (::kill(pid, 0) != 0) return errno == ESRCH;
-  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
-  if (f == nullptr) return true;
-  char buffer[512] = {};
-  const std::size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
-  std::fclose(f);
-  const std::string_view text(buffer, n);
-  const auto paren = text.rfind(')');
-  return paren != std::string_view::npos && paren + 2 < text.size() && text[paren + 2] == 'Z';
-}
-
-// Waits up to `timeout` for every pid in `pids` to be gone.
-bool all_gone(const std::vector<int>& pids, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    if (std::all_of(pids.begin(), pids.end(), process_gone)) return true;
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-}
 
 std::int64_t square(std::int64_t x) { return x * x; }
 

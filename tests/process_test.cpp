@@ -17,36 +17,15 @@
 #include <thread>
 
 using namespace procshare;
+using procshare::test::all_gone;
 using procshare::test::PipeSignal;
+using procshare::test::process_gone;
 using procshare::test::run_child;
 using procshare::test::SegmentName;
 using procshare::test::wait_child;
 using namespace std::chrono_literals;
 
 namespace {
-
-// Whether process `pid` is gone (or a zombie nobody has reaped yet).
-bool process_gone(int pid) {
-  if (::kill(pid, 0) != 0) return errno == ESRCH;
-  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
-  if (f == nullptr) return true;
-  char buffer[512] = {};
-  const std::size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
-  std::fclose(f);
-  const std::string_view text(buffer, n);
-  const auto paren = text.rfind(')');
-  return paren != std::string_view::npos && paren + 2 < text.size() && text[paren + 2] == 'Z';
-}
-
-// Waits up to `timeout` for process `pid` to be gone.
-bool gone_within(int pid, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!process_gone(pid)) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
 
 [[noreturn]] void sleep_for_ever() {
   for (;;) ::pause();
@@ -221,7 +200,7 @@ TEST_CASE("a daemon child dies when its parent is SIGKILLed; a non-daemon child 
   CHECK_FALSE(process_gone(daemon));
   REQUIRE(::kill(middle, SIGKILL) == 0);
   CHECK(wait_child(middle).signal == SIGKILL);
-  const bool daemon_gone = gone_within(daemon, 2s);
+  const bool daemon_gone = all_gone({daemon}, 2s);
   CHECK(daemon_gone);
   CHECK_FALSE(process_gone(plain));
   ::kill(plain, SIGKILL);  // an orphan now: init reaps it

@@ -12,12 +12,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -157,6 +160,33 @@ inline bool wait_until_sleeping(pid_t pid, std::chrono::milliseconds timeout = s
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   return false;
+}
+
+}  // namespace procshare::test
+
+namespace procshare::test {
+
+// Whether process `pid` is gone (or a zombie nobody has reaped yet).
+inline bool process_gone(int pid) {
+  if (::kill(pid, 0) != 0) return errno == ESRCH;
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+  if (f == nullptr) return true;
+  char buffer[512] = {};
+  const std::size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
+  std::fclose(f);
+  const std::string_view text(buffer, n);
+  const auto paren = text.rfind(')');
+  return paren != std::string_view::npos && paren + 2 < text.size() && text[paren + 2] == 'Z';
+}
+
+// Waits up to `timeout` for every pid in `pids` to be gone.
+inline bool all_gone(const std::vector<int>& pids, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (std::all_of(pids.begin(), pids.end(), process_gone)) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
 }
 
 }  // namespace procshare::test
