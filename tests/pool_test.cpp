@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 
+#include <array>
 #include <csignal>
 #include <fstream>
 #include <numeric>
@@ -436,6 +437,34 @@ TEST_CASE("map and map_async over a Range give each task its index, in order") {
     if (i == 17) throw std::runtime_error("seventeen");
     return i;
   }), doctest::Contains("item 17 failed"), TaskError);
+}
+
+TEST_CASE("every call takes any contiguous range of items: array, C array, span, vector of strings") {
+  Pool pool({.workers = 2});
+  auto twice = [](const int& x) { return 2 * x; };
+  const std::array<int, 4> array{1, 2, 3, 4};
+  CHECK(pool.map(array, twice) == std::vector<int>{2, 4, 6, 8});
+  int c_array[] = {5, 6, 7};
+  CHECK(pool.map(Chunk{1}, c_array, twice) == std::vector<int>{10, 12, 14});
+  std::vector<int> values{9, 8, 7, 6, 5};
+  const std::span<int> mutable_span(values);  // (a span of non-const items too)
+  CHECK(pool.map_async(mutable_span.subspan(1, 3), twice).get() == std::vector<int>{16, 14, 12});
+  const auto found = pool.find_first(array, [](const int& x) { return x > 2; });
+  REQUIRE(found.has_value());
+  CHECK(found->first == 2);
+  CHECK(found->second == 3);
+  const std::vector<std::string> words{"a", "bb", "ccc"};
+  std::size_t total = 0, yielded = 0;
+  for (const auto& o : pool.imap_unordered(words, [](const std::string& w) { return w.size(); })) {
+    total += o.value();
+    ++yielded;
+  }
+  CHECK(yielded == 3);
+  CHECK(total == 6);
+  std::vector<std::size_t> in_order;
+  for (const auto& o : pool.imap(std::span<const std::string>(words), [](const std::string& w) { return w.size(); }))
+    in_order.push_back(o.value());
+  CHECK(in_order == std::vector<std::size_t>{1, 2, 3});
 }
 
 TEST_CASE("find_first over a Range gives the same answer as over the same items in a vector") {

@@ -271,7 +271,7 @@ public:
       auto state = std::make_shared<detail::ResultState<R>>(1);
       detail::JobSpec spec{detail::JobKind::submit,
                            &detail::run_chunk<detail::JobKind::submit, F, void, R, Args...>,
-                           function_of(f), {}, {}, args_bytes, 1, fixed_size<R>(), 1};
+                           detail::function_of(f), {}, {}, args_bytes, 1, detail::fixed_size<R>(), 1};
       // (a submit is a job of one item)
       detail::start_job(*core_, spec, state);
       return Future<R>(core_, std::move(state));
@@ -280,169 +280,80 @@ public:
     }
   }
 
-  // Applies f(item, args...) to every item, in parallel; results in input order. Throws
-  // the lowest-index TaskError / WorkerDied once every other item has run; Stopped;
-  // PoolClosed. `chunk` items go to a worker at a time (0: automatic).
-  template <class T, class F, class... Args>
-  auto map(std::span<const T> items, F f, const Args&... args) {
+  // Applies f(item, args...) to every item, in parallel; results in input order. The
+  // items (see Items, range.hpp) are a contiguous range of values (a vector, array,
+  // span...) or a Range of indices, whose task gets each index as a std::uint64_t and
+  // for which nothing is allocated per item (map's results aside). Throws the lowest-index
+  // TaskError / WorkerDied once every other item has run; Stopped; PoolClosed. With a
+  // Chunk first, `chunk.items` items go to a worker at a time (Chunk{0}: automatic).
+  template <Items I, class F, class... Args>
+  auto map(const I& items, F f, const Args&... args) {
     return map(Chunk{0}, items, f, args...);
   }
-  template <class T, class F, class... Args>
-  auto map(const std::vector<T>& items, F f, const Args&... args) {
-    return map(std::span<const T>(items), f, args...);
-  }
-  // As map(), without waiting: a Job to watch, cancel and get() later.
-  template <class T, class F, class... Args>
-  auto map_async(std::span<const T> items, F f, const Args&... args) {
-    return map_async(Chunk{0}, items, f, args...);
-  }
-  template <class T, class F, class... Args>
-  auto map_async(const std::vector<T>& items, F f, const Args&... args) {
-    return map_async(Chunk{0}, std::span<const T>(items), f, args...);
-  }
-  // map and map_async with a fixed chunk size (see Chunk; Chunk{0} is automatic).
-  template <class T, class F, class... Args>
-  auto map_async(Chunk chunk, std::span<const T> items, F f, const Args&... args) {
-    using R = std::invoke_result_t<F, const T&, const Args&...>;
-    static_assert(detail::check_stateless<F>() && detail::check_transportable<T>() &&
-                  (detail::check_transportable<Args>() && ...));
-    static_assert(detail::check_result<R>());
-    if constexpr (detail::task_fits_v<F, R, T, Args...>) {
-      auto state = std::make_shared<detail::ResultState<R>>(items.size());
-      start_items<detail::JobKind::map, T, R, F, Args...>(chunk, items, f, state, args...);
-      return Job<R>(core_, std::move(state));
-    } else {
-      return Job<R>(core_, nullptr);  // (never built: a check above failed)
-    }
-  }
-  template <class T, class F, class... Args>
-  auto map_async(Chunk chunk, const std::vector<T>& items, F f, const Args&... args) {
-    return map_async(chunk, std::span<const T>(items), f, args...);
-  }
-  template <class T, class F, class... Args>
-  auto map(Chunk chunk, std::span<const T> items, F f, const Args&... args) {
-    using R = std::invoke_result_t<F, const T&, const Args&...>;
-    if constexpr (detail::task_fits_v<F, R, T, Args...>) {
+  template <Items I, class F, class... Args>
+  auto map(Chunk chunk, const I& items, F f, const Args&... args) {
+    using R = detail::task_result_t<I, F, Args...>;
+    if constexpr (detail::items_fit_v<I, F, R, Args...>) {
       return map_async(chunk, items, f, args...).get();
     } else {
       map_async(chunk, items, f, args...);  // (never built: for its one compile-time error)
       if constexpr (!std::is_void_v<R>) return std::vector<R>{};
     }
   }
-  template <class T, class F, class... Args>
-  auto map(Chunk chunk, const std::vector<T>& items, F f, const Args&... args) {
-    return map(chunk, std::span<const T>(items), f, args...);
+  // As map(), without waiting: a Job to watch, cancel and get() later.
+  template <Items I, class F, class... Args>
+  auto map_async(const I& items, F f, const Args&... args) {
+    return map_async(Chunk{0}, items, f, args...);
   }
-
-  // The lowest index whose item satisfies pred(item, args...), with the item, or nullopt.
-  // The same answer every run: items are claimed in ascending order, items above the
-  // best match so far are skipped, items below it never are. Returns as soon as every
-  // item below the match has settled: tasks still running above it see stop_requested()
-  // and end in the background (the pool waits for them before it closes). Throws the
-  // TaskError or WorkerDied of an item below the match.
-  template <class T, class F, class... Args>
-  std::optional<std::pair<std::size_t, T>> find_first(std::span<const T> items, F pred,
-                                                      const Args&... args) {
-    using R = std::invoke_result_t<F, const T&, const Args&...>;
-    static_assert(std::is_convertible_v<R, bool>, "procshare::Pool::find_first: pred must return bool");
-    static_assert(detail::check_stateless<F>() && detail::check_transportable<T>() &&
-                  (detail::check_transportable<Args>() && ...));
-    if constexpr (detail::task_fits_v<F, void, T, Args...> && std::is_convertible_v<R, bool>) {
-      auto state = std::make_shared<detail::ResultState<void>>(items.size());
-      start_items<detail::JobKind::find_first, T, void, F, Args...>(Chunk{0}, items, pred, state, args...);
-      const std::optional<std::uint64_t> match = detail::wait_first(*core_, *state);
-      state->throw_if_failed(match.value_or(UINT64_MAX));
-      if (!match) return std::nullopt;
-      return std::pair<std::size_t, T>(*match, items[*match]);
-    } else {
-      return std::nullopt;
-    }
-  }
-  template <class T, class F, class... Args>
-  std::optional<std::pair<std::size_t, T>> find_first(const std::vector<T>& items, F pred,
-                                                      const Args&... args) {
-    return find_first(std::span<const T>(items), pred, args...);
-  }
-
-  // map, map_async and find_first over a Range of indices: f(index, args...) gets each
-  // index as a std::uint64_t, and nothing is allocated per item (map's results aside).
-  // find_first returns the position in the range and the index itself.
-  template <class F, class... Args>
-  auto map_async(Chunk chunk, Range range, F f, const Args&... args) {
-    using R = std::invoke_result_t<F, std::uint64_t, const Args&...>;
-    static_assert(detail::check_stateless<F>() && (detail::check_transportable<Args>() && ...));
+  template <Items I, class F, class... Args>
+  auto map_async(Chunk chunk, const I& items, F f, const Args&... args) {
+    using R = detail::task_result_t<I, F, Args...>;
+    static_assert(detail::check_items<I, F, Args...>());
     static_assert(detail::check_result<R>());
-    if constexpr (detail::task_fits_v<F, R, Args...>) {
-      auto state = std::make_shared<detail::ResultState<R>>(range.size());
-      start_range<detail::JobKind::map, R, F, Args...>(chunk, range, f, state, args...);
+    if constexpr (detail::items_fit_v<I, F, R, Args...>) {
+      auto state = std::make_shared<detail::ResultState<R>>(detail::ItemsOf<I>::size(items));
+      detail::start_items<detail::JobKind::map, R>(*core_, chunk.items, items, f, state, true, args...);
       return Job<R>(core_, std::move(state));
     } else {
       return Job<R>(core_, nullptr);  // (never built: a check above failed)
     }
   }
-  template <class F, class... Args>
-  auto map_async(Range range, F f, const Args&... args) {
-    return map_async(Chunk{0}, range, f, args...);
-  }
-  template <class F, class... Args>
-  auto map(Chunk chunk, Range range, F f, const Args&... args) {
-    using R = std::invoke_result_t<F, std::uint64_t, const Args&...>;
-    if constexpr (detail::task_fits_v<F, R, Args...>) {
-      return map_async(chunk, range, f, args...).get();
-    } else {
-      map_async(chunk, range, f, args...);  // (never built: for its one compile-time error)
-      if constexpr (!std::is_void_v<R>) return std::vector<R>{};
-    }
-  }
-  template <class F, class... Args>
-  auto map(Range range, F f, const Args&... args) {
-    return map(Chunk{0}, range, f, args...);
-  }
-  template <class F, class... Args>
-  std::optional<std::pair<std::size_t, std::uint64_t>> find_first(Range range, F pred,
-                                                                  const Args&... args) {
-    using R = std::invoke_result_t<F, std::uint64_t, const Args&...>;
+
+  // The lowest position whose item satisfies pred(item, args...), with the item (for a
+  // Range, the index), or nullopt. The same answer every run: items are claimed in
+  // ascending order, items above the best match so far are skipped, items below it never
+  // are. Returns as soon as every item below the match has settled: tasks still running
+  // above it see stop_requested() and end in the background (the pool waits for them
+  // before it closes). Throws the TaskError or WorkerDied of an item below the match.
+  template <Items I, class F, class... Args>
+  std::optional<std::pair<std::size_t, typename detail::ItemsOf<I>::value>>
+  find_first(const I& items, F pred, const Args&... args) {
+    using R = detail::task_result_t<I, F, Args...>;
     static_assert(std::is_convertible_v<R, bool>, "procshare::Pool::find_first: pred must return bool");
-    static_assert(detail::check_stateless<F>() && (detail::check_transportable<Args>() && ...));
-    if constexpr (detail::task_fits_v<F, void, Args...> && std::is_convertible_v<R, bool>) {
-      auto state = std::make_shared<detail::ResultState<void>>(range.size());
-      start_range<detail::JobKind::find_first, void, F, Args...>(Chunk{0}, range, pred, state, args...);
+    static_assert(detail::check_items<I, F, Args...>());
+    if constexpr (detail::items_fit_v<I, F, void, Args...> && std::is_convertible_v<R, bool>) {
+      auto state = std::make_shared<detail::ResultState<void>>(detail::ItemsOf<I>::size(items));
+      detail::start_items<detail::JobKind::find_first, void>(*core_, 0, items, pred, state, true,
+                                                            args...);
       const std::optional<std::uint64_t> match = detail::wait_first(*core_, *state);
       state->throw_if_failed(match.value_or(UINT64_MAX));
       if (!match) return std::nullopt;
-      return std::pair<std::size_t, std::uint64_t>(*match, range.first + *match);
+      return std::pair(static_cast<std::size_t>(*match), detail::ItemsOf<I>::at(items, *match));
     } else {
       return std::nullopt;
     }
   }
 
   // Streams (Python's imap, imap_unordered, as_completed): f(item, args...) over the
-  // items (a span, a vector or a Range), the outcomes yielded as they come, in input
-  // order (imap) or in completion order (imap_unordered); see Stream. The task must
-  // return a value.
-  template <class T, class F, class... Args>
-  auto imap(std::span<const T> items, F f, const Args&... args) {
-    return stream<T, F, Args...>(true, items, f, args...);
+  // items, the outcomes yielded as they come, in input order (imap) or in completion
+  // order (imap_unordered); see Stream. The task must return a value.
+  template <Items I, class F, class... Args>
+  auto imap(const I& items, F f, const Args&... args) {
+    return stream(true, items, f, args...);
   }
-  template <class T, class F, class... Args>
-  auto imap(const std::vector<T>& items, F f, const Args&... args) {
-    return stream<T, F, Args...>(true, std::span<const T>(items), f, args...);
-  }
-  template <class F, class... Args>
-  auto imap(Range range, F f, const Args&... args) {
-    return stream_range<F, Args...>(true, range, f, args...);
-  }
-  template <class T, class F, class... Args>
-  auto imap_unordered(std::span<const T> items, F f, const Args&... args) {
-    return stream<T, F, Args...>(false, items, f, args...);
-  }
-  template <class T, class F, class... Args>
-  auto imap_unordered(const std::vector<T>& items, F f, const Args&... args) {
-    return stream<T, F, Args...>(false, std::span<const T>(items), f, args...);
-  }
-  template <class F, class... Args>
-  auto imap_unordered(Range range, F f, const Args&... args) {
-    return stream_range<F, Args...>(false, range, f, args...);
+  template <Items I, class F, class... Args>
+  auto imap_unordered(const I& items, F f, const Args&... args) {
+    return stream(false, items, f, args...);
   }
 
   // No new work; what was submitted still runs.
@@ -462,94 +373,22 @@ public:
   std::string control_segment() const;
 
 private:
-  template <class R> static constexpr std::uint64_t fixed_size() {
-    if constexpr (std::is_void_v<R>) return 0;
-    else return detail::Transport<R>::fixed ? sizeof(R) : 0;
-  }
-  template <class F> static detail::AnyFunction function_of(F f) {
-    if constexpr (std::is_pointer_v<F>) return reinterpret_cast<detail::AnyFunction>(f);
-    else return nullptr;
-  }
-  // (results_in_slots: fixed-size map results go to shared slots, copied out at the end;
-  // a stream's go through the result rings, as they come)
-  template <detail::JobKind Kind, class T, class R, class F, class... Args>
-  void start_items(Chunk chunk, std::span<const T> items, F f,
-                   const std::shared_ptr<detail::JobState>& state, const Args&... args) {
-    start_items<Kind, T, R, F, Args...>(chunk, items, f, state, true, args...);
-  }
-  template <detail::JobKind Kind, class T, class R, class F, class... Args>
-  void start_items(Chunk chunk, std::span<const T> items, F f,
-                   const std::shared_ptr<detail::JobState>& state, bool results_in_slots,
-                   const Args&... args) {
-    const auto args_bytes = detail::pack_args(args...);
-    std::vector<std::byte> serialized;
-    std::vector<std::uint64_t> offsets;
-    std::span<const std::byte> item_bytes;
-    if constexpr (detail::Transport<T>::fixed) {
-      item_bytes = std::as_bytes(items);
-    } else {
-      offsets.reserve(items.size());
-      Writer w{serialized};
-      for (const T& item : items) {
-        offsets.push_back(serialized.size());
-        detail::Transport<T>::write(w, item);
-      }
-      item_bytes = serialized;
-    }
-    detail::JobSpec spec{Kind, &detail::run_chunk<Kind, F, T, R, Args...>, function_of(f),
-                         item_bytes, offsets, args_bytes, items.size(),
-                         Kind == detail::JobKind::map && results_in_slots ? fixed_size<R>() : 0,
-                         chunk.items};
-    detail::start_job(*core_, spec, state);
-  }
-
   // How many outcomes a stream's parent side holds (see Stream).
   static constexpr std::size_t stream_buffer = 1024;
-  template <class T, class F, class... Args>
-  auto stream(bool ordered, std::span<const T> items, F f, const Args&... args) {
-    using R = std::invoke_result_t<F, const T&, const Args&...>;
+  template <class I, class F, class... Args>
+  auto stream(bool ordered, const I& items, F f, const Args&... args) {
+    using R = detail::task_result_t<I, F, Args...>;
     static_assert(!std::is_void_v<R>, "procshare::Pool::imap: the task must return a value "
                                       "(use map_async for tasks that return nothing)");
-    static_assert(detail::check_stateless<F>() && detail::check_transportable<T>() &&
-                  (detail::check_transportable<Args>() && ...));
+    static_assert(detail::check_items<I, F, Args...>());
     static_assert(detail::check_result<R>());
-    if constexpr (detail::task_fits_v<F, R, T, Args...> && !std::is_void_v<R>) {
+    if constexpr (detail::items_fit_v<I, F, R, Args...> && !std::is_void_v<R>) {
       auto state = std::make_shared<detail::StreamState<R>>(ordered, stream_buffer);
-      start_items<detail::JobKind::map, T, R, F, Args...>(Chunk{0}, items, f, state, false, args...);
+      detail::start_items<detail::JobKind::map, R>(*core_, 0, items, f, state, false, args...);
       return Stream<R>(core_, std::move(state));
     } else {
       return Stream<R>(core_, nullptr);  // (never built: a check above failed)
     }
-  }
-  template <class F, class... Args>
-  auto stream_range(bool ordered, Range range, F f, const Args&... args) {
-    using R = std::invoke_result_t<F, std::uint64_t, const Args&...>;
-    static_assert(!std::is_void_v<R>, "procshare::Pool::imap: the task must return a value "
-                                      "(use map_async for tasks that return nothing)");
-    static_assert(detail::check_stateless<F>() && (detail::check_transportable<Args>() && ...));
-    static_assert(detail::check_result<R>());
-    if constexpr (detail::task_fits_v<F, R, Args...> && !std::is_void_v<R>) {
-      auto state = std::make_shared<detail::StreamState<R>>(ordered, stream_buffer);
-      start_range<detail::JobKind::map, R, F, Args...>(Chunk{0}, range, f, state, false, args...);
-      return Stream<R>(core_, std::move(state));
-    } else {
-      return Stream<R>(core_, nullptr);  // (never built: a check above failed)
-    }
-  }
-  template <detail::JobKind Kind, class R, class F, class... Args>
-  void start_range(Chunk chunk, Range range, F f, const std::shared_ptr<detail::JobState>& state,
-                   const Args&... args) {
-    start_range<Kind, R, F, Args...>(chunk, range, f, state, true, args...);
-  }
-  template <detail::JobKind Kind, class R, class F, class... Args>
-  void start_range(Chunk chunk, Range range, F f, const std::shared_ptr<detail::JobState>& state,
-                   bool results_in_slots, const Args&... args) {
-    const auto args_bytes = detail::pack_args(args...);
-    detail::JobSpec spec{Kind, &detail::run_chunk<Kind, F, Range, R, Args...>, function_of(f),
-                         {}, {}, args_bytes, range.size(),
-                         Kind == detail::JobKind::map && results_in_slots ? fixed_size<R>() : 0,
-                         chunk.items, range.first};
-    detail::start_job(*core_, spec, state);
   }
 
   std::shared_ptr<detail::PoolCore> core_;

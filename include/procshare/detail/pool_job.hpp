@@ -131,6 +131,55 @@ template <class... Args> std::vector<std::byte> pack_args(const Args&... args) {
   return bytes;
 }
 
+// A task's result size when it travels in fixed-size slots (0: it does not).
+template <class R> constexpr std::uint64_t fixed_size() {
+  if constexpr (std::is_void_v<R>) return 0;
+  else return Transport<R>::fixed ? sizeof(R) : 0;
+}
+// The task as a plain function, when it is one (a capture-less lambda is rebuilt from
+// its type instead).
+template <class F> AnyFunction function_of(F f) {
+  if constexpr (std::is_pointer_v<F>) return reinterpret_cast<AnyFunction>(f);
+  else return nullptr;
+}
+
+// Starts a job of kind Kind over `items` (range.hpp), `chunk` items at a time (0:
+// automatic). results_in_slots: fixed-size map results go to shared slots, copied out at
+// the end (a stream's go through the result rings, as they come).
+template <JobKind Kind, class R, class I, class F, class... Args>
+void start_items(PoolCore& core, std::uint64_t chunk, const I& items, F f,
+                 const std::shared_ptr<JobState>& state, bool results_in_slots,
+                 const Args&... args) {
+  using T = typename ItemsOf<I>::job_type;
+  const auto args_bytes = pack_args(args...);
+  const std::uint64_t slot_bytes = Kind == JobKind::map && results_in_slots ? fixed_size<R>() : 0;
+  const auto run = &run_chunk<Kind, F, T, R, Args...>;
+  if constexpr (ItemsOf<I>::is_range) {
+    const JobSpec spec{Kind,         run,        function_of(f), {}, {}, args_bytes,
+                       items.size(), slot_bytes, chunk,          items.first};
+    start_job(core, spec, state);
+  } else {
+    const std::span<const T> values = ItemsOf<I>::span(items);
+    std::vector<std::byte> serialized;
+    std::vector<std::uint64_t> offsets;
+    std::span<const std::byte> item_bytes;
+    if constexpr (Transport<T>::fixed) {
+      item_bytes = std::as_bytes(values);
+    } else {
+      offsets.reserve(values.size());
+      Writer w{serialized};
+      for (const T& item : values) {
+        offsets.push_back(serialized.size());
+        Transport<T>::write(w, item);
+      }
+      item_bytes = serialized;
+    }
+    const JobSpec spec{Kind, run, function_of(f), item_bytes, offsets, args_bytes,
+                       values.size(), slot_bytes, chunk};
+    start_job(core, spec, state);
+  }
+}
+
 template <class R> struct ResultState : JobState {
   static constexpr bool fixed = Transport<R>::fixed;
   std::vector<std::optional<R>> values;  // variable-size results, as they arrive

@@ -38,6 +38,22 @@ inline constexpr bool task_fits_v = (std::is_empty_v<F> || std::is_pointer_v<F>)
                                     (Transportable<Ts> && ...) &&
                                     (std::is_void_v<R> || Transportable<R>);
 
+// Of a job over items I (range.hpp) with task F and arguments Args: what the task
+// returns, whether it fits (as task_fits_v), and the checks with readable errors.
+template <class I, class F, class... Args>
+using task_result_t = std::invoke_result_t<F, typename ItemsOf<I>::argument, const Args&...>;
+template <class I, class F, class R, class... Args>
+inline constexpr bool items_fit_v =
+    task_fits_v<F, R, Args...> &&
+    (ItemsOf<I>::is_range || Transportable<typename ItemsOf<I>::job_type>);
+template <class I, class F, class... Args> consteval bool check_items() {
+  if constexpr (ItemsOf<I>::is_range)
+    return check_stateless<F>() && (check_transportable<Args>() && ...);
+  else
+    return check_stateless<F>() && check_transportable<typename ItemsOf<I>::job_type>() &&
+           (check_transportable<Args>() && ...);
+}
+
 // ---------------------------------------------------------------- running tasks
 
 using AnyFunction = void (*)();
