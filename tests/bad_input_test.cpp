@@ -33,6 +33,7 @@ using namespace procshare;
 using procshare::test::run_child;
 using procshare::test::SegmentName;
 using procshare::test::wait_child;
+using procshare::test::wait_single_threaded;
 using namespace std::chrono_literals;
 
 namespace {
@@ -143,21 +144,6 @@ std::vector<std::string> names_of(const std::vector<ObjectInfo>& objects) {
   std::vector<std::string> names;
   for (const auto& o : objects) names.push_back(o.name + (o.poisoned ? " (poisoned)" : ""));
   return names;
-}
-
-// Waits (at most 10 s) until this process runs one thread: a joined thread can linger in
-// /proc for a moment, and Pool() refuses to fork a threaded process.
-void wait_single_threaded() {
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  for (;;) {
-    std::ifstream in("/proc/self/status");
-    std::string line;
-    int threads = 0;
-    while (std::getline(in, line))
-      if (line.rfind("Threads:", 0) == 0) threads = std::atoi(line.c_str() + 8);
-    if (threads == 1 || std::chrono::steady_clock::now() > deadline) return;
-    std::this_thread::sleep_for(1ms);
-  }
 }
 
 // Poisons an object as a writer killed mid-write would: a child takes its lock, marks a
