@@ -16,12 +16,14 @@
 
 #include <bit>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <future>
 #include <map>
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <thread>
 #include <typeinfo>
@@ -31,6 +33,7 @@ using namespace procshare;
 using procshare::test::run_child;
 using procshare::test::SegmentName;
 using procshare::test::wait_child;
+using procshare::test::wait_single_threaded;
 using namespace std::chrono_literals;
 
 namespace {
@@ -141,21 +144,6 @@ std::vector<std::string> names_of(const std::vector<ObjectInfo>& objects) {
   std::vector<std::string> names;
   for (const auto& o : objects) names.push_back(o.name + (o.poisoned ? " (poisoned)" : ""));
   return names;
-}
-
-// Waits (at most 10 s) until this process runs one thread: a joined thread can linger in
-// /proc for a moment, and Pool() refuses to fork a threaded process.
-void wait_single_threaded() {
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  for (;;) {
-    std::ifstream in("/proc/self/status");
-    std::string line;
-    int threads = 0;
-    while (std::getline(in, line))
-      if (line.rfind("Threads:", 0) == 0) threads = std::atoi(line.c_str() + 8);
-    if (threads == 1 || std::chrono::steady_clock::now() > deadline) return;
-    std::this_thread::sleep_for(1ms);
-  }
 }
 
 // Poisons an object as a writer killed mid-write would: a child takes its lock, marks a
@@ -1334,6 +1322,587 @@ TEST_CASE("bad Pool options, calls after close and oversized jobs are refused, a
   CHECK(shm_files(generated).empty());
   CHECK_FALSE(procshare::test::shm_exists(p));
   CHECK_FALSE(procshare::test::shm_exists(b));
+}
+
+
+namespace {
+
+// A Pipe message as the wire carries it: header, type name, payload; `magic`,
+// `type_size` and `payload_size` as given (forged), the bytes that follow as given.
+std::vector<std::byte> wire_message(std::uint32_t magic, std::uint32_t type_size, std::uint64_t payload_size,
+                                    std::string_view body) {
+  const detail::PipeHeader header{magic, type_size, payload_size, static_cast<std::int32_t>(::getpid()), 0};
+  std::vector<std::byte> bytes(sizeof header + body.size());
+  std::memcpy(bytes.data(), &header, sizeof header);
+  std::memcpy(bytes.data() + sizeof header, body.data(), body.size());
+  return bytes;
+}
+
+// Writes `bytes` straight into `end`'s socket, as a foreign or broken sender would.
+void write_raw(const Connection& end, const std::vector<std::byte>& bytes) {
+  REQUIRE(::write(end.fd(), bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+}
+
+// The name typeid gives an I64 (what a Pipe header carries as its type).
+const std::string i64_type = typeid(I64).name();
+
+}  // namespace
+
+TEST_CASE("Pipe ends that are closed, moved from, misused or fed bad bytes give their exact errors, keeping what is in the pipe") {
+  // A message in flight that every row must leave where it is.
+  Pipe kept({.name = "kept"});
+  kept.first.send(I64{42});
+  auto verify_kept = [&] {
+    CHECK(bounded([&] { return kept.second.poll(0s); })());
+    CHECK(kept.second.recv<I64>() == 42);
+    kept.first.send(I64{42});
+  };
+  verify_kept();
+
+  Pipe closed({.name = "closed"});  // end 0 closed here
+  closed.first.close();
+  Pipe peer_closed({.name = "peer-closed"});  // end 1 closed after sending one message
+  peer_closed.second.send(I64{7});
+  peer_closed.second.close();
+  Pipe silent({.name = "silent"});   // end 1 closed, nothing sent
+  silent.second.close();
+  Pipe died({.name = "died"});       // end 1 held by a child that sent 9 and exited
+  const pid_t child = run_child([&] {
+    died.first.close();
+    died.second.send(I64{9});
+  });
+  died.second.close();
+  REQUIRE(wait_child(child, 30s).ok());
+  Pipe moved({.name = "moved"});      // end 0 moved into `taker`
+  Connection taker = std::move(moved.first);
+  Pipe assigned({.name = "assigned"});  // end 1 move-assigned away
+  Connection assignee;
+  assignee = std::move(assigned.second);
+  Pipe one_way({.duplex = false, .name = "one-way"});
+  Pipe empty({.name = "empty"});      // open both ends, nothing sent
+  Pipe junk({.name = "junk"});        // a foreign header
+  write_raw(junk.second, std::vector<std::byte>(32, std::byte{'j'}));
+  Pipe huge({.name = "huge"});        // a header claiming more than 2^40 payload bytes
+  write_raw(huge.second, wire_message(detail::pipe_magic, 1, (std::uint64_t{1} << 40) + 1, ""));
+  Pipe no_type({.name = "no-type"});  // a header with an empty type name
+  write_raw(no_type.second, wire_message(detail::pipe_magic, 0, 8, std::string(8, 'x')));
+  Pipe long_type({.name = "long-type"});  // a type name of 4097 bytes
+  write_raw(long_type.second, wire_message(detail::pipe_magic, 4097, 0, std::string(4097, 't')));
+  Pipe cut({.name = "cut"});          // a header promising 100 body bytes, 10 sent, then closed
+  write_raw(cut.second, wire_message(detail::pipe_magic, 1, 99, "l123456789"));
+  cut.second.close();
+  Pipe terabyte({.name = "terabyte"});  // a header claiming 2^40 payload bytes, then closed
+  write_raw(terabyte.second, wire_message(detail::pipe_magic, static_cast<std::uint32_t>(i64_type.size()),
+                                          std::uint64_t{1} << 40, i64_type));
+  terabyte.second.close();
+  Pipe short_payload({.name = "short"});  // an I64 message whose payload has 3 bytes
+  write_raw(short_payload.second,
+            wire_message(detail::pipe_magic, static_cast<std::uint32_t>(i64_type.size()), 3, i64_type + "abc"));
+  short_payload.second.send(I64{5});   // and a good one behind it
+  Pipe long_payload({.name = "long"});  // an I64 message whose payload has 12 bytes
+  write_raw(long_payload.second, wire_message(detail::pipe_magic, static_cast<std::uint32_t>(i64_type.size()),
+                                              12, i64_type + std::string(12, '\0')));
+  long_payload.second.send(I64{6});
+
+  const std::string this_end_closed = "this end is closed (close() was called, or it was moved from)";
+  const std::string peer_gone = "the other end was closed or its process died";
+  const std::string not_a_message =
+      "recv: the bytes that arrived are not a procshare message (bad header); this end is now closed";
+  using B = std::function<bool()>;
+  const auto min = std::chrono::nanoseconds::min();
+  std::vector<Row> rows = {
+      throws<PipeClosed>("recv on an end closed with close()", [&] { closed.first.recv<I64>(); },
+                         {"", "pipe 'closed' end 0", "recv: " + this_end_closed}),
+      throws<PipeClosed>("recv_for on an end closed with close()", [&] { closed.first.recv_for<I64>(1s); },
+                         {"", "pipe 'closed' end 0", "recv_for: " + this_end_closed}),
+      throws<PipeClosed>("send after close()", [&] { closed.first.send(I64{1}); },
+                         {"", "pipe 'closed' end 0", "send: " + this_end_closed}),
+      throws<PipeClosed>("poll(0) on an end closed with close()", [&] { closed.first.poll(0s); },
+                         {"", "pipe 'closed' end 0", "poll: " + this_end_closed}),
+      returns_true("close() of an end closed already does nothing", [&] {
+        closed.first.close();
+        return closed.first.closed() && closed.first.fd() == -1;
+      }),
+      returns_true("recv after the other end closed still returns what it sent first",
+                   bounded(B([&] { return peer_closed.first.recv<I64>() == 7; }))),
+      throws<PipeClosed>("recv after the other end closed and everything was read",
+                         bounded([&] { peer_closed.first.recv<I64>(); }),
+                         {"", "pipe 'peer-closed' end 0", "recv: " + peer_gone}),
+      throws<PipeClosed>("recv_for(1 h) after the other end closed, nothing sent",
+                         bounded([&] { silent.first.recv_for<I64>(1h); }),
+                         {"", "pipe 'silent' end 0", "recv_for: " + peer_gone}),
+      returns_true("poll(hours::max()) after the other end closed is true at once (recv will throw)",
+                   bounded(B([&] { return silent.first.poll(std::chrono::hours::max()); }))),
+      throws<PipeClosed>("send after the other end closed (no SIGPIPE)", [&] { silent.first.send(I64{1}); },
+                         {"", "pipe 'silent' end 0", "send: " + peer_gone}),
+      returns_true("recv after the peer's process exited returns its message",
+                   bounded(B([&] { return died.first.recv<I64>() == 9; }))),
+      throws<PipeClosed>("recv after the peer's process exited and its message was read",
+                         bounded([&] { died.first.recv<I64>(); }), {"", "pipe 'died' end 0", "recv: " + peer_gone}),
+      throws<PipeClosed>("recv of a message cut off by the close (10 of 100 body bytes)",
+                         bounded([&] { cut.first.recv<I64>(); }),
+                         {"", "pipe 'cut' end 0",
+                          "recv: " + peer_gone + " in the middle of a message (34 of 124 bytes arrived)"}),
+      throws<PipeClosed>("recv of a header claiming 2^40 payload bytes, then the close (nothing that large is allocated)",
+                         bounded([&] { terabyte.first.recv<I64>(); }),
+                         {"", "pipe 'terabyte' end 0", "in the middle of a message (" +
+                                                           std::to_string(24 + i64_type.size()) + " of " +
+                                                           std::to_string(24 + i64_type.size() + (std::uint64_t{1} << 40)) +
+                                                           " bytes arrived)"}),
+      throws<PipeClosed>("recv on a moved-from end", [&] { moved.first.recv<I64>(); },
+                         {"", "pipe 'moved' end 0", "recv: " + this_end_closed}),
+      throws<PipeClosed>("send on a moved-from end", [&] { moved.first.send(I64{1}); },
+                         {"", "pipe 'moved' end 0", "send: " + this_end_closed}),
+      throws<PipeClosed>("poll on a moved-from end", [&] { moved.first.poll(); },
+                         {"", "pipe 'moved' end 0", "poll: " + this_end_closed}),
+      throws<PipeClosed>("recv_for(0) on an end moved away by assignment", [&] { assigned.second.recv_for<I64>(0s); },
+                         {"", "pipe 'assigned' end 1", "recv_for: " + this_end_closed}),
+      returns_true("the end moved into another Connection works on", bounded(B([&] {
+                     taker.send(I64{11});
+                     assignee.send(I64{12});
+                     return moved.second.recv<I64>() == 11 && assigned.first.recv<I64>() == 12 &&
+                            moved.first.fd() == -1 && assigned.second.fd() == -1;
+                   }))),
+      throws<InvalidArgument>("send on the receiving end of a one-way pipe", [&] { one_way.first.send(I64{1}); },
+                              {"", "pipe 'one-way' end 0", "send: this is the receiving end of a one-way pipe"}),
+      throws<InvalidArgument>("recv on the sending end of a one-way pipe", [&] { one_way.second.recv<I64>(); },
+                              {"", "pipe 'one-way' end 1", "recv: this is the sending end of a one-way pipe"}),
+      throws<InvalidArgument>("poll on the sending end of a one-way pipe", [&] { one_way.second.poll(1s); },
+                              {"", "pipe 'one-way' end 1", "poll: this is the sending end of a one-way pipe"}),
+      returns_true("poll(0) on an empty pipe is false", bounded(B([&] { return !empty.first.poll(0s); }))),
+      returns_true("poll(-1 s) on an empty pipe is false", bounded(B([&] { return !empty.first.poll(-1s); }))),
+      returns_true("poll(duration::min()) on an empty pipe is false", bounded(B([&] { return !empty.first.poll(min); }))),
+      returns_true("poll() on an empty pipe is false", bounded(B([&] { return !empty.first.poll(); }))),
+      returns_true("poll(hours::max()) on a pipe holding a message is true at once",
+                   bounded(B([&] { return kept.second.poll(std::chrono::hours::max()); }))),
+      throws<Timeout>("recv_for(0) on an empty pipe", bounded([&] { empty.first.recv_for<I64>(0s); }),
+                      {"", "pipe 'empty' end 0", "recv_for: no whole message arrived before the deadline"}),
+      throws<Timeout>("recv_for(-1 s) on an empty pipe", bounded([&] { empty.first.recv_for<I64>(-1s); }),
+                      {"", "pipe 'empty' end 0", "recv_for: no whole message arrived before the deadline"}),
+      throws<Timeout>("recv_for(duration::min()) on an empty pipe", bounded([&] { empty.first.recv_for<I64>(min); }),
+                      {"", "pipe 'empty' end 0", "recv_for: no whole message arrived before the deadline"}),
+      throws<Timeout>("recv_until(an hour ago) on an empty pipe",
+                      bounded([&] { empty.first.recv_until<I64>(std::chrono::system_clock::now() - 1h); }),
+                      {"", "pipe 'empty' end 0", "recv_until: no whole message arrived before the deadline"}),
+      throws<TypeMismatch>("recv<double> of a message sent as an int64 (it stays in the pipe)",
+                           [&] { kept.second.recv<double>(); },
+                           {"", "pipe 'kept' end 1", "recv<double>: the next message was sent as long; it stays in the pipe"}),
+      throws<CorruptMessage>("recv of bytes that are not a message", bounded([&] { junk.first.recv<I64>(); }),
+                             {"", "pipe 'junk' end 0", not_a_message}),
+      throws<PipeClosed>("recv on the end a bad header closed", [&] { junk.first.recv<I64>(); },
+                         {"", "pipe 'junk' end 0", "recv: " + this_end_closed}),
+      throws<CorruptMessage>("recv of a header claiming 2^40 + 1 payload bytes (too big a message)",
+                             bounded([&] { huge.first.recv<I64>(); }), {"", "pipe 'huge' end 0", not_a_message}),
+      throws<CorruptMessage>("recv of a header with an empty type name", bounded([&] { no_type.first.recv<I64>(); }),
+                             {"", "pipe 'no-type' end 0", not_a_message}),
+      throws<CorruptMessage>("recv of a header with a 4097-byte type name",
+                             bounded([&] { long_type.first.recv<I64>(); }), {"", "pipe 'long-type' end 0", not_a_message}),
+      throws<CorruptMessage>("recv of an int64 message whose payload has 3 bytes",
+                             bounded([&] { short_payload.first.recv<I64>(); }),
+                             {"", "pipe 'short' end 0",
+                              "recv<long>: the message's payload runs out before it decodes as that type; it was dropped"}),
+      returns_true("the message behind the dropped one arrives", bounded(B([&] { return short_payload.first.recv<I64>() == 5; }))),
+      throws<CorruptMessage>("recv of an int64 message whose payload has 12 bytes",
+                             bounded([&] { long_payload.first.recv<I64>(); }),
+                             {"", "pipe 'long' end 0",
+                              "recv<long>: the message's payload is longer than it decodes as that type; it was dropped"}),
+      returns_true("the message behind the dropped one arrives", bounded(B([&] { return long_payload.first.recv<I64>() == 6; }))),
+  };
+  run(rows, [&] {
+    verify_kept();
+    CHECK(closed.first.closed());
+    CHECK_FALSE(empty.first.closed());
+    CHECK_FALSE(empty.second.closed());
+  });
+}
+
+TEST_CASE("Process calls out of order, on a moved-from Process or with zero and negative timeouts give their exact errors, leaving the child alone") {
+  wait_single_threaded();  // start() refuses to fork a threaded process
+  procshare::test::PipeSignal release;
+  Process unstarted({.name = "unstarted"}, [] {});
+  auto running = Process::spawn({.name = "running", .daemon = true}, [&release] {
+    if (!release.wait(60s)) ::_exit(4);
+  });
+  auto exited = Process::spawn({.name = "exited"}, [] { ::_exit(3); });
+  exited.join();
+  Process source({.name = "moved"}, [] {});
+  Process target = std::move(source);
+  const std::string running_pid = std::to_string(running.pid()), exited_pid = std::to_string(exited.pid());
+  const auto min = std::chrono::nanoseconds::min();
+  using B = std::function<bool()>;
+  std::vector<Row> rows = {
+      throws<InvalidArgument>("join() before start()", [&] { unstarted.join(); },
+                              {"", "process 'unstarted'", "join() before start()"}),
+      throws<InvalidArgument>("join_for(0) before start()", [&] { unstarted.join_for(0s); },
+                              {"", "process 'unstarted'", "join() before start()"}),
+      throws<InvalidArgument>("join_for(-1 s) before start()", [&] { unstarted.join_for(-1s); },
+                              {"", "process 'unstarted'", "join() before start()"}),
+      throws<InvalidArgument>("terminate() before start()", [&] { unstarted.terminate(); },
+                              {"", "process 'unstarted'", "terminate() before start()"}),
+      throws<InvalidArgument>("kill() before start()", [&] { unstarted.kill(); },
+                              {"", "process 'unstarted'", "kill() before start()"}),
+      returns_true("exitcode() before start() is nullopt, is_alive() false, pid() 0",
+                   [&] { return !unstarted.exitcode() && !unstarted.is_alive() && unstarted.pid() == 0; }),
+      throws<InvalidArgument>("start() of a running process", [&] { running.start(); },
+                              {"", "process 'running'", "start() called twice: it was started already (pid " + running_pid + ")"}),
+      throws<InvalidArgument>("start() of a process already joined", [&] { exited.start(); },
+                              {"", "process 'exited'", "start() called twice: it was started already (pid " + exited_pid + ")"}),
+      returns_true("exitcode() while it runs is nullopt", [&] { return !running.exitcode().has_value(); }),
+      returns_true("join_for(0) while it runs is false", bounded(B([&] { return !running.join_for(0s); }))),
+      returns_true("join_for(-1 s) while it runs is false", bounded(B([&] { return !running.join_for(-1s); }))),
+      returns_true("join_for(duration::min()) while it runs is false", bounded(B([&] { return !running.join_for(min); }))),
+      returns_true("join_for(0) of a process already joined is true", bounded(B([&] { return exited.join_for(0s); }))),
+      returns_true("join_for(-1 s) of a process already joined is true", bounded(B([&] { return exited.join_for(-1s); }))),
+      returns_true("terminate() of a process already joined does nothing", [&] {
+        exited.terminate();
+        return exited.exitcode() == 3;
+      }),
+      returns_true("kill() of a process already joined does nothing", [&] {
+        exited.kill();
+        return exited.exitcode() == 3;
+      }),
+      throws<InvalidArgument>("start() of a moved-from Process", [&] { source.start(); },
+                              {"", "process", "start() on a moved-from Process"}),
+      throws<InvalidArgument>("join() of a moved-from Process", [&] { source.join(); },
+                              {"", "process", "join() on a moved-from Process"}),
+      throws<InvalidArgument>("join_for(0) of a moved-from Process", [&] { source.join_for(0s); },
+                              {"", "process", "join() on a moved-from Process"}),
+      throws<InvalidArgument>("terminate() of a moved-from Process", [&] { source.terminate(); },
+                              {"", "process", "terminate() on a moved-from Process"}),
+      throws<InvalidArgument>("kill() of a moved-from Process", [&] { source.kill(); },
+                              {"", "process", "kill() on a moved-from Process"}),
+      returns_true("a moved-from Process is not alive, has no exit code, pid 0 and no name", [&] {
+        return !source.is_alive() && !source.exitcode() && source.pid() == 0 && source.name().empty() &&
+               !source.daemon();
+      }),
+  };
+  run(rows, [&] {
+    CHECK(running.is_alive());
+    CHECK_FALSE(running.exitcode().has_value());
+    CHECK(exited.exitcode() == 3);
+    CHECK_FALSE(exited.is_alive());
+    CHECK(unstarted.pid() == 0);
+    CHECK(target.name() == "moved");
+    CHECK(target.pid() == 0);
+  });
+  release.notify();
+  CHECK(running.join_for(30s));
+  CHECK(running.exitcode() == 0);
+  // The Process a move left unstarted still runs when started.
+  wait_single_threaded();
+  target.start();
+  target.join();
+  CHECK(target.exitcode() == 0);
+}
+
+TEST_CASE("Vector insert, erase and pop refuse bad indices and a full arena, keeping every element") {
+  Fixture f;
+  const std::string s = f.name.str();
+  auto& v = f.vector;  // {10, 20, 30}
+  SegmentName other_name("vectors");
+  auto other = Segment::create(other_name, 1 << 20);
+  auto empty = other.create_vector<I64>("empty", 4096);
+  auto full = other.create_vector<I64>("full", 1024);
+  auto full_text = other.create_vector<std::string>("full_text", 1024);
+  for (I64 i = 0;; ++i) {
+    try {
+      full.push_back(i);
+    } catch (const SegmentFull&) {
+      break;
+    }
+  }
+  for (int i = 0;; ++i) {
+    try {
+      full_text.push_back(std::string(40, static_cast<char>('a' + i % 26)));
+    } catch (const SegmentFull&) {
+      break;
+    }
+  }
+  const auto full_items = full.snapshot();
+  const auto full_text_items = full_text.snapshot();
+  const std::size_t full_free = full.free_bytes(), full_text_free = full_text.free_bytes();
+  REQUIRE(full_items.size() > 4);
+  REQUIRE(full_text_items.size() > 2);
+  f.files = shm_files(my_shm_prefix());
+  const std::string o = other_name.str();
+  const Says vector_4{s, "vector 'vector'", "index 4 out of range (size 3)"};
+  const Says vector_3{s, "vector 'vector'", "index 3 out of range (size 3)"};
+  const Says vector_max{s, "vector 'vector'", "index 18446744073709551615 out of range (size 3)"};
+  const Says empty_0{o, "vector 'empty'", "index 0 out of range (size 0)"};
+  // A guard call whose error is caught inside the guard, then rethrown outside it.
+  auto in_guard = [](Vector<I64>& vector, std::function<void(Vector<I64>::Guard&)> call) {
+    return [&vector, call] {
+      std::exception_ptr error;
+      {
+        auto guard = vector.lock();
+        try {
+          call(guard);
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }
+      std::rethrow_exception(error);
+    };
+  };
+  std::vector<Row> rows = {
+      throws<IndexOutOfRange>("Vector::insert one past the end", [&] { v.insert(4, 1); }, vector_4),
+      throws<IndexOutOfRange>("Vector::insert at SIZE_MAX", [&] { v.insert(SIZE_MAX, 1); }, vector_max),
+      throws<IndexOutOfRange>("Vector::erase at its size", [&] { v.erase(3); }, vector_3),
+      throws<IndexOutOfRange>("Vector::erase at SIZE_MAX", [&] { v.erase(SIZE_MAX); }, vector_max),
+      throws<IndexOutOfRange>("Vector::pop at its size", [&] { v.pop(3); }, vector_3),
+      throws<IndexOutOfRange>("Vector::pop at SIZE_MAX", [&] { v.pop(SIZE_MAX); }, vector_max),
+      throws<IndexOutOfRange>("Vector::Guard::insert one past the end (caught inside the guard)",
+                              in_guard(v, [](auto& g) { g.insert(4, 1); }), vector_4),
+      throws<IndexOutOfRange>("Vector::Guard::erase at its size (caught inside the guard)",
+                              in_guard(v, [](auto& g) { g.erase(3); }), vector_3),
+      throws<IndexOutOfRange>("Vector::Guard::pop at its size (caught inside the guard)",
+                              in_guard(v, [](auto& g) { (void)g.pop(3); }), vector_3),
+      throws<IndexOutOfRange>("Vector::pop(0) on an empty vector", [&] { empty.pop(0); }, empty_0),
+      throws<IndexOutOfRange>("Vector::erase(0) on an empty vector", [&] { empty.erase(0); }, empty_0),
+      throws<IndexOutOfRange>("Vector::insert(1) into an empty vector",
+                              [&] { empty.insert(1, 1); }, {o, "vector 'empty'", "index 1 out of range (size 0)"}),
+      throws<IndexOutOfRange>("Vector::Guard::pop(0) on an empty vector (caught inside the guard)",
+                              in_guard(empty, [](auto& g) { (void)g.pop(0); }), empty_0),
+      returns_true("Vector::pop_back on an empty vector is nullopt", [&] { return !empty.pop_back().has_value(); }),
+      throws<SegmentFull>("Vector::insert at the front of a full vector", [&] { full.insert(0, -1); },
+                          {o, "vector 'full'", "its arena is full ("}),
+      throws<SegmentFull>("Vector::insert in the middle of a full vector", [&] { full.insert(2, -1); },
+                          {o, "vector 'full'", "; nothing was changed"}),
+      throws<SegmentFull>("Vector::insert at the end of a full vector", [&] { full.insert(full_items.size(), -1); },
+                          {o, "vector 'full'", "; nothing was changed"}),
+      throws<IndexOutOfRange>("Vector::insert past the end of a full vector (the index is checked first)",
+                              [&] { full.insert(full_items.size() + 1, -1); },
+                              {o, "vector 'full'",
+                               fmt::format("index {} out of range (size {})", full_items.size() + 1, full_items.size())}),
+      throws<SegmentFull>("Vector::Guard::insert into a full vector (caught inside the guard)",
+                          in_guard(full, [](auto& g) { g.insert(1, -1); }), {o, "vector 'full'", "; nothing was changed"}),
+      throws<SegmentFull>("Vector<string>::insert of a string at the front of a full vector",
+                          [&] { full_text.insert(0, std::string(40, 'z')); }, {o, "vector 'full_text'", "; nothing was changed"}),
+      throws<SegmentFull>("Vector<string>::insert of a 2000-byte string, larger than the arena",
+                          [&] { full_text.insert(1, std::string(2000, 'z')); }, {o, "vector 'full_text'", "; nothing was changed"}),
+      throws<IndexOutOfRange>("Vector<string>::pop past the end of a full vector",
+                              [&] { full_text.pop(full_text_items.size()); },
+                              {o, "vector 'full_text'",
+                               fmt::format("index {} out of range (size {})", full_text_items.size(), full_text_items.size())}),
+  };
+  run(rows, [&] {
+    f.verify();
+    CHECK(empty.size() == 0);
+    CHECK(full.snapshot() == full_items);
+    CHECK(full_text.snapshot() == full_text_items);
+    CHECK(full.free_bytes() == full_free);  // a refused insert gave back what it took
+    CHECK(full_text.free_bytes() == full_text_free);
+    CHECK_FALSE(empty.poisoned());
+    CHECK_FALSE(full.poisoned());
+    CHECK_FALSE(full_text.poisoned());
+  });
+  // The refused calls left them usable: room made by a pop takes an insert.
+  CHECK(full.pop(0) == full_items[0]);
+  full.insert(0, full_items[0]);
+  CHECK(full.snapshot() == full_items);
+}
+
+TEST_CASE("streams on a closed pool, empty streams, outcomes() after get() and zero or negative get timeouts give the documented result") {
+  wait_single_threaded();
+  SegmentName gate_name("gate"), pool_name("streams");
+  auto gate_segment = Segment::create(gate_name, 65536);
+  auto gate = gate_segment.create_event("gate");  // the slow tasks wait for it
+  const std::string p = pool_name.str();
+  const std::string generated = "procshare-pool-" + std::to_string(::getpid()) + "-";
+  {
+    // Three workers: one for the slow task, one for the slow job, one for the rest.
+    Pool pool({.workers = 3, .name = p, .arena_bytes = 1 << 16});
+    Pool closed({.workers = 1, .arena_bytes = 1 << 16});
+    const std::string closed_segment = closed.control_segment();
+    closed.close();
+    Pool terminated({.workers = 1, .arena_bytes = 1 << 16});
+    const std::string terminated_segment = terminated.control_segment();
+    terminated.terminate();
+    const auto twice = [](const I64& x) { return x * 2; };
+    const auto index_twice = [](std::uint64_t x) { return x * 2; };
+    const auto wait_gate = [](Event e) {
+      e.wait_for(60s);
+      return I64{7};
+    };
+    const std::vector<I64> items{1, 2, 3};
+    const std::vector<I64> none;
+    auto slow = pool.submit(wait_gate, gate);
+    auto slow_job = pool.map_async(std::vector<I64>{1}, [](const I64& x, Event e) {
+      e.wait_for(60s);
+      return x;
+    }, gate);
+    auto done_zero = pool.submit(twice, I64{5});
+    auto done_negative = pool.submit(twice, I64{6});
+    auto done_min = pool.submit(twice, I64{8});
+    auto done_job = pool.map_async(items, twice);
+    auto done_job_negative = pool.map_async(items, twice);
+    done_zero.wait();
+    done_negative.wait();
+    done_min.wait();
+    REQUIRE(done_job.wait_for(30s));
+    REQUIRE(done_job_negative.wait_for(30s));
+    const auto files = shm_files(my_shm_prefix());
+    const auto pool_files = shm_files(generated);
+    // How many outcomes a stream yields, and whether it ended stopped (it must not).
+    auto count = [](auto&& stream) -> std::size_t {
+      std::size_t n = 0;
+      for (const auto& o : stream) {
+        (void)o;
+        ++n;
+      }
+      return stream.stopped() ? SIZE_MAX : n;
+    };
+    using B = std::function<bool()>;
+    const auto min = std::chrono::nanoseconds::min();
+    const std::string closed_text = "the pool is closed", terminated_text = "the pool was terminated";
+    const std::string running_text = "has not ended after 0 ms; it goes on running";
+    std::vector<Row> rows = {
+        throws<PoolClosed>("imap after close()", [&] { closed.imap(items, twice); },
+                           {closed_segment, "pool", closed_text}),
+        throws<PoolClosed>("imap_unordered after close()", [&] { closed.imap_unordered(items, twice); },
+                           {closed_segment, "pool", closed_text}),
+        throws<PoolClosed>("imap over a Range after close()", [&] { closed.imap(Range{0, 10}, index_twice); },
+                           {closed_segment, "pool", closed_text}),
+        throws<PoolClosed>("imap_unordered over a Range after close()",
+                           [&] { closed.imap_unordered(Range{0, 10}, index_twice); },
+                           {closed_segment, "pool", closed_text}),
+        throws<PoolClosed>("imap of no items after close()", [&] { closed.imap(none, twice); },
+                           {closed_segment, "pool", closed_text}),
+        throws<PoolClosed>("imap after terminate()", [&] { terminated.imap(items, twice); },
+                           {terminated_segment, "pool", terminated_text}),
+        throws<PoolClosed>("imap_unordered over a Range after terminate()",
+                           [&] { terminated.imap_unordered(Range{0, 10}, index_twice); },
+                           {terminated_segment, "pool", terminated_text}),
+        returns_true("imap of no items ends at once", bounded(B([&] { return count(pool.imap(none, twice)) == 0; }))),
+        returns_true("imap_unordered of an empty span ends at once",
+                     bounded(B([&] { return count(pool.imap_unordered(std::span<const I64>(), twice)) == 0; }))),
+        returns_true("imap over Range{0, 0} ends at once",
+                     bounded(B([&] { return count(pool.imap(Range{0, 0}, index_twice)) == 0; }))),
+        returns_true("imap_unordered over Range{5, 5} ends at once",
+                     bounded(B([&] { return count(pool.imap_unordered(Range{5, 5}, index_twice)) == 0; }))),
+        returns_true("imap over Range{10, 3} (end before first) ends at once",
+                     bounded(B([&] { return count(pool.imap(Range{10, 3}, index_twice)) == 0; }))),
+        returns_true("next() of an empty stream is nullopt, again and again", bounded(B([&] {
+                       auto stream = pool.imap_unordered(none, twice);
+                       return !stream.next() && !stream.next() && !stream.stopped();
+                     }))),
+        throws<Timeout>("Future::get(0) while the task runs", bounded([&] { slow.get(0s); }),
+                        {p, "pool", running_text}),
+        throws<Timeout>("Future::get(-1 s) while the task runs", bounded([&] { slow.get(-1s); }),
+                        {p, "pool", "it goes on running"}),
+        throws<Timeout>("Future::get(duration::min()) while the task runs", bounded([&] { slow.get(min); }),
+                        {p, "pool", "it goes on running"}),
+        throws<Timeout>("Job::get(0) while the job runs", bounded([&] { slow_job.get(0s); }),
+                        {p, "pool", "(map, 1 items) " + running_text}),
+        throws<Timeout>("Job::get(-1 s) while the job runs", bounded([&] { slow_job.get(-1s); }),
+                        {p, "pool", "it goes on running"}),
+        returns_true("Future::get(0) of an ended task is its value",
+                     bounded(B([&] { return done_zero.get(0s) == 10; }))),
+        returns_true("Future::get(-1 s) of an ended task is its value",
+                     bounded(B([&] { return done_negative.get(-1s) == 12; }))),
+        returns_true("Future::get(duration::min()) of an ended task is its value",
+                     bounded(B([&] { return done_min.get(min) == 16; }))),
+        returns_true("Job::get(0) of an ended job is its results",
+                     bounded(B([&] { return done_job.get(0s) == std::vector<I64>{2, 4, 6}; }))),
+        returns_true("Job::get(-1 s) of an ended job is its results",
+                     bounded(B([&] { return done_job_negative.get(-1s) == std::vector<I64>{2, 4, 6}; }))),
+        throws<InvalidArgument>("Job::outcomes() after get() returned the results", bounded([&] { done_job.outcomes(); }),
+                                {p, "pool", "outcomes() after get() returned the results (it moved them out)"}),
+    };
+    run(rows, [&] {
+      CHECK_FALSE(slow.ready());  // every refused or timed-out call left the slow ones running
+      CHECK_FALSE(slow_job.wait_for(0s));
+      CHECK(pool.map(items, twice) == std::vector<I64>{2, 4, 6});
+      std::vector<std::uint64_t> seen;
+      for (const auto& o : pool.imap(Range{0, 4}, index_twice)) seen.push_back(o.value());
+      CHECK(seen == std::vector<std::uint64_t>{0, 2, 4, 6});
+      CHECK(shm_files(my_shm_prefix()) == files);
+      CHECK(shm_files(generated) == pool_files);
+    });
+    gate.set();
+    CHECK(slow.get(30s) == 7);
+    CHECK(slow_job.get(30s) == std::vector<I64>{1});
+  }
+  CHECK(shm_files(generated).empty());
+  CHECK_FALSE(procshare::test::shm_exists(p));
+}
+
+// KNOWN DEFECTS, skipped so the suite passes; run with --no-skip to see them fail.
+
+// Defect: a moved-from Stream dereferences its null state: next(), begin(), cancel(),
+// progress(), stopped() and id() crash with SIGSEGV (include/procshare/stream.hpp).
+// Expected: a procshare::Error naming the stream, as Process does for a moved-from
+// Process ("start() on a moved-from Process"). The iteration runs in a forked child, so
+// the crash cannot take the suite with it.
+TEST_CASE("iterating a moved-from Stream is an error naming it, not a crash" * doctest::skip()) {
+  wait_single_threaded();
+  Pool pool({.workers = 1, .arena_bytes = 1 << 16});
+  const std::vector<I64> items{1, 2, 3};
+  auto source = pool.imap(items, [](const I64& x) { return x; });
+  auto target = std::move(source);
+  const pid_t child = run_child([&] {
+    ::signal(SIGSEGV, SIG_DFL);  // (not doctest's handler: the child reports by its status)
+    try {
+      for (const auto& o : source) (void)o;
+    } catch (const InvalidArgument& e) {
+      ::_exit(std::string_view(e.what()).find("moved") != std::string_view::npos ? 0 : 4);
+    }
+    ::_exit(5);  // iterated without an error
+  });
+  const auto status = wait_child(child, 30s);
+  INFO("child exit code ", status.code, ", signal ", status.signal);
+  CHECK(status.ok());
+  std::size_t seen = 0;
+  for (const auto& o : target) seen += o.ok();
+  CHECK(seen == 3);
+}
+
+// Defect: Future::get(timeout) and Job::get(timeout) report a negative timeout as a
+// negative wait ("has not ended after -1000 ms", "-9223372036854 ms" for
+// nanoseconds::min()), and hours::min() overflows in the duration_cast to nanoseconds
+// in include/procshare/pool.hpp (signed overflow: undefined; it printed "0 ms" here).
+// Expected: the wait it really made, "has not ended after 0 ms", for every timeout <= 0.
+TEST_CASE("get() with a negative timeout says it waited 0 ms" * doctest::skip()) {
+  wait_single_threaded();
+  SegmentName gate_name("gate");
+  auto gate_segment = Segment::create(gate_name, 65536);
+  auto gate = gate_segment.create_event("gate");
+  Pool pool({.workers = 2, .arena_bytes = 1 << 16});
+  auto slow = pool.submit([](Event e) {
+    e.wait_for(60s);
+    return I64{7};
+  }, gate);
+  auto slow_job = pool.map_async(std::vector<I64>{1}, [](const I64& x, Event e) {
+    e.wait_for(60s);
+    return x;
+  }, gate);
+  const auto says_zero = doctest::Contains("has not ended after 0 ms; it goes on running");
+  CHECK_THROWS_WITH_AS(slow.get(-1s), says_zero, Timeout);
+  CHECK_THROWS_WITH_AS(slow.get(std::chrono::nanoseconds::min()), says_zero, Timeout);
+  CHECK_THROWS_WITH_AS(slow.get(std::chrono::hours::min()), says_zero, Timeout);
+  CHECK_THROWS_WITH_AS(slow_job.get(-1s), says_zero, Timeout);
+  CHECK_THROWS_WITH_AS(slow_job.get(std::chrono::hours::min()), says_zero, Timeout);
+  gate.set();
+  CHECK(slow.get() == 7);
+  CHECK(slow_job.get() == std::vector<I64>{1});
+}
+
+// Defect: a default-constructed Connection (never an end of a Pipe) says "pipe '' end 0:
+// send: this end is closed (close() was called, or it was moved from)": it names a pipe
+// with no name and gives a reason that is not what happened (lib/pipe.cpp,
+// throw_closed_here and Connection::description). Expected: like an empty handle's
+// error, "connection: empty (default-constructed, never an end of a Pipe)" or similar.
+TEST_CASE("a default-constructed Connection's error says it is empty" * doctest::skip()) {
+  Connection none;
+  std::string message;
+  try {
+    none.send(I64{1});
+  } catch (const PipeClosed& e) {
+    message = e.what();
+  }
+  INFO("message: ", message);
+  CHECK(message.find("pipe ''") == std::string::npos);
+  CHECK(message.find("default-constructed") != std::string::npos);
 }
 
 }  // TEST_SUITE

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -186,6 +187,25 @@ inline bool all_gone(const std::vector<int>& pids, std::chrono::milliseconds tim
     if (std::all_of(pids.begin(), pids.end(), process_gone)) return true;
     if (std::chrono::steady_clock::now() > deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+}  // namespace procshare::test
+
+namespace procshare::test {
+
+// Waits (at most 10 s) until this process runs one thread: a joined thread can linger in
+// /proc for a moment, and Pool() and Process::start() refuse to fork a threaded process.
+inline void wait_single_threaded() {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    int threads = 0;
+    while (std::getline(in, line))
+      if (line.rfind("Threads:", 0) == 0) threads = std::atoi(line.c_str() + 8);
+    if (threads == 1 || std::chrono::steady_clock::now() > deadline) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 
