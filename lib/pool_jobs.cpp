@@ -204,9 +204,16 @@ bool detail::wait_job(PoolCore& core, JobState& state, Deadline deadline) {
 
 void detail::wait_stream(PoolCore& core, JobState& state, bool (*ready)(JobState&)) {
   std::lock_guard guard(core.mutex);
+  // Workers wake the parent with each record they publish while this is raised; raised
+  // before the rings are read, so a record either is read or wakes the sleep below.
+  struct Wanted {
+    std::atomic<std::uint32_t>& word;
+    explicit Wanted(std::atomic<std::uint32_t>& w) : word(w) { word.store(1, std::memory_order_seq_cst); }
+    ~Wanted() { word.store(0, std::memory_order_relaxed); }
+  } wanted(core.block->records_wanted);
   for (;;) {
     const std::uint32_t sequence = core.progress_sequence();
-    const bool refused = core.pump(&state);
+    const bool refused = core.pump(true);
     if (ready(state) || state.finished) return;
     if (refused) {
       // The rings hold only outcomes the stream does not admit now, ahead of the one it
@@ -281,7 +288,7 @@ void detail::throw_job_timeout(const JobState& state, const char* call,
 
 detail::Progress detail::job_progress(PoolCore& core, JobState& state) {
   std::lock_guard guard(core.mutex);
-  core.pump();
+  core.pump(true);  // (takes no more of a stream's outcomes than it holds)
   if (core.find(state.id) != nullptr) {
     const JobSlot& job = core.block->job(core.slot_of(state.id));
     return {job.done.load(), job.failed.load(), job.skipped.load(), state.total};

@@ -43,7 +43,15 @@ struct Supervisor {
   int commands;  // read end of the parent's command pipe
   pid_t self = ::getpid();
   std::vector<int> pidfds;  // per worker slot; -1 if none
-  std::vector<DeathRecord> pending;  // deaths waiting for room in the death ring
+  // Deaths waiting for room in the death ring, each with the items it settles in its job
+  // (counted only once the record is in the ring: the parent finishes a job when all of
+  // it is settled, and must find every record of it by then).
+  struct PendingDeath {
+    DeathRecord record;
+    JobSlot* job;
+    std::uint64_t settled;
+  };
+  std::vector<PendingDeath> pending;
 
   void spawn(std::uint32_t index) {
     WorkerSlot& s = b.worker(index);
@@ -69,9 +77,11 @@ struct Supervisor {
     while (!pending.empty()) {
       const std::uint64_t write = b.death_write.load(std::memory_order_relaxed);
       if (write - b.death_read.load(std::memory_order_acquire) >= death_ring_size) return;
-      b.death_ring[write % death_ring_size] = pending.front();
+      const PendingDeath death = pending.front();
       pending.erase(pending.begin());
+      b.death_ring[write % death_ring_size] = death.record;
       b.death_write.store(write + 1, std::memory_order_release);
+      if (death.settled != 0) death.job->settled.fetch_add(death.settled);
     }
   }
 
@@ -105,31 +115,31 @@ struct Supervisor {
         job.done.fetch_add(done);
         job.skipped.fetch_add(skipped);
         job.failed.fetch_add(lost);
-        for (std::uint64_t k = lost_from; k < current; ++k)
-          pending.push_back(DeathRecord{id, k, s.pid.load(), signal, exit_status, 0, 0, 0});
-        if (running || lost_from > first)  // the cut item, and what ran before it
-          pending.push_back(DeathRecord{id, running ? current : no_item, s.pid.load(), signal,
-                                        exit_status, 0, first, lost_from});
+        const int pid = s.pid.load();
         if (running) {
           job.failed.fetch_add(1);
           settled += 1;
-          current += 1;
         }
+        // The cut item, what ran before it and the results held back: one record.
+        PendingDeath death{{id, running ? current : no_item, pid, signal, exit_status, 0, first,
+                            lost_from, lost_from, current},
+                           &job, settled};
+        if (running) current += 1;
         if (current < end) {  // the rest of its chunk runs elsewhere
           const std::uint32_t n = job.requeued_count.load();
           if (n < max_requeued) {
             job.requeued[n] = ItemRange{current, end};
             job.requeued_count.store(n + 1);
             if (b.claim_from.load() > id) b.claim_from.store(id);  // claimable again
-          } else {  // nowhere to put it: those items fail too
-            for (std::uint64_t k = current; k < end; ++k)
-              pending.push_back(DeathRecord{id, k, s.pid.load(), signal, exit_status, 0, 0, 0});
+          } else {  // nowhere to put it: those items fail too, in a second record
             job.failed.fetch_add(end - current);
-            settled += end - current;
+            pending.push_back(death);
+            death = {{id, no_item, pid, signal, exit_status, 0, 0, 0, current, end}, &job,
+                     end - current};
           }
         }
+        pending.push_back(death);
         publish_deaths();
-        job.settled.fetch_add(settled);
       }
     }
     s.state.store(static_cast<std::uint32_t>(WorkerState::exited));

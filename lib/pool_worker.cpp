@@ -44,11 +44,16 @@ struct WorkerContext {
   const Segment* segment;
   std::uint64_t ring_at;        // the ring's offset in the segment
   std::uint64_t ring_reserved;  // bytes of it reserved so far
-  // A stream's results held back (see RecordType::batch): items batch_first on.
+  // A stream's results held back (see RecordType::batch): items batch_first on, written
+  // into `batch` up to the running chunk's batch_at (ChunkContext).
   std::vector<std::byte> batch{};
-  std::uint64_t batch_first = 0, batch_count = 0;
+  std::uint64_t batch_first = 0;
   std::size_t batch_item = 0;
   std::chrono::steady_clock::time_point batch_started{};
+  // Results written inline between two looks at the batch's age (adapts to the tasks'
+  // pace, so that a look is rare for trivial tasks and a batch never waits long).
+  std::size_t batch_stride = 1;
+  std::chrono::steady_clock::time_point batch_looked{};
 };
 void append_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
                    std::span<const std::byte> first, std::span<const std::byte> second = {});
@@ -72,7 +77,10 @@ void write_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::
     const std::uint64_t contiguous = ring - write % ring;
     const std::uint64_t required = need + (contiguous < need ? contiguous : 0);
     if (ring - (write - read) >= required) break;
-    s.ring_waiting.store(1, std::memory_order_seq_cst);
+    // Sleep until half the ring is free, not just enough for this record: a parent that
+    // reads a record at a time (a stream's back-pressure) then wakes it once in many.
+    s.ring_waiting.store(static_cast<std::uint32_t>(std::max(required, ring / 2)),
+                         std::memory_order_seq_cst);
     const std::uint32_t sequence = s.ring_space_sequence.load(std::memory_order_seq_cst);
     if (s.ring_read.load(std::memory_order_seq_cst) == read) {
       wake_parent(b);
@@ -109,7 +117,9 @@ void write_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::
   std::memcpy(at, &header, sizeof header);
   if (!first.empty()) std::memcpy(at + sizeof header, first.data(), first.size());
   if (!second.empty()) std::memcpy(at + sizeof header + first.size(), second.data(), second.size());
-  s.ring_write.store(write + need, std::memory_order_release);  // publishes the record
+  s.ring_write.store(write + need, std::memory_order_seq_cst);  // publishes the record
+  // A stream's consumer waits for any record (see wait_stream); others wait for the job.
+  if (b.records_wanted.load(std::memory_order_seq_cst) != 0) wake_parent(b);
 }
 
 // The bytes a message keeps when a failure's record would outgrow the pool's arena.
@@ -164,51 +174,65 @@ void op_emit(ChunkContext& c, std::uint64_t index, const std::byte* data, std::s
 
 // Sends the held-back results as one record, then says so (flushed_to): a death after
 // this loses none of them.
-void flush_batch(WorkerContext& w, std::uint64_t covered) {
+void flush_batch(WorkerContext& w, ChunkContext& c, std::uint64_t covered) {
   WorkerSlot& s = *w.slot;
-  if (w.batch_count != 0) {
+  const std::size_t used = c.batch_at ? static_cast<std::size_t>(c.batch_at - w.batch.data()) : 0;
+  if (used != 0) {
     // (at most batch_bytes: one record, never pieces; type_length: the size of one result)
     write_record(w, RecordType::batch, s.job_id.load(std::memory_order_relaxed), w.batch_first,
-                 w.batch_item, std::span<const std::byte>(w.batch), {});
-    covered = std::max(covered, w.batch_first + w.batch_count);
-    w.batch.clear();
-    w.batch_count = 0;
+                 w.batch_item, std::span<const std::byte>(w.batch.data(), used), {});
+    covered = std::max(covered, w.batch_first + used / w.batch_item);
   }
+  c.batch_at = c.batch_end = nullptr;
   const std::uint64_t flushed = s.flushed_to.load(std::memory_order_relaxed);
   if (flushed != no_item && covered > flushed) s.flushed_to.store(covered, std::memory_order_release);
 }
 
 void op_flush(ChunkContext& c, std::uint64_t covered) {
-  flush_batch(*static_cast<WorkerContext*>(c.worker), covered);
+  flush_batch(*static_cast<WorkerContext*>(c.worker), c, covered);
 }
 
 // Batches of at most this many bytes, sent at least every couple of milliseconds.
-constexpr std::size_t batch_bytes = 16 << 10;
+constexpr std::size_t batch_bytes = 64 << 10;
 constexpr auto batch_age = std::chrono::milliseconds(2);
+// How long results may be written inline between two looks at the batch's age.
+constexpr auto batch_look = std::chrono::microseconds(50);
 
+// A result that run_chunk could not write inline: the first of a batch, one that does
+// not follow the batch, or the one after `batch_stride` inline ones.
 void op_batch(ChunkContext& c, std::uint64_t index, const void* data, std::size_t size) {
   auto& w = *static_cast<WorkerContext*>(c.worker);
-  if (w.batch_count != 0 && (index != w.batch_first + w.batch_count || size != w.batch_item))
-    flush_batch(w, 0);
-  if (w.batch_count == 0) {
+  const auto now = std::chrono::steady_clock::now();
+  if (c.batch_at != nullptr) {
+    const auto used = static_cast<std::size_t>(c.batch_at - w.batch.data());
+    if (index != w.batch_first + used / w.batch_item || size != w.batch_item ||
+        used + size > batch_bytes || now - w.batch_started >= batch_age)
+      flush_batch(w, c, 0);
+    // Look at the age less often while looks come quickly, more often when they do not.
+    if (now - w.batch_looked < batch_look) w.batch_stride = std::min<std::size_t>(w.batch_stride * 2, 1024);
+    else w.batch_stride = std::max<std::size_t>(w.batch_stride / 2, 1);
+  }
+  w.batch_looked = now;
+  if (c.batch_at == nullptr) {
     // The first result this chunk holds back: from here on, a death loses what is held.
     if (w.slot->flushed_to.load(std::memory_order_relaxed) == no_item)
       w.slot->flushed_to.store(index, std::memory_order_release);
+    if (w.batch.size() < batch_bytes) w.batch.resize(batch_bytes);
     w.batch_first = index;
     w.batch_item = size;
-    w.batch_started = std::chrono::steady_clock::now();
+    w.batch_started = now;
+    c.batch_at = w.batch.data();
   }
-  const auto* bytes = static_cast<const std::byte*>(data);
-  w.batch.insert(w.batch.end(), bytes, bytes + size);
-  ++w.batch_count;
-  if (w.batch.size() >= batch_bytes ||
-      (w.batch_count % 32 == 0 && std::chrono::steady_clock::now() - w.batch_started >= batch_age))
-    flush_batch(w, 0);
+  std::memcpy(c.batch_at, data, size);
+  c.batch_at += size;
+  c.batch_next = index + 1;
+  const std::size_t room = (batch_bytes - static_cast<std::size_t>(c.batch_at - w.batch.data())) / size;
+  c.batch_end = c.batch_at + std::min(room, w.batch_stride) * size;
 }
 
 void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char* message) {
   auto& w = *static_cast<WorkerContext*>(c.worker);
-  flush_batch(w, 0);  // (the results before it first: flushed_to never passes a held one)
+  flush_batch(w, c, 0);  // (the results before it first: flushed_to never passes a held one)
   const std::string name = demangle(type);
   append_record(w, RecordType::error, w.slot->job_id.load(std::memory_order_relaxed), index,
                 std::as_bytes(std::span(name.data(), name.size())),
@@ -217,7 +241,7 @@ void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char*
   w.slot->chunk_failed.store(w.slot->chunk_failed.load(std::memory_order_relaxed) + 1,
                              std::memory_order_relaxed);
   w.job->failed.fetch_add(1, std::memory_order_relaxed);
-  flush_batch(w, index + 1);  // its error record is out
+  flush_batch(w, c, index + 1);  // its error record is out
 }
 
 void op_found(ChunkContext& c, std::uint64_t index) {
@@ -425,7 +449,7 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
                    job->range_first};
     const auto started = std::chrono::steady_clock::now();
     job->run(c);
-    flush_batch(w, c.end);  // a stream's last results, before the chunk is settled
+    flush_batch(w, c, c.end);  // a stream's last results, before the chunk is settled
     const auto took = std::chrono::steady_clock::now() - started;
     const std::uint64_t id = s.job_id.load(std::memory_order_relaxed);
     if (preferred_for != id) preferred_for = id, preferred = 1;

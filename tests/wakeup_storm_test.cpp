@@ -947,20 +947,14 @@ private:
 
 }  // namespace
 
-// KNOWN DEFECT, skipped so the suite passes (run with --no-skip): every round whose victim
-// held back more than the death ring's 256 records loses outcomes. settle_death
-// (lib/pool_supervisor.cpp) counts a dead stream worker's held-back items and its running
-// item as settled at once, but writes one DeathRecord per item into a death ring of 256
-// (death_ring_size, lib/detail/pool_layout.hpp) and keeps the rest in its `pending` list;
-// the parent (PoolCore::pump) finishes the job once settled reaches the total, and the
-// records published later find no job and are dropped. The stream then ends, not
-// stopped, without ever yielding those items (neither done nor failed), while progress()
-// counts them failed. What stays pending also delays the next job's death records, so a
-// later stream can lose even the one item its victim was running. See also "a stream
-// whose worker dies holding back more than 256 results still yields every item" below.
-// (Its kills also come late while a stream's consumer is woken only every 50 ms: see
-// "a stream's consumer gets each outcome soon after its task ends" below.)
-TEST_CASE("a pool worker killed during an imap_unordered stream never stalls it or loses an outcome" * doctest::skip()) {
+// A stream's worker killed at a moment drawn over the work: every index comes out exactly
+// once, as its value or as WorkerDied (the item it ran and the results it still held
+// back, one contiguous run), and the counters agree with the marks. Found, and now
+// guards against: a death whose held-back items overflowed the death ring (one record
+// per item, 256 slots) lost outcomes, as the job was counted settled before its records
+// were out; the supervisor now sends one record per death with the lost range, and
+// counts the items settled only once it is in the ring.
+TEST_CASE("a pool worker killed during an imap_unordered stream never stalls it or loses an outcome") {
   std::mt19937 random(static_cast<unsigned>(::getpid()) ^ 0x5eedu);
   int all_rounds = 0, all_mid_work = 0;
   for (const int n : process_counts()) {
@@ -1145,11 +1139,10 @@ TEST_CASE("a pool worker killed during an imap_unordered stream never stalls it 
   CHECK(all_mid_work * 3 >= all_rounds);
 }
 
-// KNOWN DEFECT (see above), skipped: the smallest repro. One worker streams 400,000
-// trivial items and is killed (by its own task) at four items; each time it holds back
-// up to 2,048 results, which must come out as WorkerDied. Whenever more than 256 die at
-// once, some never come out at all. Fails in nearly every run.
-TEST_CASE("a stream whose worker dies holding back more than 256 results still yields every item" * doctest::skip()) {
+// The smallest repro of the defect above: one worker streams 400,000 trivial items and
+// is killed (by its own task) at four items; each time it holds back up to 2,048
+// results, which must come out as WorkerDied.
+TEST_CASE("a stream whose worker dies holding back more than 256 results still yields every item") {
   test::wait_single_threaded();
   SegmentName name("stream-lost");
   auto segment = Segment::create(name, 1 << 16);
@@ -1191,15 +1184,10 @@ TEST_CASE("a stream whose worker dies holding back more than 256 results still y
                 << count << " outcomes yielded");
 }
 
-// KNOWN DEFECT, skipped so the suite passes (run with --no-skip): a stream's consumer is
-// not woken when an outcome arrives. A worker publishes its result records
-// (lib/pool_worker.cpp: write_record, flush_batch) without wake_parent(): it wakes the
-// parent only when it completes a job or waits for room in its ring. The parent, asleep
-// in wait_stream (lib/pool_jobs.cpp, PoolCore::sleep_until), finds them at its next check,
-// every 50 ms (supervisor_check_period): one worker running 5 ms items yields 9 outcomes
-// at 50 ms, 10 at 100 ms, and so on, while submit().get() of the same task takes 5.1 ms.
-// It also delays the storm above: its first outcome, and so its kill, can come 45 ms late.
-TEST_CASE("a stream's consumer gets each outcome soon after its task ends, not at its next 50 ms check" * doctest::skip()) {
+// A stream's consumer is woken by each record a worker publishes while it waits
+// (PoolBlock::records_wanted). It used to find them only at its next 50 ms check: one
+// worker running 5 ms items yielded 9 outcomes at 50 ms, 10 at 100 ms, and so on.
+TEST_CASE("a stream's consumer gets each outcome soon after its task ends, not at its next 50 ms check") {
   test::wait_single_threaded();
   Pool pool({.workers = 1});
   std::vector<Clock::duration> arrivals;

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -23,6 +24,7 @@ namespace procshare {
 namespace detail {
 template <class R> struct StreamState;
 }  // namespace detail
+template <class R> class Stream;
 
 // How an item of a job ended.
 enum class ItemState : std::uint8_t {
@@ -53,6 +55,7 @@ public:
 private:
   template <class> friend class Job;
   template <class> friend struct detail::StreamState;
+  template <class> friend class Stream;
   std::size_t index_ = 0;
   ItemState state_ = ItemState::done;
   std::exception_ptr error_;
@@ -60,83 +63,145 @@ private:
 
 namespace detail {
 
-// A stream's state in the parent: outcomes as they arrive, in a buffer of at most
-// `limit`; the rest wait in the workers' rings, and workers whose ring is full wait for
-// room (back-pressure).
+// A stream's state in the parent. Outcomes arrive in blocks: a run of results for
+// consecutive items (a worker's batch, or results that followed each other), or one
+// failure. Besides the block it yields from, it holds about `limit` outcomes (a batch
+// may take it past that once); the rest wait in the workers' rings, and workers whose
+// ring is full wait for room (back-pressure). Yielding a result of a block costs a move,
+// so a stream keeps up with workers that return trivial results.
+// An allocator whose resize() leaves trivial elements uninitialized (they are copied
+// over at once).
+template <class T> struct UninitializedAllocator : std::allocator<T> {
+  template <class U> struct rebind { using other = UninitializedAllocator<U>; };
+  template <class U, class... A> void construct(U* p, A&&... a) {
+    if constexpr (sizeof...(A) == 0) ::new (static_cast<void*>(p)) U;
+    else ::new (static_cast<void*>(p)) U(std::forward<A>(a)...);
+  }
+};
+
 template <class R> struct StreamState : JobState {
+  struct Block {
+    std::uint64_t first = 0;   // its first item's index
+    std::vector<R, UninitializedAllocator<R>> values;  // done items: one result each
+    std::exception_ptr error;  // or one failed item's failure (values empty)
+    std::size_t size() const { return error ? 1 : values.size(); }
+    std::uint64_t end() const { return first + size(); }
+  };
+
   bool ordered;
   std::size_t limit;
-  std::uint64_t next = 0;                        // ordered: the index to yield next
-  std::map<std::uint64_t, Outcome<R>> waiting;   // ordered: arrived, by index
-  std::deque<Outcome<R>> arrived;                // unordered: in arrival order
-  std::size_t failures_seen = 0;                 // failures turned into outcomes
+  std::uint64_t next = 0;                 // ordered: the index after the current block
+  std::size_t held = 0;                   // outcomes in `waiting`/`arrived`
+  std::map<std::uint64_t, Block> waiting; // ordered: by first index
+  std::deque<Block> arrived;              // unordered: in arrival order
+  std::size_t failures_seen = 0;          // failures turned into blocks
+  // The block being yielded (out of the containers), and its results not yet yielded.
+  Block current;
+  R* at = nullptr;
+  R* stop = nullptr;
+  std::uint64_t at_index = 0;
 
   StreamState(bool ordered_, std::size_t limit_) : ordered(ordered_), limit(limit_) {}
-  std::size_t buffered() const { return ordered ? waiting.size() : arrived.size(); }
   // Unordered: while fewer than `limit` wait. Ordered: the `limit` indices from `next`
   // on (so the one it waits for always, and its successors in bulk).
   bool admits(std::uint64_t index) const override {
-    return ordered ? index < next + limit : buffered() < limit;
+    return ordered ? index < next + limit : held < limit;
   }
-  void put(Outcome<R>&& o) {
-    if (ordered)
-      waiting.emplace(o.index_, std::move(o));
-    else
-      arrived.push_back(std::move(o));
+  // The block that results for `index` extend (one of results ending just before it),
+  // or null.
+  Block* extended_by(std::uint64_t index) {
+    Block* b = nullptr;
+    if (!ordered) {
+      if (!arrived.empty()) b = &arrived.back();
+    } else if (auto it = waiting.lower_bound(index); it != waiting.begin()) {
+      b = &std::prev(it)->second;
+    }
+    return b != nullptr && !b->error && b->end() == index ? b : nullptr;
+  }
+  Block& add(Block&& b) {
+    if (!ordered) return arrived.emplace_back(std::move(b));
+    const std::uint64_t first = b.first;
+    return waiting.emplace(first, std::move(b)).first->second;
   }
   void accept(std::uint64_t index, Reader& r) override {
-    Outcome<R> o;
-    o.index_ = index;
-    o.stored = Transport<R>::read(r);
-    put(std::move(o));
+    R value = Transport<R>::read(r);
+    Block* b = extended_by(index);
+    if (b == nullptr) b = &add(Block{index, {}, nullptr});
+    b->values.push_back(std::move(value));
+    ++held;
   }
   void accept_batch(std::uint64_t first, const std::byte* data, std::size_t count,
                     std::size_t item) override {
     if constexpr (Transport<R>::fixed && !std::is_same_v<R, bool>) {
       if (item == sizeof(R)) {
-        for (std::size_t k = 0; k < count; ++k) {
-          Outcome<R> o;
-          o.index_ = first + k;
-          o.stored.emplace();
-          std::memcpy(static_cast<void*>(&*o.stored), data + k * item, sizeof(R));
-          put(std::move(o));
-        }
+        Block* b = extended_by(first);
+        if (b == nullptr) b = &add(Block{first, {}, nullptr});
+        const std::size_t end = b->values.size();
+        b->values.resize(end + count);
+        std::memcpy(static_cast<void*>(b->values.data() + end), data, count * sizeof(R));
+        held += count;
         return;
       }
     }
     JobState::accept_batch(first, data, count, item);
   }
-  // Failures (task errors, deaths) become outcomes too.
+  // Failures (task errors, deaths) become blocks of one.
   void absorb() {
     for (; failures_seen < failures.size(); ++failures_seen) {
-      Outcome<R> o;
-      o.index_ = failures[failures_seen].index;
-      o.state_ = ItemState::failed;
-      o.error_ = failure_error(failures[failures_seen]);
-      put(std::move(o));
+      add(Block{failures[failures_seen].index, {}, failure_error(failures[failures_seen])});
+      ++held;
     }
   }
-  // Whether take() has an outcome for the caller now. Once the job ended, an ordered
-  // stream skips the items that never ran.
+  // The block to yield from next, or null. Once the job ended, an ordered stream skips
+  // the items that never ran.
+  Block* front() {
+    if (!ordered) return arrived.empty() ? nullptr : &arrived.front();
+    if (waiting.empty()) return nullptr;
+    Block& b = waiting.begin()->second;
+    return b.first == next || finished ? &b : nullptr;
+  }
+  // Whether yield() has an outcome for the caller now.
   bool has_next() {
+    if (at != stop) return true;
     absorb();
-    if (!ordered) return !arrived.empty();
-    return waiting.count(next) != 0 || (finished && !waiting.empty());
+    return front() != nullptr;
   }
   static bool ready(JobState& state) { return static_cast<StreamState&>(state).has_next(); }
-  std::optional<Outcome<R>> take() {
-    if (!has_next()) return std::nullopt;
-    if (!ordered) {
-      Outcome<R> o = std::move(arrived.front());
+  // Moves the next outcome into `o`; false if there is none now. `o` keeps its state and
+  // error while it yields the results of one block.
+  bool yield(Outcome<R>& o) { return yield_result(o) || yield_block(o); }
+  // The next result of the current block, if there is one (the common case: inline).
+  bool yield_result(Outcome<R>& o) {
+    if (at == stop) return false;
+    o.index_ = at_index++;
+    o.stored = std::move(*at++);
+    return true;
+  }
+  // Starts yielding the next block.
+  bool yield_block(Outcome<R>& o) {
+    if (!has_next()) return false;
+    Block* b = front();
+    current = std::move(*b);
+    if (ordered)
+      waiting.erase(waiting.begin());
+    else
       arrived.pop_front();
-      return o;
+    held -= current.size();
+    next = current.end();
+    o.index_ = current.first;
+    if (current.error) {
+      o.state_ = ItemState::failed;
+      o.error_ = current.error;
+      o.stored.reset();
+      at = stop = nullptr;
+      return true;
     }
-    auto it = waiting.find(next);
-    if (it == waiting.end()) it = waiting.begin();  // (ended: past items that never ran)
-    Outcome<R> o = std::move(it->second);
-    waiting.erase(it);
-    next = o.index_ + 1;
-    return o;
+    o.state_ = ItemState::done;
+    o.error_ = nullptr;
+    at = current.values.data();
+    stop = at + current.values.size();
+    at_index = current.first;
+    return yield_result(o);
   }
 };
 
@@ -144,14 +209,19 @@ template <class R> struct StreamState : JobState {
 
 // Stream<R>: the outcomes of a streaming job (Pool::imap, Pool::imap_unordered) as they
 // come, in input order or in completion order (Python's imap, imap_unordered and
-// concurrent.futures.as_completed). Iterate it with a range-for: each element is an
-// Outcome<R> (index, value() or the item's failure), so a failed item does not end the
-// loop. The parent holds at most about 1,024 outcomes (the rest wait in the workers'
-// result rings, and the workers wait when those are full): memory stays bounded however
-// many items there are. Leaving the loop early, or destroying the stream, cancels the
-// job. An ordered stream waiting for a slow item holds back its successors: in the rare
-// case that this would stall (a dead worker's items rerun behind others), it takes them
-// all. Not for tasks that return nothing (use map_async). Move-only.
+// concurrent.futures.as_completed). Iterate it with a range-for (or next()): each
+// element is an Outcome<R> (index, value() or the item's failure), so a failed item does
+// not end the loop; the consumer is woken as each result arrives. Memory stays bounded
+// however many items there are: the parent holds the block of results it yields from (a
+// worker's batch: up to 16 KiB of fixed-size results) and about 1,024 outcomes more; the
+// rest wait in the workers' result rings, and the workers wait when those are full. (A
+// progress() or another stream's wait takes no more than that either; a wait for some
+// other job takes everything rather than stall.) Leaving the loop early, or destroying
+// the stream, cancels the job. An ordered stream waiting for a slow item holds back its
+// successors: in the rare case that this would stall (a dead worker's items rerun behind
+// others), it takes them all. A worker's death fails the item it ran and the results it
+// still held back (WorkerDied; at most one batch). Not for tasks that return nothing
+// (use map_async). Move-only: a moved-from Stream throws InvalidArgument.
 template <class R> class Stream {
 public:
   Stream(Stream&& other) noexcept = default;
@@ -168,47 +238,81 @@ public:
   // The next outcome, waiting for it; nullopt once every item that ran was yielded (see
   // stopped()). Throws PoolClosed if the pool ended first.
   std::optional<Outcome<R>> next() {
-    if (auto o = state_->take()) return o;  // (the rings are read once the buffer is empty)
-    detail::wait_stream(*core_, *state_, &detail::StreamState<R>::ready);
-    if (auto o = state_->take()) return o;
-    if (!state_->closed.empty()) throw PoolClosed(state_->segment, "pool", state_->closed);
-    return std::nullopt;
+    Outcome<R> o;
+    if (!advance(o)) return std::nullopt;
+    return o;
   }
 
   class iterator {
   public:
     using value_type = Outcome<R>;
     using difference_type = std::ptrdiff_t;
-    const Outcome<R>& operator*() const { return *current_; }
-    const Outcome<R>* operator->() const { return &*current_; }
+    const Outcome<R>& operator*() const { return current_; }
+    const Outcome<R>* operator->() const { return &current_; }
     iterator& operator++() {
-      current_ = stream_->next();
+      if (at_ != stop_) {  // (the common case, inline: the next result of a block)
+        current_.index_ = index_++;
+        current_.stored = std::move(*at_++);
+      } else {
+        more_ = stream_->advance(current_);
+        take_block();
+      }
       return *this;
     }
     void operator++(int) { ++*this; }
-    friend bool operator==(const iterator& i, std::default_sentinel_t) { return !i.current_; }
+    friend bool operator==(const iterator& i, std::default_sentinel_t) { return !i.more_; }
 
   private:
     friend class Stream;
-    explicit iterator(Stream* stream) : stream_(stream), current_(stream->next()) {}
+    explicit iterator(Stream* stream) : stream_(stream) {
+      more_ = stream_->advance(current_);
+      take_block();
+    }
+    // Takes the rest of the stream's current block, to yield it from here.
+    void take_block() {
+      auto& s = *stream_->state_;
+      at_ = s.at;
+      stop_ = s.stop;
+      index_ = s.at_index;
+      s.at = s.stop;
+    }
     Stream* stream_;
-    std::optional<Outcome<R>> current_;
+    R* at_ = nullptr;  // the rest of the current block
+    R* stop_ = nullptr;
+    std::uint64_t index_ = 0;
+    Outcome<R> current_;  // (refilled in place: one outcome is live at a time)
+    bool more_ = false;
   };
   // Starts the iteration (waits for the first outcome).
   iterator begin() { return iterator(this); }
   std::default_sentinel_t end() const noexcept { return {}; }
 
   // Stops the job: items not started never run; the stream yields what had arrived.
-  void cancel() { detail::cancel_job(*core_, *state_); }
+  void cancel() { detail::cancel_job(*core_, state("cancel()")); }
   // Items done, failed and skipped so far, and the total.
-  detail::Progress progress() { return detail::job_progress(*core_, *state_); }
+  detail::Progress progress() { return detail::job_progress(*core_, state("progress()")); }
   // After the end: whether the job was stopped, so that some items never ran.
-  bool stopped() const noexcept { return state_->stopped; }
+  bool stopped() const { return state("stopped()").stopped; }
   // The job's id in the pool's control segment.
-  std::uint64_t id() const noexcept { return state_->id; }
+  std::uint64_t id() const { return state("id()").id; }
 
 private:
   friend class Pool;
+  friend class iterator;
+  // Moves the next outcome into `o`, waiting for it; false at the end.
+  bool advance(Outcome<R>& o) {
+    if (state("next()").yield(o)) return true;  // (the rings are read once the buffer is empty)
+    detail::wait_stream(*core_, *state_, &detail::StreamState<R>::ready);
+    if (state_->yield(o)) return true;
+    if (!state_->closed.empty()) throw PoolClosed(state_->segment, "pool", state_->closed);
+    return false;
+  }
+  // The state; throws InvalidArgument for a moved-from Stream.
+  detail::StreamState<R>& state(const char* call) const {
+    if (!state_)
+      throw InvalidArgument("", "stream", std::string(call) + " on a moved-from Stream");
+    return *state_;
+  }
   Stream(std::shared_ptr<detail::PoolCore> core, std::shared_ptr<detail::StreamState<R>> state)
       : core_(std::move(core)), state_(std::move(state)) {}
   std::shared_ptr<detail::PoolCore> core_;

@@ -152,24 +152,30 @@ public:
     }
   }
 
-  // Moves every record in the rings into its job. With `limiting`, a stream's outcomes
-  // beyond what it admits stay in the rings; returns whether some did.
-  bool drain_rings(JobState* limiting = nullptr) {
+  // Moves every record in the rings into its job. With `limited`, a stream's outcomes
+  // beyond what it admits stay in the rings (every stream's: see Stream); returns whether
+  // some did.
+  bool drain_rings(bool limited) {
     return rings.drain(
         *block, [this](const RecordHeader& header, const std::byte* payload,
                        std::size_t size) { dispatch(header, payload, size); },
         [this](const DeathRecord& death) {
           JobState* state = find(death.job_id);
           if (state == nullptr) return;
-          if (death.index != no_item)
-            state->failures.push_back(JobState::Failure{death.index, true, "", "", death.pid,
+          auto fail = [&](std::uint64_t index) {
+            state->failures.push_back(JobState::Failure{index, true, "", "", death.pid,
                                                         death.signal, death.exit_status});
+          };
+          if (death.lost_end <= state->total)
+            for (std::uint64_t k = death.lost_first; k < death.lost_end; ++k) fail(k);
+          if (death.index != no_item) fail(death.index);
           if (death.ran_end > death.ran_first && state->kind == JobKind::map)
             state->ran.emplace_back(death.ran_first, death.ran_end);
         },
-        [limiting](const RecordHeader& header) {
-          return limiting == nullptr || header.job_id != limiting->id ||
-                 limiting->admits(header.index);
+        [this, limited](const RecordHeader& header) {
+          if (!limited) return true;
+          const JobState* state = find(header.job_id);
+          return state == nullptr || state->admits(header.index);
         });
   }
 
@@ -177,9 +183,9 @@ public:
   // Workers report each job they complete through their ring; the parent checks every job
   // only when the supervisor or a controller may have completed one (`rescan`) and, as a
   // safety net, with each supervisor check.
-  // `limiting`: a stream whose consumer is waiting (see drain_rings); returns whether
-  // some of its outcomes stayed in the rings.
-  bool pump(JobState* limiting = nullptr) {
+  // `limited`: streams' outcomes they do not admit now stay in the rings (see
+  // drain_rings); returns whether some did.
+  bool pump(bool limited = false) {
     const auto now = std::chrono::steady_clock::now();
     const bool periodic = now - last_check >= supervisor_check_period;
     const std::uint32_t rescan = block->rescan.load(std::memory_order_acquire);
@@ -196,12 +202,12 @@ public:
           if (complete) completed.push_back(a.state->id);
         }
     }
-    bool refused = drain_rings(limiting);
+    bool refused = drain_rings(limited);
     // A job is finished (and forgotten) only once the rings hold nothing more of it: not
     // while a stream's back-pressure leaves records in them.
     if (!completed.empty() && !refused) {
       // Once more: results another worker published before this job's last item settled.
-      refused = drain_rings(limiting);
+      refused = drain_rings(limited);
       if (!refused) {
         for (const std::uint64_t id : completed) finish(id);
         completed.clear();
@@ -263,7 +269,7 @@ public:
           return false;  // items below the match still run there (or a death is unsettled)
       }
     }
-    drain_rings();  // the failure records of items below the match
+    drain_rings(false);  // the failure records of items below the match
     return state.failures.size() >= failed;
   }
 

@@ -41,7 +41,8 @@ struct alignas(64) WorkerSlot {
                                           // no_item while it holds none back
   alignas(64) std::atomic<std::uint64_t> ring_write;  // bytes published (worker)
   std::atomic<std::uint32_t> ring_space_sequence;    // futex: bumped when the parent reads
-  std::atomic<std::uint32_t> ring_waiting;           // the worker sleeps for room
+  std::atomic<std::uint32_t> ring_waiting;           // the worker sleeps until this many
+                                                     // bytes are free (0: it does not)
   alignas(64) std::atomic<std::uint64_t> ring_read;   // bytes consumed (parent)
 };
 
@@ -82,8 +83,10 @@ struct alignas(64) JobSlot {
 };
 
 // A worker that died holding a chunk (supervisor -> parent): the item it was running
-// (no_item if none), and the items of its chunk that had run before ([ran_first,
-// ran_end), for per-item outcomes).
+// (no_item if none), the items of its chunk that had run before ([ran_first, ran_end),
+// for per-item outcomes), and the items that fail with WorkerDied besides it
+// ([lost_first, lost_end): a stream's results it held back, or a chunk that could not be
+// requeued). One record a death (two if both ranges are needed), however many items.
 inline constexpr std::uint64_t no_item = UINT64_MAX;
 struct DeathRecord {
   std::uint64_t job_id;
@@ -93,6 +96,7 @@ struct DeathRecord {
   std::int32_t exit_status;
   std::uint32_t reserved;
   std::uint64_t ran_first, ran_end;
+  std::uint64_t lost_first, lost_end;
 };
 inline constexpr std::uint32_t death_ring_size = 256;
 
@@ -129,6 +133,7 @@ struct alignas(64) PoolBlock {
   std::atomic<std::uint32_t> workers_waiting;
   std::atomic<std::uint32_t> parent_sequence;  // futex: the parent waits for progress
   std::atomic<std::uint32_t> parent_waiting;
+  std::atomic<std::uint32_t> records_wanted;   // a stream waits: wake the parent per record
   std::atomic<std::uint32_t> rescan;           // bumped when the parent must check every job
   std::atomic<std::uint32_t> state;            // PoolState
   std::int32_t parent_pid;

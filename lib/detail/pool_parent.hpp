@@ -129,8 +129,10 @@ public:
         }
         read += header.size;
       }
-      s.ring_read.store(stopped_here ? read : write, std::memory_order_release);
-      if (s.ring_waiting.load(std::memory_order_seq_cst)) {
+      if (!stopped_here) read = write;
+      s.ring_read.store(read, std::memory_order_release);
+      const std::uint32_t waiting = s.ring_waiting.load(std::memory_order_seq_cst);
+      if (waiting != 0 && bytes - (write - read) >= waiting) {
         s.ring_space_sequence.fetch_add(1, std::memory_order_seq_cst);
         futex_wake(s.ring_space_sequence);
       }

@@ -95,6 +95,12 @@ struct ChunkContext {
   const std::atomic<std::uint32_t>* stop;     // the job's stop flag
   const std::atomic<std::uint64_t>* best;     // find_first's best match so far
   std::uint64_t range_first;                  // a Range job: item k is range_first + k
+  // A stream's fixed-size results held back for a batch (in the worker's buffer): the
+  // next one for item batch_next goes at batch_at while that is below batch_end; any
+  // other goes through ops->batch, which also flushes the batch when it is full or old.
+  std::byte* batch_at = nullptr;
+  std::byte* batch_end = nullptr;
+  std::uint64_t batch_next = 0;
 };
 
 using ChunkFn = void (*)(ChunkContext&);
@@ -126,8 +132,13 @@ template <class R> void store_result(ChunkContext& c, std::uint64_t index, const
   if constexpr (Transport<R>::fixed) {
     if (c.results != nullptr)
       std::memcpy(c.results + index * sizeof(R), &value, sizeof(R));
-    else  // a stream: sent in batches
+    else if (index == c.batch_next && c.batch_at != c.batch_end) {  // a stream: in batches
+      std::memcpy(c.batch_at, &value, sizeof(R));
+      c.batch_at += sizeof(R);
+      ++c.batch_next;
+    } else {
       c.ops->batch(c, index, &value, sizeof(R));
+    }
   } else {
     std::vector<std::byte> bytes;
     Writer w{bytes};
