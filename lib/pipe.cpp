@@ -120,13 +120,18 @@ void Connection::close() noexcept {
 }
 
 std::string Connection::description() const {
-  return fmt::format("pipe '{}' end {}", pipe_name_ ? detail::printable(*pipe_name_) : "",
-                     index_);
+  if (!pipe_name_) return "connection";
+  return fmt::format("pipe '{}' end {}", detail::printable(*pipe_name_), index_);
 }
 
 namespace {
 
 [[noreturn]] void throw_closed_here(const Connection& c, std::string_view call) {
+  if (c.description() == "connection")
+    throw PipeClosed("", c.description(),
+                     fmt::format("{}: this Connection is empty (default-constructed, never an end "
+                                 "of a Pipe)",
+                                 call));
   throw PipeClosed("", c.description(),
                    fmt::format("{}: this end is closed (close() was called, or it was moved from)",
                                call));

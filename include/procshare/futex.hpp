@@ -59,6 +59,15 @@ Deadline deadline_after(const std::chrono::duration<Rep, Period>& timeout) {
   return now + std::chrono::ceil<std::chrono::steady_clock::duration>(timeout);
 }
 
+// How long a wait of `timeout` waited, for messages: 0 if it is not positive, saturated
+// if it does not fit.
+template <class Rep, class Period>
+std::chrono::nanoseconds waited_for(const std::chrono::duration<Rep, Period>& timeout) {
+  if (timeout <= timeout.zero()) return std::chrono::nanoseconds::zero();
+  if (std::chrono::duration<double>(timeout).count() > 9.2e9) return std::chrono::nanoseconds::max();
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(timeout);
+}
+
 // A deadline on any clock, converted to steady_clock.
 template <class Clock, class Duration>
 Deadline to_deadline(const std::chrono::time_point<Clock, Duration>& deadline) {

@@ -94,9 +94,8 @@ public:
     static_assert(detail::check_transportable<U>());
     std::vector<std::byte> message(sizeof(detail::PipeHeader));
     const std::string_view type = typeid(U).name();
-    const auto* type_bytes = reinterpret_cast<const std::byte*>(type.data());
-    message.insert(message.end(), type_bytes, type_bytes + type.size());
     Writer writer(message);
+    writer.bytes(type.data(), type.size());
     writer.write(value);
     send_message(message, type.size());
   }

@@ -105,8 +105,7 @@ public:
   // (it goes on running; get() may be called again). Python's Future.result(timeout).
   template <class Rep, class Period> R get(const std::chrono::duration<Rep, Period>& timeout) {
     if (!wait_for(timeout))
-      detail::throw_job_timeout(*state_, "Future::get",
-                                std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+      detail::throw_job_timeout(*state_, "Future::get", detail::waited_for(timeout));
     return get();
   }
   // Cancels the task if no worker has started it (Python's Future.cancel()): returns true,
@@ -164,8 +163,7 @@ public:
   // (it goes on running; get() may be called again). Python's AsyncResult.get(timeout).
   template <class Rep, class Period> auto get(const std::chrono::duration<Rep, Period>& timeout) {
     if (!wait_for(timeout))
-      detail::throw_job_timeout(*state_, "Job::get",
-                                std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+      detail::throw_job_timeout(*state_, "Job::get", detail::waited_for(timeout));
     return get();
   }
   // Raises the job's stop flag: unstarted items are dropped; get() throws Stopped.
