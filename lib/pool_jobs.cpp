@@ -202,6 +202,18 @@ bool detail::wait_job(PoolCore& core, JobState& state, Deadline deadline) {
   }
 }
 
+std::size_t detail::wait_any(PoolCore& core, std::span<JobState* const> states, Deadline deadline) {
+  std::lock_guard guard(core.mutex);
+  for (;;) {
+    const std::uint32_t sequence = core.progress_sequence();
+    core.pump();
+    for (std::size_t i = 0; i < states.size(); ++i)
+      if (states[i]->finished) return i;
+    if (std::chrono::steady_clock::now() >= deadline) return states.size();
+    if (!spin_while(core.block->parent_sequence, sequence)) core.sleep_until(deadline, sequence);
+  }
+}
+
 void detail::wait_stream(PoolCore& core, JobState& state, bool (*ready)(JobState&)) {
   std::lock_guard guard(core.mutex);
   // Workers wake the parent with each record they publish while this is raised; raised
@@ -283,6 +295,15 @@ void detail::throw_job_timeout(const JobState& state, const char* call,
                 fmt::format("{}: job {} ({}, {} items) has not ended after {} ms; it goes on "
                             "running",
                             call, state.id, kind < 4 ? kinds[kind] : "?", state.total,
+                            std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()));
+}
+
+void detail::throw_completed_timeout(const JobState& state, std::size_t pending,
+                                     std::chrono::nanoseconds waited) {
+  throw Timeout(state.segment, "pool",
+                fmt::format("as_completed: {} future{} had not ended after {} ms; they go on "
+                            "running",
+                            pending, pending == 1 ? "" : "s",
                             std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()));
 }
 

@@ -382,6 +382,69 @@ TEST_CASE("Future::exception returns the task's failure without throwing") {
   CHECK(pool.submit([](int x) { return x; }, 1).exception() == nullptr);
 }
 
+namespace {
+// A task that waits for its event, then returns k (or throws, for k == 3).
+int released(int k, Event go) {
+  if (!go.wait_for(30s)) throw std::runtime_error("never released");
+  if (k == 3) throw std::runtime_error("three fails");
+  return k;
+}
+}  // namespace
+
+TEST_CASE("as_completed yields each future once, in the order the tasks end, failures included") {
+  SegmentName name("completed");
+  auto segment = Segment::create(name, 1 << 16);
+  std::vector<Event> go;
+  for (int k = 0; k < 4; ++k) go.push_back(segment.create_event("go" + std::to_string(k)));
+  Pool pool({.workers = 4});
+  std::vector<Future<int>> futures;
+  for (int k = 0; k < 4; ++k) futures.push_back(pool.submit(released, k, go[static_cast<std::size_t>(k)]));
+  // Each task ends only when released, in this order, one after the other has been yielded.
+  const std::vector<int> order{2, 0, 3, 1};
+  std::size_t step = 0;
+  go[static_cast<std::size_t>(order[0])].set();
+  for (Future<int>& f : as_completed(futures)) {
+    REQUIRE(step < order.size());
+    CHECK(&f == &futures[static_cast<std::size_t>(order[step])]);
+    if (order[step] == 3)
+      CHECK_THROWS_WITH_AS(f.get(), doctest::Contains("three fails"), TaskError);
+    else
+      CHECK(f.get() == order[step]);
+    if (++step < order.size()) go[static_cast<std::size_t>(order[step])].set();
+  }
+  CHECK(step == 4);
+}
+
+TEST_CASE("as_completed with a timeout yields what ended, then throws Timeout; futures of two pools mix") {
+  SegmentName name("completed-timeout");
+  auto segment = Segment::create(name, 1 << 16);
+  auto never = segment.create_event("never");
+  auto now = segment.create_event("now");
+  now.set();
+  Pool first({.workers = 2}), second({.workers = 1});
+  std::vector<Future<int>> futures;
+  futures.push_back(first.submit(released, 0, never));  // released only after the loop
+  futures.push_back(second.submit(released, 1, now));
+  futures.push_back(first.submit(released, 2, now));
+  std::vector<int> yielded;
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH_AS(
+      [&] {
+        for (Future<int>& f : as_completed(futures, 300ms)) yielded.push_back(f.get());
+      }(),
+      doctest::Contains("as_completed: 1 future had not ended after"), Timeout);
+  CHECK(std::chrono::steady_clock::now() - start >= 300ms);
+  std::sort(yielded.begin(), yielded.end());
+  CHECK(yielded == std::vector<int>{1, 2});
+  never.set();
+  CHECK(futures[0].get() == 0);  // it went on running
+  std::vector<Future<int>> moved;
+  moved.push_back(std::move(futures[1]));
+  CHECK_THROWS_WITH_AS(as_completed(futures), doctest::Contains("empty"), InvalidArgument);
+  std::vector<Future<int>> none;
+  for (Future<int>& f : as_completed(none)) FAIL("yielded from nothing: " << f.get());
+}
+
 TEST_CASE("a burst of submits to an idle pool starts on as many idle workers as there are tasks") {
   SegmentName name("burst");
   auto segment = Segment::create(name, 1 << 16);

@@ -91,6 +91,8 @@ struct Chunk {
   std::uint64_t items;  // items per chunk; 0: automatic
 };
 
+template <class R> class Completed;
+
 // Future<R>: the result of Pool::submit, filled in as the parent collects results.
 template <class R> class Future {
 public:
@@ -135,6 +137,7 @@ public:
 
 private:
   friend class Pool;
+  template <class> friend class Completed;
   Future(std::shared_ptr<detail::PoolCore> core, std::shared_ptr<detail::ResultState<R>> state)
       : core_(std::move(core)), state_(std::move(state)) {}
   std::shared_ptr<detail::PoolCore> core_;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <procshare/array.hpp>
+#include <procshare/as_completed.hpp>
 #include <procshare/containers.hpp>
 #include <procshare/error.hpp>
 #include <procshare/flag.hpp>

@@ -105,6 +105,14 @@ struct Progress {
 
 PROCSHARE_API void start_job(PoolCore& core, const JobSpec& spec, const std::shared_ptr<JobState>& state);
 PROCSHARE_API bool wait_job(PoolCore& core, JobState& state, Deadline deadline);
+// as_completed(): waits until one of `states` (jobs of this pool) ended, or `deadline`;
+// returns its position, or states.size() at the deadline.
+PROCSHARE_API std::size_t wait_any(PoolCore& core, std::span<JobState* const> states,
+                                   Deadline deadline);
+// Throws Timeout: as_completed() gave up after `waited` with `pending` futures left
+// (`state` is one of them: it names the pool).
+[[noreturn]] PROCSHARE_API void throw_completed_timeout(const JobState& state, std::size_t pending,
+                                                        std::chrono::nanoseconds waited);
 // A stream's next(): waits until `ready()` or the job ended, taking only the outcomes the
 // stream admits out of the rings (and everything, should that leave nothing to take).
 PROCSHARE_API void wait_stream(PoolCore& core, JobState& state, bool (*ready)(JobState&));
