@@ -107,7 +107,11 @@ TEST_CASE("8 processes racing test_and_set on a Flag: exactly one winner in each
   constexpr int processes = 8, rounds = 1000;
   auto segment = Segment::create(name, 1024 * 1024, {.max_objects = rounds + 8});
   std::vector<Flag> flags;
-  for (int r = 0; r < rounds; ++r) flags.push_back(segment.create_flag(std::to_string(r).insert(0, "f")));
+  for (int r = 0; r < rounds; ++r) {
+    std::string flag_name = "f";
+    flag_name += std::to_string(r);  // (not "f" + ...: g++ 12 -O2 warns falsely on it)
+    flags.push_back(segment.create_flag(flag_name));
+  }
   auto winners = segment.create_array<int>("winners", rounds, 0);
   auto arrived = segment.create_atomic<int>("arrived", 0);
   CHECK(run_together(processes, segment, [&](int) {
