@@ -107,9 +107,28 @@ struct Supervisor {
         const bool running = progress % 2 == 1 && current < end;
         const std::uint64_t failed = s.chunk_failed.load(), skipped = s.chunk_skipped.load();
         std::uint64_t settled = current - first;
-        // A stream's results the worker still held back died with it: those items fail.
+        // A stream's results the worker held back are in its ring, in the batch record it
+        // had opened: publish the record for it, with the results of the items that ran
+        // (those after them, the running item's included, are not whole). If it had
+        // published the record already, nothing is held back either.
         const std::uint64_t flushed = s.flushed_to.load();
-        const std::uint64_t lost_from = flushed == no_item ? current : std::clamp(flushed, first, current);
+        std::uint64_t lost_from = flushed == no_item ? current : std::clamp(flushed, first, current);
+        const std::uint64_t item = s.batch_item.load(), batch_first = s.batch_first.load();
+        if (item != 0 && batch_first >= lost_from && batch_first <= current) {
+          const std::uint64_t write = s.ring_write.load(), count = current - batch_first;
+          if (write == s.batch_record.load() && count != 0 && count * item <= stream_batch_bytes) {
+            const std::uint64_t size = align_up(sizeof(RecordHeader) + count * item, 8);
+            const RecordHeader header{static_cast<std::uint32_t>(size),
+                                      static_cast<std::uint32_t>(RecordType::batch),
+                                      id, batch_first, s.pid.load(),
+                                      static_cast<std::uint32_t>(item),
+                                      static_cast<std::uint32_t>(count * item), 0};
+            std::memcpy(b.ring(index) + write % b.ring_bytes, &header, sizeof header);
+            s.ring_write.store(write + size);
+          }
+          if (write != s.batch_record.load() || count == 0 || count * item <= stream_batch_bytes)
+            lost_from = current;
+        }
         const std::uint64_t lost = current - lost_from;
         const std::uint64_t done = settled >= failed + skipped + lost ? settled - failed - skipped - lost : 0;
         job.done.fetch_add(done);

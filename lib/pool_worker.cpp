@@ -45,8 +45,9 @@ struct WorkerContext {
   std::uint64_t ring_at;        // the ring's offset in the segment
   std::uint64_t ring_reserved;  // bytes of it reserved so far
   // A stream's results held back (see RecordType::batch): items batch_first on, written
-  // into `batch` up to the running chunk's batch_at (ChunkContext).
-  std::vector<std::byte> batch{};
+  // in place into the batch record opened at `batch` in the ring, up to the running
+  // chunk's batch_at (ChunkContext).
+  std::byte* batch = nullptr;
   std::uint64_t batch_first = 0;
   std::size_t batch_item = 0;
   std::chrono::steady_clock::time_point batch_started{};
@@ -62,15 +63,14 @@ JobSlot* current_job = nullptr;        // the job whose chunk runs now
 WorkerSlot* current_slot = nullptr;   // this worker's slot
 PoolBlock* current_block = nullptr;   // the worker's pool
 
-// Writes one record (header + `first` + `second`, need <= half the ring) to the worker's
-// result ring, waiting for the parent to make room.
-void write_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
-                  std::size_t type_length, std::span<const std::byte> first,
-                  std::span<const std::byte> second) {
+// Opens a record of up to `need` bytes (header included, 8-aligned, <= half the ring) in
+// the worker's result ring, waiting for the parent to make room: returns where it starts
+// (ring_write, after padding to the ring's end if it would not fit before). Nothing is
+// published until publish_record.
+std::byte* open_record(WorkerContext& w, std::uint64_t need) {
   PoolBlock& b = *w.block;
   WorkerSlot& s = *w.slot;
   const std::uint64_t ring = b.ring_bytes;
-  const std::uint64_t need = align_up(sizeof(RecordHeader) + first.size() + second.size(), 8);
   for (;;) {
     const std::uint64_t write = s.ring_write.load(std::memory_order_relaxed);
     const std::uint64_t read = s.ring_read.load(std::memory_order_acquire);
@@ -109,17 +109,36 @@ void write_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::
     write += ring - write % ring;
     s.ring_write.store(write, std::memory_order_release);
   }
-  RecordHeader header{static_cast<std::uint32_t>(need), static_cast<std::uint32_t>(type),
-                      job_id, index, cached_pid,
-                      static_cast<std::uint32_t>(type_length),
-                      static_cast<std::uint32_t>(first.size() + second.size()), 0};
-  std::byte* at = base + write % ring;
+  return base + write % ring;
+}
+
+// Publishes the record opened at `at` (its payload written after the header).
+void publish_record(WorkerContext& w, std::byte* at, RecordType type, std::uint64_t job_id,
+                    std::uint64_t index, std::size_t type_length, std::size_t payload) {
+  PoolBlock& b = *w.block;
+  WorkerSlot& s = *w.slot;
+  const std::uint64_t size = align_up(sizeof(RecordHeader) + payload, 8);
+  const RecordHeader header{static_cast<std::uint32_t>(size), static_cast<std::uint32_t>(type),
+                            job_id, index, cached_pid,
+                            static_cast<std::uint32_t>(type_length),
+                            static_cast<std::uint32_t>(payload), 0};
   std::memcpy(at, &header, sizeof header);
-  if (!first.empty()) std::memcpy(at + sizeof header, first.data(), first.size());
-  if (!second.empty()) std::memcpy(at + sizeof header + first.size(), second.data(), second.size());
-  s.ring_write.store(write + need, std::memory_order_seq_cst);  // publishes the record
+  s.ring_write.store(s.ring_write.load(std::memory_order_relaxed) + size,
+                     std::memory_order_seq_cst);  // publishes the record
   // A stream's consumer waits for any record (see wait_stream); others wait for the job.
   if (b.records_wanted.load(std::memory_order_seq_cst) != 0) wake_parent(b);
+}
+
+// Writes one record (header + `first` + `second`, need <= half the ring) to the worker's
+// result ring, waiting for the parent to make room.
+void write_record(WorkerContext& w, RecordType type, std::uint64_t job_id, std::uint64_t index,
+                  std::size_t type_length, std::span<const std::byte> first,
+                  std::span<const std::byte> second) {
+  std::byte* at = open_record(w, align_up(sizeof(RecordHeader) + first.size() + second.size(), 8));
+  if (!first.empty()) std::memcpy(at + sizeof(RecordHeader), first.data(), first.size());
+  if (!second.empty())
+    std::memcpy(at + sizeof(RecordHeader) + first.size(), second.data(), second.size());
+  publish_record(w, at, type, job_id, index, type_length, first.size() + second.size());
 }
 
 // The bytes a message keeps when a failure's record would outgrow the pool's arena.
@@ -172,39 +191,42 @@ void op_emit(ChunkContext& c, std::uint64_t index, const std::byte* data, std::s
                 std::span(data, size));
 }
 
-// Sends the held-back results as one record, then says so (flushed_to): a death after
-// this loses none of them.
+// Batches of at most stream_batch_bytes of results, sent at least every couple of
+// milliseconds.
+constexpr std::size_t batch_bytes = stream_batch_bytes;
+constexpr auto batch_age = std::chrono::milliseconds(2);
+// How long results may be written inline between two looks at the batch's age.
+constexpr auto batch_look = std::chrono::microseconds(50);
+
+// Publishes the held-back results' record, then says so (flushed_to, batch_item = 0).
+// A death before the record is published loses nothing either: the results are in the
+// ring already, and the supervisor publishes them (see Supervisor::settle_death).
 void flush_batch(WorkerContext& w, ChunkContext& c, std::uint64_t covered) {
   WorkerSlot& s = *w.slot;
-  const std::size_t used = c.batch_at ? static_cast<std::size_t>(c.batch_at - w.batch.data()) : 0;
-  if (used != 0) {
-    // (at most batch_bytes: one record, never pieces; type_length: the size of one result)
-    write_record(w, RecordType::batch, s.job_id.load(std::memory_order_relaxed), w.batch_first,
-                 w.batch_item, std::span<const std::byte>(w.batch.data(), used), {});
+  if (c.batch_at != nullptr) {
+    const auto used = static_cast<std::size_t>(c.batch_at - (w.batch + sizeof(RecordHeader)));
+    publish_record(w, w.batch, RecordType::batch, s.job_id.load(std::memory_order_relaxed),
+                   w.batch_first, w.batch_item, used);
     covered = std::max(covered, w.batch_first + used / w.batch_item);
   }
   c.batch_at = c.batch_end = nullptr;
   const std::uint64_t flushed = s.flushed_to.load(std::memory_order_relaxed);
   if (flushed != no_item && covered > flushed) s.flushed_to.store(covered, std::memory_order_release);
+  s.batch_item.store(0, std::memory_order_release);
 }
 
 void op_flush(ChunkContext& c, std::uint64_t covered) {
   flush_batch(*static_cast<WorkerContext*>(c.worker), c, covered);
 }
 
-// Batches of at most this many bytes, sent at least every couple of milliseconds.
-constexpr std::size_t batch_bytes = 64 << 10;
-constexpr auto batch_age = std::chrono::milliseconds(2);
-// How long results may be written inline between two looks at the batch's age.
-constexpr auto batch_look = std::chrono::microseconds(50);
-
 // A result that run_chunk could not write inline: the first of a batch, one that does
 // not follow the batch, or the one after `batch_stride` inline ones.
 void op_batch(ChunkContext& c, std::uint64_t index, const void* data, std::size_t size) {
   auto& w = *static_cast<WorkerContext*>(c.worker);
+  WorkerSlot& s = *w.slot;
   const auto now = std::chrono::steady_clock::now();
   if (c.batch_at != nullptr) {
-    const auto used = static_cast<std::size_t>(c.batch_at - w.batch.data());
+    const auto used = static_cast<std::size_t>(c.batch_at - (w.batch + sizeof(RecordHeader)));
     if (index != w.batch_first + used / w.batch_item || size != w.batch_item ||
         used + size > batch_bytes || now - w.batch_started >= batch_age)
       flush_batch(w, c, 0);
@@ -214,20 +236,24 @@ void op_batch(ChunkContext& c, std::uint64_t index, const void* data, std::size_
   }
   w.batch_looked = now;
   if (c.batch_at == nullptr) {
-    // The first result this chunk holds back: from here on, a death loses what is held.
-    if (w.slot->flushed_to.load(std::memory_order_relaxed) == no_item)
-      w.slot->flushed_to.store(index, std::memory_order_release);
-    if (w.batch.size() < batch_bytes) w.batch.resize(batch_bytes);
+    // Open the batch's record in the ring, and say where (for a supervisor settling a
+    // death), before the first result is written into it.
+    w.batch = open_record(w, align_up(sizeof(RecordHeader) + batch_bytes, 8));
     w.batch_first = index;
     w.batch_item = size;
     w.batch_started = now;
-    c.batch_at = w.batch.data();
+    s.batch_record.store(s.ring_write.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    s.batch_first.store(index, std::memory_order_relaxed);
+    s.batch_item.store(size, std::memory_order_release);
+    if (s.flushed_to.load(std::memory_order_relaxed) == no_item)
+      s.flushed_to.store(index, std::memory_order_release);
+    c.batch_at = w.batch + sizeof(RecordHeader);
   }
   std::memcpy(c.batch_at, data, size);
   c.batch_at += size;
   c.batch_next = index + 1;
-  const std::size_t room = (batch_bytes - static_cast<std::size_t>(c.batch_at - w.batch.data())) / size;
-  c.batch_end = c.batch_at + std::min(room, w.batch_stride) * size;
+  const auto used = static_cast<std::size_t>(c.batch_at - (w.batch + sizeof(RecordHeader)));
+  c.batch_end = c.batch_at + std::min((batch_bytes - used) / size, w.batch_stride) * size;
 }
 
 void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char* message) {
@@ -334,6 +360,7 @@ JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferre
   s.chunk_failed.store(0, std::memory_order_relaxed);
   s.chunk_skipped.store(0, std::memory_order_relaxed);
   s.flushed_to.store(no_item, std::memory_order_relaxed);  // nothing held back yet
+  s.batch_item.store(0, std::memory_order_relaxed);
   s.from_requeue.store(requeued > 0 ? 1 : 0, std::memory_order_relaxed);
   s.requeue_index.store(requeued - 1, std::memory_order_relaxed);
   s.state.store(static_cast<std::uint32_t>(WorkerState::claiming), std::memory_order_release);

@@ -213,15 +213,15 @@ template <class R> struct StreamState : JobState {
 // element is an Outcome<R> (index, value() or the item's failure), so a failed item does
 // not end the loop; the consumer is woken as each result arrives. Memory stays bounded
 // however many items there are: the parent holds the block of results it yields from (a
-// worker's batch: up to 16 KiB of fixed-size results) and about 1,024 outcomes more; the
+// worker's batch: up to 64 KiB of fixed-size results) and about 1,024 outcomes more; the
 // rest wait in the workers' result rings, and the workers wait when those are full. (A
 // progress() or another stream's wait takes no more than that either; a wait for some
 // other job takes everything rather than stall.) Leaving the loop early, or destroying
 // the stream, cancels the job. An ordered stream waiting for a slow item holds back its
 // successors: in the rare case that this would stall (a dead worker's items rerun behind
-// others), it takes them all. A worker's death fails the item it ran and the results it
-// still held back (WorkerDied; at most one batch). Not for tasks that return nothing
-// (use map_async). Move-only: a moved-from Stream throws InvalidArgument.
+// others), it takes them all. A worker's death fails only the item it ran (WorkerDied):
+// the results it held back for a batch are in shared memory already, and arrive. Every
+// item is yielded exactly once. Not for tasks that return nothing (use map_async). Move-only: a moved-from Stream throws InvalidArgument.
 template <class R> class Stream {
 public:
   Stream(Stream&& other) noexcept = default;

@@ -38,6 +38,8 @@ constexpr std::uint32_t max_workers = 1024;
 constexpr std::uint32_t job_slot_count = 1024;
 constexpr std::uint32_t job_slot_step = 64;  // the parent reserves the job table in steps
 constexpr std::uint64_t ring_bytes_per_worker = 1u << 20;
+// The most result bytes in one batch record (a stream's; see RecordType::batch).
+constexpr std::uint64_t stream_batch_bytes = 64u << 10;
 constexpr std::uint64_t ring_reserve_step = 64u << 10;  // a worker reserves its ring in steps
 // How long an idle worker, or a waiting parent, polls before sleeping on its futex: a
 // hand-off within this time costs no system call and no wake-up latency.

@@ -39,6 +39,10 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint64_t> flushed_to;  // a stream's chunk: results before this item
                                           // have left the worker (see RecordType::batch);
                                           // no_item while it holds none back
+  std::atomic<std::uint64_t> batch_record;  // the open batch record's ring position,
+  std::atomic<std::uint64_t> batch_first;   // its first item, and its result size (0: no
+  std::atomic<std::uint64_t> batch_item;    // batch open); published once ring_write
+                                            // has passed batch_record
   alignas(64) std::atomic<std::uint64_t> ring_write;  // bytes published (worker)
   std::atomic<std::uint32_t> ring_space_sequence;    // futex: bumped when the parent reads
   std::atomic<std::uint32_t> ring_waiting;           // the worker sleeps until this many
@@ -85,7 +89,8 @@ struct alignas(64) JobSlot {
 // A worker that died holding a chunk (supervisor -> parent): the item it was running
 // (no_item if none), the items of its chunk that had run before ([ran_first, ran_end),
 // for per-item outcomes), and the items that fail with WorkerDied besides it
-// ([lost_first, lost_end): a stream's results it held back, or a chunk that could not be
+// ([lost_first, lost_end): a stream's results it held back and that could not be sent
+// for it (a batch record that does not add up), or a chunk that could not be
 // requeued). One record a death (two if both ranges are needed), however many items.
 inline constexpr std::uint64_t no_item = UINT64_MAX;
 struct DeathRecord {
@@ -110,9 +115,11 @@ inline constexpr std::uint32_t death_ring_size = 256;
 // `ran` (map jobs): a worker settled a chunk; index is its first item, the payload the
 // end of the items that ran (the rest of the chunk was skipped).
 // `batch` (streams, fixed-size results): the results of consecutive items from `index`
-// on, type_length bytes each. A worker holds a stream's results back to send them in
-// batches; WorkerSlot::flushed_to says which have left it, so that a supervisor settling
-// its death fails the items whose results died with it (WorkerDied).
+// on, type_length bytes each. A worker opens a batch record in its ring and writes a
+// stream's results into it as they come, then publishes it (a record at a time, not an
+// item); WorkerSlot::batch_first/batch_item say that one is open, so that a supervisor
+// settling its death publishes the results of the items that ran (and flushed_to which
+// results were sent already).
 enum class RecordType : std::uint32_t { result = 1, error = 2, padding = 3, complete = 4, piece = 5, ran = 6, batch = 7 };
 struct RecordHeader {
   std::uint32_t size;  // whole record, header included
