@@ -74,14 +74,22 @@ struct Supervisor {
   }
 
   void publish_deaths() {
+    bool settled = false;
     while (!pending.empty()) {
       const std::uint64_t write = b.death_write.load(std::memory_order_relaxed);
-      if (write - b.death_read.load(std::memory_order_acquire) >= death_ring_size) return;
+      if (write - b.death_read.load(std::memory_order_acquire) >= death_ring_size) break;
       const PendingDeath death = pending.front();
       pending.erase(pending.begin());
       b.death_ring[write % death_ring_size] = death.record;
       b.death_write.store(write + 1, std::memory_order_release);
-      if (death.settled != 0) death.job->settled.fetch_add(death.settled);
+      if (death.settled != 0) {
+        death.job->settled.fetch_add(death.settled);
+        settled = true;
+      }
+    }
+    if (settled) {  // that may have completed a job: the parent checks every job
+      b.rescan.fetch_add(1);
+      wake_parent(b);
     }
   }
 

@@ -194,9 +194,13 @@ void op_emit(ChunkContext& c, std::uint64_t index, const std::byte* data, std::s
 // Batches of at most stream_batch_bytes of results, sent at least every couple of
 // milliseconds.
 constexpr std::size_t batch_bytes = stream_batch_bytes;
+static_assert(batched_result_bytes <= batch_bytes);
 constexpr auto batch_age = std::chrono::milliseconds(2);
-// How long results may be written inline between two looks at the batch's age.
+// How long results may be written inline between two looks at the batch's age, and the
+// most between two looks (a task that turns slow delays its batch by that many results
+// at most; each chunk starts looking at every result).
 constexpr auto batch_look = std::chrono::microseconds(50);
+constexpr std::size_t batch_stride_limit = 256;
 
 // Publishes the held-back results' record, then says so (flushed_to, batch_item = 0).
 // A death before the record is published loses nothing either: the results are in the
@@ -231,7 +235,7 @@ void op_batch(ChunkContext& c, std::uint64_t index, const void* data, std::size_
         used + size > batch_bytes || now - w.batch_started >= batch_age)
       flush_batch(w, c, 0);
     // Look at the age less often while looks come quickly, more often when they do not.
-    if (now - w.batch_looked < batch_look) w.batch_stride = std::min<std::size_t>(w.batch_stride * 2, 1024);
+    if (now - w.batch_looked < batch_look) w.batch_stride = std::min(w.batch_stride * 2, batch_stride_limit);
     else w.batch_stride = std::max<std::size_t>(w.batch_stride / 2, 1);
   }
   w.batch_looked = now;
@@ -475,6 +479,7 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
                    &job->best,
                    job->range_first};
     const auto started = std::chrono::steady_clock::now();
+    w.batch_stride = 1;
     job->run(c);
     flush_batch(w, c, c.end);  // a stream's last results, before the chunk is settled
     const auto took = std::chrono::steady_clock::now() - started;

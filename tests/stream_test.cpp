@@ -11,9 +11,12 @@ extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
 #include <malloc.h>
 #endif
 
+#include <algorithm>
+#include <array>
 #include <csignal>
 #include <numeric>
 #include <set>
+#include <thread>
 
 using namespace procshare;
 using procshare::test::SegmentName;
@@ -198,3 +201,54 @@ TEST_CASE("a cancelled stream yields what had arrived and then ends, stopped") {
   CHECK(count >= 50);
   CHECK(count < 100'000);
 }
+
+TEST_CASE("a stream of results too large to batch (80 KB each) yields each one whole") {
+  Pool pool({.workers = 2});
+  using Big = std::array<double, 10000>;
+  std::size_t count = 0;
+  for (const auto& o : pool.imap_unordered(Range{0, 40}, [](std::uint64_t i) {
+         Big b;
+         b.fill(static_cast<double>(i));
+         return b;
+       })) {
+    ++count;
+    const Big& b = o.value();
+    CHECK(b.front() == static_cast<double>(o.index()));
+    CHECK(b.back() == static_cast<double>(o.index()));
+  }
+  CHECK(count == 40);
+}
+
+TEST_CASE("leaving a range-for over a named stream early, next() yields the rest, each item once") {
+  Pool pool({.workers = 2});
+  auto stream = pool.imap(Range{0, 50'000}, [](std::uint64_t i) { return i * 3; });
+  std::vector<std::uint8_t> seen(50'000, 0);
+  for (const auto& o : stream) {
+    ++seen[o.index()];
+    if (o.index() == 3) break;  // in the middle of a batch
+  }
+  while (auto o = stream.next()) {
+    CHECK(o->value() == o->index() * 3);
+    ++seen[o->index()];
+  }
+  CHECK(std::count(seen.begin(), seen.end(), 1) == 50'000);
+}
+
+TEST_CASE("a stream consumed in one thread while another thread submits to the same pool: all exact") {
+  Pool pool({.workers = 2, .allow_threads = true});
+  std::int64_t submitted = 0;
+  std::thread other([&] {
+    for (int i = 0; i < 300; ++i) submitted += pool.submit([](int x) { return x; }, 1).get();
+  });
+  std::vector<std::uint8_t> seen(200'000, 0);
+  std::size_t wrong = 0;
+  for (const auto& o : pool.imap_unordered(Range{0, 200'000}, [](std::uint64_t i) { return i + 1; })) {
+    ++seen[o.index()];
+    wrong += o.value() != o.index() + 1;
+  }
+  other.join();
+  CHECK(wrong == 0);
+  CHECK(std::count(seen.begin(), seen.end(), 1) == 200'000);
+  CHECK(submitted == 300);
+}
+

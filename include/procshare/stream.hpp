@@ -24,7 +24,6 @@ namespace procshare {
 namespace detail {
 template <class R> struct StreamState;
 }  // namespace detail
-template <class R> class Stream;
 
 // How an item of a job ended.
 enum class ItemState : std::uint8_t {
@@ -55,7 +54,6 @@ public:
 private:
   template <class> friend class Job;
   template <class> friend struct detail::StreamState;
-  template <class> friend class Stream;
   std::size_t index_ = 0;
   ItemState state_ = ItemState::done;
   std::exception_ptr error_;
@@ -63,12 +61,6 @@ private:
 
 namespace detail {
 
-// A stream's state in the parent. Outcomes arrive in blocks: a run of results for
-// consecutive items (a worker's batch, or results that followed each other), or one
-// failure. Besides the block it yields from, it holds about `limit` outcomes (a batch
-// may take it past that once); the rest wait in the workers' rings, and workers whose
-// ring is full wait for room (back-pressure). Yielding a result of a block costs a move,
-// so a stream keeps up with workers that return trivial results.
 // An allocator whose resize() leaves trivial elements uninitialized (they are copied
 // over at once).
 template <class T> struct UninitializedAllocator : std::allocator<T> {
@@ -79,6 +71,15 @@ template <class T> struct UninitializedAllocator : std::allocator<T> {
   }
 };
 
+// A stream's state in the parent. Outcomes arrive in blocks: a run of results for
+// consecutive items (a worker's batch, or results that followed each other), or one
+// failure. Besides the block it yields from (`current`), it holds about `limit`
+// outcomes (a batch may take it past that once); the rest wait in the workers' rings,
+// and workers whose ring is full wait for room (back-pressure). Yielding a result of a
+// block costs a move, so a stream keeps up with workers that return trivial results.
+// Locking: the pool's calls (under PoolCore::mutex, from any thread) add blocks and
+// read `held`/`next`; take_block() runs under that lock too (see wait_stream). The
+// current block and the at/stop cursor are the consumer's alone.
 template <class R> struct StreamState : JobState {
   struct Block {
     std::uint64_t first = 0;   // its first item's index
@@ -94,9 +95,10 @@ template <class R> struct StreamState : JobState {
   std::size_t held = 0;                   // outcomes in `waiting`/`arrived`
   std::map<std::uint64_t, Block> waiting; // ordered: by first index
   std::deque<Block> arrived;              // unordered: in arrival order
-  std::size_t failures_seen = 0;          // failures turned into blocks
-  // The block being yielded (out of the containers), and its results not yet yielded.
+  // The block being yielded (out of the containers), whether its first outcome is still
+  // to be yielded, and its results not yet yielded.
   Block current;
+  bool fresh = false;
   R* at = nullptr;
   R* stop = nullptr;
   std::uint64_t at_index = 0;
@@ -118,15 +120,19 @@ template <class R> struct StreamState : JobState {
     }
     return b != nullptr && !b->error && b->end() == index ? b : nullptr;
   }
-  Block& add(Block&& b) {
-    if (!ordered) return arrived.emplace_back(std::move(b));
+  // Adds a block; null if an ordered stream has one for that index already (an item is
+  // yielded once).
+  Block* add(Block&& b) {
+    if (!ordered) return &arrived.emplace_back(std::move(b));
     const std::uint64_t first = b.first;
-    return waiting.emplace(first, std::move(b)).first->second;
+    auto [it, added] = waiting.emplace(first, std::move(b));
+    return added ? &it->second : nullptr;
   }
   void accept(std::uint64_t index, Reader& r) override {
     R value = Transport<R>::read(r);
     Block* b = extended_by(index);
-    if (b == nullptr) b = &add(Block{index, {}, nullptr});
+    if (b == nullptr) b = add(Block{index, {}, nullptr});
+    if (b == nullptr) return;
     b->values.push_back(std::move(value));
     ++held;
   }
@@ -135,7 +141,8 @@ template <class R> struct StreamState : JobState {
     if constexpr (Transport<R>::fixed && !std::is_same_v<R, bool>) {
       if (item == sizeof(R)) {
         Block* b = extended_by(first);
-        if (b == nullptr) b = &add(Block{first, {}, nullptr});
+        if (b == nullptr) b = add(Block{first, {}, nullptr});
+        if (b == nullptr) return;
         const std::size_t end = b->values.size();
         b->values.resize(end + count);
         std::memcpy(static_cast<void*>(b->values.data() + end), data, count * sizeof(R));
@@ -145,12 +152,11 @@ template <class R> struct StreamState : JobState {
     }
     JobState::accept_batch(first, data, count, item);
   }
-  // Failures (task errors, deaths) become blocks of one.
+  // Failures (task errors, deaths) become blocks of one; the failure list is emptied.
   void absorb() {
-    for (; failures_seen < failures.size(); ++failures_seen) {
-      add(Block{failures[failures_seen].index, {}, failure_error(failures[failures_seen])});
-      ++held;
-    }
+    for (const Failure& f : failures)
+      if (add(Block{f.index, {}, failure_error(f)}) != nullptr) ++held;
+    failures.clear();
   }
   // The block to yield from next, or null. Once the job ended, an ordered stream skips
   // the items that never ran.
@@ -160,27 +166,13 @@ template <class R> struct StreamState : JobState {
     Block& b = waiting.begin()->second;
     return b.first == next || finished ? &b : nullptr;
   }
-  // Whether yield() has an outcome for the caller now.
-  bool has_next() {
-    if (at != stop) return true;
+  // Under the pool's lock: makes the next block current, if there is one (or says that
+  // the current one still has outcomes).
+  bool take_block() {
+    if (fresh || at != stop) return true;
     absorb();
-    return front() != nullptr;
-  }
-  static bool ready(JobState& state) { return static_cast<StreamState&>(state).has_next(); }
-  // Moves the next outcome into `o`; false if there is none now. `o` keeps its state and
-  // error while it yields the results of one block.
-  bool yield(Outcome<R>& o) { return yield_result(o) || yield_block(o); }
-  // The next result of the current block, if there is one (the common case: inline).
-  bool yield_result(Outcome<R>& o) {
-    if (at == stop) return false;
-    o.index_ = at_index++;
-    o.stored = std::move(*at++);
-    return true;
-  }
-  // Starts yielding the next block.
-  bool yield_block(Outcome<R>& o) {
-    if (!has_next()) return false;
     Block* b = front();
+    if (b == nullptr) return false;
     current = std::move(*b);
     if (ordered)
       waiting.erase(waiting.begin());
@@ -188,6 +180,16 @@ template <class R> struct StreamState : JobState {
       arrived.pop_front();
     held -= current.size();
     next = current.end();
+    fresh = true;
+    return true;
+  }
+  static bool ready(JobState& state) { return static_cast<StreamState&>(state).take_block(); }
+  // The consumer's side, without the lock. Moves the next outcome of the current block
+  // into `o`; false if it has none. `o` keeps its state and error while it yields the
+  // results of one block.
+  bool yield(Outcome<R>& o) {
+    if (!fresh) return yield_result(o);
+    fresh = false;
     o.index_ = current.first;
     if (current.error) {
       o.state_ = ItemState::failed;
@@ -203,6 +205,13 @@ template <class R> struct StreamState : JobState {
     at_index = current.first;
     return yield_result(o);
   }
+  // The next result of the current block, if there is one (the common case: inline).
+  bool yield_result(Outcome<R>& o) {
+    if (at == stop) return false;
+    o.index_ = at_index++;
+    o.stored = std::move(*at++);
+    return true;
+  }
 };
 
 }  // namespace detail
@@ -215,21 +224,24 @@ template <class R> struct StreamState : JobState {
 // however many items there are: the parent holds the block of results it yields from (a
 // worker's batch: up to 64 KiB of fixed-size results) and about 1,024 outcomes more; the
 // rest wait in the workers' result rings, and the workers wait when those are full. (A
-// progress() or another stream's wait takes no more than that either; a wait for some
-// other job takes everything rather than stall.) Leaving the loop early, or destroying
+// progress() takes no more than that either. A wait for anything else of the pool, such
+// as another stream's next outcome or a future's get(), takes this stream's outcomes out
+// of the rings when they stand in its way, rather than stall.) One thread at a time uses
+// a Stream; other threads may use the pool meanwhile. Leaving the loop early, or destroying
 // the stream, cancels the job. An ordered stream waiting for a slow item holds back its
 // successors: in the rare case that this would stall (a dead worker's items rerun behind
 // others), it takes them all. A worker's death fails only the item it ran (WorkerDied):
 // the results it held back for a batch are in shared memory already, and arrive. Every
-// item is yielded exactly once. Not for tasks that return nothing (use map_async). Move-only: a moved-from Stream throws InvalidArgument.
+// item is yielded exactly once. Not for tasks that return nothing (use map_async).
+// Move-only: a moved-from Stream throws InvalidArgument.
 template <class R> class Stream {
 public:
   Stream(Stream&& other) noexcept = default;
   Stream& operator=(Stream&&) = delete;
   ~Stream() {
-    if (state_ && !state_->finished) {
+    if (state_) {
       try {
-        detail::cancel_job(*core_, *state_);
+        detail::cancel_job(*core_, *state_);  // (nothing to do if the job ended)
       } catch (...) {  // (a pool that ended has nothing left to stop)
       }
     }
@@ -250,13 +262,7 @@ public:
     const Outcome<R>& operator*() const { return current_; }
     const Outcome<R>* operator->() const { return &current_; }
     iterator& operator++() {
-      if (at_ != stop_) {  // (the common case, inline: the next result of a block)
-        current_.index_ = index_++;
-        current_.stored = std::move(*at_++);
-      } else {
-        more_ = stream_->advance(current_);
-        take_block();
-      }
+      if (!stream_->state_->yield_result(current_)) more_ = stream_->advance(current_);
       return *this;
     }
     void operator++(int) { ++*this; }
@@ -264,22 +270,8 @@ public:
 
   private:
     friend class Stream;
-    explicit iterator(Stream* stream) : stream_(stream) {
-      more_ = stream_->advance(current_);
-      take_block();
-    }
-    // Takes the rest of the stream's current block, to yield it from here.
-    void take_block() {
-      auto& s = *stream_->state_;
-      at_ = s.at;
-      stop_ = s.stop;
-      index_ = s.at_index;
-      s.at = s.stop;
-    }
+    explicit iterator(Stream* stream) : stream_(stream) { more_ = stream_->advance(current_); }
     Stream* stream_;
-    R* at_ = nullptr;  // the rest of the current block
-    R* stop_ = nullptr;
-    std::uint64_t index_ = 0;
     Outcome<R> current_;  // (refilled in place: one outcome is live at a time)
     bool more_ = false;
   };
@@ -298,13 +290,13 @@ public:
 
 private:
   friend class Pool;
-  friend class iterator;
   // Moves the next outcome into `o`, waiting for it; false at the end.
   bool advance(Outcome<R>& o) {
-    if (state("next()").yield(o)) return true;  // (the rings are read once the buffer is empty)
-    detail::wait_stream(*core_, *state_, &detail::StreamState<R>::ready);
-    if (state_->yield(o)) return true;
-    if (!state_->closed.empty()) throw PoolClosed(state_->segment, "pool", state_->closed);
+    auto& s = state("next()");
+    if (s.yield(o)) return true;  // (the rings are read once the current block is out)
+    detail::wait_stream(*core_, s, &detail::StreamState<R>::ready);
+    if (s.yield(o)) return true;
+    if (!s.closed.empty()) throw PoolClosed(s.segment, "pool", s.closed);
     return false;
   }
   // The state; throws InvalidArgument for a moved-from Stream.

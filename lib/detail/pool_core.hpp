@@ -144,6 +144,13 @@ public:
         if (header.index < end && end <= state.total) state.ran.emplace_back(header.index, end);
       }
     } else if (header.type == static_cast<std::uint32_t>(RecordType::error)) {
+      // A worker killed right after it sent an item's error (before it marked the item
+      // over) is reported running that item too: the item fails once, as what came first.
+      if (std::find(state.death_items.begin(), state.death_items.end(),
+                    std::pair{header.pid, header.index}) != state.death_items.end())
+        return;
+      std::erase_if(state.last_errors, [&](const auto& e) { return e.first == header.pid; });
+      state.last_errors.emplace_back(header.pid, header.index);
       const std::size_t type_length = std::min<std::size_t>(header.type_length, size);
       state.failures.push_back(JobState::Failure{
           header.index, false, std::string(reinterpret_cast<const char*>(payload), type_length),
@@ -168,7 +175,12 @@ public:
           };
           if (death.lost_end <= state->total)
             for (std::uint64_t k = death.lost_first; k < death.lost_end; ++k) fail(k);
-          if (death.index != no_item) fail(death.index);
+          if (death.index != no_item &&
+              std::find(state->last_errors.begin(), state->last_errors.end(),
+                        std::pair{death.pid, death.index}) == state->last_errors.end()) {
+            state->death_items.emplace_back(death.pid, death.index);
+            fail(death.index);
+          }
           if (death.ran_end > death.ran_first && state->kind == JobKind::map)
             state->ran.emplace_back(death.ran_first, death.ran_end);
         },

@@ -130,7 +130,7 @@ public:
         read += header.size;
       }
       if (!stopped_here) read = write;
-      s.ring_read.store(read, std::memory_order_release);
+      s.ring_read.store(read, std::memory_order_seq_cst);  // (before ring_waiting is read)
       const std::uint32_t waiting = s.ring_waiting.load(std::memory_order_seq_cst);
       if (waiting != 0 && bytes - (write - read) >= waiting) {
         s.ring_space_sequence.fetch_add(1, std::memory_order_seq_cst);

@@ -58,6 +58,9 @@ struct PROCSHARE_API JobState {
   bool cancelled = false;          // Future::cancel() took it before any worker did
   std::string closed;              // why the pool could not finish it ("" if it did)
   std::vector<Failure> failures;   // in arrival order
+  // (worker pid, item) of each worker's last error record, and of each death's running
+  // item: an item reported both ways fails once (see PoolCore::dispatch).
+  std::vector<std::pair<int, std::uint64_t>> last_errors, death_items;
   std::optional<std::uint64_t> found;  // find_first's match
   std::vector<std::pair<std::uint64_t, std::uint64_t>> ran;  // map: item ranges that ran
   bool taken = false;              // get() moved the results out

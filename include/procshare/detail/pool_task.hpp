@@ -128,23 +128,31 @@ template <class T> item_t<T> read_item(const ChunkContext& c, std::uint64_t inde
   }
 }
 
+// The largest fixed-size result a stream sends in batches (larger ones travel as results
+// of their own, as variable-size ones do).
+inline constexpr std::size_t batched_result_bytes = 4096;
+
 template <class R> void store_result(ChunkContext& c, std::uint64_t index, const R& value) {
   if constexpr (Transport<R>::fixed) {
-    if (c.results != nullptr)
+    if (c.results != nullptr) {
       std::memcpy(c.results + index * sizeof(R), &value, sizeof(R));
-    else if (index == c.batch_next && c.batch_at != c.batch_end) {  // a stream: in batches
-      std::memcpy(c.batch_at, &value, sizeof(R));
-      c.batch_at += sizeof(R);
-      ++c.batch_next;
-    } else {
-      c.ops->batch(c, index, &value, sizeof(R));
+      return;
     }
-  } else {
-    std::vector<std::byte> bytes;
-    Writer w{bytes};
-    Transport<R>::write(w, value);
-    c.ops->emit(c, index, bytes.data(), bytes.size());
+    if constexpr (sizeof(R) <= batched_result_bytes) {  // a stream: in batches
+      if (index == c.batch_next && c.batch_at != c.batch_end) {
+        std::memcpy(c.batch_at, &value, sizeof(R));
+        c.batch_at += sizeof(R);
+        ++c.batch_next;
+      } else {
+        c.ops->batch(c, index, &value, sizeof(R));
+      }
+      return;
+    }
   }
+  std::vector<std::byte> bytes;
+  Writer w{bytes};
+  Transport<R>::write(w, value);
+  c.ops->emit(c, index, bytes.data(), bytes.size());
 }
 
 enum class JobKind : std::uint32_t { submit = 1, map = 2, find_first = 3 };
