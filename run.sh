@@ -14,7 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(g++ libboost1.81-dev libfmt-dev doctest-dev meson ninja-build cmake pkg-config libcli11-dev tmux)
+packages=(g++ libboost1.81-dev libfmt-dev doctest-dev meson ninja-build cmake pkg-config libcli11-dev tmux
+          libhiredis-dev redis-server)
 
 ensure_packages() {
   local missing=() p
@@ -26,8 +27,18 @@ ensure_packages() {
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
   $sudo apt-get update -qq
+  # The tests start their own redis-server: installing the package must not start (or
+  # enable) the system's one, so services may not start while apt runs (policy-rc.d 101).
+  local policy=/usr/sbin/policy-rc.d added_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod 755 "$policy"
+    added_policy=1
+  fi
+  local status=0
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" </dev/null
+    "${missing[@]}" </dev/null || status=$?
+  [ -n "$added_policy" ] && $sudo rm -f "$policy"
+  return $status
 }
 
 # build DIR [MESON OPTIONS...] [-- TARGETS...]: configure DIR once, then compile it (only

@@ -1,0 +1,234 @@
+// Cluster, the engine connection: URL parsing, the password, a hiredis context with
+// connect and command timeouts, and the mapping of its failures to procshare errors.
+// Writes nothing in shared memory.
+#include <procshare/cluster.hpp>
+
+#include <fmt/format.h>
+#include <hiredis/hiredis.h>
+
+#include <sys/time.h>
+
+#include <cctype>
+#include <charconv>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <utility>
+
+namespace procshare::detail {
+
+namespace {
+
+[[noreturn]] void bad_url(std::string_view url, std::string_view why) {
+  throw InvalidArgument("", fmt::format("engine '{}'", url), why);
+}
+
+timeval to_timeval(std::chrono::milliseconds ms) {
+  return timeval{static_cast<time_t>(ms.count() / 1000),
+                 static_cast<suseconds_t>(ms.count() % 1000 * 1000)};
+}
+
+// The password the options name, or "" if none.
+std::string password_of(const EngineOptions& options, const std::string& url) {
+  if (!options.password_env.empty())
+    if (const char* value = std::getenv(options.password_env.c_str()); value != nullptr && *value)
+      return value;
+  if (options.password_file.empty()) return {};
+  std::ifstream in(options.password_file);
+  std::string line;
+  if (!in || !std::getline(in, line))
+    throw InvalidArgument("", fmt::format("engine '{}'", url),
+                          fmt::format("cannot read the password file '{}'", options.password_file));
+  while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.pop_back();
+  return line;
+}
+
+EngineReply convert(const redisReply& r) {
+  EngineReply out;
+  switch (r.type) {
+    case REDIS_REPLY_STRING:
+      out.kind = EngineReply::Kind::string;
+      out.text.assign(r.str, r.len);
+      break;
+    case REDIS_REPLY_STATUS:
+      out.kind = EngineReply::Kind::status;
+      out.text.assign(r.str, r.len);
+      break;
+    case REDIS_REPLY_INTEGER:
+      out.kind = EngineReply::Kind::integer;
+      out.integer = r.integer;
+      break;
+    case REDIS_REPLY_ARRAY:
+      out.kind = EngineReply::Kind::array;
+      for (std::size_t i = 0; i < r.elements; ++i) out.elements.push_back(convert(*r.element[i]));
+      break;
+    default:
+      out.kind = EngineReply::Kind::nil;
+  }
+  return out;
+}
+
+}  // namespace
+
+bool is_loopback(std::string_view host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+EngineUrl parse_engine_url(std::string_view url) {
+  constexpr std::string_view scheme = "redis://";
+  if (url.rfind(scheme, 0) != 0) bad_url(url, "the URL must start with redis://");
+  std::string_view rest = url.substr(scheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  if (rest.find('/') != std::string_view::npos) bad_url(url, "the URL has a path; give redis://[user@]host[:port]");
+  EngineUrl out;
+  if (const auto at = rest.rfind('@'); at != std::string_view::npos) {
+    const std::string_view user = rest.substr(0, at);
+    if (user.find(':') != std::string_view::npos)
+      throw InvalidArgument("", "engine 'redis://" + std::string(rest.substr(at + 1)) + "'",
+                            "the URL holds a password: give it in PROCSHARE_REDIS_PASSWORD or "
+                            "EngineOptions::password_file, never in the URL");
+    if (user.empty()) bad_url(url, "the user before '@' is empty");
+    out.user = user;
+    rest = rest.substr(at + 1);
+  }
+  std::string_view port;
+  bool has_port = false;
+  if (!rest.empty() && rest.front() == '[') {  // [IPv6]:port
+    const auto close = rest.find(']');
+    if (close == std::string_view::npos) bad_url(url, "an IPv6 host needs its closing ']'");
+    out.host = rest.substr(1, close - 1);
+    rest = rest.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') bad_url(url, "expected ':port' after the IPv6 host");
+      has_port = true;
+      port = rest.substr(1);
+    }
+  } else {
+    const auto colon = rest.find(':');
+    out.host = rest.substr(0, colon);
+    if (colon != std::string_view::npos) {
+      has_port = true;
+      port = rest.substr(colon + 1);
+    }
+  }
+  if (out.host.empty()) bad_url(url, "the URL has no host");
+  for (const char c : out.host)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != ':' && c != '_')
+      bad_url(url, fmt::format("the host '{}' holds a character that cannot be in a host name", out.host));
+  if (has_port) {
+    int value = 0;
+    const auto [end, error] = std::from_chars(port.data(), port.data() + port.size(), value);
+    if (port.empty() || error != std::errc{} || end != port.data() + port.size() || value < 1 ||
+        value > 65535)
+      bad_url(url, fmt::format("the port '{}' is not a number from 1 to 65535", port));
+    out.port = value;
+  }
+  const bool ipv6 = out.host.find(':') != std::string::npos;
+  out.text = fmt::format("redis://{}{}{}{}:{}", out.user, out.user.empty() ? "" : "@",
+                         ipv6 ? "[" : "", out.host, out.port);
+  if (ipv6) out.text.insert(out.text.rfind(':'), "]");
+  return out;
+}
+
+struct Engine::State {
+  EngineUrl url;
+  EngineOptions options;
+  std::string password;
+  redisContext* context = nullptr;
+
+  ~State() { drop(); }
+  void drop() {
+    if (context != nullptr) redisFree(std::exchange(context, nullptr));
+  }
+  [[noreturn]] void unavailable(std::string_view what) {
+    throw EngineUnavailable("", fmt::format("engine '{}'", url.text), what);
+  }
+  // Throws what an error reply means.
+  [[noreturn]] void refused(std::string_view call, std::string_view text) {
+    const std::string object = fmt::format("engine '{}'", url.text);
+    if (text.rfind("WRONGPASS", 0) == 0 || text.rfind("NOAUTH", 0) == 0 ||
+        text.find("invalid password") != std::string_view::npos ||
+        text.find("invalid username-password") != std::string_view::npos)
+      throw AuthFailed("", object, fmt::format("{}: {}", call, text));
+    if (text.rfind("NOPERM", 0) == 0)
+      throw PermissionDenied("", object, fmt::format("{}: {}", call, text));
+    throw Error("", object, fmt::format("{}: {}", call, text));
+  }
+  // Sends one command on the open context; false (and why) if the connection failed.
+  bool send(const std::vector<std::string>& args, EngineReply& out, std::string& failure) {
+    std::vector<const char*> argv;
+    std::vector<std::size_t> lengths;
+    for (const auto& a : args) {
+      argv.push_back(a.data());
+      lengths.push_back(a.size());
+    }
+    auto* reply = static_cast<redisReply*>(
+        redisCommandArgv(context, static_cast<int>(argv.size()), argv.data(), lengths.data()));
+    if (reply == nullptr) {
+      failure = context->err == REDIS_ERR_IO && context->errstr[0] != '\0'
+                    ? fmt::format("no reply within {} ms ({})", options.command_timeout.count(),
+                                  context->errstr)
+                    : std::string(context->errstr);
+      drop();  // (a hiredis context that failed a call is dead)
+      return false;
+    }
+    const std::unique_ptr<redisReply, void (*)(void*)> owned(reply, freeReplyObject);
+    if (reply->type == REDIS_REPLY_ERROR) refused(args.empty() ? "" : args[0], std::string_view(reply->str, reply->len));
+    out = convert(*reply);
+    return true;
+  }
+  // Opens a connection, authenticates and PINGs it.
+  void connect() {
+    context = redisConnectWithTimeout(url.host.c_str(), url.port, to_timeval(options.connect_timeout));
+    if (context == nullptr) unavailable("cannot allocate a connection");
+    if (context->err != 0) {
+      const std::string why = context->errstr;
+      drop();
+      unavailable(fmt::format("cannot connect within {} ms: {}", options.connect_timeout.count(), why));
+    }
+    if (redisSetTimeout(context, to_timeval(options.command_timeout)) != REDIS_OK) {
+      drop();
+      unavailable("cannot set the command timeout");
+    }
+    EngineReply reply;
+    std::string failure;
+    if (!password.empty()) {
+      std::vector<std::string> auth{"AUTH"};
+      if (!url.user.empty()) auth.push_back(url.user);
+      auth.push_back(password);
+      if (!send(auth, reply, failure)) unavailable(failure);
+    }
+    if (!send({"PING"}, reply, failure)) unavailable(failure);
+  }
+};
+
+Engine::Engine(const EngineOptions& options) : state_(std::make_unique<State>()) {
+  state_->url = parse_engine_url(options.url);
+  state_->options = options;
+  const std::string object = fmt::format("engine '{}'", state_->url.text);
+  if (options.connect_timeout.count() <= 0 || options.command_timeout.count() <= 0)
+    throw InvalidArgument("", object, "connect_timeout and command_timeout must be positive");
+  if (!is_loopback(state_->url.host) && !options.insecure_transport)
+    throw InvalidArgument("", object,
+                          fmt::format("'{}' is not a loopback address, and hiredis 0.14 has no "
+                                      "TLS: use a private network or an stunnel to the server's "
+                                      "tls-port, and set EngineOptions::insecure_transport",
+                                      state_->url.host));
+  state_->password = password_of(options, state_->url.text);
+  state_->connect();
+}
+
+Engine::~Engine() = default;
+
+const std::string& Engine::url() const noexcept { return state_->url.text; }
+
+EngineReply Engine::command(const std::vector<std::string>& args) {
+  EngineReply reply;
+  std::string failure;
+  if (state_->context != nullptr && state_->send(args, reply, failure)) return reply;
+  state_->connect();  // once more on a new connection (throws if it cannot connect)
+  if (state_->send(args, reply, failure)) return reply;
+  state_->unavailable(failure);
+}
+
+}  // namespace procshare::detail

@@ -1,0 +1,159 @@
+// The cluster layer's engine connection, against a private redis-server per test case
+// (redis_server.hpp): commands, the password's sources, and every way a connection
+// fails, each a clear procshare error naming the URL and never the password.
+#include "redis_server.hpp"
+
+#include <procshare/cluster.hpp>
+
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+using namespace procshare;
+using procshare::detail::Engine;
+using procshare::detail::EngineReply;
+using procshare::test::RedisServer;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Sets the password variable for the life of the object.
+struct PasswordEnv {
+  explicit PasswordEnv(const std::string& value) { ::setenv("PROCSHARE_REDIS_PASSWORD", value.c_str(), 1); }
+  ~PasswordEnv() { ::unsetenv("PROCSHARE_REDIS_PASSWORD"); }
+};
+
+std::string message_of(const std::function<void()>& call) {
+  try {
+    call();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_SUITE("process") {
+
+TEST_CASE("an Engine runs commands on a private server, with the password from the environment or a file") {
+  RedisServer server;
+  {
+    PasswordEnv env(server.password());
+    Engine engine({.url = server.url()});
+    CHECK(engine.url() == server.url());
+    CHECK(engine.command({"SET", "psj:{t}:k", "41"}).text == "OK");
+    CHECK(engine.command({"INCRBY", "psj:{t}:k", "1"}).integer == 42);
+    const EngineReply got = engine.command({"GET", "psj:{t}:k"});
+    CHECK(got.kind == EngineReply::Kind::string);
+    CHECK(got.text == "42");
+    CHECK(engine.command({"GET", "psj:{t}:none"}).kind == EngineReply::Kind::nil);
+    const EngineReply list = engine.command({"MGET", "psj:{t}:k", "psj:{t}:none"});
+    REQUIRE(list.elements.size() == 2);
+    CHECK(list.elements[0].text == "42");
+  }
+  const std::string file = "/tmp/procshare-pw-" + std::to_string(::getpid());
+  std::ofstream(file) << server.password() << "\n";
+  Engine from_file({.url = server.url(), .password_file = file});
+  CHECK(from_file.command({"GET", "psj:{t}:k"}).text == "42");
+  std::remove(file.c_str());
+}
+
+TEST_CASE("a wrong or missing password is AuthFailed, naming the URL, never the password") {
+  RedisServer server;
+  {
+    PasswordEnv env("not-the-password");
+    const std::string text = message_of([&] { Engine engine({.url = server.url()}); });
+    CHECK_THROWS_AS(Engine({.url = server.url()}), AuthFailed);
+    CHECK(text.find(server.url()) != std::string::npos);
+    CHECK(text.find("not-the-password") == std::string::npos);
+  }
+  CHECK_THROWS_WITH_AS(Engine({.url = server.url()}), doctest::Contains("NOAUTH"), AuthFailed);
+}
+
+TEST_CASE("bad URLs and options are InvalidArgument saying what is wrong, before any connection") {
+  struct Row {
+    std::string url;
+    std::string says;
+  };
+  const std::vector<Row> rows{
+      {"http://127.0.0.1:6379", "must start with redis://"},
+      {"redis://", "no host"},
+      {"redis://127.0.0.1:0", "not a number from 1 to 65535"},
+      {"redis://127.0.0.1:65536", "not a number from 1 to 65535"},
+      {"redis://127.0.0.1:", "not a number from 1 to 65535"},
+      {"redis://127.0.0.1:6x", "not a number from 1 to 65535"},
+      {"redis://127.0.0.1:6379/0", "has a path"},
+      {"redis://@127.0.0.1", "user before '@' is empty"},
+      {"redis://bad host", "cannot be in a host name"},
+      {"redis://[::1", "closing ']'"},
+      {"redis://10.1.2.3:6379", "no TLS"},
+  };
+  for (const Row& row : rows) {
+    INFO("url: ", row.url);
+    CHECK_THROWS_WITH_AS(Engine({.url = row.url}), doctest::Contains(row.says.c_str()), InvalidArgument);
+  }
+  // A password in the URL is refused, and the message does not repeat it.
+  const std::string text = message_of([] { Engine engine({.url = "redis://psr:hunter2@127.0.0.1:6379"}); });
+  CHECK(text.find("never in the URL") != std::string::npos);
+  CHECK(text.find("hunter2") == std::string::npos);
+  CHECK_THROWS_WITH_AS(Engine({.url = "redis://127.0.0.1:6379", .connect_timeout = 0ms}),
+                       doctest::Contains("must be positive"), InvalidArgument);
+  CHECK_THROWS_WITH_AS(Engine({.url = "redis://127.0.0.1:6379", .password_file = "/nonexistent/pw"}),
+                       doctest::Contains("cannot read the password file"), InvalidArgument);
+  const auto url = procshare::detail::parse_engine_url("redis://psr@[::1]:7000");
+  CHECK(url.user == "psr");
+  CHECK(url.host == "::1");
+  CHECK(url.port == 7000);
+  CHECK(url.text == "redis://psr@[::1]:7000");
+  CHECK(procshare::detail::parse_engine_url("redis://localhost").port == 6379);
+}
+
+TEST_CASE("no server, or a stopped one, is EngineUnavailable within the timeouts, never a hang") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Engine engine({.url = server.url(), .connect_timeout = 300ms, .command_timeout = 300ms});
+  CHECK(engine.command({"PING"}).text == "PONG");
+  // Stopped: the kernel still accepts connections, so only the command timeout guards.
+  ::kill(server.pid(), SIGSTOP);
+  auto start = Clock::now();
+  CHECK_THROWS_WITH_AS(engine.command({"PING"}), doctest::Contains(server.url().c_str()), EngineUnavailable);
+  const auto stalled = Clock::now() - start;
+  CHECK(stalled >= 300ms);
+  CHECK(stalled < 3s);  // a timeout, a reconnect and its timeout: about 0.6 s
+  ::kill(server.pid(), SIGCONT);
+  CHECK(engine.command({"PING"}).text == "PONG");  // the next call reconnects
+  // Gone: refused at once.
+  const int port = server.port();
+  server.stop();
+  start = Clock::now();
+  CHECK_THROWS_WITH_AS(Engine({.url = "redis://127.0.0.1:" + std::to_string(port), .connect_timeout = 300ms}),
+                       doctest::Contains("cannot connect"), EngineUnavailable);
+  CHECK(Clock::now() - start < 2s);
+}
+
+TEST_CASE("an ACL user without the rights is PermissionDenied with the server's text") {
+  RedisServer server;
+  {
+    PasswordEnv env(server.password());
+    Engine admin({.url = server.url()});
+    CHECK(admin.command({"ACL", "SETUSER", "reader", "on", ">reader-pw", "resetkeys", "~psj:*", "-@all", "+get", "+ping"})
+              .text == "OK");
+  }
+  PasswordEnv env("reader-pw");
+  Engine reader({.url = "redis://reader@127.0.0.1:" + std::to_string(server.port())});
+  CHECK(reader.command({"GET", "psj:{t}:x"}).kind == EngineReply::Kind::nil);
+  CHECK_THROWS_WITH_AS(reader.command({"SET", "psj:{t}:x", "1"}), doctest::Contains("NOPERM"), PermissionDenied);
+  CHECK_THROWS_WITH_AS(reader.command({"GET", "other"}), doctest::Contains("NOPERM"), PermissionDenied);
+}
+
+}  // TEST_SUITE
