@@ -192,13 +192,18 @@ struct Engine::State {
     }
     EngineReply reply;
     std::string failure;
-    if (!password.empty()) {
-      std::vector<std::string> auth{"AUTH"};
-      if (!url.user.empty()) auth.push_back(url.user);
-      auth.push_back(password);
-      if (!send(auth, reply, failure)) unavailable(failure);
+    try {
+      if (!password.empty()) {
+        std::vector<std::string> auth{"AUTH"};
+        if (!url.user.empty()) auth.push_back(url.user);
+        auth.push_back(password);
+        if (!send(auth, reply, failure)) unavailable(failure);
+      }
+      if (!send({"PING"}, reply, failure)) unavailable(failure);
+    } catch (...) {
+      drop();  // (never keep a connection that is not authenticated)
+      throw;
     }
-    if (!send({"PING"}, reply, failure)) unavailable(failure);
   }
 };
 
@@ -223,12 +228,13 @@ Engine::~Engine() = default;
 const std::string& Engine::url() const noexcept { return state_->url.text; }
 
 EngineReply Engine::command(const std::vector<std::string>& args) {
+  // A command whose reply did not come may have run: it is never sent again here (the
+  // caller decides; the cluster's scripts are idempotent). The next call reconnects.
+  if (state_->context == nullptr) state_->connect();
   EngineReply reply;
   std::string failure;
-  if (state_->context != nullptr && state_->send(args, reply, failure)) return reply;
-  state_->connect();  // once more on a new connection (throws if it cannot connect)
-  if (state_->send(args, reply, failure)) return reply;
-  state_->unavailable(failure);
+  if (!state_->send(args, reply, failure)) state_->unavailable(failure);
+  return reply;
 }
 
 }  // namespace procshare::detail

@@ -68,8 +68,9 @@ struct EngineReply {
 };
 
 // A connection to the engine (one socket; not shared between processes: a fork makes
-// its own). Connects, authenticates and PINGs at construction. A call whose connection
-// broke or timed out reconnects once before it gives up.
+// its own). Connects, authenticates and PINGs at construction. A call whose reply did
+// not come is EngineUnavailable and is not sent again (it may have run); the next call
+// reconnects.
 class PROCSHARE_API Engine {
 public:
   // Throws InvalidArgument (bad options), EngineUnavailable, AuthFailed,
