@@ -61,11 +61,13 @@ TEST_CASE("an Engine runs commands on a private server, with the password from t
     REQUIRE(list.elements.size() == 2);
     CHECK(list.elements[0].text == "42");
   }
-  const std::string file = "/tmp/procshare-pw-" + std::to_string(::getpid());
-  std::ofstream(file) << server.password() << "\n";
-  Engine from_file({.url = server.url(), .password_file = file});
+  struct PasswordFile {  // (removed even when a check throws)
+    std::string path = "/tmp/procshare-pw-" + std::to_string(::getpid());
+    ~PasswordFile() { std::remove(path.c_str()); }
+  } file;
+  std::ofstream(file.path) << server.password() << "\n";
+  Engine from_file({.url = server.url(), .password_file = file.path});
   CHECK(from_file.command({"GET", "psj:{t}:k"}).text == "42");
-  std::remove(file.c_str());
 }
 
 TEST_CASE("a wrong or missing password is AuthFailed, naming the URL, never the password") {

@@ -760,27 +760,50 @@ std::int64_t locked_task(std::int64_t item, Value<std::int64_t> v, Array<std::in
 
 }  // namespace
 
+namespace {
+
+// What locked_task works on, made before the pool forks its workers (so they have it)
+// and reset each round: a Value, a second object's lock, and a mark per item.
+struct LockedTaskObjects {
+  static constexpr std::size_t max_items = 1u << 20;
+  SegmentName name;
+  Segment segment;
+  Value<std::int64_t> v;
+  Array<std::int64_t> hits;
+  Array<std::uint8_t> finished;
+
+  explicit LockedTaskObjects(const char* what)
+      : name(what),
+        segment(Segment::create(name, max_items + (1 << 16))),
+        v(segment.create_value<std::int64_t>("v", 0)),
+        hits(segment.create_array<std::int64_t>("hits", 1)),
+        finished(segment.create_array<std::uint8_t>("finished", max_items)) {}
+  void reset() {
+    if (v.poisoned()) v.clear_poison();
+    if (hits.poisoned()) hits.clear_poison();
+    if (finished.poisoned()) finished.clear_poison();
+    v.store(0);
+    hits.store(0, 0);
+    finished.fill(0);
+  }
+};
+
+}  // namespace
+
 TEST_CASE("a pool worker killed inside a task with nested locks never stalls the job") {
   std::mt19937 random(static_cast<unsigned>(::getpid()));
   int all_rounds = 0, all_mid_work = 0;
   for (const int n : process_counts()) {
-    // The shared objects exist before the pool forks its workers, and are reset each round.
-    constexpr std::size_t max_items = 1u << 20;
-    SegmentName name("pool-task");
-    auto segment = Segment::create(name, max_items + (1 << 16));
-    auto v = segment.create_value<std::int64_t>("v", 0);
-    auto hits = segment.create_array<std::int64_t>("hits", 1);
-    auto finished = segment.create_array<std::uint8_t>("finished", max_items);
+    LockedTaskObjects objects("pool-task");
+    auto& v = objects.v;
+    auto& hits = objects.hits;
+    auto& finished = objects.finished;
+    constexpr std::size_t max_items = LockedTaskObjects::max_items;
     Pool pool({.workers = static_cast<unsigned>(n)});
     // Runs one job over `count` items; kills a random worker `kill_after` after it
     // started (none if negative); returns the job's length and whether it hit a worker.
     auto run = [&](std::size_t count, Clock::duration kill_after) {
-      if (v.poisoned()) v.clear_poison();
-      if (hits.poisoned()) hits.clear_poison();
-      if (finished.poisoned()) finished.clear_poison();
-      v.store(0);
-      hits.store(0, 0);
-      finished.fill(0);
+      objects.reset();
       std::vector<std::int64_t> items(count);
       std::iota(items.begin(), items.end(), 0);
       const auto start = Clock::now();
@@ -958,12 +981,11 @@ TEST_CASE("a pool worker killed during an imap_unordered stream never stalls it 
   std::mt19937 random(static_cast<unsigned>(::getpid()) ^ 0x5eedu);
   int all_rounds = 0, all_mid_work = 0;
   for (const int n : process_counts()) {
-    constexpr std::size_t max_items = 1u << 20;
-    SegmentName name("pool-stream");
-    auto segment = Segment::create(name, max_items + (1 << 16));
-    auto v = segment.create_value<std::int64_t>("v", 0);
-    auto hits = segment.create_array<std::int64_t>("hits", 1);
-    auto finished = segment.create_array<std::uint8_t>("finished", max_items);
+    LockedTaskObjects objects("pool-stream");
+    auto& v = objects.v;
+    auto& hits = objects.hits;
+    auto& finished = objects.finished;
+    constexpr std::size_t max_items = LockedTaskObjects::max_items;
     test::wait_single_threaded();  // (the last count's watch thread has ended)
     Pool pool({.workers = static_cast<unsigned>(n)});
     StreamWatch watch(pool);
@@ -978,12 +1000,7 @@ TEST_CASE("a pool worker killed during an imap_unordered stream never stalls it 
     // complete (imap_unordered), and kills a random worker from inside the consuming
     // loop once `kill_after` has passed since the start (none if negative).
     auto run = [&](std::size_t count, Clock::duration kill_after, bool ordered) {
-      if (v.poisoned()) v.clear_poison();
-      if (hits.poisoned()) hits.clear_poison();
-      if (finished.poisoned()) finished.clear_poison();
-      v.store(0);
-      hits.store(0, 0);
-      finished.fill(0);
+      objects.reset();
       std::vector<std::int64_t> items(count);
       std::iota(items.begin(), items.end(), 0);
       std::vector<std::uint32_t> yielded(count, 0);  // times each index came out
