@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 namespace procshare::detail {
@@ -135,6 +136,7 @@ struct Engine::State {
   EngineOptions options;
   std::string password;
   redisContext* context = nullptr;
+  std::unordered_map<const void*, std::string> shas;  // script text -> its SHA1 on the server
 
   ~State() { drop(); }
   void drop() {
@@ -173,9 +175,27 @@ struct Engine::State {
       return false;
     }
     const std::unique_ptr<redisReply, void (*)(void*)> owned(reply, freeReplyObject);
-    if (reply->type == REDIS_REPLY_ERROR) refused(args.empty() ? "" : args[0], std::string_view(reply->str, reply->len));
+    if (reply->type == REDIS_REPLY_ERROR) {
+      out = EngineReply{EngineReply::Kind::error, std::string(reply->str, reply->len), 0, {}};
+      return true;
+    }
     out = convert(*reply);
     return true;
+  }
+  // One command on a connection opened if need be; an error reply is returned as one.
+  EngineReply call(const std::vector<std::string>& args) {
+    // A command whose reply did not come may have run: it is never sent again here (the
+    // caller decides; the cluster's scripts are idempotent). The next call reconnects.
+    if (context == nullptr) connect();
+    EngineReply reply;
+    std::string failure;
+    if (!send(args, reply, failure)) unavailable(failure);
+    return reply;
+  }
+  EngineReply checked(const std::vector<std::string>& args) {
+    EngineReply reply = call(args);
+    if (reply.kind == EngineReply::Kind::error) refused(args.empty() ? "" : args[0], reply.text);
+    return reply;
   }
   // Opens a connection, authenticates and PINGs it.
   void connect() {
@@ -198,8 +218,10 @@ struct Engine::State {
         if (!url.user.empty()) auth.push_back(url.user);
         auth.push_back(password);
         if (!send(auth, reply, failure)) unavailable(failure);
+        if (reply.kind == EngineReply::Kind::error) refused("AUTH", reply.text);
       }
       if (!send({"PING"}, reply, failure)) unavailable(failure);
+      if (reply.kind == EngineReply::Kind::error) refused("PING", reply.text);
     } catch (...) {
       drop();  // (never keep a connection that is not authenticated)
       throw;
@@ -227,13 +249,23 @@ Engine::~Engine() = default;
 
 const std::string& Engine::url() const noexcept { return state_->url.text; }
 
-EngineReply Engine::command(const std::vector<std::string>& args) {
-  // A command whose reply did not come may have run: it is never sent again here (the
-  // caller decides; the cluster's scripts are idempotent). The next call reconnects.
-  if (state_->context == nullptr) state_->connect();
-  EngineReply reply;
-  std::string failure;
-  if (!state_->send(args, reply, failure)) state_->unavailable(failure);
+EngineReply Engine::command(const std::vector<std::string>& args) { return state_->checked(args); }
+
+EngineReply Engine::eval(const std::string& script, const std::vector<std::string>& keys,
+                         const std::vector<std::string>& args) {
+  std::string& sha = state_->shas[script.data()];
+  if (sha.empty()) sha = state_->checked({"SCRIPT", "LOAD", script}).text;
+  std::vector<std::string> call{"EVALSHA", sha, std::to_string(keys.size())};
+  call.insert(call.end(), keys.begin(), keys.end());
+  call.insert(call.end(), args.begin(), args.end());
+  EngineReply reply = state_->call(call);
+  if (reply.kind == EngineReply::Kind::error && reply.text.rfind("NOSCRIPT", 0) == 0) {
+    // The server forgot its scripts (a restart): load it again, and run it once more
+    // (NOSCRIPT means it did not run).
+    sha = call[1] = state_->checked({"SCRIPT", "LOAD", script}).text;
+    reply = state_->call(call);
+  }
+  if (reply.kind == EngineReply::Kind::error) state_->refused("EVALSHA", reply.text);
   return reply;
 }
 

@@ -31,7 +31,11 @@ OwnerDied::OwnerDied(std::string segment, std::string object, std::string_view d
 
 TaskError::TaskError(std::string segment, std::uint64_t index, std::string type,
                      std::string message, int worker_pid)
-    : Error(std::move(segment), "pool",
+    : TaskError(std::move(segment), "pool", index, std::move(type), std::move(message), worker_pid) {}
+
+TaskError::TaskError(std::string segment, std::string object, std::uint64_t index,
+                     std::string type, std::string message, int worker_pid)
+    : Error(std::move(segment), std::move(object),
             fmt::format("item {} failed in worker {}: {}: {}", index, worker_pid, type, message)),
       index_(index),
       type_(std::move(type)),
@@ -60,7 +64,11 @@ std::string death_text(std::uint64_t index, int pid, int signal, int exit_status
 
 WorkerDied::WorkerDied(std::string segment, std::uint64_t index, int worker_pid, int signal,
                        int exit_status)
-    : Error(std::move(segment), "pool", death_text(index, worker_pid, signal, exit_status)),
+    : WorkerDied(std::move(segment), "pool", index, worker_pid, signal, exit_status) {}
+
+WorkerDied::WorkerDied(std::string segment, std::string object, std::uint64_t index,
+                       int worker_pid, int signal, int exit_status)
+    : Error(std::move(segment), std::move(object), death_text(index, worker_pid, signal, exit_status)),
       index_(index),
       worker_pid_(worker_pid),
       signal_(signal),

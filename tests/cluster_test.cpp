@@ -1,9 +1,11 @@
 // The cluster layer's engine connection, against a private redis-server per test case
 // (redis_server.hpp): commands, the password's sources, and every way a connection
-// fails, each a clear procshare error naming the URL and never the password.
+// fails, each a clear procshare error naming the URL and never the password; and the
+// bad-input table of Cluster (options, passwords, ACL users), each row writing nothing.
 #include "redis_server.hpp"
 
 #include <procshare/cluster.hpp>
+#include <procshare/pool.hpp>
 
 #include <doctest/doctest.h>
 
@@ -31,6 +33,8 @@ struct PasswordEnv {
   explicit PasswordEnv(const std::string& value) { ::setenv("PROCSHARE_REDIS_PASSWORD", value.c_str(), 1); }
   ~PasswordEnv() { ::unsetenv("PROCSHARE_REDIS_PASSWORD"); }
 };
+
+std::uint64_t twice(std::uint64_t i) { return 2 * i; }
 
 std::string message_of(const std::function<void()>& call) {
   try {
@@ -156,6 +160,83 @@ TEST_CASE("an ACL user without the rights is PermissionDenied with the server's 
   CHECK(reader.command({"GET", "psj:{t}:x"}).kind == EngineReply::Kind::nil);
   CHECK_THROWS_WITH_AS(reader.command({"SET", "psj:{t}:x", "1"}), doctest::Contains("NOPERM"), PermissionDenied);
   CHECK_THROWS_WITH_AS(reader.command({"GET", "other"}), doctest::Contains("NOPERM"), PermissionDenied);
+}
+
+TEST_CASE("Cluster: bad options, passwords and ACL users are clear errors naming the job and host, and write nothing") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Engine admin({.url = server.url()});
+  const auto base = [&] {
+    return ClusterOptions{.url = server.url(), .job = "bad", .host = "hb", .lease = 3000ms};
+  };
+  struct Row {
+    std::string what;
+    std::function<void(ClusterOptions&)> change;
+    std::string says;
+  };
+  const std::vector<Row> rows{
+      {"empty job", [](ClusterOptions& o) { o.job = ""; }, "job name must be 1 to 200"},
+      {"job with a space", [](ClusterOptions& o) { o.job = "a b"; }, "job name must be 1 to 200"},
+      {"job with a brace", [](ClusterOptions& o) { o.job = "a{b}"; }, "without space, '{' or '}'"},
+      {"long job", [](ClusterOptions& o) { o.job = std::string(201, 'j'); }, "job name must be 1 to 200"},
+      {"host with a space", [](ClusterOptions& o) { o.host = "my host"; }, "host name must be"},
+      {"zero lease", [](ClusterOptions& o) { o.lease = 0ms; }, "lease must be positive"},
+      {"negative heartbeat", [](ClusterOptions& o) { o.heartbeat = -1ms; }, "heartbeat must be positive"},
+      {"slow heartbeat", [](ClusterOptions& o) { o.heartbeat = 1001ms; }, "at most lease / 3 (heartbeat 1001 ms, lease 3000 ms)"},
+      {"slow flush", [](ClusterOptions& o) { o.flush = 1001ms; }, "flush must be positive and at most the heartbeat"},
+      {"zero flush", [](ClusterOptions& o) { o.flush = 0ms; }, "flush must be positive"},
+      {"zero unavailable_after", [](ClusterOptions& o) { o.unavailable_after = 0ms; }, "unavailable_after must be positive"},
+      {"zero keep", [](ClusterOptions& o) { o.keep = 0ms; }, "keep must be positive"},
+      {"huge prefetch", [](ClusterOptions& o) { o.prefetch = 65; }, "prefetch must be at most 64"},
+      {"bad URL", [](ClusterOptions& o) { o.url = "redis:/127.0.0.1"; }, "must start with redis://"},
+      {"password in the URL", [](ClusterOptions& o) { o.url = "redis://u:pw@127.0.0.1"; }, "never in the URL"},
+      {"remote without opt-in", [](ClusterOptions& o) { o.url = "redis://10.9.8.7"; }, "no TLS"},
+      {"zero command timeout", [](ClusterOptions& o) { o.command_timeout = 0ms; }, "must be positive"},
+  };
+  for (const Row& row : rows) {
+    INFO("row: ", row.what);
+    ClusterOptions options = base();
+    row.change(options);
+    const std::string text = message_of([&] { Cluster c(options); });
+    CHECK_THROWS_AS(Cluster{options}, InvalidArgument);
+    CHECK(text.find(row.says) != std::string::npos);
+    CHECK(text.find("(host ") != std::string::npos);
+  }
+  {
+    PasswordEnv wrong("not-it");
+    const std::string text = message_of([&] { Cluster c(base()); });
+    CHECK_THROWS_AS(Cluster{base()}, AuthFailed);
+    CHECK(text.find("cluster job 'bad' on " + server.url() + " (host hb)") != std::string::npos);
+    CHECK(text.find("not-it") == std::string::npos);
+  }
+  // An ACL user held to other keys: PermissionDenied with the server's NOPERM text.
+  CHECK(admin.command({"ACL", "SETUSER", "narrow", "on", ">narrow-pw", "resetkeys", "~other:*", "resetchannels",
+                       "-@all", "+@read", "+@write", "+eval", "+evalsha", "+script|load", "+ping", "+info", "+time"})
+            .text == "OK");
+  Pool pool({.workers = 1});
+  {
+    PasswordEnv narrow("narrow-pw");
+    ClusterOptions options = base();
+    options.url = "redis://narrow@127.0.0.1:" + std::to_string(server.port());
+    Cluster cluster(options);
+    const std::string text = message_of([&] { cluster.map(pool, Range{0, 10}, twice); });
+    CHECK_THROWS_AS(cluster.map(pool, Range{0, 10}, twice), PermissionDenied);
+    CHECK(text.find("NOPERM") != std::string::npos);
+    CHECK(text.find("cluster job 'bad'") != std::string::npos);
+  }
+  CHECK(admin.command({"DBSIZE"}).integer == 0);  // no row wrote anything
+  // The research's rule set for a job's user is enough to run a job.
+  CHECK(admin.command({"ACL", "SETUSER", "psr", "on", ">psr-pw", "resetkeys", "~psj:*", "resetchannels", "&psj:*",
+                       "-@all", "+@read", "+@write", "+@pubsub", "+eval", "+evalsha", "+script|load", "+ping",
+                       "+info", "+time", "-@dangerous"})
+            .text == "OK");
+  PasswordEnv psr("psr-pw");
+  ClusterOptions options = base();
+  options.url = "redis://psr@127.0.0.1:" + std::to_string(server.port());
+  Cluster cluster(options);
+  const auto doubled = cluster.map(pool, Range{0, 100}, twice);
+  CHECK(doubled.size() == 100);
+  CHECK(doubled[99] == 198);
 }
 
 }  // TEST_SUITE

@@ -1,6 +1,7 @@
 // A private redis-server for the cluster tests: on a free loopback port, with a password
-// (in a config file only this user can read, never in argv), no persistence. It dies
-// with the test process (PR_SET_PDEATHSIG), and the destructor stops that pid, even when
+// (in a config file only this user can read, never in argv), no persistence unless asked
+// (append-only, fsync always, in a folder of its own). It dies with the test process
+// (PR_SET_PDEATHSIG), and the destructor stops that pid and removes its files, even when
 // the test failed. Never a system service.
 #pragma once
 
@@ -27,20 +28,50 @@ namespace procshare::test {
 
 class RedisServer {
 public:
-  explicit RedisServer(std::string password = "test-secret") : password_(std::move(password)) {
+  explicit RedisServer(std::string password = "test-secret", bool append_only = false)
+      : password_(std::move(password)) {
     port_ = free_port();
-    config_ = "/tmp/procshare-redis-" + std::to_string(::getpid()) + "-" + std::to_string(port_) + ".conf";
+    const std::string base = "/tmp/procshare-redis-" + std::to_string(::getpid()) + "-" + std::to_string(port_);
+    config_ = base + ".conf";
+    dir_ = base + ".d";
+    if (::mkdir(dir_.c_str(), 0700) != 0) throw std::runtime_error("cannot make " + dir_);
     {
       const int fd = ::open(config_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
       if (fd < 0) throw std::runtime_error("cannot write " + config_);
-      const std::string text = "port " + std::to_string(port_) +
-                               "\nbind 127.0.0.1\nsave \"\"\nappendonly no\nprotected-mode yes\n"
+      const std::string text = "port " + std::to_string(port_) + "\nbind 127.0.0.1\nsave \"\"\n" +
+                               (append_only ? "appendonly yes\nappendfsync always\n" : "appendonly no\n") +
+                               "dir " + dir_ +
+                               "\nprotected-mode yes\n"
                                "daemonize no\nlogfile \"\"\nloglevel warning\nrequirepass " +
                                password_ + "\n";
       const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
       ::close(fd);
       if (!written) throw std::runtime_error("cannot write " + config_);
     }
+    start();
+  }
+  ~RedisServer() {
+    stop();
+    remove_files();
+  }
+  RedisServer(const RedisServer&) = delete;
+  RedisServer& operator=(const RedisServer&) = delete;
+
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  const std::string& password() const { return password_; }
+  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
+
+  // Kills the server at once (SIGKILL: no shutdown save), keeping its files.
+  void kill() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+  }
+  // Starts it (again) on the same port with the same configuration; waits for PING.
+  void start() {
     const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
@@ -57,16 +88,8 @@ public:
       throw std::runtime_error("redis-server did not answer PING within 10 s (is it installed?)");
     }
   }
-  ~RedisServer() { stop(); }
-  RedisServer(const RedisServer&) = delete;
-  RedisServer& operator=(const RedisServer&) = delete;
 
-  int port() const { return port_; }
-  pid_t pid() const { return pid_; }
-  const std::string& password() const { return password_; }
-  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
-
-  // Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its config file.
+  // Stops the server (SIGTERM, then SIGKILL after 5 s), keeping its files.
   void stop() {
     if (pid_ > 0) {
       ::kill(pid_, SIGTERM);
@@ -82,10 +105,17 @@ public:
       }
       pid_ = -1;
     }
-    if (!config_.empty()) std::remove(config_.c_str());
   }
 
 private:
+  void remove_files() {
+    if (!config_.empty()) std::remove(config_.c_str());
+    if (!dir_.empty()) {
+      const std::string command = "rm -rf '" + dir_ + "'";
+      if (std::system(command.c_str()) != 0) std::fprintf(stderr, "cannot remove %s\n", dir_.c_str());
+    }
+  }
+
   static int free_port() {
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in address{};
@@ -127,6 +157,7 @@ private:
   std::string password_;
   int port_ = 0;
   std::string config_;
+  std::string dir_;
   pid_t pid_ = -1;
 };
 

@@ -1,18 +1,59 @@
-// Cluster: one job on many hosts, on a Redis server (issue 15, in progress). This first
-// part is the connection to the engine: its URL, the password (never in argv or the
-// URL), connect and command timeouts, and the errors every later call reports.
+// Cluster: one job on many hosts, on a Redis server. A program on each host makes a
+// Cluster with the engine's URL and a job name, and runs the same map / map_async /
+// find_first call with its own local Pool; every host that does joins the same job (a
+// host may join late, or leave). The job's items are cut into chunks; a host claims a
+// chunk, runs it on its Pool, and completes it; progress, the early stop and find_first's
+// best match are shared through the engine.
+//
+//   procshare::Pool pool({.workers = 8});
+//   procshare::Cluster cluster({.url = "redis://psr@10.0.0.5:6379", .job = "sweep-7",
+//                               .insecure_transport = true});   // (a private network)
+//   auto scores = cluster.map(pool, procshare::Range{0, 10'000'000}, score, seed);
+//
+// Exactly-once accounting, at-least-once execution: a chunk whose host died, froze or was
+//   cut off is handed out again once its lease runs out, and only the completion of its
+//   current lease holder counts (a fencing token checked by the engine), so totals are
+//   exact; but the chunk's items may have run twice. Tasks must be idempotent for their
+//   outside effects (files, databases), as with Celery's acks_late or Ray's retries.
+// Items: a Range, or values that are the same on every host (their hash is checked when
+//   a host joins: JobMismatch names the field that differs); so are the arguments, the
+//   kind of call, the chunk size and the task's type.
+// Where the work runs: in the calling process's get() / wait_for() / progress() (and the
+//   blocking map / find_first): the host claims chunks, keeps its pool busy, renews its
+//   leases and completes chunks only while one of those runs. A host that does not call
+//   them for longer than the lease loses its chunks to the other hosts (they are rerun).
+// Failure is an error, never a hang: every engine call has a connect and a command
+//   timeout, and a server that cannot be reached for `unavailable_after` is
+//   EngineUnavailable; a server that lost the job (a restart without persistence) is
+//   JobLost; AuthFailed, PermissionDenied (with the server's ACL text). Each message
+//   names the URL (never the password), the job and the host.
+// Engine keys: psj:{JOB}:meta, :leases, :owner, :partial, :done, :doneby, :fail, :res,
+//   :hosts (one hash tag: one Redis Cluster slot), changed only by the Lua scripts in
+//   lib/detail/cluster_scripts.hpp; channel psj:{JOB}:ctl. An ACL user restricted to
+//   them: ACL SETUSER psr on >PASSWORD resetkeys ~psj:* resetchannels &psj:* -@all
+//   +@read +@write +@pubsub +eval +evalsha +script|load +ping +time -@dangerous +info
+//   (+info after -@dangerous, which takes INFO away: JobLost names the server run_id).
+//   A job's keys expire `keep` after it ended (done or stopped).
 //
 // Built only when hiredis is found (meson option `cluster`, auto); link procshare_cluster.
 // hiredis 0.14 has no TLS: a URL whose host is not a loopback address is refused unless
-// EngineOptions::insecure_transport says the network is private (or an stunnel runs).
+// the options' insecure_transport says the network is private (or an stunnel runs).
 #pragma once
 
 #include <procshare/error.hpp>
+#include <procshare/pool.hpp>
 
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
+#include <typeinfo>
+#include <utility>
 #include <vector>
 
 namespace procshare {
@@ -25,6 +66,18 @@ public:
 };
 // The engine refused the password (WRONGPASS), or wants one (NOAUTH).
 class PROCSHARE_API AuthFailed : public Error {
+public:
+  using Error::Error;
+};
+// The job's state vanished from the engine while a host worked on it (a server restarted
+// without persistence, keys evicted or deleted): never a silent restart from zero.
+class PROCSHARE_API JobLost : public Error {
+public:
+  using Error::Error;
+};
+// A host joined a job with other items, arguments, kind, chunk size or task than the
+// job was made with: the message names the field and both values.
+class PROCSHARE_API JobMismatch : public Error {
 public:
   using Error::Error;
 };
@@ -60,9 +113,9 @@ PROCSHARE_API bool is_loopback(std::string_view host);
 
 // One reply of the engine.
 struct EngineReply {
-  enum class Kind { string, array, integer, nil, status };
+  enum class Kind { string, array, integer, nil, status, error };
   Kind kind = Kind::nil;
-  std::string text;    // string, status
+  std::string text;    // string, status, error (only inside Engine: an error reply throws)
   long long integer = 0;
   std::vector<EngineReply> elements;  // array
 };
@@ -84,6 +137,10 @@ public:
   // PermissionDenied (NOPERM, with the server's text), Error (any other, with its text);
   // no reply within the command timeout, or a broken connection, is EngineUnavailable.
   EngineReply command(const std::vector<std::string>& args);
+  // Runs the Lua `script` (EVALSHA; loaded on first use, and again after a server
+  // restart made it forget). Throws as command().
+  EngineReply eval(const std::string& script, const std::vector<std::string>& keys,
+                   const std::vector<std::string>& args);
   // The URL as messages name it.
   const std::string& url() const noexcept;
 
@@ -93,4 +150,316 @@ private:
 };
 
 }  // namespace detail
+
+// Options of a Cluster: the engine, the job, and the timings of its leases.
+struct ClusterOptions {
+  // redis://[user@]host[:port] (see EngineOptions::url). The password: from the
+  // environment variable `password_env`, else the first line of `password_file`.
+  std::string url{};
+  // The job's name: every host that passes the same name joins the same job. 1 to 200
+  // printable characters, no space, '{' or '}'.
+  std::string job{};
+  // This host's name in the job and in messages; "" means "hostname:pid".
+  std::string host{};
+  // A claimed chunk whose host has not renewed it for this long goes to another host.
+  std::chrono::milliseconds lease{10000};
+  // How often a host renews its leases (0: lease / 3); at most lease / 3.
+  std::chrono::milliseconds heartbeat{0};
+  // How often a working host sends its partial progress (and looks for chunks freed by
+  // an expired lease once none is left to claim); at most the heartbeat.
+  std::chrono::milliseconds flush{100};
+  // Items per chunk, fixed when the job is made (0: ceil(items / 1024)).
+  std::uint64_t chunk = 0;
+  // Chunks a host claims ahead of the one its pool runs, so it never waits a round trip.
+  unsigned prefetch = 1;
+  // How long a finished (done or stopped) job's keys stay in the engine.
+  std::chrono::milliseconds keep{3600 * 1000};
+  std::chrono::milliseconds connect_timeout{1000};
+  std::chrono::milliseconds command_timeout{2000};
+  // An engine that cannot be reached for this long is EngineUnavailable on this host
+  // (calls are retried until then, with a backoff from 100 ms to 1 s).
+  std::chrono::milliseconds unavailable_after{30000};
+  std::string password_env = "PROCSHARE_REDIS_PASSWORD";
+  std::string password_file{};
+  // Allow a host that is not a loopback address without TLS (see EngineOptions).
+  bool insecure_transport = false;
+};
+
+namespace detail {
+
+// What makes two hosts' calls the same job (compared at join).
+struct ClusterSpec {
+  JobKind kind;
+  std::uint64_t total;
+  std::string items;  // hash of the items as they travel (or the Range's bounds)
+  std::string args;   // hash of the serialized arguments
+  std::string task;   // type names of the task, items, result and arguments
+};
+
+// A 64-bit hash of bytes, as 16 hex digits (the same on every host of one platform).
+PROCSHARE_API std::string bytes_hash(std::span<const std::byte> bytes);
+
+// The templated part of a cluster job: how this host runs a chunk on its pool and moves
+// its results (ClusterCore does the rest).
+struct PROCSHARE_API ClusterTask {
+  virtual ~ClusterTask();
+  // Starts a local job over items [first, first + count) of the job.
+  virtual std::shared_ptr<JobState> start(std::uint64_t first, std::uint64_t count) = 0;
+  // map: whether the task returns results (which every host gathers).
+  virtual bool keeps_results() const { return false; }
+  // map: an ended local job's results, serialized for the other hosts ("" if none).
+  virtual void write(JobState&, std::vector<std::byte>&) {}
+  // map: keeps an ended local job's results as those of items [first, ...).
+  virtual void adopt(JobState&, std::uint64_t) {}
+  // map: the results of items [first, first + count) from their serialized form.
+  virtual void read(std::uint64_t, std::uint64_t, std::span<const std::byte>) {}
+};
+
+// One host's side of a cluster job: join, the host loop (claim, run, renew, complete),
+// progress, cancel and the job's end, over the engine (lib/cluster.cpp).
+class PROCSHARE_API ClusterCore {
+public:
+  // Joins (or makes) the job. Throws JobMismatch, Stopped (a job that was stopped),
+  // the engine's errors.
+  ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& options, std::string host,
+              std::shared_ptr<PoolCore> pool, ClusterSpec spec, std::unique_ptr<ClusterTask> task);
+  // Cancels the chunks this host still runs (their leases run out; others rerun them).
+  ~ClusterCore();
+  ClusterCore(const ClusterCore&) = delete;
+  ClusterCore& operator=(const ClusterCore&) = delete;
+
+  // Runs the host loop until the job ended (returns true) or `deadline` (false). Throws
+  // EngineUnavailable, JobLost, PoolClosed (the local pool), again on every later call.
+  bool drive(Deadline deadline);
+  // Over all hosts: items done (and in chunks being run, as last flushed), failed,
+  // skipped, and the total. Runs the host loop once without waiting.
+  Progress progress();
+  // Stops the job on every host ("stopped by cancel() on HOST").
+  void cancel();
+  // After the job ended: throws the lowest-index failure below `limit` (TaskError or
+  // WorkerDied, as the local pool), or Stopped naming who stopped it. map: then reads
+  // the results this host did not make itself (ClusterTask::read).
+  void finish(std::uint64_t limit);
+  // find_first, after the job ended: the match (its position), if any.
+  std::optional<std::uint64_t> best() const;
+  const std::string& host() const noexcept;
+
+private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// A cluster map's results by position, as chunks end (nothing for a void task).
+template <class R> struct ClusterResultsOf { using type = std::vector<std::optional<R>>; };
+template <> struct ClusterResultsOf<void> { using type = std::vector<char>; };
+template <class R> using ClusterResults = typename ClusterResultsOf<R>::type;
+
+// A cluster job's chunks, run as local jobs of Kind (map or find_first) on this host's
+// pool; a map keeps the results of every item.
+template <JobKind Kind, class R, class I, class F, class... Args>
+struct ClusterTaskOf final : ClusterTask {
+  using T = typename ItemsOf<I>::job_type;
+  using Local = ResultState<std::conditional_t<Kind == JobKind::map, R, void>>;
+  std::shared_ptr<PoolCore> pool;
+  std::conditional_t<ItemsOf<I>::is_range, Range, std::vector<T>> items;
+  F f;
+  std::tuple<Args...> args;
+  ClusterResults<R> results;  // map: by position, as chunks end
+
+  ClusterTaskOf(std::shared_ptr<PoolCore> p, const I& in, F fn, const Args&... a)
+      : pool(std::move(p)), items(copy_of(in)), f(fn), args(a...) {
+    if constexpr (Kind == JobKind::map && !std::is_void_v<R>) results.resize(ItemsOf<I>::size(in));
+  }
+  static auto copy_of(const I& in) {
+    if constexpr (ItemsOf<I>::is_range) return in;
+    else return std::vector<T>(std::ranges::begin(in), std::ranges::end(in));
+  }
+  bool keeps_results() const override { return Kind == JobKind::map && !std::is_void_v<R>; }
+  std::shared_ptr<JobState> start(std::uint64_t first, std::uint64_t count) override {
+    auto state = std::make_shared<Local>(count);
+    std::apply(
+        [&](const Args&... a) {
+          if constexpr (ItemsOf<I>::is_range)
+            start_items<Kind, R>(*pool, 0, Range{items.first + first, items.first + first + count}, f,
+                                 state, true, a...);
+          else
+            start_items<Kind, R>(*pool, 0, std::span<const T>(items.data() + first, count), f, state,
+                                 true, a...);
+        },
+        args);
+    return state;
+  }
+  void write(JobState& local, std::vector<std::byte>& out) override {
+    if constexpr (Kind == JobKind::map && !std::is_void_v<R>) {
+      auto& state = static_cast<Local&>(local);
+      Writer w{out};
+      for (std::uint64_t i = 0; i < state.count; ++i) {
+        const std::optional<R> value = state.value_at(i);
+        w.write(static_cast<std::uint8_t>(value.has_value()));
+        if (value) Transport<R>::write(w, *value);
+      }
+    }
+  }
+  void adopt(JobState& local, std::uint64_t first) override {
+    if constexpr (Kind == JobKind::map && !std::is_void_v<R>) {
+      auto& state = static_cast<Local&>(local);
+      for (std::uint64_t i = 0; i < state.count; ++i) results[first + i] = state.value_at(i);
+    }
+  }
+  void read(std::uint64_t first, std::uint64_t count, std::span<const std::byte> bytes) override {
+    if constexpr (Kind == JobKind::map && !std::is_void_v<R>) {
+      Reader r{bytes};
+      for (std::uint64_t i = 0; i < count; ++i)
+        if (r.read<std::uint8_t>() != 0) results[first + i] = Transport<R>::read(r);
+    }
+  }
+};
+
+// A plain function's place in its binary ("object+0xOFFSET": the same in every process
+// running that binary), or "" for nullptr.
+PROCSHARE_API std::string function_identity(AnyFunction function);
+
+// What tells two hosts' tasks apart: the types of the task, items, result and arguments,
+// and for a plain function, which one.
+template <class I, class F, class R, class... Args> std::string task_signature(F f) {
+  std::string text = function_identity(function_of(f));
+  text += typeid(F).name();
+  for (const char* name : {typeid(I).name(), typeid(R).name(), typeid(Args).name()...}) {
+    text += ' ';
+    text += name;
+  }
+  return text;
+}
+
+template <class I> std::string items_hash(const I& items) {
+  using T = typename ItemsOf<I>::job_type;
+  if constexpr (ItemsOf<I>::is_range) {
+    return "range " + std::to_string(items.first) + " " + std::to_string(items.end);
+  } else if constexpr (Transport<T>::fixed) {
+    return bytes_hash(std::as_bytes(ItemsOf<I>::span(items)));
+  } else {
+    std::vector<std::byte> bytes;
+    Writer w{bytes};
+    for (const T& item : ItemsOf<I>::span(items)) Transport<T>::write(w, item);
+    return bytes_hash(bytes);
+  }
+}
+
+}  // namespace detail
+
+// ClusterJob<R>: a cluster map_async on this host. Work happens while this host calls
+// get(), wait_for() or progress() (see the top of this file).
+template <class R> class ClusterJob {
+public:
+  // Items done (including those of chunks still running, as last flushed), failed and
+  // skipped over all hosts, and the total; at most one flush interval old.
+  detail::Progress progress() { return core_->progress(); }
+  // Runs this host's share until the job ended or `timeout` passed; returns whether it
+  // ended.
+  template <class Rep, class Period> bool wait_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return core_->drive(detail::deadline_after(timeout));
+  }
+  // Runs this host's share until the job ended; returns the results of every item in
+  // input order (the same on every host). Throws the lowest-index TaskError or
+  // WorkerDied once every item ran, Stopped (naming who stopped it), EngineUnavailable,
+  // JobLost.
+  auto get() {
+    core_->drive(detail::no_deadline);
+    core_->finish(UINT64_MAX);
+    if constexpr (!std::is_void_v<R>) {
+      std::vector<R> out;
+      out.reserve(results_->size());
+      for (auto& value : *results_) out.push_back(std::move(*value));
+      return out;
+    }
+  }
+  // Stops the job on every host: unstarted chunks are dropped, and get() throws Stopped
+  // ("stopped by cancel() on HOST").
+  void cancel() { core_->cancel(); }
+  // This host's name in the job.
+  const std::string& host() const noexcept { return core_->host(); }
+
+private:
+  friend class Cluster;
+  ClusterJob(std::unique_ptr<detail::ClusterCore> core, detail::ClusterResults<R>* results)
+      : core_(std::move(core)), results_(results) {}
+  std::unique_ptr<detail::ClusterCore> core_;
+  detail::ClusterResults<R>* results_;  // (in the task the core owns)
+};
+
+// Cluster: this host's handle on one named job of the engine (see the top of this file).
+// Not shared between processes (a fork makes its own); its jobs use its connection, so
+// use it from one thread at a time.
+class PROCSHARE_API Cluster {
+public:
+  // Checks the options and connects. Throws InvalidArgument (bad options, a non-loopback
+  // URL without insecure_transport), EngineUnavailable, AuthFailed, PermissionDenied.
+  explicit Cluster(ClusterOptions options);
+  ~Cluster();
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  // Pool::map across every host that joins the job: f(item, args...) over the items (a
+  // Range, or values that are the same on every host), chunk by chunk on `pool`; the
+  // results in input order, on every host. Throws as ClusterJob::get, JobMismatch.
+  template <Items I, class F, class... Args>
+  auto map(Pool& pool, const I& items, F f, const Args&... args) {
+    return map_async(pool, items, f, args...).get();
+  }
+  // As map(), without waiting: a ClusterJob whose get(), wait_for() and progress() run
+  // this host's share.
+  template <Items I, class F, class... Args>
+  auto map_async(Pool& pool, const I& items, F f, const Args&... args) {
+    using R = detail::task_result_t<I, F, Args...>;
+    static_assert(detail::check_items<I, F, Args...>());
+    static_assert(detail::check_result<R>());
+    using Task = detail::ClusterTaskOf<detail::JobKind::map, R, I, F, Args...>;
+    auto task = std::make_unique<Task>(detail::PoolAccess::core(pool), items, f, args...);
+    auto* results = &task->results;
+    auto core = join<I, F, R, Args...>(detail::JobKind::map, pool, items, f, std::move(task), args...);
+    return ClusterJob<R>(std::move(core), results);
+  }
+  // Pool::find_first across every host: the lowest position whose item satisfies
+  // pred(item, args...), with the item, or nullopt; the same answer on every host, and
+  // the same as Pool::find_first on the same items (chunks go out in ascending order,
+  // none above the best match, and a chunk below it is always run, rerun if its host
+  // died). Throws the TaskError or WorkerDied of an item below the match, Stopped,
+  // JobMismatch, EngineUnavailable, JobLost.
+  template <Items I, class F, class... Args>
+  std::optional<std::pair<std::size_t, typename detail::ItemsOf<I>::value>>
+  find_first(Pool& pool, const I& items, F pred, const Args&... args) {
+    using R = detail::task_result_t<I, F, Args...>;
+    static_assert(std::is_convertible_v<R, bool>, "procshare::Cluster::find_first: pred must return bool");
+    static_assert(detail::check_items<I, F, Args...>());
+    using Task = detail::ClusterTaskOf<detail::JobKind::find_first, void, I, F, Args...>;
+    auto core = join<I, F, R, Args...>(
+        detail::JobKind::find_first, pool, items, pred,
+        std::make_unique<Task>(detail::PoolAccess::core(pool), items, pred, args...), args...);
+    core->drive(detail::no_deadline);
+    const std::optional<std::uint64_t> match = core->best();
+    core->finish(match.value_or(UINT64_MAX));
+    if (!match) return std::nullopt;
+    return std::pair(static_cast<std::size_t>(*match), detail::ItemsOf<I>::at(items, *match));
+  }
+
+  // The options, as given (host filled in).
+  const ClusterOptions& options() const noexcept { return options_; }
+
+private:
+  template <class I, class F, class R, class... Args>
+  std::unique_ptr<detail::ClusterCore> join(detail::JobKind kind, Pool& pool, const I& items, F f,
+                                            std::unique_ptr<detail::ClusterTask> task,
+                                            const Args&... args) {
+    const auto packed = detail::pack_args(args...);
+    detail::ClusterSpec spec{kind, detail::ItemsOf<I>::size(items), detail::items_hash(items),
+                             detail::bytes_hash(packed), detail::task_signature<I, F, R, Args...>(f)};
+    return std::make_unique<detail::ClusterCore>(engine_, options_, options_.host,
+                                                 detail::PoolAccess::core(pool), std::move(spec),
+                                                 std::move(task));
+  }
+
+  ClusterOptions options_;
+  std::shared_ptr<detail::Engine> engine_;
+};
+
 }  // namespace procshare

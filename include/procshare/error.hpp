@@ -124,6 +124,9 @@ class PROCSHARE_API TaskError : public Error {
 public:
   TaskError(std::string segment, std::uint64_t index, std::string type, std::string message,
             int worker_pid);
+  // As above, for an item of `object` (a cluster job: "cluster job 'J' on URL (host H)").
+  TaskError(std::string segment, std::string object, std::uint64_t index, std::string type,
+            std::string message, int worker_pid);
   // A Process's callable threw in child `pid`: "process 'NAME': the callable threw in pid
   // PID: TYPE: MESSAGE", where `object` is "process 'NAME'"; index() is 0.
   TaskError(std::string object, std::string type, std::string message, int pid);
@@ -149,6 +152,9 @@ class PROCSHARE_API WorkerDied : public Error {
 public:
   WorkerDied(std::string segment, std::uint64_t index, int worker_pid, int signal,
              int exit_status);
+  // As above, for an item of `object` (a cluster job).
+  WorkerDied(std::string segment, std::string object, std::uint64_t index, int worker_pid,
+             int signal, int exit_status);
   // The item that was running.
   std::uint64_t index() const noexcept { return index_; }
   // The dead worker's pid.

@@ -247,6 +247,15 @@ PROCSHARE_API bool stop_requested() noexcept;
 // Inside a task: stops the job it belongs to, as cancel() would. Outside a task: no-op.
 PROCSHARE_API void request_stop() noexcept;
 
+class Pool;
+namespace detail {
+// For layers built on Pool (the cluster's hosts run their chunks as local jobs): the
+// pool's core, to start jobs and wait for them through the detail job functions.
+struct PoolAccess {
+  static const std::shared_ptr<PoolCore>& core(const Pool& pool);
+};
+}  // namespace detail
+
 // Pool: see the top of this file.
 class PROCSHARE_API Pool {
 public:
@@ -374,6 +383,7 @@ public:
   std::string control_segment() const;
 
 private:
+  friend struct detail::PoolAccess;
   // How many outcomes a stream's parent side holds (see Stream).
   static constexpr std::size_t stream_buffer = 1024;
   template <class I, class F, class... Args>
@@ -394,5 +404,9 @@ private:
 
   std::shared_ptr<detail::PoolCore> core_;
 };
+
+inline const std::shared_ptr<detail::PoolCore>& detail::PoolAccess::core(const Pool& pool) {
+  return pool.core_;
+}
 
 }  // namespace procshare

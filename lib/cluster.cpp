@@ -1,0 +1,588 @@
+// Cluster, one host's side of a job: joining it, the host loop (claim a chunk, run it as a
+// local pool job, renew its lease, complete it), progress, the stop, and how the job's
+// end is reported. The engine's state changes only through the scripts of
+// detail/cluster_scripts.hpp; this file decides when to call them, and retries a call
+// the engine did not answer until ClusterOptions::unavailable_after.
+#include <procshare/cluster.hpp>
+
+#include "detail/cluster_scripts.hpp"
+
+#include <fmt/format.h>
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+namespace procshare {
+
+namespace detail {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// Each script with the prelude, made once (Engine::eval caches its SHA by address).
+const std::string& script(const char* body) {
+  static std::mutex mutex;
+  static std::unordered_map<const char*, std::string> made;  // (nodes: references stay valid)
+  std::lock_guard guard(mutex);
+  auto [at, inserted] = made.try_emplace(body);
+  if (inserted) at->second = std::string(scripts::prelude) + body;
+  return at->second;
+}
+
+std::uint64_t number(const EngineReply& reply) {
+  if (reply.kind == EngineReply::Kind::integer) return static_cast<std::uint64_t>(reply.integer);
+  std::uint64_t value = 0;
+  std::from_chars(reply.text.data(), reply.text.data() + reply.text.size(), value);
+  return value;
+}
+
+const std::string& tag(const EngineReply& reply) {
+  static const std::string none;
+  return reply.elements.empty() ? none : reply.elements[0].text;
+}
+
+std::string random_id() {
+  std::random_device device;
+  return fmt::format("{:08x}{:08x}{:08x}{:08x}", device(), device(), device(), device());
+}
+
+std::string kind_name(JobKind kind) {
+  return kind == JobKind::find_first ? "find_first" : kind == JobKind::map ? "map" : "submit";
+}
+
+// Rethrows the engine's error being handled as the same type, with `object` (the job, its
+// URL and host) in front of what it said.
+[[noreturn]] void rethrow_for(const std::string& object) {
+  // (the engine's own "engine 'URL': " prefix is dropped: `object` names the URL too)
+  const auto said = [](const Error& e) {
+    const std::string text = e.what();
+    const std::string prefix = e.object() + ": ";
+    return text.rfind(prefix, 0) == 0 ? text.substr(prefix.size()) : text;
+  };
+  try {
+    throw;
+  } catch (const AuthFailed& e) {
+    throw AuthFailed("", object, said(e));
+  } catch (const PermissionDenied& e) {
+    throw PermissionDenied("", object, said(e));
+  } catch (const EngineUnavailable& e) {
+    throw EngineUnavailable("", object, said(e));
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument("", object, said(e));
+  } catch (const Error& e) {
+    if (e.object().rfind("engine '", 0) != 0) throw;  // (not the engine's: already ours)
+    throw Error("", object, said(e));
+  }
+}
+
+// A failure record in the job's fail zset: the position first (so members are unique),
+// then what makes the TaskError or WorkerDied again, fields split by '\x1f'.
+constexpr char field_separator = '\x1f';
+
+}  // namespace
+
+std::string bytes_hash(std::span<const std::byte> bytes) {
+  // FNV-1a over 8-byte words, then a final mix: fast, and the same on every host of a
+  // platform (it guards against a host with other items, not against an adversary).
+  std::uint64_t h = 0xcbf29ce484222325ull ^ bytes.size();
+  std::size_t i = 0;
+  for (; i + 8 <= bytes.size(); i += 8) {
+    std::uint64_t word;
+    std::memcpy(&word, bytes.data() + i, 8);
+    h = (h ^ word) * 0x100000001b3ull;
+    h ^= h >> 29;
+  }
+  for (; i < bytes.size(); ++i) h = (h ^ static_cast<std::uint8_t>(bytes[i])) * 0x100000001b3ull;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  return fmt::format("{:016x}", h);
+}
+
+std::string function_identity(AnyFunction function) {
+  if (function == nullptr) return {};
+  Dl_info info{};
+  const void* address = reinterpret_cast<const void*>(function);
+  if (::dladdr(address, &info) == 0 || info.dli_fbase == nullptr) return fmt::format("{} ", address);
+  const char* file = info.dli_fname != nullptr ? std::strrchr(info.dli_fname, '/') : nullptr;
+  return fmt::format("{}+{:#x} ", file != nullptr ? file + 1 : (info.dli_fname ? info.dli_fname : "?"),
+                     reinterpret_cast<std::uintptr_t>(address) - reinterpret_cast<std::uintptr_t>(info.dli_fbase));
+}
+
+ClusterTask::~ClusterTask() = default;
+
+struct ClusterCore::State {
+  std::shared_ptr<Engine> engine;
+  ClusterOptions options;
+  std::string host;
+  std::shared_ptr<PoolCore> pool;
+  ClusterSpec spec;
+  std::unique_ptr<ClusterTask> task;
+  std::string object;  // "cluster job 'J' on URL (host H)", what messages name
+  std::vector<std::string> keys;
+  std::string epoch;
+  std::string run_id;
+  std::uint64_t chunk = 0, nchunks = 0;
+  milliseconds beat_every{};
+
+  struct Running {
+    std::uint64_t chunk, first, count;
+    std::string token;
+    std::shared_ptr<JobState> local;
+    bool cancelled = false;  // by this host (a chunk above find_first's match)
+  };
+  std::vector<Running> running;
+  std::vector<bool> mine;  // map: chunks whose results this host keeps (its completion counted)
+  bool waiting = false;    // nothing to claim now: look again at next_claim
+  Clock::time_point next_claim{}, next_beat{};
+  std::uint64_t claims = 0;
+
+  bool ended = false;
+  std::string end_state;  // "done", "stopped"
+  std::string stopped_by;
+  std::uint64_t best;
+  std::optional<Progress> final_progress;
+  std::exception_ptr broken;
+  std::optional<Clock::time_point> unreachable_since;
+
+  // ------------------------------------------------------------ engine calls
+
+  [[noreturn]] void lost() {
+    std::string now_id;
+    try {
+      now_id = server_run_id();
+    } catch (const Error&) {
+      now_id = "unknown";
+    }
+    throw JobLost("", object,
+                  fmt::format("the job's state is gone from the engine (server run_id {} when "
+                              "this host joined, {} now): a restart without persistence, or its "
+                              "keys were deleted or evicted",
+                              run_id, now_id));
+  }
+  // The server's run_id (it changes with a restart), or why it is not known: a user held
+  // to the job's keys may not run INFO (-@dangerous takes it away again).
+  std::string server_run_id() {
+    std::string info;
+    try {
+      info = engine->command({"INFO", "server"}).text;
+    } catch (const PermissionDenied&) {
+      return "unknown (INFO not permitted)";
+    }
+    const auto at = info.find("run_id:");
+    if (at == std::string::npos) return "unknown";
+    const auto end = info.find_first_of("\r\n", at);
+    return info.substr(at + 7, end - at - 7);
+  }
+  // Runs a script, retrying (100 ms to 1 s apart) while the engine does not answer, up
+  // to unavailable_after. {'lost'} throws JobLost.
+  EngineReply run(const char* body, const std::vector<std::string>& args) {
+    milliseconds backoff{100};
+    for (;;) {
+      try {
+        EngineReply reply;
+        try {
+          reply = engine->eval(script(body), keys, args);
+        } catch (const EngineUnavailable&) {
+          throw;
+        } catch (const Error&) {
+          rethrow_for(object);
+        }
+        unreachable_since.reset();
+        if (tag(reply) == "lost") lost();
+        return reply;
+      } catch (const EngineUnavailable& e) {
+        const auto now = Clock::now();
+        if (!unreachable_since) unreachable_since = now;
+        const auto down = now - *unreachable_since;
+        if (down >= options.unavailable_after)
+          throw EngineUnavailable(
+              "", object,
+              fmt::format("the engine was unreachable for {:.1f} s (unavailable_after {} ms); "
+                          "last: {}",
+                          std::chrono::duration<double>(down).count(),
+                          options.unavailable_after.count(), e.what()));
+        const auto left = options.unavailable_after - down;
+        std::this_thread::sleep_for(std::min<Clock::duration>(backoff, left));
+        backoff = std::min(backoff * 2, milliseconds{1000});
+      }
+    }
+  }
+
+  // ------------------------------------------------------------ the job's end
+
+  void cancel_local() {
+    for (Running& r : running) cancel_job(*pool, *r.local);
+    running.clear();
+  }
+  void end(const std::string& state, const std::string& who, std::uint64_t best_now) {
+    if (ended) return;
+    ended = true;
+    end_state = state;
+    stopped_by = who;
+    best = best_now;
+    cancel_local();
+  }
+  void end_from(const EngineReply& reply) {  // {'ended', state, stop, best}
+    end(reply.elements.at(1).text, reply.elements.at(2).text, number(reply.elements.at(3)));
+  }
+
+  // ------------------------------------------------------------ the host loop
+
+  void claim_chunks(Clock::time_point now) {
+    while (!ended && running.size() < 1 + options.prefetch) {
+      if (waiting && now < next_claim) return;
+      const EngineReply reply =
+          run(scripts::claim, {epoch, host, std::to_string(options.lease.count()), std::to_string(++claims)});
+      const std::string& what = tag(reply);
+      if (what == "ended") return end_from(reply);
+      if (what == "wait") {
+        waiting = true;
+        next_claim = now + options.flush;
+        return;
+      }
+      waiting = false;
+      const std::uint64_t c = number(reply.elements.at(1));
+      const std::uint64_t first = c * chunk;
+      const std::uint64_t count = std::min(chunk, spec.total - first);
+      running.push_back(Running{c, first, count, reply.elements.at(2).text, task->start(first, count)});
+    }
+  }
+
+  void heartbeat(Clock::time_point now) {
+    next_beat = now + beat_every;
+    if (running.empty()) return;
+    std::vector<std::string> args{epoch, host, std::to_string(options.lease.count())};
+    for (Running& r : running) {
+      args.push_back(std::to_string(r.chunk));
+      args.push_back(r.token);
+      args.push_back(std::to_string(job_progress(*pool, *r.local).done));
+    }
+    const EngineReply reply = run(scripts::heartbeat, args);
+    if (tag(reply) == "ended") return end_from(reply);
+    const std::uint64_t best_now = number(reply.elements.at(1));
+    const auto& kept = reply.elements.at(2).elements;
+    std::vector<Running> still;
+    for (std::size_t i = 0; i < running.size(); ++i) {
+      Running& r = running[i];
+      // A lost lease (this host was too slow: the chunk went to another) or, in
+      // find_first, a chunk wholly above a match found elsewhere: it need not finish.
+      const bool lost_lease = i < kept.size() && kept[i].integer == 0;
+      if (lost_lease || (r.first > best_now && !r.cancelled)) {
+        cancel_job(*pool, *r.local);
+        r.cancelled = true;
+      }
+      if (lost_lease) continue;
+      still.push_back(std::move(r));
+    }
+    running = std::move(still);
+  }
+
+  // A local job ended: complete its chunk.
+  void settle(Running& r) {
+    JobState& local = *r.local;
+    if (!local.closed.empty()) throw PoolClosed(local.segment, "pool", local.closed);
+    if (local.stopped && !r.cancelled) {
+      // Not this host's cancel: a task's request_stop(), or procshare-ctl on the local pool.
+      const EngineReply reply = run(
+          scripts::stop, {epoch, fmt::format("a task's request_stop() (or procshare-ctl) on {}, in items {} to {}",
+                                             host, r.first, r.first + r.count - 1)});
+      if (tag(reply) == "ended") return end_from(reply);
+      return end("stopped", reply.elements.at(1).text, spec.total);
+    }
+    const bool first_kind = spec.kind == JobKind::find_first;
+    // (a plain number, not an optional: g++ 12 warns falsely on the optional here)
+    const bool matched = first_kind && local.found.has_value();
+    const std::uint64_t found = matched ? r.first + local.found.value() : UINT64_MAX;
+    std::vector<std::byte> results;
+    task->write(local, results);
+    std::vector<std::string> args{epoch,
+                                  std::to_string(r.chunk),
+                                  r.token,
+                                  std::to_string(local.done),
+                                  std::to_string(local.failed),
+                                  std::to_string(local.skipped),
+                                  matched ? std::to_string(found) : "-1",
+                                  std::string(reinterpret_cast<const char*>(results.data()), results.size())};
+    for (const JobState::Failure& f : local.failures) {
+      const std::uint64_t position = r.first + f.index;
+      if (position >= found) continue;  // (above the match: it cannot matter)
+      args.push_back(std::to_string(position));
+      args.push_back(fmt::format("{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}", position, field_separator, f.died ? 1 : 0,
+                                 field_separator, f.pid, field_separator, f.signal, field_separator,
+                                 f.exit_status, field_separator, host, field_separator, f.type,
+                                 field_separator, f.message));
+    }
+    const EngineReply reply = run(scripts::complete, args);
+    const std::string& what = tag(reply);
+    if (what == "ended") return end_from(reply);
+    if (what == "fenced") return;  // (another host holds the chunk now: its results count)
+    if (spec.kind == JobKind::map) {
+      mine[r.chunk] = true;
+      task->adopt(local, r.first);
+    }
+    if (reply.elements.at(1).text == "done") end("done", "", number(reply.elements.at(2)));
+  }
+
+  bool drive(Deadline deadline) {
+    if (broken) std::rethrow_exception(broken);
+    try {
+      for (;;) {
+        if (ended) return true;
+        // Settle what ended (wait_job with a past deadline only collects results).
+        for (std::size_t i = 0; i < running.size() && !ended;) {
+          if (wait_job(*pool, *running[i].local, Clock::time_point{})) {
+            Running r = std::move(running[i]);
+            running.erase(running.begin() + static_cast<std::ptrdiff_t>(i));
+            settle(r);
+          } else {
+            ++i;
+          }
+        }
+        if (ended) return true;
+        auto now = Clock::now();
+        if (now >= next_beat) heartbeat(now);
+        if (!ended) claim_chunks(now);
+        if (ended) return true;
+        now = Clock::now();
+        if (now >= deadline) return false;
+        Deadline wake = std::min(deadline, next_beat);
+        if (waiting) wake = std::min(wake, next_claim);
+        if (running.empty()) {
+          std::this_thread::sleep_until(std::min(wake, now + options.flush));
+        } else {
+          std::vector<JobState*> states;
+          for (Running& r : running) states.push_back(r.local.get());
+          wait_any(*pool, states, wake);
+        }
+      }
+    } catch (...) {
+      cancel_local();
+      broken = std::current_exception();
+      throw;
+    }
+  }
+
+  Progress status() {
+    const EngineReply reply = run(scripts::status, {epoch});
+    const auto& e = reply.elements;
+    Progress p{number(e.at(4)) + number(e.at(7)), number(e.at(5)), number(e.at(6)), spec.total};
+    if (e.at(1).text != "running") {
+      p.done = std::min(number(e.at(4)), spec.total);
+      p.skipped = spec.total - std::min(spec.total, p.done + p.failed);
+    }
+    return p;
+  }
+
+  [[noreturn]] void throw_failure(const std::string& record) {
+    std::vector<std::string> f;
+    std::size_t at = 0;
+    for (int k = 0; k < 7; ++k) {
+      const auto next = record.find(field_separator, at);
+      if (next == std::string::npos) throw Error("", object, "a failure record in the engine is garbled");
+      f.push_back(record.substr(at, next - at));
+      at = next + 1;
+    }
+    f.push_back(record.substr(at));
+    const auto to = [](const std::string& text) {
+      long long value = 0;
+      std::from_chars(text.data(), text.data() + text.size(), value);
+      return value;
+    };
+    const std::string where = fmt::format("{}, item run by host {}", object, f[5]);
+    const auto index = static_cast<std::uint64_t>(to(f[0]));
+    if (f[1] == "1")
+      throw WorkerDied("", where, index, static_cast<int>(to(f[2])), static_cast<int>(to(f[3])),
+                       static_cast<int>(to(f[4])));
+    throw TaskError("", where, index, f[6], f[7], static_cast<int>(to(f[2])));
+  }
+
+  // A plain command (a read), with the job named in its errors.
+  EngineReply read(const std::vector<std::string>& args) {
+    try {
+      return engine->command(args);
+    } catch (const Error&) {
+      rethrow_for(object);
+    }
+  }
+
+  void finish(std::uint64_t limit) {
+    if (broken) std::rethrow_exception(broken);
+    const EngineReply lowest = read({"ZRANGE", keys[6], "0", "0", "WITHSCORES"});
+    if (lowest.elements.size() == 2 && number(lowest.elements[1]) < limit) throw_failure(lowest.elements[0].text);
+    if (end_state == "stopped") throw Stopped("", object, fmt::format("the job was stopped by {}", stopped_by));
+    if (spec.kind != JobKind::map) return;
+    // The results of the chunks other hosts completed, 256 chunks a call.
+    std::vector<std::uint64_t> wanted;
+    for (std::uint64_t c = 0; c < nchunks; ++c)
+      if (!mine[c]) wanted.push_back(c);
+    for (std::size_t at = 0; at < wanted.size(); at += 256) {
+      std::vector<std::string> args{"HMGET", keys[7]};
+      const std::size_t end = std::min(wanted.size(), at + 256);
+      for (std::size_t k = at; k < end; ++k) args.push_back(std::to_string(wanted[k]));
+      const EngineReply reply = read(args);
+      for (std::size_t k = at; k < end; ++k) {
+        const EngineReply& bytes = reply.elements.at(k - at);
+        const std::uint64_t first = wanted[k] * chunk;
+        const std::uint64_t count = std::min(chunk, spec.total - first);
+        if (bytes.kind != EngineReply::Kind::string) {
+          if (count > 0 && task->keeps_results()) lost();
+          continue;
+        }
+        task->read(first, count, std::as_bytes(std::span(bytes.text.data(), bytes.text.size())));
+        mine[wanted[k]] = true;
+      }
+    }
+  }
+};
+
+ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& options, std::string host,
+                         std::shared_ptr<PoolCore> pool, ClusterSpec spec, std::unique_ptr<ClusterTask> task)
+    : state_(std::make_unique<State>()) {
+  State& s = *state_;
+  s.engine = std::move(engine);
+  s.options = options;
+  s.host = std::move(host);
+  s.pool = std::move(pool);
+  s.spec = std::move(spec);
+  s.task = std::move(task);
+  s.object = fmt::format("cluster job '{}' on {} (host {})", options.job, s.engine->url(), s.host);
+  for (const char* key : {"meta", "leases", "owner", "partial", "done", "doneby", "fail", "res", "hosts"})
+    s.keys.push_back(fmt::format("psj:{{{}}}:{}", options.job, key));
+  s.chunk = options.chunk != 0 ? options.chunk : std::max<std::uint64_t>(1, (s.spec.total + 1023) / 1024);
+  s.nchunks = (s.spec.total + s.chunk - 1) / s.chunk;
+  s.mine.assign(s.nchunks, false);
+  s.beat_every = std::min(options.flush, options.heartbeat.count() != 0 ? options.heartbeat : options.lease / 3);
+  s.best = s.spec.total;
+  const std::string kind = kind_name(s.spec.kind);
+  const std::vector<std::string> mine_spec{kind, std::to_string(s.spec.total), std::to_string(s.chunk),
+                                           s.spec.items, s.spec.args, s.spec.task};
+  std::vector<std::string> args{random_id()};
+  args.insert(args.end(), mine_spec.begin(), mine_spec.end());
+  args.push_back(std::to_string(s.nchunks));
+  args.push_back(s.host);
+  args.push_back(std::to_string(options.keep.count()));
+  const EngineReply reply = s.run(scripts::join, args);
+  if (tag(reply) == "mismatch") {
+    const std::string& field = reply.elements.at(1).text;
+    static const char* const fields[] = {"kind", "n", "chunk", "items", "args", "task"};
+    std::string here;
+    for (std::size_t i = 0; i < 6; ++i)
+      if (field == fields[i]) here = mine_spec[i];
+    static const char* const said[] = {"kind of call", "number of items", "chunk size", "items (hash)",
+                                       "arguments (hash)", "task (function and types)"};
+    std::string what = field;
+    for (std::size_t i = 0; i < 6; ++i)
+      if (field == fields[i]) what = said[i];
+    throw JobMismatch("", s.object,
+                      fmt::format("this host's {} is not the job's: '{}' here, '{}' in the job ({})",
+                                  what, here, reply.elements.at(2).text, field));
+  }
+  s.epoch = reply.elements.at(1).text;
+  try {
+    s.run_id = s.server_run_id();
+  } catch (const Error&) {
+    s.run_id = "unknown";
+  }
+  if (reply.elements.at(2).text != "running")
+    s.end(reply.elements.at(2).text, reply.elements.at(3).text, number(reply.elements.at(4)));
+}
+
+ClusterCore::~ClusterCore() {
+  if (state_) state_->cancel_local();
+}
+
+bool ClusterCore::drive(Deadline deadline) { return state_->drive(deadline); }
+
+Progress ClusterCore::progress() {
+  State& s = *state_;
+  if (s.final_progress) return *s.final_progress;
+  s.drive(Clock::now());
+  const Progress p = s.status();
+  if (s.ended) s.final_progress = p;
+  return p;
+}
+
+void ClusterCore::cancel() {
+  State& s = *state_;
+  if (s.broken) std::rethrow_exception(s.broken);
+  if (s.ended) return;
+  const EngineReply reply = s.run(scripts::stop, {s.epoch, fmt::format("cancel() on {}", s.host)});
+  if (tag(reply) == "ended") return s.end_from(reply);
+  s.end("stopped", reply.elements.at(1).text, s.spec.total);
+}
+
+void ClusterCore::finish(std::uint64_t limit) { state_->finish(limit); }
+
+std::optional<std::uint64_t> ClusterCore::best() const {
+  const State& s = *state_;
+  if (s.end_state == "done" && s.best < s.spec.total) return s.best;
+  return std::nullopt;
+}
+
+const std::string& ClusterCore::host() const noexcept { return state_->host; }
+
+}  // namespace detail
+
+// ---------------------------------------------------------------- Cluster
+
+namespace {
+
+bool printable_name(const std::string& name) {
+  if (name.empty() || name.size() > 200) return false;
+  for (const char c : name)
+    if (c <= ' ' || c > '~' || c == '{' || c == '}') return false;
+  return true;
+}
+
+}  // namespace
+
+Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
+  if (options_.host.empty()) {
+    char name[256] = {};
+    ::gethostname(name, sizeof name - 1);
+    options_.host = fmt::format("{}:{}", name, ::getpid());
+  }
+  const std::string object = fmt::format("cluster job '{}' on {} (host {})", options_.job, options_.url, options_.host);
+  const auto bad = [&](std::string_view why) { throw InvalidArgument("", object, why); };
+  if (!printable_name(options_.job))
+    bad("the job name must be 1 to 200 printable characters without space, '{' or '}'");
+  if (!printable_name(options_.host)) bad("the host name must be 1 to 200 printable characters without space, '{' or '}'");
+  if (options_.lease.count() <= 0) bad(fmt::format("lease must be positive (it is {} ms)", options_.lease.count()));
+  const auto beat = options_.heartbeat.count() != 0 ? options_.heartbeat : options_.lease / 3;
+  if (options_.heartbeat.count() < 0 || beat.count() <= 0 || beat * 3 > options_.lease)
+    bad(fmt::format("heartbeat must be positive and at most lease / 3 (heartbeat {} ms, lease {} ms)",
+                    beat.count(), options_.lease.count()));
+  if (options_.flush.count() <= 0 || options_.flush > beat)
+    bad(fmt::format("flush must be positive and at most the heartbeat (flush {} ms, heartbeat {} ms)",
+                    options_.flush.count(), beat.count()));
+  if (options_.unavailable_after.count() <= 0)
+    bad(fmt::format("unavailable_after must be positive (it is {} ms)", options_.unavailable_after.count()));
+  if (options_.keep.count() <= 0) bad(fmt::format("keep must be positive (it is {} ms)", options_.keep.count()));
+  if (options_.prefetch > 64) bad(fmt::format("prefetch must be at most 64 (it is {})", options_.prefetch));
+  try {
+    engine_ = std::make_shared<detail::Engine>(EngineOptions{
+        .url = options_.url,
+        .password_env = options_.password_env,
+        .password_file = options_.password_file,
+        .connect_timeout = options_.connect_timeout,
+        .command_timeout = options_.command_timeout,
+        .insecure_transport = options_.insecure_transport});
+  } catch (const Error&) {
+    detail::rethrow_for(object);
+  }
+}
+
+Cluster::~Cluster() = default;
+
+}  // namespace procshare

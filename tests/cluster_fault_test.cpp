@@ -1,0 +1,237 @@
+// Cluster faults, each real: a host SIGKILLed while it holds a chunk (redelivery), a host
+// frozen past its lease (its late completion is fenced), the server frozen briefly (the
+// job completes) and for long (EngineUnavailable on every host within the bound), the
+// server killed and restarted empty (JobLost on every host) and with append-only
+// persistence (the job completes). Each asserts exact totals in the engine, the results
+// on every surviving host, and that no host process is left. The fault's moment is drawn
+// over the job's chunks (after 1 to ~half of them are done), and it waits until the
+// victim holds a lease, so the fault lands mid-work.
+#include "cluster_hosts.hpp"
+#include "redis_server.hpp"
+
+#include <procshare/cluster.hpp>
+#include <procshare/pool.hpp>
+
+#include <doctest/doctest.h>
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace procshare;
+using procshare::detail::Engine;
+using procshare::test::Hosts;
+using procshare::test::RedisServer;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct PasswordEnv {
+  explicit PasswordEnv(const std::string& value) { ::setenv("PROCSHARE_REDIS_PASSWORD", value.c_str(), 1); }
+  ~PasswordEnv() { ::unsetenv("PROCSHARE_REDIS_PASSWORD"); }
+};
+
+std::uint64_t square_slowly(std::uint64_t i, int micros) {
+  ::usleep(static_cast<useconds_t>(micros));
+  return i * i;
+}
+
+constexpr std::uint64_t items = 3000;
+constexpr std::uint64_t chunk = 50;  // 60 chunks of 50 ms
+
+std::mt19937& random_source() {
+  static std::mt19937 source(std::random_device{}());
+  return source;
+}
+
+std::map<std::string, std::string> meta_of(Engine& engine, const std::string& job) {
+  const auto reply = engine.command({"HGETALL", "psj:{" + job + "}:meta"});
+  std::map<std::string, std::string> out;
+  for (std::size_t i = 0; i + 1 < reply.elements.size(); i += 2) out[reply.elements[i].text] = reply.elements[i + 1].text;
+  return out;
+}
+
+// Waits until at least `chunks` chunks are done and host `host` holds a lease; returns
+// false after 30 s or if the job ended first.
+bool wait_mid_work(Engine& engine, const std::string& job, std::uint64_t chunks, const std::string& host) {
+  const auto until = Clock::now() + 30s;
+  while (Clock::now() < until) {
+    const auto meta = meta_of(engine, job);
+    if (meta.count("state") && meta.at("state") != "running") return false;
+    if (meta.count("done_chunks") && std::stoull(meta.at("done_chunks")) >= chunks)
+      for (const auto& token : engine.command({"HVALS", "psj:{" + job + "}:owner"}).elements)
+        if (token.text.find(":" + host + ":") != std::string::npos) return true;
+    std::this_thread::sleep_for(2ms);
+  }
+  return false;
+}
+
+// A host that runs the job and checks every result: "ok", or what went wrong.
+std::string run_and_check(const ClusterOptions& options) {
+  Pool pool({.workers = 1});
+  Cluster cluster(options);
+  const std::vector<std::uint64_t> got = cluster.map(pool, Range{0, items}, square_slowly, 1000);
+  for (std::uint64_t i = 0; i < items; ++i)
+    if (got.at(i) != i * i) return "wrong result at " + std::to_string(i);
+  return "ok";
+}
+
+ClusterOptions options_for(const RedisServer& server, const std::string& job, int k, std::chrono::milliseconds lease) {
+  return ClusterOptions{.url = server.url(), .job = job, .host = "h" + std::to_string(k), .lease = lease,
+                        .flush = 50ms, .chunk = chunk, .command_timeout = 300ms};
+}
+
+void check_exact(Engine& engine, const std::string& job) {
+  const auto meta = meta_of(engine, job);
+  CHECK(meta.at("state") == "done");
+  CHECK(meta.at("done_items") == std::to_string(items));
+  CHECK(meta.at("failed_items") == "0");
+  CHECK(meta.at("done_chunks") == std::to_string(items / chunk));
+  CHECK(engine.command({"BITCOUNT", "psj:{" + job + "}:done"}).integer == static_cast<long long>(items / chunk));
+}
+
+}  // namespace
+
+TEST_SUITE("process") {
+
+TEST_CASE("a host SIGKILLed while it holds a chunk: the chunk is redelivered, totals exact") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Engine engine({.url = server.url()});
+  for (int round = 0; round < 3; ++round) {
+    const std::string job = "killed-" + std::to_string(round);
+    const std::uint64_t after = std::uniform_int_distribution<std::uint64_t>(1, 25)(random_source());
+    INFO("round ", round, ": kill after ", after, " chunks");
+    Hosts hosts;
+    for (int k = 0; k < 3; ++k) hosts.start([&](int me) { return run_and_check(options_for(server, job, me, 400ms)); });
+    REQUIRE(wait_mid_work(engine, job, after, "h1"));
+    hosts.signal_group(1, SIGKILL);
+    const auto reports = hosts.reports(60s);
+    CHECK(reports[0] == "ok");
+    CHECK(reports[1] == "killed by signal 9");
+    CHECK(reports[2] == "ok");
+    check_exact(engine, job);
+    CHECK(std::stoull(meta_of(engine, job).at("redelivered")) >= 1);
+    CHECK(hosts.all_gone());
+  }
+}
+
+TEST_CASE("a host frozen past its lease: its late completion is fenced, it returns the same results") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Engine engine({.url = server.url()});
+  const std::string job = "frozen";
+  const std::uint64_t after = std::uniform_int_distribution<std::uint64_t>(1, 12)(random_source());
+  INFO("freeze after ", after, " chunks");
+  Hosts hosts;
+  for (int k = 0; k < 3; ++k) hosts.start([&](int me) { return run_and_check(options_for(server, job, me, 300ms)); });
+  REQUIRE(wait_mid_work(engine, job, after, "h1"));
+  // The host process only: its pool's worker finishes the chunk meanwhile, so the host
+  // completes it as soon as it runs again, with a token whose lease went elsewhere.
+  hosts.signal_host(1, SIGSTOP);
+  std::this_thread::sleep_for(900ms);
+  hosts.signal_host(1, SIGCONT);
+  for (const std::string& report : hosts.reports(60s)) CHECK(report == "ok");
+  check_exact(engine, job);
+  const auto meta = meta_of(engine, job);
+  CHECK(std::stoull(meta.at("fenced")) >= 1);
+  CHECK(std::stoull(meta.at("redelivered")) >= 1);
+  CHECK(hosts.all_gone());
+}
+
+TEST_CASE("the server frozen briefly: the job completes; frozen for long: EngineUnavailable on every host in time") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Engine engine({.url = server.url(), .command_timeout = 5000ms});
+  {
+    Hosts hosts;
+    for (int k = 0; k < 3; ++k)
+      hosts.start([&](int me) {
+        ClusterOptions options = options_for(server, "brief", me, 2000ms);
+        options.unavailable_after = 3000ms;
+        return run_and_check(options);
+      });
+    REQUIRE(wait_mid_work(engine, "brief", std::uniform_int_distribution<std::uint64_t>(1, 20)(random_source()), "h1"));
+    ::kill(server.pid(), SIGSTOP);
+    std::this_thread::sleep_for(700ms);
+    ::kill(server.pid(), SIGCONT);
+    for (const std::string& report : hosts.reports(60s)) CHECK(report == "ok");
+    check_exact(engine, "brief");
+    CHECK(hosts.all_gone());
+  }
+  Hosts hosts;
+  for (int k = 0; k < 3; ++k)
+    hosts.start([&](int me) {
+      ClusterOptions options = options_for(server, "long", me, 2000ms);
+      options.unavailable_after = 1500ms;
+      try {
+        run_and_check(options);
+        return std::string("no throw");
+      } catch (const EngineUnavailable& e) {
+        const auto at = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch());
+        const std::string text = e.what();
+        if (text.find("unreachable for") == std::string::npos || text.find("cluster job 'long'") == std::string::npos)
+          return "message: " + text;
+        return "EngineUnavailable " + std::to_string(at.count());
+      }
+    });
+  REQUIRE(wait_mid_work(engine, "long", std::uniform_int_distribution<std::uint64_t>(1, 20)(random_source()), "h1"));
+  ::kill(server.pid(), SIGSTOP);
+  const auto stopped = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch());
+  const auto reports = hosts.reports(30s);
+  ::kill(server.pid(), SIGCONT);
+  for (const std::string& report : reports) {
+    INFO(report);
+    REQUIRE(report.rfind("EngineUnavailable ", 0) == 0);
+    const long long at = std::stoll(report.substr(18));
+    // unavailable_after (1.5 s) + one command timeout (0.3 s) + a flush and a backoff
+    CHECK(at - stopped.count() >= 1500);
+    CHECK(at - stopped.count() <= 3500);
+  }
+  CHECK(hosts.all_gone());
+}
+
+TEST_CASE("the server restarted empty: JobLost on every host; restarted from its append-only file: the job completes") {
+  for (const bool append_only : {false, true}) {
+    INFO("append-only: ", append_only);
+    RedisServer server("test-secret", append_only);
+    PasswordEnv env(server.password());
+    const std::string job = append_only ? "kept" : "lost";
+    Hosts hosts;
+    for (int k = 0; k < 3; ++k)
+      hosts.start([&](int me) {
+        ClusterOptions options = options_for(server, job, me, 1000ms);
+        options.unavailable_after = 10000ms;
+        return run_and_check(options);
+      });
+    {
+      Engine engine({.url = server.url()});
+      REQUIRE(wait_mid_work(engine, job, std::uniform_int_distribution<std::uint64_t>(1, 20)(random_source()), "h1"));
+    }
+    server.kill();
+    std::this_thread::sleep_for(200ms);
+    server.start();
+    const auto reports = hosts.reports(60s);
+    for (const std::string& report : reports) {
+      if (append_only) {
+        CHECK(report == "ok");
+      } else {
+        CHECK(report.rfind("threw JobLost", 0) == 0);
+        CHECK(report.find("run_id") != std::string::npos);
+      }
+    }
+    Engine engine({.url = server.url()});
+    if (append_only) check_exact(engine, job);
+    else CHECK(engine.command({"DBSIZE"}).integer == 0);  // (nothing quietly made anew)
+    CHECK(hosts.all_gone());
+  }
+}
+
+}  // TEST_SUITE

@@ -1,0 +1,335 @@
+// Cluster jobs across hosts (forked processes, each with its own Pool of one worker)
+// against a private redis-server per case: results in input order on every host, exact
+// totals in the engine, find_first's answer equal to the local pool's, the lowest failure
+// on every host, stops from every origin, and JobMismatch for a host whose call differs.
+#include "cluster_hosts.hpp"
+#include "redis_server.hpp"
+
+#include <procshare/cluster.hpp>
+#include <procshare/pool.hpp>
+
+#include <doctest/doctest.h>
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using namespace procshare;
+using procshare::detail::Engine;
+using procshare::test::Hosts;
+using procshare::test::RedisServer;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct PasswordEnv {
+  explicit PasswordEnv(const std::string& value) { ::setenv("PROCSHARE_REDIS_PASSWORD", value.c_str(), 1); }
+  ~PasswordEnv() { ::unsetenv("PROCSHARE_REDIS_PASSWORD"); }
+};
+
+std::uint64_t square(std::uint64_t i) { return i * i; }
+std::uint64_t square_slowly(std::uint64_t i, int micros) {
+  ::usleep(static_cast<useconds_t>(micros));
+  return i * i;
+}
+std::uint64_t cube_slowly(std::uint64_t i, int micros) {
+  ::usleep(static_cast<useconds_t>(micros));
+  return i * i * i;
+}
+std::uint64_t fails_every_thousandth(std::uint64_t i) {
+  if (i % 1000 == 999) throw std::runtime_error("bad item " + std::to_string(i));
+  return i;
+}
+std::string tagged(const std::string& word, const std::string& suffix) { return word + suffix; }
+bool is_match(std::uint64_t i, std::uint64_t above) { return i > above && i % 9973 == 9972; }
+bool matches_or_throws(std::uint64_t i, std::uint64_t throws_at) {
+  if (i == throws_at) throw std::invalid_argument("cannot judge " + std::to_string(i));
+  return i > 30000 && i % 9973 == 9972;
+}
+std::uint64_t stops_at_1234(std::uint64_t i) {
+  if (i == 1234) procshare::request_stop();
+  ::usleep(200);
+  return i;
+}
+
+// The job's meta hash, read as the engine holds it.
+std::map<std::string, std::string> meta_of(const RedisServer& server, const std::string& job) {
+  Engine engine({.url = server.url()});  // (the password: the case's PasswordEnv)
+  const auto reply = engine.command({"HGETALL", "psj:{" + job + "}:meta"});
+  std::map<std::string, std::string> out;
+  for (std::size_t i = 0; i + 1 < reply.elements.size(); i += 2) out[reply.elements[i].text] = reply.elements[i + 1].text;
+  return out;
+}
+
+// Keys of the engine without an expiry (a finished job's keys all expire).
+std::vector<std::string> keys_kept_for_ever(const RedisServer& server) {
+  Engine engine({.url = server.url()});
+  std::vector<std::string> out;
+  for (const auto& key : engine.command({"KEYS", "*"}).elements)
+    if (engine.command({"PTTL", key.text}).integer < 0) out.push_back(key.text);
+  return out;
+}
+
+// How many chunks each host completed (from the tokens in doneby: "fence:host:nonce").
+std::map<std::string, int> chunks_by_host(const RedisServer& server, const std::string& job) {
+  Engine engine({.url = server.url()});
+  std::map<std::string, int> out;
+  for (const auto& token : engine.command({"HVALS", "psj:{" + job + "}:doneby"}).elements) {
+    const auto a = token.text.find(':');
+    const auto b = token.text.rfind(':');
+    ++out[token.text.substr(a + 1, b - a - 1)];
+  }
+  return out;
+}
+
+ClusterOptions options_for(const RedisServer& server, const std::string& job, int k) {
+  return ClusterOptions{.url = server.url(), .job = job, .host = "h" + std::to_string(k), .lease = 2000ms,
+                        .flush = 50ms};
+}
+
+}  // namespace
+
+TEST_SUITE("process") {
+
+TEST_CASE("three hosts run one cluster map: every host gets every result in input order, counted once") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  constexpr std::uint64_t n = 20000;
+  Hosts hosts;
+  for (int k = 0; k < 3; ++k)
+    hosts.start([&](int me) {
+      Pool pool({.workers = 1});
+      Cluster cluster(options_for(server, "squares", me));
+      const std::vector<std::uint64_t> got = cluster.map(pool, Range{0, n}, square);
+      if (got.size() != n) return "size " + std::to_string(got.size());
+      for (std::uint64_t i = 0; i < n; ++i)
+        if (got[i] != i * i) return "wrong result at " + std::to_string(i);
+      return std::string("ok");
+    });
+  for (const std::string& report : hosts.reports(60s)) CHECK(report == "ok");
+  const auto meta = meta_of(server, "squares");
+  CHECK(meta.at("state") == "done");
+  CHECK(meta.at("done_items") == std::to_string(n));
+  CHECK(meta.at("failed_items") == "0");
+  CHECK(meta.at("done_chunks") == meta.at("nchunks"));
+  CHECK(meta.at("fenced") == "0");
+  int total = 0;
+  for (const auto& [host, chunks] : chunks_by_host(server, "squares")) total += chunks;
+  CHECK(std::to_string(total) == meta.at("nchunks"));
+  CHECK(keys_kept_for_ever(server).empty());
+}
+
+TEST_CASE("a cluster map over a vector with arguments equals Pool::map, with progress over all hosts") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  std::vector<std::string> words;
+  for (int i = 0; i < 3000; ++i) words.push_back("w" + std::to_string(i * 7919 % 3001));
+  Pool local({.workers = 1});
+  const std::vector<std::string> expected = local.map(words, tagged, std::string("-x"));
+  Hosts hosts;
+  for (int k = 0; k < 2; ++k)
+    hosts.start([&](int me) {
+      Pool pool({.workers = 1});
+      Cluster cluster(options_for(server, "words", me));
+      auto job = cluster.map_async(pool, words, tagged, std::string("-x"));
+      const auto before = job.progress();
+      if (before.total != words.size()) return std::string("total ") + std::to_string(before.total);
+      const std::vector<std::string> got = job.get();
+      const auto after = job.progress();
+      if (after.done != words.size() || after.failed != 0 || after.skipped != 0) return std::string("progress");
+      return got == expected ? std::string("ok") : std::string("results differ");
+    });
+  for (const std::string& report : hosts.reports(60s)) CHECK(report == "ok");
+  CHECK(meta_of(server, "words").at("done_items") == "3000");
+  CHECK(keys_kept_for_ever(server).empty());
+}
+
+TEST_CASE("cluster find_first returns on every host the same match as Pool::find_first") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  const Range items{0, 200000};
+  Pool local({.workers = 1});
+  const auto expected = local.find_first(items, is_match, std::uint64_t{30000});
+  REQUIRE(expected.has_value());
+  CHECK(expected->first == 39891);
+  Hosts hosts;
+  for (int k = 0; k < 3; ++k)
+    hosts.start([&](int me) {
+      Pool pool({.workers = 1});
+      ClusterOptions options = options_for(server, "first", me);
+      options.chunk = 500;
+      Cluster cluster(options);
+      const auto got = cluster.find_first(pool, items, is_match, std::uint64_t{30000});
+      if (!got) return std::string("none");
+      return std::to_string(got->first) + " " + std::to_string(got->second);
+    });
+  for (const std::string& report : hosts.reports(60s)) CHECK(report == "39891 39891");
+  const auto meta = meta_of(server, "first");
+  CHECK(meta.at("best") == "39891");
+  CHECK(std::stoull(meta.at("next")) * 500 <= 39891 + 500 * 4);  // never far above the match
+  // No match: nullopt on every host.
+  Hosts none;
+  for (int k = 0; k < 2; ++k)
+    none.start([&](int me) {
+      Pool pool({.workers = 1});
+      Cluster cluster(options_for(server, "first-none", me));
+      const auto got = cluster.find_first(pool, Range{0, 5000}, is_match, std::uint64_t{1'000'000});
+      return got ? std::string("found") : std::string("none");
+    });
+  for (const std::string& report : none.reports(60s)) CHECK(report == "none");
+}
+
+TEST_CASE("a failure below the find_first match is thrown on every host, one above it is not") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  const Range items{0, 60000};
+  Pool local({.workers = 1});
+  CHECK_THROWS_AS(local.find_first(items, matches_or_throws, std::uint64_t{20000}), TaskError);
+  CHECK(local.find_first(items, matches_or_throws, std::uint64_t{50000})->first == 39891);
+  for (const std::uint64_t throws_at : {std::uint64_t{20000}, std::uint64_t{50000}}) {
+    const std::string job = "first-fail-" + std::to_string(throws_at);
+    Hosts hosts;
+    for (int k = 0; k < 2; ++k)
+      hosts.start([&](int me) {
+        Pool pool({.workers = 1});
+        Cluster cluster(options_for(server, job, me));
+        try {
+          const auto got = cluster.find_first(pool, items, matches_or_throws, throws_at);
+          return got ? std::to_string(got->first) : std::string("none");
+        } catch (const TaskError& e) {
+          return "TaskError " + std::to_string(e.index()) + " " + e.exception_type() + " " + e.message();
+        }
+      });
+    const std::string expected = throws_at == 20000 ? "TaskError 20000 std::invalid_argument cannot judge 20000"
+                                                    : "39891";
+    for (const std::string& report : hosts.reports(60s)) CHECK(report == expected);
+  }
+}
+
+TEST_CASE("a cluster map with failing items throws the lowest-index TaskError on every host after all ran") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Hosts hosts;
+  for (int k = 0; k < 3; ++k)
+    hosts.start([&](int me) {
+      Pool pool({.workers = 1});
+      Cluster cluster(options_for(server, "failing", me));
+      try {
+        cluster.map(pool, Range{0, 10000}, fails_every_thousandth);
+        return std::string("no throw");
+      } catch (const TaskError& e) {
+        const std::string text = e.what();
+        if (text.find("cluster job 'failing'") == std::string::npos) return "message: " + text;
+        return "TaskError " + std::to_string(e.index()) + " " + e.message();
+      }
+    });
+  for (const std::string& report : hosts.reports(60s)) CHECK(report == "TaskError 999 bad item 999");
+  const auto meta = meta_of(server, "failing");
+  CHECK(meta.at("failed_items") == "10");
+  CHECK(meta.at("done_items") == "9990");
+}
+
+TEST_CASE("cancel() on one host, or a task's request_stop(), stops every host with Stopped naming who") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  {
+    Hosts hosts;
+    for (int k = 0; k < 3; ++k)
+      hosts.start([&](int me) {
+        Pool pool({.workers = 1});
+        Cluster cluster(options_for(server, "cancelled", me));
+        auto job = cluster.map_async(pool, Range{0, 20000}, square_slowly, 500);
+        if (me == 0) {
+          job.wait_for(300ms);
+          job.cancel();
+        }
+        try {
+          job.get();
+          return std::string("no throw");
+        } catch (const Stopped& e) {
+          return std::string(e.what());
+        }
+      });
+    for (const std::string& report : hosts.reports(60s))
+      CHECK(report.find("stopped by cancel() on h0") != std::string::npos);
+    CHECK(meta_of(server, "cancelled").at("state") == "stopped");
+  }
+  Hosts hosts;
+  for (int k = 0; k < 2; ++k)
+    hosts.start([&](int me) {
+      Pool pool({.workers = 1});
+      Cluster cluster(options_for(server, "stops-itself", me));
+      try {
+        cluster.map(pool, Range{0, 20000}, stops_at_1234);
+        return std::string("no throw");
+      } catch (const Stopped& e) {
+        return std::string(e.what());
+      }
+    });
+  for (const std::string& report : hosts.reports(60s)) {
+    INFO(report);
+    CHECK(report.find("request_stop()") != std::string::npos);
+    CHECK(report.find("in items 1220 to 1239") != std::string::npos);
+  }
+  CHECK(keys_kept_for_ever(server).empty());
+}
+
+TEST_CASE("a host whose call differs from the job's is JobMismatch naming the field, and writes nothing") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Pool pool({.workers = 1});
+  Cluster first(options_for(server, "spec", 0));
+  auto job = first.map_async(pool, Range{0, 100}, square_slowly, 10);
+  const auto before = meta_of(server, "spec");
+  struct Row {
+    std::string field;
+    std::function<void(Cluster&)> call;
+  };
+  const std::vector<Row> rows{
+      {"items (hash)", [&](Cluster& c) { c.map_async(pool, Range{1, 101}, square_slowly, 10); }},
+      {"number of items", [&](Cluster& c) { c.map_async(pool, Range{0, 99}, square_slowly, 10); }},
+      {"arguments (hash)", [&](Cluster& c) { c.map_async(pool, Range{0, 100}, square_slowly, 11); }},
+      {"kind of call", [&](Cluster& c) { c.find_first(pool, Range{0, 100}, is_match, std::uint64_t{10}); }},
+      {"task (function and types)", [&](Cluster& c) { c.map_async(pool, Range{0, 100}, cube_slowly, 10); }},
+  };
+  for (const Row& row : rows) {
+    INFO("field: ", row.field);
+    Cluster other(options_for(server, "spec", 1));
+    CHECK_THROWS_WITH_AS(row.call(other), doctest::Contains(row.field.c_str()), JobMismatch);
+  }
+  ClusterOptions chunked = options_for(server, "spec", 1);
+  chunked.chunk = 7;
+  Cluster other(chunked);
+  CHECK_THROWS_WITH_AS(other.map_async(pool, Range{0, 100}, square_slowly, 10),
+                       doctest::Contains("chunk size is not the job's: '7' here, '1' in the job"),
+                       JobMismatch);
+  CHECK(meta_of(server, "spec") == before);
+  const auto result = job.get();
+  CHECK(result.size() == 100);
+  CHECK(result[99] == 99 * 99);
+}
+
+TEST_CASE("a late host joins a finished job and gets its results without running anything") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Pool pool({.workers = 1});
+  Cluster early(options_for(server, "late", 0));
+  CHECK(early.map(pool, Range{0, 3000}, square)[2999] == 2999ull * 2999);
+  Cluster late(options_for(server, "late", 1));
+  auto job = late.map_async(pool, Range{0, 3000}, square);
+  CHECK(job.wait_for(0ms));
+  const auto result = job.get();
+  CHECK(result.size() == 3000);
+  CHECK(result[1234] == 1234ull * 1234);
+  CHECK(chunks_by_host(server, "late").count("h1") == 0);
+  Cluster empty(options_for(server, "empty", 0));
+  CHECK(empty.map(pool, Range{0, 0}, square).empty());
+}
+
+}  // TEST_SUITE
