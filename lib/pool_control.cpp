@@ -73,7 +73,8 @@ const char* worker_state_name(std::uint32_t state) {
     case detail::WorkerState::starting: return "starting";
     case detail::WorkerState::idle: return "idle";
     case detail::WorkerState::claiming:
-    case detail::WorkerState::busy: return "busy";
+    case detail::WorkerState::busy:
+    case detail::WorkerState::settling: return "busy";
     case detail::WorkerState::exited: return "exited";
     default: return "none";
   }
@@ -113,8 +114,9 @@ PoolStatus inspect_pool(Segment& segment) {
     JobSlot& job = b.job(i);
     const std::uint64_t id = job.id.load(std::memory_order_acquire);
     if (id == 0) continue;
-    status.jobs.push_back({id, job_kind_name(job.kind), job.done.load(), job.failed.load(),
-                           job.skipped.load(), job.total, job.stop.load() != 0});
+    status.jobs.push_back({id, job_kind_name(job.kind), job.done.load(),
+                           detail::failures_so_far(b, job, id), job.skipped.load(), job.total,
+                           job.stop.load() != 0});
   }
   std::sort(status.jobs.begin(), status.jobs.end(),
             [](const auto& a, const auto& c) { return a.id < c.id; });

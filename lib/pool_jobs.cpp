@@ -312,7 +312,8 @@ detail::Progress detail::job_progress(PoolCore& core, JobState& state) {
   core.pump(true);  // (takes no more of a stream's outcomes than it holds)
   if (core.find(state.id) != nullptr) {
     const JobSlot& job = core.block->job(core.slot_of(state.id));
-    return {job.done.load(), job.failed.load(), job.skipped.load(), state.total};
+    return {job.done.load(), failures_so_far(*core.block, job, state.id), job.skipped.load(),
+            state.total};
   }
   return {state.done, state.failed, state.skipped, state.total};
 }

@@ -100,10 +100,13 @@ struct Supervisor {
     const int exit_status = info.si_code == CLD_EXITED ? info.si_status : -1;
     const auto state = static_cast<WorkerState>(s.state.load());
     PoolLock held(b);
-    if (state == WorkerState::busy || state == WorkerState::claiming) {
+    // No longer busy before its chunk's failures count in the job (see failures_so_far).
+    s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
+    if (state == WorkerState::busy || state == WorkerState::claiming ||
+        state == WorkerState::settling) {
       JobSlot& job = b.job(s.job_slot.load());
       const std::uint64_t id = s.job_id.load();
-      bool claimed = state == WorkerState::busy;
+      bool claimed = state != WorkerState::claiming;
       if (state == WorkerState::claiming)  // did its one claiming store happen?
         claimed = s.from_requeue.load() ? job.requeued_count.load() == s.requeue_index.load()
                                         : job.cursor.load() == s.chunk_end.load();
@@ -113,7 +116,12 @@ struct Supervisor {
         // Items before `current` are over; item `current` was running if progress is odd.
         std::uint64_t current = std::min(end, first + progress / 2);
         const bool running = progress % 2 == 1 && current < end;
-        const std::uint64_t failed = s.chunk_failed.load(), skipped = s.chunk_skipped.load();
+        // The failures of the items before `current`: chunk_failed, unless the worker died
+        // while counting the running item's own failure (then it may hold that one too).
+        const std::uint64_t failed = running && s.failing_item.load() == current
+                                         ? s.failed_before.load()
+                                         : s.chunk_failed.load();
+        const std::uint64_t skipped = s.chunk_skipped.load();
         std::uint64_t settled = current - first;
         // A stream's results the worker held back are in its ring, in the batch record it
         // had opened: publish the record for it, with the results of the items that ran
@@ -139,14 +147,14 @@ struct Supervisor {
         }
         const std::uint64_t lost = current - lost_from;
         const std::uint64_t done = settled >= failed + skipped + lost ? settled - failed - skipped - lost : 0;
+        // The chunk's counts reach the job here, and only here: the running item counts
+        // failed once, whether or not the worker had sent (and counted) its error (the
+        // parent keeps one report of it, JobState::last_errors / death_items).
         job.done.fetch_add(done);
         job.skipped.fetch_add(skipped);
-        job.failed.fetch_add(lost);
+        job.failed.fetch_add(failed + lost + (running ? 1 : 0));
         const int pid = s.pid.load();
-        if (running) {
-          job.failed.fetch_add(1);
-          settled += 1;
-        }
+        if (running) settled += 1;
         // The cut item, what ran before it and the results held back: one record.
         PendingDeath death{{id, running ? current : no_item, pid, signal, exit_status, 0, first,
                             lost_from, lost_from, current},
@@ -169,7 +177,6 @@ struct Supervisor {
         publish_deaths();
       }
     }
-    s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
     s.job_id.store(0);
     if (state != WorkerState::exited || exit_status != 0) b.worker_deaths.fetch_add(1);
     if (state == WorkerState::starting &&

@@ -6,7 +6,7 @@
 // write position and ring_waiting) and its own result ring; under the pool lock, the
 // claim words of the job table (cursor, requeued ranges, claim_from, and the skipped and
 // settled counts of the items it drops); atomically, without the lock, a job's done,
-// skipped, settled and best (find_first) and the pool's items_done; a job's stop flag
+// failed, skipped, settled and best (find_first) and the pool's items_done; a job's stop flag
 // (request_stop); rescan, the wake-up sequences and, once, broken_reason (an initializer
 // that throws). Nothing else.
 #include <procshare/pool.hpp>
@@ -262,15 +262,21 @@ void op_batch(ChunkContext& c, std::uint64_t index, const void* data, std::size_
 
 void op_fail(ChunkContext& c, std::uint64_t index, const char* type, const char* message) {
   auto& w = *static_cast<WorkerContext*>(c.worker);
+  WorkerSlot& s = *w.slot;
   flush_batch(w, c, 0);  // (the results before it first: flushed_to never passes a held one)
+  // The failure is counted once, by the one store to chunk_failed below (readers see it at
+  // once, so a controller can react to it; the job counts it when the chunk settles). A
+  // death after the error record but before run_chunk marks the item over leaves the item
+  // running: the supervisor then counts it failed itself, and takes the failures before it
+  // from failed_before, whether or not that store happened (the parent keeps one report).
+  const std::uint64_t before = s.chunk_failed.load(std::memory_order_relaxed);
+  s.failed_before.store(before, std::memory_order_relaxed);
+  s.failing_item.store(index, std::memory_order_release);
   const std::string name = demangle(type);
-  append_record(w, RecordType::error, w.slot->job_id.load(std::memory_order_relaxed), index,
+  append_record(w, RecordType::error, s.job_id.load(std::memory_order_relaxed), index,
                 std::as_bytes(std::span(name.data(), name.size())),
                 std::as_bytes(std::span(message, std::strlen(message))));
-  // Counted as failed in the job at once, so a controller can react to it.
-  w.slot->chunk_failed.store(w.slot->chunk_failed.load(std::memory_order_relaxed) + 1,
-                             std::memory_order_relaxed);
-  w.job->failed.fetch_add(1, std::memory_order_relaxed);
+  s.chunk_failed.store(before + 1, std::memory_order_release);
   flush_batch(w, c, index + 1);  // its error record is out
 }
 
@@ -363,6 +369,7 @@ JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferre
   s.progress.store(0, std::memory_order_relaxed);
   s.chunk_failed.store(0, std::memory_order_relaxed);
   s.chunk_skipped.store(0, std::memory_order_relaxed);
+  s.failing_item.store(no_item, std::memory_order_relaxed);
   s.flushed_to.store(no_item, std::memory_order_relaxed);  // nothing held back yet
   s.batch_item.store(0, std::memory_order_relaxed);
   s.from_requeue.store(requeued > 0 ? 1 : 0, std::memory_order_relaxed);
@@ -381,7 +388,8 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   WorkerSlot& s = *w.slot;
   const std::uint64_t count = s.chunk_end.load() - s.chunk_first.load();
   const std::uint64_t skipped = s.chunk_skipped.load(std::memory_order_relaxed);
-  const std::uint64_t done = count - skipped - s.chunk_failed.load(std::memory_order_relaxed);
+  const std::uint64_t failed = s.chunk_failed.load(std::memory_order_relaxed);
+  const std::uint64_t done = count - skipped - failed;
   if (job.kind == static_cast<std::uint32_t>(JobKind::map)) {  // for per-item outcomes
     // (before the worker turns idle: a death before this record is settled by the
     // supervisor, whose death record then carries the items that ran)
@@ -389,7 +397,12 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     append_record(w, RecordType::ran, s.job_id.load(std::memory_order_relaxed),
                   s.chunk_first.load(), std::as_bytes(std::span(&ran_end, 1)));
   }
+  // The chunk's failures move from the worker's slot into the job: say so first, so that
+  // a reader adding a busy worker's failures to the job's never counts them twice (see
+  // failures_so_far).
+  s.state.store(static_cast<std::uint32_t>(WorkerState::settling), std::memory_order_release);
   job.done.fetch_add(done, std::memory_order_relaxed);
+  job.failed.fetch_add(failed, std::memory_order_release);
   job.skipped.fetch_add(skipped, std::memory_order_relaxed);
   w.block->items_done.fetch_add(done, std::memory_order_relaxed);
   s.state.store(static_cast<std::uint32_t>(WorkerState::idle), std::memory_order_release);

@@ -12,6 +12,8 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <stdexcept>
+#include <thread>
 
 using namespace procshare;
 using procshare::test::all_gone;
@@ -645,6 +647,107 @@ TEST_CASE("Job::outcomes: the item a killed worker ran is WorkerDied, everything
       CHECK(o.value() == static_cast<int>(o.index()) + 1);
     }
   }
+}
+
+namespace {
+
+// A task's exception whose destructor sleeps (20 s at most): run_chunk destroys it at the
+// end of its catch block, after the item's error was sent and counted and before the item
+// is marked over, so the worker waits right there for the test to kill it.
+struct HeldError : std::runtime_error {
+  HeldError() : std::runtime_error("held in its worker") {}
+  HeldError(const HeldError&) = default;
+  ~HeldError() override { std::this_thread::sleep_for(20s); }
+};
+
+}  // namespace
+
+// The supervisor settling the death used to count the item failed again (and one item
+// fewer done) when the worker had counted its error already.
+TEST_CASE("a worker killed between an item's error and marking it over counts the item failed once") {
+  SegmentName name("fail_once");
+  auto segment = Segment::create(name, 1 << 16);
+  auto gate = segment.create_atomic<std::int64_t>("gate", 0);  // holds the items after k
+  Pool pool({.workers = 2});
+  auto control = Segment::open(pool.control_segment());
+  constexpr std::uint64_t total = 64;
+  std::vector<int> items(total);
+  std::iota(items.begin(), items.end(), 0);
+  struct Round {
+    int item;             // k, the item whose worker is killed
+    std::uint64_t chunk;
+    bool after_error;     // killed once its error is out (else while it runs, before it)
+  };
+  const Round rounds[] = {{0, 1, true},  {5, 1, true},   {13, 3, true},  {30, 8, true},
+                          {47, 64, true}, {63, 4, true}, {20, 1, false}, {40, 8, false},
+                          {1, 2, true},  {33, 16, true}, {62, 1, true},  {9, 5, true}};
+  int wrong_rounds = 0;
+  for (const Round& round : rounds) {
+    CAPTURE(round.item);
+    CAPTURE(round.chunk);
+    CAPTURE(round.after_error);
+    gate.store(0);
+    const std::uint32_t deaths = inspect_pool(control).worker_deaths;
+    auto job = pool.map_async(Chunk{round.chunk}, items,
+                              [](const int& x, int k, bool after_error, Atomic<std::int64_t> g) {
+                                if (x == k) {
+                                  if (!after_error) std::this_thread::sleep_for(20s);
+                                  throw HeldError();
+                                }
+                                while (x > k && g.load() == 0) std::this_thread::sleep_for(100us);
+                                return x;
+                              },
+                              round.item, round.after_error, gate);
+    // The worker running item k: with its error counted (seen at once in the job's
+    // progress) if after_error.
+    int victim = 0;
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (victim == 0 && std::chrono::steady_clock::now() < deadline) {
+      if (!round.after_error || job.progress().failed >= 1)
+        for (const auto& w : inspect_pool(control).workers)
+          if (w.state == "busy" && w.job == job.id() &&
+              w.current_item == static_cast<std::uint64_t>(round.item))
+            victim = w.pid;
+      if (victim == 0) std::this_thread::sleep_for(1ms);
+    }
+    REQUIRE(victim > 0);
+    ::kill(victim, SIGKILL);
+    while (inspect_pool(control).worker_deaths == deaths &&
+           std::chrono::steady_clock::now() < deadline + 10s)
+      std::this_thread::sleep_for(1ms);
+    REQUIRE(inspect_pool(control).worker_deaths == deaths + 1);  // (settled)
+    // While the items after k wait: one failure, here and for a controller (who no longer
+    // sees the job if k was its last item).
+    const auto live = job.progress();
+    const auto status = inspect_pool(control);
+    const auto it = std::find_if(status.jobs.begin(), status.jobs.end(),
+                                 [&](const auto& j) { return j.id == job.id(); });
+    const std::uint64_t seen_failed = it == status.jobs.end() ? 1 : it->failed;
+    bool wrong = live.failed != 1 || seen_failed != 1;
+    wrong |= live.done + live.failed + live.skipped > total;
+    if (it != status.jobs.end()) wrong |= it->done + it->failed + it->skipped > total;
+    gate.store(1);
+    REQUIRE(job.wait_for(20s));
+    const auto outcomes = job.outcomes();
+    std::set<std::size_t> failed_items;
+    for (const auto& o : outcomes)
+      if (o.state() == ItemState::failed) failed_items.insert(o.index());
+    const auto p = job.progress();
+    wrong |= p.done + p.failed + p.skipped != total || p.failed != failed_items.size();
+    wrong |= p.failed != 1 || p.done != total - 1 || p.skipped != 0;
+    CHECK(live.failed == 1);
+    CHECK(seen_failed == 1);
+    CHECK(p.done + p.failed + p.skipped == total);
+    CHECK(p.failed == failed_items.size());
+    CHECK(failed_items == std::set<std::size_t>{static_cast<std::size_t>(round.item)});
+    CHECK(p.done == total - 1);
+    if (round.after_error)
+      CHECK_THROWS_AS(outcomes.at(static_cast<std::size_t>(round.item)).value(), TaskError);
+    else
+      CHECK_THROWS_AS(outcomes.at(static_cast<std::size_t>(round.item)).value(), WorkerDied);
+    wrong_rounds += wrong;
+  }
+  MESSAGE(wrong_rounds << " of " << std::size(rounds) << " rounds had wrong counts");
 }
 
 TEST_CASE("Job::outcomes works for void tasks, and after a successful get() says the results moved") {

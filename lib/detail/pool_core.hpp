@@ -263,9 +263,10 @@ public:
   // and every failure counted so far has reached the parent. Sets `match`.
   bool match_final(JobState& state, std::uint64_t& match) {
     JobSlot& job = block->job(slot_of(state.id));
-    const std::uint64_t failed = job.failed.load(std::memory_order_acquire);
+    std::uint64_t failed = 0;
     {
       PoolLock held(*block);  // no claim or settlement of a death meanwhile
+      failed = failures_so_far(*block, job, state.id);
       match = job.best.load(std::memory_order_acquire);
       if (match >= job.total || job.cursor.load(std::memory_order_relaxed) < match) return false;
       const std::uint32_t requeued = job.requeued_count.load(std::memory_order_relaxed);
@@ -274,7 +275,8 @@ public:
       for (std::uint32_t i = 0; i < block->workers; ++i) {
         const WorkerSlot& s = block->worker(i);
         const auto worker = static_cast<WorkerState>(s.state.load(std::memory_order_acquire));
-        if ((worker == WorkerState::busy || worker == WorkerState::claiming) &&
+        if ((worker == WorkerState::busy || worker == WorkerState::claiming ||
+             worker == WorkerState::settling) &&
             s.job_id.load(std::memory_order_relaxed) == state.id &&
             s.chunk_first.load(std::memory_order_relaxed) +
                     s.progress.load(std::memory_order_acquire) / 2 < match)

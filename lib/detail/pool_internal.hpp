@@ -104,6 +104,23 @@ inline void record_broken_reason(PoolBlock& b, std::string_view reason) {
   first.store(length > 0 ? reason[0] : '\0', std::memory_order_release);
 }
 
+// The failures of job `id` (in `job`) counted so far: the job's, from its settled chunks
+// and deaths, and those its busy workers counted in the chunks they run (each as soon as
+// its error record is out). A chunk's failures leave its worker's count only after the
+// worker stops being busy (WorkerState::settling, or exited when a supervisor settles its
+// death): read in this order (the job's, then the workers'), they are never counted
+// twice; at worst, for that moment, not at all. Lock-free.
+inline std::uint64_t failures_so_far(PoolBlock& b, const JobSlot& job, std::uint64_t id) {
+  std::uint64_t failed = job.failed.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < b.workers; ++i) {
+    const WorkerSlot& s = b.worker(i);
+    if (static_cast<WorkerState>(s.state.load(std::memory_order_acquire)) == WorkerState::busy &&
+        s.job_id.load(std::memory_order_relaxed) == id)
+      failed += s.chunk_failed.load(std::memory_order_acquire);
+  }
+  return failed;
+}
+
 // For a stopped job, or a find_first whose cursor passed its match: drops the unclaimed
 // items (under the pool lock), settling them as skipped. Returns whether that completed
 // the job. (pool_worker.cpp; the parent calls it too.)

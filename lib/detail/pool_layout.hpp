@@ -20,7 +20,11 @@
 namespace procshare::detail {
 
 enum class PoolState : std::uint32_t { running = 0, closing = 1, terminating = 2, broken = 3 };
-enum class WorkerState : std::uint32_t { empty = 0, starting = 1, idle = 2, claiming = 3, busy = 4, exited = 5 };
+// `settling`: the worker's chunk is over and its counts move into the job (see
+// settle_chunk and failures_so_far); a death then is settled as if it were still busy.
+enum class WorkerState : std::uint32_t {
+  empty = 0, starting = 1, idle = 2, claiming = 3, busy = 4, exited = 5, settling = 6
+};
 
 // One worker process and its result ring (it writes; the parent reads).
 struct alignas(64) WorkerSlot {
@@ -33,8 +37,16 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint64_t> chunk_end;
   std::atomic<std::uint64_t> progress;    // 2i+1 while item first+i runs, 2i+2 once over
   std::atomic<std::uint32_t> from_requeue;
-  std::atomic<std::uint64_t> chunk_failed;   // this chunk's items by outcome (done is the
-  std::atomic<std::uint64_t> chunk_skipped;  // rest; failures also count in the job at once)
+  // This chunk's items by outcome (done is the rest). A failure is counted here, by one
+  // store once its error record is out, and in the job only when the chunk settles;
+  // readers add a busy worker's failures to its job's (failures_so_far).
+  std::atomic<std::uint64_t> chunk_failed;
+  std::atomic<std::uint64_t> chunk_skipped;
+  // The item whose failure is being counted (no_item: none yet in this chunk), and
+  // chunk_failed before it; both written before its error record, so that a supervisor
+  // settling a death during that item knows the failures of the items before it.
+  std::atomic<std::uint64_t> failing_item;
+  std::atomic<std::uint64_t> failed_before;
   std::atomic<std::uint64_t> tasks_done;  // chunks completed, for controllers
   std::atomic<std::uint64_t> flushed_to;  // a stream's chunk: results before this item
                                           // have left the worker (see RecordType::batch);
@@ -77,6 +89,8 @@ struct alignas(64) JobSlot {
   std::uint64_t range_first;      // a Range job: item k is range_first + k
   std::atomic<std::uint64_t> cursor;   // next unclaimed item
   std::atomic<std::uint64_t> settled;  // done + failed + skipped
+  // Of settled chunks (and items dropped or lost); the failures of chunks still running
+  // are their workers' (WorkerSlot::chunk_failed) until they settle.
   std::atomic<std::uint64_t> done, failed, skipped;
   std::atomic<std::uint32_t> stop;     // raised by cancel(), request_stop(), a controller
   std::atomic<std::uint64_t> best;     // find_first: the lowest match so far
