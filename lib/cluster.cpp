@@ -17,6 +17,7 @@
 #include <cstring>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -132,17 +133,19 @@ struct ClusterCore::State {
   std::vector<std::string> keys;
   std::string epoch;
   std::string run_id;
-  std::uint64_t chunk = 0, nchunks = 0;
+  std::uint64_t chunk = 0;  // fixed chunk size, or 0: this host asks for `want` items
+  std::uint64_t want = 1;
   milliseconds beat_every{};
 
   struct Running {
     std::uint64_t chunk, first, count;
     std::string token;
     std::shared_ptr<JobState> local;
+    Clock::time_point started;
     bool cancelled = false;  // by this host (a chunk above find_first's match)
   };
   std::vector<Running> running;
-  std::vector<bool> mine;  // map: chunks whose results this host keeps (its completion counted)
+  std::set<std::uint64_t> mine;  // map: chunks whose results this host keeps (its completion counted)
   bool waiting = false;    // nothing to claim now: look again at next_claim
   Clock::time_point next_claim{}, next_beat{};
   std::uint64_t claims = 0;
@@ -242,8 +245,9 @@ struct ClusterCore::State {
   void claim_chunks(Clock::time_point now) {
     while (!ended && running.size() < 1 + options.prefetch) {
       if (waiting && now < next_claim) return;
-      const EngineReply reply =
-          run(scripts::claim, {epoch, host, std::to_string(options.lease.count()), std::to_string(++claims)});
+      const EngineReply reply = run(scripts::claim, {epoch, host, std::to_string(options.lease.count()),
+                                                     std::to_string(++claims), std::to_string(want),
+                                                     std::to_string(chunk != 0 ? chunk : want / 8)});
       const std::string& what = tag(reply);
       if (what == "ended") return end_from(reply);
       if (what == "wait") {
@@ -253,9 +257,10 @@ struct ClusterCore::State {
       }
       waiting = false;
       const std::uint64_t c = number(reply.elements.at(1));
-      const std::uint64_t first = c * chunk;
-      const std::uint64_t count = std::min(chunk, spec.total - first);
-      running.push_back(Running{c, first, count, reply.elements.at(2).text, task->start(first, count)});
+      const std::uint64_t first = number(reply.elements.at(3));
+      const std::uint64_t count = number(reply.elements.at(4)) - first;
+      running.push_back(Running{c, first, count, reply.elements.at(2).text, task->start(first, count),
+                                Clock::now()});
     }
   }
 
@@ -300,6 +305,15 @@ struct ClusterCore::State {
       if (tag(reply) == "ended") return end_from(reply);
       return end("stopped", reply.elements.at(1).text, spec.total);
     }
+    if (chunk == 0 && !r.cancelled && r.count > 0) {
+      // The next chunk's size: ~50 ms of this host's work at the rate this one ran (its
+      // wall time, with the claim and the queueing behind the chunk before it: an
+      // overestimate of the cost of an item, so never too large a chunk). The claim
+      // script caps it at the remaining items / (2 x hosts).
+      const double seconds = std::chrono::duration<double>(Clock::now() - r.started).count();
+      const double fit = seconds > 0 ? 0.05 * static_cast<double>(r.count) / seconds : 1e18;
+      want = fit >= 1e18 ? UINT64_MAX : std::max<std::uint64_t>(1, static_cast<std::uint64_t>(fit));
+    }
     const bool first_kind = spec.kind == JobKind::find_first;
     // (a plain number, not an optional: g++ 12 warns falsely on the optional here)
     const bool matched = first_kind && local.found.has_value();
@@ -328,7 +342,7 @@ struct ClusterCore::State {
     if (what == "ended") return end_from(reply);
     if (what == "fenced") return;  // (another host holds the chunk now: its results count)
     if (spec.kind == JobKind::map) {
-      mine[r.chunk] = true;
+      mine.insert(r.chunk);
       task->adopt(local, r.first);
     }
     if (reply.elements.at(1).text == "done") end("done", "", number(reply.elements.at(2)));
@@ -421,26 +435,36 @@ struct ClusterCore::State {
     const EngineReply lowest = read({"ZRANGE", keys[6], "0", "0", "WITHSCORES"});
     if (lowest.elements.size() == 2 && number(lowest.elements[1]) < limit) throw_failure(lowest.elements[0].text);
     if (end_state == "stopped") throw Stopped("", object, fmt::format("the job was stopped by {}", stopped_by));
-    if (spec.kind != JobKind::map) return;
+    if (!task->keeps_results()) return;
     // The results of the chunks other hosts completed, 256 chunks a call.
-    std::vector<std::uint64_t> wanted;
-    for (std::uint64_t c = 0; c < nchunks; ++c)
-      if (!mine[c]) wanted.push_back(c);
+    struct Wanted {
+      std::uint64_t chunk, first, end;
+    };
+    std::vector<Wanted> wanted;
+    const EngineReply made = read({"HGETALL", keys[9]});
+    for (std::size_t i = 0; i + 1 < made.elements.size(); i += 2) {
+      const std::uint64_t c = number(made.elements[i]);
+      const std::string& range = made.elements[i + 1].text;
+      const auto space = range.find(' ');
+      if (mine.count(c) == 0 && space != std::string::npos)
+        wanted.push_back({c, number(EngineReply{EngineReply::Kind::string, range.substr(0, space), 0, {}}),
+                          number(EngineReply{EngineReply::Kind::string, range.substr(space + 1), 0, {}})});
+    }
     for (std::size_t at = 0; at < wanted.size(); at += 256) {
       std::vector<std::string> args{"HMGET", keys[7]};
       const std::size_t end = std::min(wanted.size(), at + 256);
-      for (std::size_t k = at; k < end; ++k) args.push_back(std::to_string(wanted[k]));
+      for (std::size_t k = at; k < end; ++k) args.push_back(std::to_string(wanted[k].chunk));
       const EngineReply reply = read(args);
       for (std::size_t k = at; k < end; ++k) {
         const EngineReply& bytes = reply.elements.at(k - at);
-        const std::uint64_t first = wanted[k] * chunk;
-        const std::uint64_t count = std::min(chunk, spec.total - first);
+        const std::uint64_t first = wanted[k].first;
+        const std::uint64_t count = wanted[k].end - first;
         if (bytes.kind != EngineReply::Kind::string) {
-          if (count > 0 && task->keeps_results()) lost();
+          if (count > 0) lost();
           continue;
         }
         task->read(first, count, std::as_bytes(std::span(bytes.text.data(), bytes.text.size())));
-        mine[wanted[k]] = true;
+        mine.insert(wanted[k].chunk);
       }
     }
   }
@@ -457,11 +481,11 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
   s.spec = std::move(spec);
   s.task = std::move(task);
   s.object = fmt::format("cluster job '{}' on {} (host {})", options.job, s.engine->url(), s.host);
-  for (const char* key : {"meta", "leases", "owner", "partial", "done", "doneby", "fail", "res", "hosts"})
+  for (const char* key : {"meta", "leases", "owner", "partial", "done", "doneby", "fail", "res", "hosts", "chunks"})
     s.keys.push_back(fmt::format("psj:{{{}}}:{}", options.job, key));
-  s.chunk = options.chunk != 0 ? options.chunk : std::max<std::uint64_t>(1, (s.spec.total + 1023) / 1024);
-  s.nchunks = (s.spec.total + s.chunk - 1) / s.chunk;
-  s.mine.assign(s.nchunks, false);
+  s.chunk = options.chunk;
+  // (an adaptive job's first chunks: 1/256 of the items; then ~50 ms of work each)
+  s.want = s.chunk != 0 ? s.chunk : std::max<std::uint64_t>(1, (s.spec.total + 255) / 256);
   s.beat_every = std::min(options.flush, options.heartbeat.count() != 0 ? options.heartbeat : options.lease / 3);
   s.best = s.spec.total;
   const std::string kind = kind_name(s.spec.kind);
@@ -469,7 +493,6 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
                                            s.spec.items, s.spec.args, s.spec.task};
   std::vector<std::string> args{random_id()};
   args.insert(args.end(), mine_spec.begin(), mine_spec.end());
-  args.push_back(std::to_string(s.nchunks));
   args.push_back(s.host);
   args.push_back(std::to_string(options.keep.count()));
   const EngineReply reply = s.run(scripts::join, args);

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <mutex>
 #include <unordered_map>
 #include <utility>
 
@@ -136,7 +137,6 @@ struct Engine::State {
   EngineOptions options;
   std::string password;
   redisContext* context = nullptr;
-  std::unordered_map<const void*, std::string> shas;  // script text -> its SHA1 on the server
 
   ~State() { drop(); }
   void drop() {
@@ -251,18 +251,44 @@ const std::string& Engine::url() const noexcept { return state_->url.text; }
 
 EngineReply Engine::command(const std::vector<std::string>& args) { return state_->checked(args); }
 
+namespace {
+// Script text (by address) -> its SHA1, as SCRIPT LOAD answered: the same on every server,
+// so kept for the process (a server that does not know it answers NOSCRIPT: loaded again).
+struct ShaCache {
+  std::mutex mutex;
+  std::unordered_map<const void*, std::string> shas;
+  std::string get(const std::string& script) {
+    std::lock_guard guard(mutex);
+    const auto at = shas.find(script.data());
+    return at == shas.end() ? std::string() : at->second;
+  }
+  void put(const std::string& script, const std::string& sha) {
+    std::lock_guard guard(mutex);
+    shas[script.data()] = sha;
+  }
+};
+ShaCache& sha_cache() {
+  static ShaCache cache;
+  return cache;
+}
+}  // namespace
+
 EngineReply Engine::eval(const std::string& script, const std::vector<std::string>& keys,
                          const std::vector<std::string>& args) {
-  std::string& sha = state_->shas[script.data()];
-  if (sha.empty()) sha = state_->checked({"SCRIPT", "LOAD", script}).text;
+  std::string sha = sha_cache().get(script);
+  if (sha.empty()) {
+    sha = state_->checked({"SCRIPT", "LOAD", script}).text;
+    sha_cache().put(script, sha);
+  }
   std::vector<std::string> call{"EVALSHA", sha, std::to_string(keys.size())};
   call.insert(call.end(), keys.begin(), keys.end());
   call.insert(call.end(), args.begin(), args.end());
   EngineReply reply = state_->call(call);
   if (reply.kind == EngineReply::Kind::error && reply.text.rfind("NOSCRIPT", 0) == 0) {
-    // The server forgot its scripts (a restart): load it again, and run it once more
-    // (NOSCRIPT means it did not run).
-    sha = call[1] = state_->checked({"SCRIPT", "LOAD", script}).text;
+    // The server does not know it (a restart, or another server): load it, and run it
+    // once more (NOSCRIPT means it did not run).
+    call[1] = state_->checked({"SCRIPT", "LOAD", script}).text;
+    sha_cache().put(script, call[1]);
     reply = state_->call(call);
   }
   if (reply.kind == EngineReply::Kind::error) state_->refused("EVALSHA", reply.text);

@@ -5,7 +5,6 @@
 // the test failed. Never a system service.
 #pragma once
 
-#include <doctest/doctest.h>
 #include <hiredis/hiredis.h>
 
 #include <fcntl.h>

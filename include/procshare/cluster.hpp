@@ -168,7 +168,9 @@ struct ClusterOptions {
   // How often a working host sends its partial progress (and looks for chunks freed by
   // an expired lease once none is left to claim); at most the heartbeat.
   std::chrono::milliseconds flush{100};
-  // Items per chunk, fixed when the job is made (0: ceil(items / 1024)).
+  // Items per chunk, fixed when the job is made (0: adaptive: each host asks for ~50 ms
+  // of its work, less towards the end so that every host gets some; the first chunks
+  // are 1/256 of the items).
   std::uint64_t chunk = 0;
   // Chunks a host claims ahead of the one its pool runs, so it never waits a round trip.
   unsigned prefetch = 1;
@@ -289,10 +291,22 @@ struct ClusterTaskOf final : ClusterTask {
         args);
     return state;
   }
+  // A chunk's results travel as a 1 then the fixed-size values one after another (a
+  // chunk where every item ran), or as a 0 then, per item, whether it has a result and
+  // the result.
+  static constexpr bool raw = Transport<R>::fixed && !std::is_same_v<R, bool>;  // (vector<bool>)
   void write(JobState& local, std::vector<std::byte>& out) override {
     if constexpr (Kind == JobKind::map && !std::is_void_v<R>) {
       auto& state = static_cast<Local&>(local);
       Writer w{out};
+      if constexpr (raw) {
+        if (state.failed == 0 && state.skipped == 0 && state.fixed_values.size() == state.count) {
+          w.write(std::uint8_t{1});
+          w.bytes(state.fixed_values.data(), state.count * sizeof(R));
+          return;
+        }
+      }
+      w.write(std::uint8_t{0});
       for (std::uint64_t i = 0; i < state.count; ++i) {
         const std::optional<R> value = state.value_at(i);
         w.write(static_cast<std::uint8_t>(value.has_value()));
@@ -309,8 +323,9 @@ struct ClusterTaskOf final : ClusterTask {
   void read(std::uint64_t first, std::uint64_t count, std::span<const std::byte> bytes) override {
     if constexpr (Kind == JobKind::map && !std::is_void_v<R>) {
       Reader r{bytes};
+      const bool whole = r.read<std::uint8_t>() != 0;
       for (std::uint64_t i = 0; i < count; ++i)
-        if (r.read<std::uint8_t>() != 0) results[first + i] = Transport<R>::read(r);
+        if (whole || r.read<std::uint8_t>() != 0) results[first + i] = Transport<R>::read(r);
     }
   }
 };

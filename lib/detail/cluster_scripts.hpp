@@ -1,12 +1,12 @@
 // Cluster: the Lua scripts that are the only writers of a job's state in the engine
-// (Redis runs each atomically). Every script gets the job's nine keys, in this order:
+// (Redis runs each atomically). Every script gets the job's ten keys, in this order:
 //
-//   KEYS[1] psj:{J}:meta     hash    spec (kind n chunk nchunks items args task keep),
-//                                    epoch, state (running|done|stopped), stop (who
-//                                    stopped it, "" if nobody), next (first chunk never
-//                                    handed out), best (find_first's match, n if none),
-//                                    fence, done_items failed_items skipped_items
-//                                    done_chunks redelivered fenced, created
+//   KEYS[1] psj:{J}:meta     hash    spec (kind n chunk items args task keep), epoch,
+//                                    state (running|done|stopped), stop (who stopped it,
+//                                    "" if nobody), next (first item never handed out),
+//                                    made (chunks made so far), best (find_first's match,
+//                                    n if none), fence, done_items failed_items
+//                                    skipped_items done_chunks redelivered fenced, created
 //   KEYS[2] psj:{J}:leases   zset    chunk -> lease deadline (server ms, from TIME)
 //   KEYS[3] psj:{J}:owner    hash    chunk -> the token of its lease holder
 //   KEYS[4] psj:{J}:partial  hash    chunk -> items its holder finished so far (an overwrite)
@@ -15,7 +15,14 @@
 //   KEYS[7] psj:{J}:fail     zset    position -> failure record (see lib/cluster.cpp)
 //   KEYS[8] psj:{J}:res      hash    chunk -> its serialized results (map)
 //   KEYS[9] psj:{J}:hosts    hash    host -> last seen (server ms)
+//   KEYS[10] psj:{J}:chunks  hash    chunk -> "first end": its items
 //
+// Chunks are numbered as they are made, from the items in ascending order: a chunk's
+// first item grows with its number. A job with a fixed chunk size makes chunks of that
+// size; otherwise each claim asks for a size (the host aims at ~50 ms of work from what
+// its earlier chunks took), cut to the remaining items / (2 x hosts) so that every host
+// gets some, but never below ~1/8 of it (the last chunks shrink, without a tail of tiny
+// chunks that would each cost round trips).
 // and ARGV[1], the epoch its host joined (a random id made with the job): a job whose
 // meta is gone or has another epoch was lost (a restart without persistence, or made
 // anew), and every script answers {'lost'} rather than touch it. Counts move only in
@@ -28,63 +35,68 @@ namespace procshare::detail::scripts {
 
 // Shared by every script.
 inline constexpr const char* prelude = R"lua(
-local meta, leases, owner, partial, done, doneby, fail, res, hosts =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local meta, leases, owner, partial, done, doneby, fail, res, hosts, chunks =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local channel = string.sub(meta, 1, -5) .. 'ctl'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function lost() return redis.call('HGET', meta, 'epoch') ~= ARGV[1] end
+local function int(x) return string.format('%d', x) end
+local function first_of(c) return tonumber(string.match(redis.call('HGET', chunks, c), '^(%d+)')) end
 local function finish(state, message)
   redis.call('HSET', meta, 'state', state)
   local keep = redis.call('HGET', meta, 'keep')
-  for i = 1, 9 do redis.call('PEXPIRE', KEYS[i], keep) end
+  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
   redis.call('PUBLISH', channel, message)
 end
 )lua";
 
-// join(epoch, kind, n, chunk, items, args, task, nchunks, host, keep): makes the job
+// join(epoch, kind, n, chunk, items, args, task, host, keep): makes the job
 // (ARGV[1] becomes its epoch) or checks that the caller's spec is the job's.
 // -> {'ok', epoch, state, stop, best} | {'mismatch', field, the job's value}
 inline constexpr const char* join = R"lua(
 local fields = {'kind', 'n', 'chunk', 'items', 'args', 'task'}
 if redis.call('EXISTS', meta) == 0 then
   redis.call('HSET', meta, 'epoch', ARGV[1], 'kind', ARGV[2], 'n', ARGV[3], 'chunk', ARGV[4],
-    'items', ARGV[5], 'args', ARGV[6], 'task', ARGV[7], 'nchunks', ARGV[8], 'keep', ARGV[10],
-    'state', 'running', 'stop', '', 'next', 0, 'best', ARGV[3], 'fence', 0, 'done_items', 0,
+    'items', ARGV[5], 'args', ARGV[6], 'task', ARGV[7], 'keep', ARGV[9], 'state', 'running',
+    'stop', '', 'next', 0, 'made', 0, 'best', ARGV[3], 'fence', 0, 'done_items', 0,
     'failed_items', 0, 'skipped_items', 0, 'done_chunks', 0, 'redelivered', 0, 'fenced', 0,
     'created', now_ms())
-  if tonumber(ARGV[8]) == 0 then finish('done', 'done') end
+  if tonumber(ARGV[3]) == 0 then finish('done', 'done') end
 else
   for i, field in ipairs(fields) do
     local value = redis.call('HGET', meta, field)
     if value ~= ARGV[i + 1] then return {'mismatch', field, value or ''} end
   end
 end
-redis.call('HSET', hosts, ARGV[9], now_ms())
+redis.call('HSET', hosts, ARGV[8], now_ms())
 local m = redis.call('HMGET', meta, 'epoch', 'state', 'stop', 'best')
 return {'ok', m[1], m[2], m[3], m[4]}
 )lua";
 
-// claim(epoch, host, lease_ms, nonce): the lowest-deadline expired lease first (rerun:
-// redelivered), else the next chunk never handed out; never a chunk above find_first's
-// best match. A new token each time (fence counter, host and a nonce: unique even after
-// a rollback).
-// -> {'chunk', c, token, best} | {'wait', best} (nothing free now) | {'ended', state, stop, best} | {'lost'}
+// claim(epoch, host, lease_ms, nonce, size, least): the lowest-deadline expired lease
+// first (rerun: redelivered), else a new chunk of the next items (`size` of them, but
+// not more than the share below, nor fewer than `least`);
+// never a chunk above find_first's best match. A new token each time (fence counter, host
+// and a nonce: unique even after a rollback).
+// -> {'chunk', c, token, first, end, best} | {'wait', best} (nothing free now)
+//    | {'ended', state, stop, best} | {'lost'}
 inline constexpr const char* claim = R"lua(
 if lost() then return {'lost'} end
-local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'chunk', 'nchunks', 'next')
+local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'n', 'next', 'made', 'chunk')
 if m[1] ~= 'running' then return {'ended', m[1], m[2], m[3]} end
 local now = now_ms()
 redis.call('HSET', hosts, ARGV[2], now)
-local best, size, nchunks = tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
-local c
+local best, n = tonumber(m[3]), tonumber(m[4])
+local c, first, last
 while true do
   local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 1)[1]
   if not expired then break end
-  if tonumber(expired) * size <= best then
-    c = tonumber(expired)
+  local f, e = string.match(redis.call('HGET', chunks, expired), '^(%d+) (%d+)$')
+  if tonumber(f) <= best then
+    c, first, last = tonumber(expired), tonumber(f), tonumber(e)
     redis.call('HINCRBY', meta, 'redelivered', 1)
     break
   end
@@ -94,16 +106,22 @@ while true do
   redis.call('HDEL', partial, expired)
 end
 if not c then
-  local next = tonumber(m[6])
-  if next >= nchunks or next * size > best then return {'wait', m[3]} end
-  c = next
-  redis.call('HSET', meta, 'next', next + 1)
+  local next = tonumber(m[5])
+  if next >= n or next > best then return {'wait', m[3]} end
+  local size = tonumber(m[7])
+  if size == 0 then
+    local share = math.ceil((n - next) / (2 * redis.call('HLEN', hosts)))
+    size = math.max(1, tonumber(ARGV[6]), math.min(tonumber(ARGV[5]), share))
+  end
+  c, first, last = tonumber(m[6]), next, math.min(n, next + size)
+  redis.call('HSET', meta, 'next', int(last), 'made', int(c + 1))
+  redis.call('HSET', chunks, int(c), int(first) .. ' ' .. int(last))
 end
 local token = redis.call('HINCRBY', meta, 'fence', 1) .. ':' .. ARGV[2] .. ':' .. ARGV[4]
-redis.call('ZADD', leases, now + tonumber(ARGV[3]), c)
-redis.call('HSET', owner, c, token)
-redis.call('HSET', partial, c, 0)
-return {'chunk', c, token, m[3]}
+redis.call('ZADD', leases, now + tonumber(ARGV[3]), int(c))
+redis.call('HSET', owner, int(c), token)
+redis.call('HSET', partial, int(c), 0)
+return {'chunk', int(c), token, int(first), int(last), m[3]}
 )lua";
 
 // heartbeat(epoch, host, lease_ms, [chunk, token, items done]...): renews each lease the
@@ -132,8 +150,7 @@ return {'ok', m[3], kept}
 // complete(epoch, chunk, token, done, failed, skipped, found, results, [position,
 // record]...): counts a chunk once, for its current lease holder only (a retry of an
 // accepted completion succeeds again; anybody else's is refused and counted as fenced).
-// Lowers find_first's best match; ends the job once every chunk up to the best match's
-// (every chunk, without one) is done.
+// Lowers find_first's best match; ends the job when it is done (see below).
 // -> {'ok', state, best} | {'fenced'} | {'ended', state, stop, best} | {'lost'}
 inline constexpr const char* complete = R"lua(
 if lost() then return {'lost'} end
@@ -142,7 +159,7 @@ if redis.call('HGET', doneby, c) == ARGV[3] then
   local m = redis.call('HMGET', meta, 'state', 'best')
   return {'ok', m[1], m[2]}
 end
-local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'chunk', 'nchunks', 'n')
+local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'made', 'next', 'n')
 if m[1] ~= 'running' then return {'ended', m[1], m[2], m[3]} end
 if redis.call('HGET', owner, c) ~= ARGV[3] then
   redis.call('HINCRBY', meta, 'fenced', 1)
@@ -162,18 +179,21 @@ if ARGV[8] ~= '' then redis.call('HSET', res, c, ARGV[8]) end
 local best, found = tonumber(m[3]), tonumber(ARGV[7])
 if found >= 0 and found < best then
   best = found
-  redis.call('HSET', meta, 'best', found)
-  redis.call('PUBLISH', channel, 'best ' .. found)
+  redis.call('HSET', meta, 'best', int(found))
+  redis.call('PUBLISH', channel, 'best ' .. int(found))
 end
-local size, nchunks, n = tonumber(m[4]), tonumber(m[5]), tonumber(m[6])
-local limit = nchunks
-if best < n then limit = math.min(nchunks, math.floor(best / size) + 1) end
+-- Done once nothing is left to hand out and every chunk that starts at or below the best
+-- match (every chunk, without one) is done: chunks start in the order they were made.
 local state = 'running'
-if redis.call('BITPOS', done, 0) >= limit then
-  state = 'done'
-  finish('done', 'done')
+local n, next, made = tonumber(m[6]), tonumber(m[5]), tonumber(m[4])
+if next >= n or next > best then
+  local open = redis.call('BITPOS', done, 0)
+  if open >= made or first_of(open) > best then
+    state = 'done'
+    finish('done', 'done')
+  end
 end
-return {'ok', state, tostring(best)}
+return {'ok', state, int(best)}
 )lua";
 
 // stop(epoch, who): stops a running job; the first stop's "who" is kept.
@@ -195,7 +215,7 @@ local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'done_items', 'fail
   'skipped_items', 'redelivered', 'fenced')
 local p = 0
 for _, v in ipairs(redis.call('HVALS', partial)) do p = p + tonumber(v) end
-return {'ok', m[1], m[2], m[3], m[4], m[5], m[6], tostring(p), m[7], m[8]}
+return {'ok', m[1], m[2], m[3], m[4], m[5], m[6], int(p), m[7], m[8]}
 )lua";
 
 }  // namespace procshare::detail::scripts
