@@ -3,6 +3,9 @@
 # builds with meson, and runs what you ask for:
 #   bash run.sh demo [ARGS]   the flagship demo (examples/pool_demo), building only it and
 #                             procshare-ctl
+#   bash run.sh cluster-demo [ARGS]
+#                             the search across hosts (examples/cluster_search): a private
+#                             redis-server and three host processes on this machine
 #   bash run.sh test          every test: suites unit, process and examples
 #   bash run.sh asan          every test, built with AddressSanitizer + UBSan
 #   bash run.sh bench         the benchmarks (tests/bench), printed as ratios
@@ -94,6 +97,42 @@ case "$command" in
     ensure_packages
     build build -- examples/pool_demo examples/ctl/procshare-ctl
     ./build/examples/pool_demo "$@"
+    ;;
+  cluster-demo)
+    # A private redis-server (free loopback port, a random password in a 0600 file, no
+    # persistence), stopped on exit whatever happens, and three hosts of one job.
+    ensure_packages
+    build build -- examples/cluster_search examples/ctl/procshare-ctl
+    folder=$(mktemp -d /tmp/procshare-cluster-demo.XXXXXX)
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$folder/password"
+    chmod 600 "$folder/password"
+    (umask 077 && printf 'port %s\nbind 127.0.0.1\nsave ""\nappendonly no\ndir %s\nrequirepass %s\n' \
+      "$port" "$folder" "$(cat "$folder/password")" >"$folder/redis.conf")
+    redis-server "$folder/redis.conf" >"$folder/redis.log" 2>&1 &
+    server=$!
+    hosts=()
+    # (each step may fail, e.g. a host already gone: || true, or errexit would end the trap)
+    trap 'kill "${hosts[@]}" 2>/dev/null || true; kill "$server" 2>/dev/null || true
+          wait 2>/dev/null || true; rm -rf "$folder"' EXIT
+    trap 'exit 130' INT TERM HUP
+    for _ in $(seq 100); do
+      REDISCLI_AUTH=$(cat "$folder/password") redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+      sleep 0.1
+    done
+    job="demo-$$"
+    echo "redis-server pid $server on 127.0.0.1:$port; job '$job'. The job's state, from another terminal:"
+    echo "  REDISCLI_AUTH=\$(cat $folder/password) redis-cli -p $port HGETALL 'psj:{$job}:meta'"
+    export PROCSHARE_REDIS_PASSWORD
+    PROCSHARE_REDIS_PASSWORD=$(cat "$folder/password")
+    for host in h1 h2 h3; do
+      ./build/examples/cluster_search --url "redis://127.0.0.1:$port" --job "$job" --host "$host" \
+        --workers 1 "$@" &
+      hosts+=($!)
+    done
+    status=0
+    for pid in "${hosts[@]}"; do wait "$pid" || status=$?; done
+    exit $status
     ;;
   test)
     ensure_packages
