@@ -13,13 +13,14 @@
 #include <procshare/cluster.hpp>
 #include <procshare/pool.hpp>
 
+#include "ctl_command.hpp"
+
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
-#include <filesystem>
 #include <numeric>
 #include <string>
 #include <string_view>
@@ -48,16 +49,6 @@ static std::uint32_t scan_block(std::uint64_t block, std::int64_t rounds) {
   return hits;
 }
 
-// How to run the procshare-ctl built beside this program (see pool_demo.cpp).
-static std::string ctl_command() {
-  namespace fs = std::filesystem;
-  std::error_code error;
-  const fs::path ctl = fs::read_symlink("/proc/self/exe", error).parent_path() / "ctl" / "procshare-ctl";
-  if (error || !fs::exists(ctl, error)) return "procshare-ctl";
-  const fs::path relative = ctl.lexically_relative(fs::current_path(error));
-  if (error || relative.empty() || *relative.begin() == "..") return ctl.string();
-  return relative.string();
-}
 
 int main(int argc, char** argv) {
   constexpr const char* usage =

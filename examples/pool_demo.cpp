@@ -12,13 +12,14 @@
 // then "searched R records in S s (X records/s) with W workers: F found, K skipped".
 #include <procshare/procshare.hpp>
 
+#include "ctl_command.hpp"
+
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
-#include <filesystem>
 #include <numeric>
 #include <string_view>
 #include <thread>
@@ -53,18 +54,6 @@ static std::int64_t scan_block(std::uint64_t block, procshare::Atomic<std::int64
   return hits;
 }
 
-// How to run the procshare-ctl built beside this program (build/examples/ctl/): a path
-// relative to the current folder when it lies below it, else the absolute path; plain
-// "procshare-ctl" (from PATH, once installed) when there is none.
-static std::string ctl_command() {
-  namespace fs = std::filesystem;
-  std::error_code error;
-  const fs::path ctl = fs::read_symlink("/proc/self/exe", error).parent_path() / "ctl" / "procshare-ctl";
-  if (error || !fs::exists(ctl, error)) return "procshare-ctl";
-  const fs::path relative = ctl.lexically_relative(fs::current_path(error));
-  if (error || relative.empty() || *relative.begin() == "..") return ctl.string();
-  return relative.string();
-}
 
 int main(int argc, char** argv) {
   unsigned workers = 0;

@@ -27,16 +27,13 @@
 using namespace procshare;
 using procshare::detail::Engine;
 using procshare::test::Hosts;
+using procshare::test::meta_of;
+using procshare::test::PasswordEnv;
 using procshare::test::RedisServer;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 namespace {
-
-struct PasswordEnv {
-  explicit PasswordEnv(const std::string& value) { ::setenv("PROCSHARE_REDIS_PASSWORD", value.c_str(), 1); }
-  ~PasswordEnv() { ::unsetenv("PROCSHARE_REDIS_PASSWORD"); }
-};
 
 std::uint64_t square_slowly(std::uint64_t i, int micros) {
   ::usleep(static_cast<useconds_t>(micros));
@@ -49,13 +46,6 @@ constexpr std::uint64_t chunk = 50;  // 60 chunks of 50 ms
 std::mt19937& random_source() {
   static std::mt19937 source(std::random_device{}());
   return source;
-}
-
-std::map<std::string, std::string> meta_of(Engine& engine, const std::string& job) {
-  const auto reply = engine.command({"HGETALL", "psj:{" + job + "}:meta"});
-  std::map<std::string, std::string> out;
-  for (std::size_t i = 0; i + 1 < reply.elements.size(); i += 2) out[reply.elements[i].text] = reply.elements[i + 1].text;
-  return out;
 }
 
 // Waits until at least `chunks` chunks are done and host `host` holds a lease; returns

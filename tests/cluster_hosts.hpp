@@ -18,11 +18,20 @@
 #include <cstdlib>
 #include <exception>
 #include <functional>
+#include <map>
 #include <string>
 #include <typeinfo>
 #include <vector>
 
 namespace procshare::test {
+
+// The job's meta hash as the engine holds it (empty if the job is gone).
+inline std::map<std::string, std::string> meta_of(procshare::detail::Engine& engine, const std::string& job) {
+  const auto reply = engine.command({"HGETALL", "psj:{" + job + "}:meta"});
+  std::map<std::string, std::string> out;
+  for (std::size_t i = 0; i + 1 < reply.elements.size(); i += 2) out[reply.elements[i].text] = reply.elements[i + 1].text;
+  return out;
+}
 
 class Hosts {
 public:

@@ -23,15 +23,11 @@
 using namespace procshare;
 using procshare::detail::Engine;
 using procshare::test::Hosts;
+using procshare::test::PasswordEnv;
 using procshare::test::RedisServer;
 using namespace std::chrono_literals;
 
 namespace {
-
-struct PasswordEnv {
-  explicit PasswordEnv(const std::string& value) { ::setenv("PROCSHARE_REDIS_PASSWORD", value.c_str(), 1); }
-  ~PasswordEnv() { ::unsetenv("PROCSHARE_REDIS_PASSWORD"); }
-};
 
 std::uint64_t square(std::uint64_t i) { return i * i; }
 std::uint64_t square_slowly(std::uint64_t i, int micros) {
@@ -61,10 +57,7 @@ std::uint64_t stops_at_1234(std::uint64_t i) {
 // The job's meta hash, read as the engine holds it.
 std::map<std::string, std::string> meta_of(const RedisServer& server, const std::string& job) {
   Engine engine({.url = server.url()});  // (the password: the case's PasswordEnv)
-  const auto reply = engine.command({"HGETALL", "psj:{" + job + "}:meta"});
-  std::map<std::string, std::string> out;
-  for (std::size_t i = 0; i + 1 < reply.elements.size(); i += 2) out[reply.elements[i].text] = reply.elements[i + 1].text;
-  return out;
+  return procshare::test::meta_of(engine, job);
 }
 
 // Keys of the engine without an expiry (a finished job's keys all expire).

@@ -22,17 +22,12 @@
 using namespace procshare;
 using procshare::detail::Engine;
 using procshare::detail::EngineReply;
+using procshare::test::PasswordEnv;
 using procshare::test::RedisServer;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 namespace {
-
-// Sets the password variable for the life of the object.
-struct PasswordEnv {
-  explicit PasswordEnv(const std::string& value) { ::setenv("PROCSHARE_REDIS_PASSWORD", value.c_str(), 1); }
-  ~PasswordEnv() { ::unsetenv("PROCSHARE_REDIS_PASSWORD"); }
-};
 
 std::uint64_t twice(std::uint64_t i) { return 2 * i; }
 

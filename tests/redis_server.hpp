@@ -19,11 +19,31 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
 
 namespace procshare::test {
+
+// Sets PROCSHARE_REDIS_PASSWORD (what Engine and Cluster read) for the life of the
+// object, and puts back what it was.
+class PasswordEnv {
+public:
+  explicit PasswordEnv(const std::string& value) {
+    if (const char* old = std::getenv("PROCSHARE_REDIS_PASSWORD")) old_ = old;
+    ::setenv("PROCSHARE_REDIS_PASSWORD", value.c_str(), 1);
+  }
+  ~PasswordEnv() {
+    if (old_) ::setenv("PROCSHARE_REDIS_PASSWORD", old_->c_str(), 1);
+    else ::unsetenv("PROCSHARE_REDIS_PASSWORD");
+  }
+  PasswordEnv(const PasswordEnv&) = delete;
+  PasswordEnv& operator=(const PasswordEnv&) = delete;
+
+private:
+  std::optional<std::string> old_;
+};
 
 class RedisServer {
 public:
