@@ -132,7 +132,6 @@ struct ClusterCore::State {
   std::string object;  // "cluster job 'J' on URL (host H)", what messages name
   std::vector<std::string> keys;
   std::string epoch;
-  std::string run_id;
   std::uint64_t chunk = 0;  // fixed chunk size, or 0: this host asks for `want` items
   std::uint64_t want = 1;
   milliseconds beat_every{};
@@ -149,43 +148,44 @@ struct ClusterCore::State {
   bool waiting = false;    // nothing to claim now: look again at next_claim
   Clock::time_point next_claim{}, next_beat{};
   std::uint64_t claims = 0;
+  bool timed = false;  // an adaptive job: `want` comes from a chunk this host timed
 
   bool ended = false;
   std::string end_state;  // "done", "stopped"
   std::string stopped_by;
   std::uint64_t best;
   std::optional<Progress> final_progress;
+  std::optional<std::uint64_t> failed_at_end;  // the job's failed items, when its end said
   std::exception_ptr broken;
   std::optional<Clock::time_point> unreachable_since;
 
   // ------------------------------------------------------------ engine calls
 
   [[noreturn]] void lost() {
-    std::string now_id;
-    try {
-      now_id = server_run_id();
-    } catch (const Error&) {
-      now_id = "unknown";
-    }
     throw JobLost("", object,
-                  fmt::format("the job's state is gone from the engine (server run_id {} when "
-                              "this host joined, {} now): a restart without persistence, or its "
-                              "keys were deleted or evicted",
-                              run_id, now_id));
+                  fmt::format("the job's state is gone from the engine ({}): a restart without "
+                              "persistence, or its keys were deleted or evicted",
+                              server_identity()));
   }
-  // The server's run_id (it changes with a restart), or why it is not known: a user held
-  // to the job's keys may not run INFO (-@dangerous takes it away again).
-  std::string server_run_id() {
+  // "server run_id R, up S s" (a restart changes the one and resets the other), or why
+  // it is not known: a user held to the job's keys may not run INFO (-@dangerous takes
+  // it away again). Asked only when the job is lost: it costs a round trip.
+  std::string server_identity() {
     std::string info;
     try {
       info = engine->command({"INFO", "server"}).text;
     } catch (const PermissionDenied&) {
-      return "unknown (INFO not permitted)";
+      return "server run_id unknown: INFO not permitted";
+    } catch (const Error& e) {
+      return fmt::format("server run_id unknown: {}", e.what());
     }
-    const auto at = info.find("run_id:");
-    if (at == std::string::npos) return "unknown";
-    const auto end = info.find_first_of("\r\n", at);
-    return info.substr(at + 7, end - at - 7);
+    const auto field = [&](std::string_view name) {
+      const auto at = info.find(name);
+      if (at == std::string::npos) return std::string("unknown");
+      const auto end = info.find_first_of("\r\n", at);
+      return info.substr(at + name.size(), end - at - name.size());
+    };
+    return fmt::format("server run_id {}, up {} s", field("run_id:"), field("uptime_in_seconds:"));
   }
   // Runs a script, retrying (100 ms to 1 s apart) while the engine does not answer, up
   // to unavailable_after. {'lost'} throws JobLost.
@@ -228,39 +228,60 @@ struct ClusterCore::State {
     for (Running& r : running) cancel_job(*pool, *r.local);
     running.clear();
   }
-  void end(const std::string& state, const std::string& who, std::uint64_t best_now) {
+  void end(const std::string& state, const std::string& who, std::uint64_t best_now,
+           std::optional<std::uint64_t> failed) {
     if (ended) return;
     ended = true;
     end_state = state;
     stopped_by = who;
     best = best_now;
+    failed_at_end = failed;
     cancel_local();
   }
-  void end_from(const EngineReply& reply) {  // {'ended', state, stop, best}
-    end(reply.elements.at(1).text, reply.elements.at(2).text, number(reply.elements.at(3)));
+  void end_from(const EngineReply& reply) {  // {'ended', state, stop, best, failed}
+    end(reply.elements.at(1).text, reply.elements.at(2).text, number(reply.elements.at(3)),
+        number(reply.elements.at(4)));
   }
 
   // ------------------------------------------------------------ the host loop
 
+  // Whether this host would claim a chunk now: fewer than 1 + prefetch run (just 1 until
+  // an adaptive job has timed a chunk: a second chunk of the first guess is no better),
+  // and not waiting for one to come free.
+  bool wants_chunk(Clock::time_point now) const {
+    const std::size_t limit = chunk == 0 && !timed ? 1 : 1 + options.prefetch;
+    return !ended && running.size() < limit && !(waiting && now < next_claim);
+  }
+  // The claim's arguments after the epoch (claim and complete take the same).
+  std::vector<std::string> claim_args() {
+    return {host, std::to_string(options.lease.count()), std::to_string(++claims), std::to_string(want),
+            std::to_string(chunk != 0 ? chunk : want / 8)};
+  }
+  // Takes a claim's reply; returns whether it gave a chunk (which now runs).
+  bool take_claim(const EngineReply& reply, Clock::time_point now) {
+    const std::string& what = tag(reply);
+    if (what == "ended") {
+      end_from(reply);
+      return false;
+    }
+    if (what == "wait") {
+      waiting = true;
+      next_claim = now + options.flush;
+      return false;
+    }
+    waiting = false;
+    const std::uint64_t c = number(reply.elements.at(1));
+    const std::uint64_t first = number(reply.elements.at(3));
+    const std::uint64_t count = number(reply.elements.at(4)) - first;
+    running.push_back(
+        Running{c, first, count, reply.elements.at(2).text, task->start(first, count), Clock::now()});
+    return true;
+  }
   void claim_chunks(Clock::time_point now) {
-    while (!ended && running.size() < 1 + options.prefetch) {
-      if (waiting && now < next_claim) return;
-      const EngineReply reply = run(scripts::claim, {epoch, host, std::to_string(options.lease.count()),
-                                                     std::to_string(++claims), std::to_string(want),
-                                                     std::to_string(chunk != 0 ? chunk : want / 8)});
-      const std::string& what = tag(reply);
-      if (what == "ended") return end_from(reply);
-      if (what == "wait") {
-        waiting = true;
-        next_claim = now + options.flush;
-        return;
-      }
-      waiting = false;
-      const std::uint64_t c = number(reply.elements.at(1));
-      const std::uint64_t first = number(reply.elements.at(3));
-      const std::uint64_t count = number(reply.elements.at(4)) - first;
-      running.push_back(Running{c, first, count, reply.elements.at(2).text, task->start(first, count),
-                                Clock::now()});
+    while (wants_chunk(now)) {
+      std::vector<std::string> args{epoch};
+      for (std::string& a : claim_args()) args.push_back(std::move(a));
+      if (!take_claim(run(scripts::claim, args), now)) return;
     }
   }
 
@@ -303,7 +324,7 @@ struct ClusterCore::State {
           scripts::stop, {epoch, fmt::format("a task's request_stop() (or procshare-ctl) on {}, in items {} to {}",
                                              host, r.first, r.first + r.count - 1)});
       if (tag(reply) == "ended") return end_from(reply);
-      return end("stopped", reply.elements.at(1).text, spec.total);
+      return end("stopped", reply.elements.at(1).text, spec.total, std::nullopt);
     }
     if (chunk == 0 && !r.cancelled && r.count > 0) {
       // The next chunk's size: ~50 ms of this host's work at the rate this one ran (its
@@ -313,6 +334,7 @@ struct ClusterCore::State {
       const double seconds = std::chrono::duration<double>(Clock::now() - r.started).count();
       const double fit = seconds > 0 ? 0.05 * static_cast<double>(r.count) / seconds : 1e18;
       want = fit >= 1e18 ? UINT64_MAX : std::max<std::uint64_t>(1, static_cast<std::uint64_t>(fit));
+      timed = true;
     }
     const bool first_kind = spec.kind == JobKind::find_first;
     // (a plain number, not an optional: g++ 12 warns falsely on the optional here)
@@ -328,6 +350,11 @@ struct ClusterCore::State {
                                   std::to_string(local.skipped),
                                   matched ? std::to_string(found) : "-1",
                                   std::string(reinterpret_cast<const char*>(results.data()), results.size())};
+    // The next claim rides on this call when this host wants one (one round trip for both).
+    const auto now = Clock::now();
+    const bool claim = wants_chunk(now);
+    args.push_back(claim ? "1" : "0");
+    for (std::string& a : claim_args()) args.push_back(std::move(a));
     for (const JobState::Failure& f : local.failures) {
       const std::uint64_t position = r.first + f.index;
       if (position >= found) continue;  // (above the match: it cannot matter)
@@ -340,12 +367,17 @@ struct ClusterCore::State {
     const EngineReply reply = run(scripts::complete, args);
     const std::string& what = tag(reply);
     if (what == "ended") return end_from(reply);
-    if (what == "fenced") return;  // (another host holds the chunk now: its results count)
+    if (what == "fenced") {  // (another host holds the chunk now: its results count)
+      if (reply.elements.size() > 1) take_claim(reply.elements[1], now);
+      return;
+    }
     if (spec.kind == JobKind::map) {
       mine.insert(r.chunk);
       task->adopt(local, r.first);
     }
-    if (reply.elements.at(1).text == "done") end("done", "", number(reply.elements.at(2)));
+    if (reply.elements.at(1).text == "done")
+      return end("done", "", number(reply.elements.at(2)), number(reply.elements.at(3)));
+    if (reply.elements.size() > 4) take_claim(reply.elements[4], now);
   }
 
   bool drive(Deadline deadline) {
@@ -432,8 +464,11 @@ struct ClusterCore::State {
 
   void finish(std::uint64_t limit) {
     if (broken) std::rethrow_exception(broken);
-    const EngineReply lowest = read({"ZRANGE", keys[6], "0", "0", "WITHSCORES"});
-    if (lowest.elements.size() == 2 && number(lowest.elements[1]) < limit) throw_failure(lowest.elements[0].text);
+    if (failed_at_end != std::uint64_t{0}) {  // (known to be none: no round trip)
+      const EngineReply lowest = read({"ZRANGE", keys[6], "0", "0", "WITHSCORES"});
+      if (lowest.elements.size() == 2 && number(lowest.elements[1]) < limit)
+        throw_failure(lowest.elements[0].text);
+    }
     if (end_state == "stopped") throw Stopped("", object, fmt::format("the job was stopped by {}", stopped_by));
     if (!task->keeps_results()) return;
     // The results of the chunks other hosts completed, 256 chunks a call.
@@ -512,13 +547,9 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
                                   what, here, reply.elements.at(2).text, field));
   }
   s.epoch = reply.elements.at(1).text;
-  try {
-    s.run_id = s.server_run_id();
-  } catch (const Error&) {
-    s.run_id = "unknown";
-  }
   if (reply.elements.at(2).text != "running")
-    s.end(reply.elements.at(2).text, reply.elements.at(3).text, number(reply.elements.at(4)));
+    s.end(reply.elements.at(2).text, reply.elements.at(3).text, number(reply.elements.at(4)),
+          number(reply.elements.at(5)));
 }
 
 ClusterCore::~ClusterCore() {
@@ -542,10 +573,16 @@ void ClusterCore::cancel() {
   if (s.ended) return;
   const EngineReply reply = s.run(scripts::stop, {s.epoch, fmt::format("cancel() on {}", s.host)});
   if (tag(reply) == "ended") return s.end_from(reply);
-  s.end("stopped", reply.elements.at(1).text, s.spec.total);
+  s.end("stopped", reply.elements.at(1).text, s.spec.total, std::nullopt);
 }
 
 void ClusterCore::finish(std::uint64_t limit) { state_->finish(limit); }
+
+void ClusterCore::throw_taken() const {
+  throw InvalidArgument("", state_->object,
+                        "get() after get() returned the results (it moved them out): keep the vector "
+                        "the first get() returned");
+}
 
 std::optional<std::uint64_t> ClusterCore::best() const {
   const State& s = *state_;

@@ -220,8 +220,10 @@ struct Engine::State {
         if (!send(auth, reply, failure)) unavailable(failure);
         if (reply.kind == EngineReply::Kind::error) refused("AUTH", reply.text);
       }
-      if (!send({"PING"}, reply, failure)) unavailable(failure);
-      if (reply.kind == EngineReply::Kind::error) refused("PING", reply.text);
+      if (password.empty()) {  // (an accepted AUTH already proved the connection)
+        if (!send({"PING"}, reply, failure)) unavailable(failure);
+        if (reply.kind == EngineReply::Kind::error) refused("PING", reply.text);
+      }
     } catch (...) {
       drop();  // (never keep a connection that is not authenticated)
       throw;

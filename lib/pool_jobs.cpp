@@ -73,12 +73,14 @@ std::vector<detail::JobState::ItemEnd> detail::JobState::item_ends() const {
   return ends;
 }
 
-void detail::throw_results_taken(const JobState& state) {
+void detail::throw_results_taken(const JobState& state, const char* call) {
+  const bool again = std::string_view(call) == "get()";
   throw InvalidArgument(state.segment, "pool",
-                        fmt::format("job {}: outcomes() after get() returned the results (it "
-                                    "moved them out): call outcomes() instead of get(), or "
-                                    "after get() threw",
-                                    state.id));
+                        fmt::format("job {}: {} after get() returned the results (it moved them "
+                                    "out): {}",
+                                    state.id, call,
+                                    again ? "keep the vector the first get() returned"
+                                          : "call outcomes() instead of get(), or after get() threw"));
 }
 
 // ---------------------------------------------------------------- job functions

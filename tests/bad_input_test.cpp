@@ -1808,6 +1808,9 @@ TEST_CASE("streams on a closed pool, empty streams, outcomes() after get() and z
                      bounded(B([&] { return done_job_negative.get(-1s) == std::vector<I64>{2, 4, 6}; }))),
         throws<InvalidArgument>("Job::outcomes() after get() returned the results", bounded([&] { done_job.outcomes(); }),
                                 {p, "pool", "outcomes() after get() returned the results (it moved them out)"}),
+        throws<InvalidArgument>("Job::get() after get() returned the results", bounded([&] { done_job.get(); }),
+                                {p, "pool", "get() after get() returned the results (it moved them out): keep "
+                                            "the vector the first get() returned"}),
     };
     run(rows, [&] {
       CHECK_FALSE(slow.ready());  // every refused or timed-out call left the slow ones running

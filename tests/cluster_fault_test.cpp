@@ -35,6 +35,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// Matches item `at` and, above it, every 97th item: a find_first whose answer is `at`.
+bool matches_slowly(std::uint64_t i, std::uint64_t at) {
+  ::usleep(1000);
+  return i == at || (i > at && i % 97 == 0);
+}
+
 std::uint64_t square_slowly(std::uint64_t i, int micros) {
   ::usleep(static_cast<useconds_t>(micros));
   return i * i;
@@ -85,6 +91,7 @@ void check_exact(Engine& engine, const std::string& job) {
   CHECK(meta.at("failed_items") == "0");
   CHECK(meta.at("done_chunks") == std::to_string(items / chunk));
   CHECK(engine.command({"BITCOUNT", "psj:{" + job + "}:done"}).integer == static_cast<long long>(items / chunk));
+  CHECK(procshare::test::keys_kept_for_ever(engine).empty());  // (a finished job's keys expire)
 }
 
 }  // namespace
@@ -111,6 +118,44 @@ TEST_CASE("a host SIGKILLed while it holds a chunk: the chunk is redelivered, to
     CHECK(std::stoull(meta_of(engine, job).at("redelivered")) >= 1);
     CHECK(hosts.all_gone());
   }
+}
+
+TEST_CASE("find_first: a host SIGKILLed while it holds a chunk below the match: rerun, the same answer as Pool::find_first") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Engine engine({.url = server.url()});
+  constexpr std::uint64_t match = 2222;  // in chunk 44 of 60
+  {
+    Pool local({.workers = 2});
+    const auto expected = local.find_first(Range{0, items}, matches_slowly, match);
+    REQUIRE(expected.has_value());
+    CHECK(expected->first == match);
+  }
+  const std::uint64_t after = std::uniform_int_distribution<std::uint64_t>(1, 25)(random_source());
+  INFO("kill after ", after, " chunks");
+  Hosts hosts;
+  for (int k = 0; k < 3; ++k)
+    hosts.start([&](int me) {
+      Pool pool({.workers = 1});
+      Cluster cluster(options_for(server, "first-killed", me, 400ms));
+      const auto got = cluster.find_first(pool, Range{0, items}, matches_slowly, match);
+      return got ? std::to_string(got->first) : std::string("none");
+    });
+  REQUIRE(wait_mid_work(engine, "first-killed", after, "h1"));
+  hosts.signal_group(1, SIGKILL);
+  const auto reports = hosts.reports(60s);
+  CHECK(reports[0] == std::to_string(match));
+  CHECK(reports[1] == "killed by signal 9");
+  CHECK(reports[2] == std::to_string(match));
+  const auto meta = meta_of(engine, "first-killed");
+  CHECK(meta.at("state") == "done");
+  CHECK(meta.at("best") == std::to_string(match));
+  CHECK(std::stoull(meta.at("redelivered")) >= 1);
+  CHECK(procshare::test::keys_kept_for_ever(engine).empty());
+  // Every chunk up to the match's ran and was counted once.
+  for (std::uint64_t c = 0; c <= match / chunk; ++c)
+    CHECK(engine.command({"GETBIT", "psj:{first-killed}:done", std::to_string(c)}).integer == 1);
+  CHECK(hosts.all_gone());
 }
 
 TEST_CASE("a host frozen past its lease: its late completion is fenced, it returns the same results") {

@@ -33,6 +33,14 @@ inline std::map<std::string, std::string> meta_of(procshare::detail::Engine& eng
   return out;
 }
 
+// The keys of the engine that never expire (a finished job's keys all do).
+inline std::vector<std::string> keys_kept_for_ever(procshare::detail::Engine& engine) {
+  std::vector<std::string> out;
+  for (const auto& key : engine.command({"KEYS", "*"}).elements)
+    if (engine.command({"PTTL", key.text}).integer < 0) out.push_back(key.text);
+  return out;
+}
+
 class Hosts {
 public:
   Hosts() = default;

@@ -63,10 +63,7 @@ std::map<std::string, std::string> meta_of(const RedisServer& server, const std:
 // Keys of the engine without an expiry (a finished job's keys all expire).
 std::vector<std::string> keys_kept_for_ever(const RedisServer& server) {
   Engine engine({.url = server.url()});
-  std::vector<std::string> out;
-  for (const auto& key : engine.command({"KEYS", "*"}).elements)
-    if (engine.command({"PTTL", key.text}).integer < 0) out.push_back(key.text);
-  return out;
+  return procshare::test::keys_kept_for_ever(engine);
 }
 
 // How many chunks each host completed (from the tokens in doneby: "fence:host:nonce").
@@ -325,6 +322,7 @@ TEST_CASE("a late host joins a finished job and gets its results without running
   const auto result = job.get();
   CHECK(result.size() == 3000);
   CHECK(result[1234] == 1234ull * 1234);
+  CHECK_THROWS_WITH_AS(job.get(), doctest::Contains("get() after get() returned the results"), InvalidArgument);
   CHECK(chunks_by_host(server, "late").count("h1") == 0);
   Cluster empty(options_for(server, "empty", 0));
   CHECK(empty.map(pool, Range{0, 0}, square).empty());

@@ -121,7 +121,7 @@ struct EngineReply {
 };
 
 // A connection to the engine (one socket; not shared between processes: a fork makes
-// its own). Connects, authenticates and PINGs at construction. A call whose reply did
+// its own). Connects and authenticates (or PINGs) at construction. A call whose reply did
 // not come is EngineUnavailable and is not sent again (it may have run); the next call
 // reconnects.
 class PROCSHARE_API Engine {
@@ -242,6 +242,8 @@ public:
   // WorkerDied, as the local pool), or Stopped naming who stopped it. map: then reads
   // the results this host did not make itself (ClusterTask::read).
   void finish(std::uint64_t limit);
+  // Throws InvalidArgument: get() again, after it moved the results out.
+  [[noreturn]] void throw_taken() const;
   // find_first, after the job ended: the match (its position), if any.
   std::optional<std::uint64_t> best() const;
   const std::string& host() const noexcept;
@@ -375,13 +377,15 @@ public:
     return core_->drive(detail::deadline_after(timeout));
   }
   // Runs this host's share until the job ended; returns the results of every item in
-  // input order (the same on every host). Throws the lowest-index TaskError or
-  // WorkerDied once every item ran, Stopped (naming who stopped it), EngineUnavailable,
-  // JobLost.
+  // input order (the same on every host; moved out: a second get() throws
+  // InvalidArgument). Throws the lowest-index TaskError or WorkerDied once every item
+  // ran, Stopped (naming who stopped it), EngineUnavailable, JobLost.
   auto get() {
     core_->drive(detail::no_deadline);
     core_->finish(UINT64_MAX);
     if constexpr (!std::is_void_v<R>) {
+      if (taken_) core_->throw_taken();
+      taken_ = true;
       std::vector<R> out;
       out.reserve(results_->size());
       for (auto& value : *results_) out.push_back(std::move(*value));
@@ -400,6 +404,7 @@ private:
       : core_(std::move(core)), results_(results) {}
   std::unique_ptr<detail::ClusterCore> core_;
   detail::ClusterResults<R>* results_;  // (in the task the core owns)
+  bool taken_ = false;                  // get() moved the results out
 };
 
 // Cluster: this host's handle on one named job of the engine (see the top of this file).

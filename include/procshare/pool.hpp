@@ -154,13 +154,16 @@ public:
   template <class Rep, class Period> bool wait_for(const std::chrono::duration<Rep, Period>& timeout) {
     return detail::wait_job(*core_, *state_, detail::deadline_after(timeout));
   }
-  // Waits for the job; returns the results in input order. Throws the lowest-index
-  // TaskError or WorkerDied after every other item ran, Stopped if it was stopped,
-  // PoolClosed if the pool was terminated.
+  // Waits for the job; returns the results in input order (moved out: a second get()
+  // throws InvalidArgument). Throws the lowest-index TaskError or WorkerDied after every
+  // other item ran, Stopped if it was stopped, PoolClosed if the pool was terminated.
   auto get() {
     detail::wait_job(*core_, *state_, detail::no_deadline);
     state_->throw_if_failed();
-    if constexpr (!std::is_void_v<R>) return state_->take();
+    if constexpr (!std::is_void_v<R>) {
+      if (state_->taken) detail::throw_results_taken(*state_, "get()");
+      return state_->take();
+    }
   }
   // As get(), waiting at most `timeout`: throws Timeout if the job has not ended by then
   // (it goes on running; get() may be called again). Python's AsyncResult.get(timeout).
@@ -177,7 +180,7 @@ public:
   // get(). After get() returned the results (moving them out), it throws InvalidArgument.
   std::vector<Outcome<R>> outcomes() {
     detail::wait_job(*core_, *state_, detail::no_deadline);
-    if (state_->taken) detail::throw_results_taken(*state_);
+    if (state_->taken) detail::throw_results_taken(*state_, "outcomes()");
     const auto ends = state_->item_ends();
     std::vector<Outcome<R>> result(ends.size());
     for (std::size_t i = 0; i < ends.size(); ++i) {

@@ -45,17 +45,61 @@ end
 local function lost() return redis.call('HGET', meta, 'epoch') ~= ARGV[1] end
 local function int(x) return string.format('%d', x) end
 local function first_of(c) return tonumber(string.match(redis.call('HGET', chunks, c), '^(%d+)')) end
+-- The reply to a call on a job that is over: {'ended', state, stop, best, failed_items}.
+local function ended()
+  local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'failed_items')
+  return {'ended', m[1], m[2], m[3], m[4]}
+end
 local function finish(state, message)
   redis.call('HSET', meta, 'state', state)
   local keep = redis.call('HGET', meta, 'keep')
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
   redis.call('PUBLISH', channel, message)
 end
+-- Claims a chunk for `host` (see claim below); the job is running.
+local function claim_next(host, lease_ms, nonce, want, least)
+  local m = redis.call('HMGET', meta, 'best', 'n', 'next', 'made', 'chunk')
+  local now = now_ms()
+  redis.call('HSET', hosts, host, now)
+  local best, n = tonumber(m[1]), tonumber(m[2])
+  local c, first, last
+  while true do
+    local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 1)[1]
+    if not expired then break end
+    local f, e = string.match(redis.call('HGET', chunks, expired), '^(%d+) (%d+)$')
+    if tonumber(f) <= best then
+      c, first, last = tonumber(expired), tonumber(f), tonumber(e)
+      redis.call('HINCRBY', meta, 'redelivered', 1)
+      break
+    end
+    -- above the best match: it need not run any more
+    redis.call('ZREM', leases, expired)
+    redis.call('HDEL', owner, expired)
+    redis.call('HDEL', partial, expired)
+  end
+  if not c then
+    local next = tonumber(m[3])
+    if next >= n or next > best then return {'wait', m[1]} end
+    local size = tonumber(m[5])
+    if size == 0 then
+      local share = math.ceil((n - next) / (2 * redis.call('HLEN', hosts)))
+      size = math.max(1, tonumber(least), math.min(tonumber(want), share))
+    end
+    c, first, last = tonumber(m[4]), next, math.min(n, next + size)
+    redis.call('HSET', meta, 'next', int(last), 'made', int(c + 1))
+    redis.call('HSET', chunks, int(c), int(first) .. ' ' .. int(last))
+  end
+  local token = redis.call('HINCRBY', meta, 'fence', 1) .. ':' .. host .. ':' .. nonce
+  redis.call('ZADD', leases, now + tonumber(lease_ms), int(c))
+  redis.call('HSET', owner, int(c), token)
+  redis.call('HSET', partial, int(c), 0)
+  return {'chunk', int(c), token, int(first), int(last), m[1]}
+end
 )lua";
 
 // join(epoch, kind, n, chunk, items, args, task, host, keep): makes the job
 // (ARGV[1] becomes its epoch) or checks that the caller's spec is the job's.
-// -> {'ok', epoch, state, stop, best} | {'mismatch', field, the job's value}
+// -> {'ok', epoch, state, stop, best, failed_items} | {'mismatch', field, the job's value}
 inline constexpr const char* join = R"lua(
 local fields = {'kind', 'n', 'chunk', 'items', 'args', 'task'}
 if redis.call('EXISTS', meta) == 0 then
@@ -72,8 +116,8 @@ else
   end
 end
 redis.call('HSET', hosts, ARGV[8], now_ms())
-local m = redis.call('HMGET', meta, 'epoch', 'state', 'stop', 'best')
-return {'ok', m[1], m[2], m[3], m[4]}
+local m = redis.call('HMGET', meta, 'epoch', 'state', 'stop', 'best', 'failed_items')
+return {'ok', m[1], m[2], m[3], m[4], m[5]}
 )lua";
 
 // claim(epoch, host, lease_ms, nonce, size, least): the lowest-deadline expired lease
@@ -82,56 +126,21 @@ return {'ok', m[1], m[2], m[3], m[4]}
 // never a chunk above find_first's best match. A new token each time (fence counter, host
 // and a nonce: unique even after a rollback).
 // -> {'chunk', c, token, first, end, best} | {'wait', best} (nothing free now)
-//    | {'ended', state, stop, best} | {'lost'}
+//    | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* claim = R"lua(
 if lost() then return {'lost'} end
-local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'n', 'next', 'made', 'chunk')
-if m[1] ~= 'running' then return {'ended', m[1], m[2], m[3]} end
-local now = now_ms()
-redis.call('HSET', hosts, ARGV[2], now)
-local best, n = tonumber(m[3]), tonumber(m[4])
-local c, first, last
-while true do
-  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 1)[1]
-  if not expired then break end
-  local f, e = string.match(redis.call('HGET', chunks, expired), '^(%d+) (%d+)$')
-  if tonumber(f) <= best then
-    c, first, last = tonumber(expired), tonumber(f), tonumber(e)
-    redis.call('HINCRBY', meta, 'redelivered', 1)
-    break
-  end
-  -- above the best match: it need not run any more
-  redis.call('ZREM', leases, expired)
-  redis.call('HDEL', owner, expired)
-  redis.call('HDEL', partial, expired)
-end
-if not c then
-  local next = tonumber(m[5])
-  if next >= n or next > best then return {'wait', m[3]} end
-  local size = tonumber(m[7])
-  if size == 0 then
-    local share = math.ceil((n - next) / (2 * redis.call('HLEN', hosts)))
-    size = math.max(1, tonumber(ARGV[6]), math.min(tonumber(ARGV[5]), share))
-  end
-  c, first, last = tonumber(m[6]), next, math.min(n, next + size)
-  redis.call('HSET', meta, 'next', int(last), 'made', int(c + 1))
-  redis.call('HSET', chunks, int(c), int(first) .. ' ' .. int(last))
-end
-local token = redis.call('HINCRBY', meta, 'fence', 1) .. ':' .. ARGV[2] .. ':' .. ARGV[4]
-redis.call('ZADD', leases, now + tonumber(ARGV[3]), int(c))
-redis.call('HSET', owner, int(c), token)
-redis.call('HSET', partial, int(c), 0)
-return {'chunk', int(c), token, int(first), int(last), m[3]}
+if redis.call('HGET', meta, 'state') ~= 'running' then return ended() end
+return claim_next(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 )lua";
 
 // heartbeat(epoch, host, lease_ms, [chunk, token, items done]...): renews each lease the
 // caller still holds and records its partial progress (an overwrite: a retry or a
 // zombie cannot inflate it).
-// -> {'ok', best, {1 kept | 0 lost, ...}} | {'ended', state, stop, best} | {'lost'}
+// -> {'ok', best, {1 kept | 0 lost, ...}} | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* heartbeat = R"lua(
 if lost() then return {'lost'} end
 local m = redis.call('HMGET', meta, 'state', 'stop', 'best')
-if m[1] ~= 'running' then return {'ended', m[1], m[2], m[3]} end
+if m[1] ~= 'running' then return ended() end
 local now = now_ms()
 redis.call('HSET', hosts, ARGV[2], now)
 local kept = {}
@@ -147,23 +156,32 @@ end
 return {'ok', m[3], kept}
 )lua";
 
-// complete(epoch, chunk, token, done, failed, skipped, found, results, [position,
-// record]...): counts a chunk once, for its current lease holder only (a retry of an
-// accepted completion succeeds again; anybody else's is refused and counted as fenced).
-// Lowers find_first's best match; ends the job when it is done (see below).
-// -> {'ok', state, best} | {'fenced'} | {'ended', state, stop, best} | {'lost'}
+// complete(epoch, chunk, token, done, failed, skipped, found, results, claim, host,
+// lease_ms, nonce, size, least, [position, record]...): counts a chunk once, for its
+// current lease holder only (a retry of an accepted completion succeeds again; anybody
+// else's is refused and counted as fenced). Lowers find_first's best match; ends the job
+// when it is done (see below). With claim = 1, then claims the caller's next chunk as
+// claim does (one round trip for both).
+// -> {'ok', state, best, failed_items[, claim's reply]} | {'fenced'[, claim's reply]}
+//    | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* complete = R"lua(
 if lost() then return {'lost'} end
 local c = ARGV[2]
+local function next_claim(reply)
+  if ARGV[9] == '1' and redis.call('HGET', meta, 'state') == 'running' then
+    reply[#reply + 1] = claim_next(ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14])
+  end
+  return reply
+end
 if redis.call('HGET', doneby, c) == ARGV[3] then
-  local m = redis.call('HMGET', meta, 'state', 'best')
-  return {'ok', m[1], m[2]}
+  local m = redis.call('HMGET', meta, 'state', 'best', 'failed_items')
+  return next_claim({'ok', m[1], m[2], m[3]})
 end
 local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'made', 'next', 'n')
-if m[1] ~= 'running' then return {'ended', m[1], m[2], m[3]} end
+if m[1] ~= 'running' then return ended() end
 if redis.call('HGET', owner, c) ~= ARGV[3] then
   redis.call('HINCRBY', meta, 'fenced', 1)
-  return {'fenced'}
+  return next_claim({'fenced'})
 end
 redis.call('ZREM', leases, c)
 redis.call('HDEL', owner, c)
@@ -171,10 +189,10 @@ redis.call('HDEL', partial, c)
 redis.call('SETBIT', done, c, 1)
 redis.call('HSET', doneby, c, ARGV[3])
 redis.call('HINCRBY', meta, 'done_items', ARGV[4])
-redis.call('HINCRBY', meta, 'failed_items', ARGV[5])
+local failed = redis.call('HINCRBY', meta, 'failed_items', ARGV[5])
 redis.call('HINCRBY', meta, 'skipped_items', ARGV[6])
 redis.call('HINCRBY', meta, 'done_chunks', 1)
-for i = 9, #ARGV, 2 do redis.call('ZADD', fail, ARGV[i], ARGV[i + 1]) end
+for i = 15, #ARGV, 2 do redis.call('ZADD', fail, ARGV[i], ARGV[i + 1]) end
 if ARGV[8] ~= '' then redis.call('HSET', res, c, ARGV[8]) end
 local best, found = tonumber(m[3]), tonumber(ARGV[7])
 if found >= 0 and found < best then
@@ -184,24 +202,22 @@ if found >= 0 and found < best then
 end
 -- Done once nothing is left to hand out and every chunk that starts at or below the best
 -- match (every chunk, without one) is done: chunks start in the order they were made.
-local state = 'running'
 local n, next, made = tonumber(m[6]), tonumber(m[5]), tonumber(m[4])
 if next >= n or next > best then
   local open = redis.call('BITPOS', done, 0)
   if open >= made or first_of(open) > best then
-    state = 'done'
     finish('done', 'done')
+    return {'ok', 'done', int(best), failed}
   end
 end
-return {'ok', state, int(best)}
+return next_claim({'ok', 'running', int(best), failed})
 )lua";
 
 // stop(epoch, who): stops a running job; the first stop's "who" is kept.
-// -> {'ok', who} | {'ended', state, stop, best} | {'lost'}
+// -> {'ok', who} | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* stop = R"lua(
 if lost() then return {'lost'} end
-local m = redis.call('HMGET', meta, 'state', 'stop', 'best')
-if m[1] ~= 'running' then return {'ended', m[1], m[2], m[3]} end
+if redis.call('HGET', meta, 'state') ~= 'running' then return ended() end
 redis.call('HSET', meta, 'stop', ARGV[2])
 finish('stopped', 'stop ' .. ARGV[2])
 return {'ok', ARGV[2]}

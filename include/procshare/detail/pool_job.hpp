@@ -126,8 +126,9 @@ PROCSHARE_API void cancel_job(PoolCore& core, JobState& state);
 // Future::cancel(): stops the job if no worker has claimed any of it; returns whether
 // it did (or had already).
 PROCSHARE_API bool cancel_unstarted(PoolCore& core, JobState& state);
-// Throws InvalidArgument: Job::outcomes() after get() moved the results out.
-[[noreturn]] PROCSHARE_API void throw_results_taken(const JobState& state);
+// Throws InvalidArgument: Job::outcomes() or Job::get() (`call`) after get() moved the
+// results out.
+[[noreturn]] PROCSHARE_API void throw_results_taken(const JobState& state, const char* call);
 // Throws Timeout: `call` (Future::get, Job::get) gave up after `waited`.
 [[noreturn]] PROCSHARE_API void throw_job_timeout(const JobState& state, const char* call,
                                                   std::chrono::nanoseconds waited);
