@@ -28,7 +28,7 @@
 //   JobLost; AuthFailed, PermissionDenied (with the server's ACL text). Each message
 //   names the URL (never the password), the job and the host.
 // Engine keys: psj:{JOB}:meta, :leases, :owner, :partial, :done, :doneby, :fail, :res,
-//   :hosts (one hash tag: one Redis Cluster slot), changed only by the Lua scripts in
+//   :hosts, :chunks (one hash tag: one Redis Cluster slot), changed only by the scripts in
 //   lib/detail/cluster_scripts.hpp; channel psj:{JOB}:ctl. An ACL user restricted to
 //   them: ACL SETUSER psr on >PASSWORD resetkeys ~psj:* resetchannels &psj:* -@all
 //   +@read +@write +@pubsub +eval +evalsha +script|load +ping +time -@dangerous +info
