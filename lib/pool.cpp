@@ -93,6 +93,7 @@ Pool::Pool(PoolOptions options) {
         const auto& l = *static_cast<const Layout*>(context);
         auto* b = reinterpret_cast<PoolBlock*>(object);
         if (detail::init_lock(b->lock, false) != 0) return false;
+        b->lock_deaths_seen = 0;  // (init_lock counts no death yet)
         b->parent_pid = ::getpid();
         b->workers = l.workers;
         b->job_slots = detail::job_slot_count;

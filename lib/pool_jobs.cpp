@@ -262,7 +262,8 @@ void detail::cancel_job(PoolCore& core, JobState& state) {
   bool complete = false;
   {
     PoolLock held(*core.block);
-    complete = drop_unclaimed(job);
+    CountsJournal journal{};  // (the parent's own: see drop_unclaimed)
+    complete = drop_unclaimed(*core.block, job, journal);
   }
   if (complete) core.completed.push_back(state.id);
 }
@@ -281,7 +282,8 @@ bool detail::cancel_unstarted(PoolCore& core, JobState& state) {
         job.settled.load(std::memory_order_relaxed) != 0)
       return false;  // a worker has it (or had it)
     job.stop.store(1, std::memory_order_release);
-    complete = drop_unclaimed(job);
+    CountsJournal journal{};  // (the parent's own: see drop_unclaimed)
+    complete = drop_unclaimed(*core.block, job, journal);
   }
   state.cancelled = true;
   if (complete) core.completed.push_back(state.id);

@@ -4,7 +4,8 @@
 //
 // Shared memory it writes: worker slots' pid, state and job id; under the pool lock, a
 // dead worker's job counts (done, failed, skipped, settled) and requeued ranges, and
-// claim_from; the death ring (death_write); worker_deaths, startup_failures, the pool's
+// claim_from (and, taking the lock over from a worker that died holding it, what that
+// worker had under way: finish_cut_work); the death ring (death_write); worker_deaths, startup_failures, the pool's
 // state (closing, terminating, broken) and broken_reason; supervisor_pid; rescan and the
 // wake-up sequences.
 #include <procshare/pool.hpp>
@@ -73,6 +74,9 @@ struct Supervisor {
     pidfds[index] = pidfd_open(pid);
   }
 
+  // Moves pending deaths into the death ring while it has room, each adding its items to
+  // its job's `settled` once its record is in. Pool lock held (`settled` changes only
+  // under it: see CountsJournal).
   void publish_deaths() {
     bool settled = false;
     while (!pending.empty()) {
@@ -94,23 +98,24 @@ struct Supervisor {
   }
 
   // A worker ended with `status`: settle the chunk it held and report its running item.
+  //
+  // Exactly once, wherever the worker was cut. Under the pool lock (taking it finishes
+  // first what a worker that died holding it had under way: finish_cut_work), the worker
+  // is never claiming or settling: it is busy, holding a chunk none of which is in the
+  // job yet (a claim's store made, a settlement's journal not opened), and settled here
+  // from its slot; or it holds none (idle, starting, exited), and nothing is settled.
   void settle_death(std::uint32_t index, const siginfo_t& info) {
     WorkerSlot& s = b.worker(index);
     const int signal = info.si_code == CLD_EXITED ? 0 : info.si_status;
     const int exit_status = info.si_code == CLD_EXITED ? info.si_status : -1;
-    const auto state = static_cast<WorkerState>(s.state.load());
     PoolLock held(b);
+    const auto state = static_cast<WorkerState>(s.state.load());
     // No longer busy before its chunk's failures count in the job (see failures_so_far).
     s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
-    if (state == WorkerState::busy || state == WorkerState::claiming ||
-        state == WorkerState::settling) {
+    if (state == WorkerState::busy) {
       JobSlot& job = b.job(s.job_slot.load());
       const std::uint64_t id = s.job_id.load();
-      bool claimed = state != WorkerState::claiming;
-      if (state == WorkerState::claiming)  // did its one claiming store happen?
-        claimed = s.from_requeue.load() ? job.requeued_count.load() == s.requeue_index.load()
-                                        : job.cursor.load() == s.chunk_end.load();
-      if (claimed && job.id.load() == id) {
+      if (job.id.load() == id) {
         const std::uint64_t first = s.chunk_first.load(), end = s.chunk_end.load();
         const std::uint64_t progress = s.progress.load();
         // Items before `current` are over; item `current` was running if progress is odd.
@@ -121,7 +126,10 @@ struct Supervisor {
         const std::uint64_t failed = running && s.failing_item.load() == current
                                          ? s.failed_before.load()
                                          : s.chunk_failed.load();
-        const std::uint64_t skipped = s.chunk_skipped.load();
+        // Skipping (a stopped job, or items above a find_first match) cuts a suffix: its
+        // count is stored, then progress jumps to the end. Until then nothing is skipped
+        // (the rest of the chunk is requeued below).
+        const std::uint64_t skipped = current == end ? s.chunk_skipped.load() : 0;
         std::uint64_t settled = current - first;
         // A stream's results the worker held back are in its ring, in the batch record it
         // had opened: publish the record for it, with the results of the items that ran
@@ -157,7 +165,7 @@ struct Supervisor {
         if (running) settled += 1;
         // The cut item, what ran before it and the results held back: one record.
         PendingDeath death{{id, running ? current : no_item, pid, signal, exit_status, 0, first,
-                            lost_from, lost_from, current},
+                            std::min(lost_from, current - skipped), lost_from, current},
                            &job, settled};
         if (running) current += 1;
         if (current < end) {  // the rest of its chunk runs elsewhere
@@ -260,7 +268,10 @@ struct Supervisor {
           any = true;
         }
       }
-      publish_deaths();
+      if (!pending.empty()) {
+        PoolLock held(b);
+        publish_deaths();
+      }
       if (static_cast<PoolState>(b.state.load()) == PoolState::broken) {
         kill_workers();
         wake_parent(b);

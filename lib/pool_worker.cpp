@@ -2,13 +2,15 @@
 // of jobs, running their tasks and writing what they produce to its own result ring
 // (write_record, append_record); also stop_requested()/request_stop() for a running task.
 //
-// Shared memory it writes: its own WorkerSlot (state, job, chunk, progress, counts, ring
-// write position and ring_waiting) and its own result ring; under the pool lock, the
-// claim words of the job table (cursor, requeued ranges, claim_from, and the skipped and
-// settled counts of the items it drops); atomically, without the lock, a job's done,
-// failed, skipped, settled and best (find_first) and the pool's items_done; a job's stop flag
-// (request_stop); rescan, the wake-up sequences and, once, broken_reason (an initializer
-// that throws). Nothing else.
+// Shared memory it writes: its own WorkerSlot (state, job, chunk, progress, counts,
+// journal, ring write position and ring_waiting) and its own result ring; under the pool
+// lock, the claim words of the job table (cursor, requeued ranges, claim_from), a job's
+// done, failed, skipped and settled (its chunks' settlements, the items it drops) and the
+// pool's items_done, and, taking the lock over from a worker that died holding it, what
+// that worker had under way (finish_cut_work: its slot's state and journal too);
+// atomically, without the lock, a job's best (find_first) and stop flag (request_stop);
+// rescan, the wake-up sequences and, once, broken_reason (an initializer that throws).
+// Nothing else.
 #include <procshare/pool.hpp>
 #include <procshare/value.hpp>
 
@@ -290,37 +292,161 @@ void op_found(ChunkContext& c, std::uint64_t index) {
 constexpr ChunkOps chunk_ops{op_emit, op_fail, op_found, op_batch, op_flush};
 }  // namespace
 
-// For a stopped job, or a find_first whose cursor passed its match: drops the unclaimed
-// items (under the pool lock), settling them as skipped. Returns whether that completed
-// the job.
-bool drop_unclaimed(JobSlot& job) {
-  const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
-  std::uint64_t dropped = 0;
-  if (cursor < job.total) {
-    dropped = job.total - cursor;
-    job.cursor.store(job.total, std::memory_order_relaxed);
+namespace {
+
+// The index of `job` in the pool's job table (what a journal records).
+std::uint32_t slot_index(PoolBlock& b, const JobSlot& job) {
+  return static_cast<std::uint32_t>(&job - &b.job(0));
+}
+
+// Fills `journal` with job `job`'s words and the pool's items_done as they are (the
+// caller then changes what it changes, and opens the journal).
+void read_into(CountsJournal& journal, PoolBlock& b, JobSlot& job) {
+  journal.job_slot.store(slot_index(b, job), std::memory_order_relaxed);
+  journal.done.store(job.done.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  journal.failed.store(job.failed.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  journal.skipped.store(job.skipped.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  journal.settled.store(job.settled.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  journal.cursor.store(job.cursor.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  journal.requeued_count.store(job.requeued_count.load(std::memory_order_relaxed),
+                               std::memory_order_relaxed);
+  journal.items_done.store(b.items_done.load(std::memory_order_relaxed), std::memory_order_relaxed);
+}
+
+// Stores the values `journal` records (pool lock held). `settled` last: a reader that sees
+// the job settled sees its counts whole (PoolCore::finish reads them without the lock).
+void apply_journal(PoolBlock& b, const CountsJournal& journal) {
+  JobSlot& job = b.job(journal.job_slot.load(std::memory_order_relaxed));
+  job.cursor.store(journal.cursor.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  job.requeued_count.store(journal.requeued_count.load(std::memory_order_relaxed),
+                           std::memory_order_release);
+  job.done.store(journal.done.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  job.failed.store(journal.failed.load(std::memory_order_relaxed), std::memory_order_release);
+  job.skipped.store(journal.skipped.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  b.items_done.store(journal.items_done.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  job.settled.store(journal.settled.load(std::memory_order_relaxed), std::memory_order_release);
+}
+
+// Makes the change the worker in slot `s` journaled (a chunk's settlement: the chunk's
+// failures leave the worker's count, `settling`, before they reach the job's; see
+// failures_so_far), then closes the journal. Pool lock held.
+void apply_and_close(PoolBlock& b, WorkerSlot& s) {
+  const auto kind = static_cast<JournalKind>(s.journal.kind.load(std::memory_order_acquire));
+  if (kind == JournalKind::chunk)
+    s.state.store(static_cast<std::uint32_t>(WorkerState::settling), std::memory_order_release);
+  apply_journal(b, s.journal);
+  if (kind == JournalKind::chunk)
+    s.state.store(static_cast<std::uint32_t>(WorkerState::idle), std::memory_order_release);
+  s.journal.kind.store(static_cast<std::uint32_t>(JournalKind::none), std::memory_order_release);
+}
+
+}  // namespace
+
+void finish_cut_work(PoolBlock& b) {
+  bool finished = false;
+  for (std::uint32_t i = 0; i < b.workers; ++i) {
+    WorkerSlot& s = b.worker(i);
+    // Only a holder of the lock has a journal open or a claim under way, and we hold it
+    // now: any we find is the dead holder's.
+    if (s.journal.kind.load(std::memory_order_acquire) != static_cast<std::uint32_t>(JournalKind::none)) {
+      apply_and_close(b, s);  // (it may have completed the job)
+      finished = true;
+    }
+    if (static_cast<WorkerState>(s.state.load(std::memory_order_acquire)) == WorkerState::claiming) {
+      // Did its claim's one store happen (claim)? Then it holds the chunk: busy, for the
+      // supervisor to settle; else it holds nothing.
+      JobSlot& job = b.job(s.job_slot.load(std::memory_order_relaxed));
+      const bool requeue = s.from_requeue.load(std::memory_order_relaxed) != 0;
+      const std::uint32_t last = s.requeue_index.load(std::memory_order_relaxed);
+      const bool claimed = requeue ? job.requeued_count.load(std::memory_order_relaxed) == last
+                                   : job.cursor.load(std::memory_order_relaxed) ==
+                                         s.chunk_end.load(std::memory_order_relaxed);
+      if (claimed && requeue)  // the last range into the taken one's place, maybe cut
+        job.requeued[s.requeue_taken.load(std::memory_order_relaxed)] = job.requeued[last];
+      s.state.store(static_cast<std::uint32_t>(claimed ? WorkerState::busy : WorkerState::idle),
+                    std::memory_order_release);
+    }
   }
-  if (job.stop.load(std::memory_order_relaxed) != 0) {  // requeued ranges too
+  b.lock_deaths_seen = b.lock.deaths.load(std::memory_order_relaxed);
+  if (finished) {  // a job may be complete now, and its worker could not say so
+    b.rescan.fetch_add(1);
+    wake_parent(b);
+  }
+}
+
+// A drop's change: the unclaimed items (and, if the job is stopped, its requeued ranges)
+// go, counted skipped. Journaled, as settle_chunk's (see CountsJournal).
+bool drop_unclaimed(PoolBlock& b, JobSlot& job, CountsJournal& journal) {
+  const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
+  std::uint64_t dropped = cursor < job.total ? job.total - cursor : 0;
+  const bool stopped = job.stop.load(std::memory_order_relaxed) != 0;
+  if (stopped) {  // requeued ranges too
     const std::uint32_t requeued = job.requeued_count.load(std::memory_order_relaxed);
     for (std::uint32_t r = 0; r < requeued; ++r) dropped += job.requeued[r].end - job.requeued[r].first;
-    job.requeued_count.store(0, std::memory_order_release);
   }
   if (dropped == 0) return false;
-  job.skipped.fetch_add(dropped, std::memory_order_relaxed);
-  return job.settled.fetch_add(dropped, std::memory_order_acq_rel) + dropped == job.total;
+  read_into(journal, b, job);
+  if (cursor < job.total) journal.cursor.store(job.total, std::memory_order_relaxed);
+  if (stopped) journal.requeued_count.store(0, std::memory_order_relaxed);
+  const std::uint64_t skipped = journal.skipped.load(std::memory_order_relaxed) + dropped;
+  const std::uint64_t settled = journal.settled.load(std::memory_order_relaxed) + dropped;
+  journal.skipped.store(skipped, std::memory_order_relaxed);
+  journal.settled.store(settled, std::memory_order_relaxed);
+  journal.kind.store(static_cast<std::uint32_t>(JournalKind::drop), std::memory_order_release);
+  apply_journal(b, journal);
+  journal.kind.store(static_cast<std::uint32_t>(JournalKind::none), std::memory_order_release);
+  return settled == job.total;
 }
 namespace {
 
+// Settles the worker's finished chunk into its job (pool lock held); returns whether that
+// completed the job (the caller then says so, once the lock is released).
+//
+// A death at any point of it is settled exactly once. The worker journals the job's
+// counts after the chunk (CountsJournal), then opens the journal: that one store is the
+// commit point. Killed before it, the worker is still busy with nothing of the chunk in
+// the job: the supervisor settles the chunk from the worker's slot, as any busy worker's
+// (its progress says every item is over). Killed after it, the worker dies holding the
+// lock, and the next holder -- another worker, the parent, or the supervisor that comes
+// to settle the death -- stores the journaled values again before anything else
+// (finish_cut_work) and leaves the worker idle, so the supervisor finds nothing to settle.
+// The stores are of values, not additions, and nobody else writes these words meanwhile
+// (they change only under the lock), so storing them again changes nothing that is
+// already stored. No extra lock: it rides on the lock of the worker's next claim.
+bool settle_chunk(WorkerContext& w, JobSlot& job) {
+  WorkerSlot& s = *w.slot;
+  const std::uint64_t count = s.chunk_end.load() - s.chunk_first.load();
+  const std::uint64_t skipped = s.chunk_skipped.load(std::memory_order_relaxed);
+  const std::uint64_t failed = s.chunk_failed.load(std::memory_order_relaxed);
+  const std::uint64_t done = count - skipped - failed;
+  CountsJournal& journal = s.journal;
+  read_into(journal, *w.block, job);
+  journal.done.store(journal.done.load(std::memory_order_relaxed) + done, std::memory_order_relaxed);
+  journal.failed.store(journal.failed.load(std::memory_order_relaxed) + failed, std::memory_order_relaxed);
+  journal.skipped.store(journal.skipped.load(std::memory_order_relaxed) + skipped, std::memory_order_relaxed);
+  const std::uint64_t settled = journal.settled.load(std::memory_order_relaxed) + count;
+  journal.settled.store(settled, std::memory_order_relaxed);
+  journal.items_done.store(journal.items_done.load(std::memory_order_relaxed) + done,
+                           std::memory_order_relaxed);
+  journal.kind.store(static_cast<std::uint32_t>(JournalKind::chunk), std::memory_order_release);
+  apply_and_close(*w.block, s);
+  s.tasks_done.fetch_add(1, std::memory_order_relaxed);
+  return settled == job.total;
+}
+
 // Claims a chunk (under the pool lock) into the worker's slot; returns the job's slot or
-// nullptr if there is no work. Jobs are read oldest first from `claim_from`, which moves
-// past every job with nothing left to claim; stopped jobs' unclaimed items, and
+// nullptr if there is no work. First, under the same lock, settles the worker's finished
+// chunk of `finished` (if not null). Jobs are read oldest first from `claim_from`, which
+// moves past every job with nothing left to claim; stopped jobs' unclaimed items, and
 // find_first items above the match, are dropped on the way (the ids of jobs that this
-// completes go to `completed`).
-JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferred_for,
-               std::vector<std::uint64_t>& completed) {
+// completes, or the settlement did, go to `completed`).
+JobSlot* claim(WorkerContext& w, JobSlot* finished, std::uint64_t preferred,
+               std::uint64_t preferred_for, std::vector<std::uint64_t>& completed) {
   PoolBlock& b = *w.block;
   WorkerSlot& s = *w.slot;
   PoolLock held(b);
+  if (finished != nullptr && settle_chunk(w, *finished))
+    completed.push_back(s.job_id.load(std::memory_order_relaxed));
   JobSlot* chosen = nullptr;
   std::uint32_t chosen_index = 0;
   const std::uint64_t published = b.published.load(std::memory_order_acquire);
@@ -329,7 +455,8 @@ JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferre
     if (job.id.load(std::memory_order_acquire) == id) {
       const std::uint64_t cursor = job.cursor.load(std::memory_order_relaxed);
       const bool stopped = job.stop.load(std::memory_order_relaxed) != 0;
-      if ((stopped || cursor > job.best.load(std::memory_order_relaxed)) && drop_unclaimed(job))
+      if ((stopped || cursor > job.best.load(std::memory_order_relaxed)) &&
+          drop_unclaimed(b, job, s.journal))
         completed.push_back(id);  // reported once the lock is released
       if (job.requeued_count.load(std::memory_order_relaxed) > 0 ||
           job.cursor.load(std::memory_order_relaxed) < job.total) {
@@ -344,14 +471,13 @@ JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferre
   JobSlot& job = *chosen;
   std::uint64_t first, end;
   const std::uint32_t requeued = job.requeued_count.load(std::memory_order_relaxed);
+  std::uint32_t lowest = 0;
   if (requeued > 0) {
     // The lowest requeued range first (find_first claims in ascending order).
-    std::uint32_t lowest = 0;
     for (std::uint32_t r = 1; r < requeued; ++r)
       if (job.requeued[r].first < job.requeued[lowest].first) lowest = r;
-    std::swap(job.requeued[lowest], job.requeued[requeued - 1]);
-    first = job.requeued[requeued - 1].first;
-    end = job.requeued[requeued - 1].end;
+    first = job.requeued[lowest].first;
+    end = job.requeued[lowest].end;
   } else {
     // A fixed chunk if the caller set one; else the worker's preferred size (see
     // worker_main), but never more than an even share of what is left.
@@ -360,8 +486,9 @@ JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferre
     const std::uint64_t want = job.id.load(std::memory_order_relaxed) == preferred_for ? preferred : 1;
     end = std::min(job.total, first + (job.chunk ? job.chunk : std::min(want, share)));
   }
-  // Record the claim, then make it (one store), then mark the worker busy: a supervisor
-  // settling a death can tell from `state`, `cursor` and `requeued_count` where it stopped.
+  // Record the claim, then make it (one store), then mark the worker busy: whoever takes
+  // the lock over from a worker that died meanwhile can tell from `state`, `cursor` and
+  // `requeued_count` where it stopped (finish_cut_work).
   s.job_slot.store(chosen_index, std::memory_order_relaxed);
   s.job_id.store(job.id.load(std::memory_order_relaxed), std::memory_order_relaxed);
   s.chunk_first.store(first, std::memory_order_relaxed);
@@ -374,46 +501,38 @@ JobSlot* claim(WorkerContext& w, std::uint64_t preferred, std::uint64_t preferre
   s.batch_item.store(0, std::memory_order_relaxed);
   s.from_requeue.store(requeued > 0 ? 1 : 0, std::memory_order_relaxed);
   s.requeue_index.store(requeued - 1, std::memory_order_relaxed);
+  s.requeue_taken.store(lowest, std::memory_order_relaxed);
   s.state.store(static_cast<std::uint32_t>(WorkerState::claiming), std::memory_order_release);
-  if (requeued > 0)
+  if (requeued > 0) {
     job.requeued_count.store(requeued - 1, std::memory_order_release);
-  else
+    // The last range fills the taken one's place (redone by finish_cut_work if cut: the
+    // last range stays where it was until a requeue after this claim overwrites it).
+    job.requeued[lowest] = job.requeued[requeued - 1];
+  } else {
     job.cursor.store(end, std::memory_order_release);
+  }
   s.state.store(static_cast<std::uint32_t>(WorkerState::busy), std::memory_order_release);
   return &job;
 }
 
-// Settles the worker's finished chunk into its job.
-void settle_chunk(WorkerContext& w, JobSlot& job) {
-  WorkerSlot& s = *w.slot;
-  const std::uint64_t count = s.chunk_end.load() - s.chunk_first.load();
-  const std::uint64_t skipped = s.chunk_skipped.load(std::memory_order_relaxed);
-  const std::uint64_t failed = s.chunk_failed.load(std::memory_order_relaxed);
-  const std::uint64_t done = count - skipped - failed;
-  if (job.kind == static_cast<std::uint32_t>(JobKind::map)) {  // for per-item outcomes
-    // (before the worker turns idle: a death before this record is settled by the
-    // supervisor, whose death record then carries the items that ran)
-    const std::uint64_t ran_end = s.chunk_end.load() - skipped;  // skipping cuts a suffix
-    append_record(w, RecordType::ran, s.job_id.load(std::memory_order_relaxed),
-                  s.chunk_first.load(), std::as_bytes(std::span(&ran_end, 1)));
-  }
-  // The chunk's failures move from the worker's slot into the job: say so first, so that
-  // a reader adding a busy worker's failures to the job's never counts them twice (see
-  // failures_so_far).
-  s.state.store(static_cast<std::uint32_t>(WorkerState::settling), std::memory_order_release);
-  job.done.fetch_add(done, std::memory_order_relaxed);
-  job.failed.fetch_add(failed, std::memory_order_release);
-  job.skipped.fetch_add(skipped, std::memory_order_relaxed);
-  w.block->items_done.fetch_add(done, std::memory_order_relaxed);
-  s.state.store(static_cast<std::uint32_t>(WorkerState::idle), std::memory_order_release);
-  s.tasks_done.fetch_add(1, std::memory_order_relaxed);
-  const std::uint64_t id = s.job_id.load(std::memory_order_relaxed);
-  // The last store that touches the job: the parent may free it once settled == total.
-  // The worker that completes it tells the parent (a record, then a wake-up).
-  if (job.settled.fetch_add(count, std::memory_order_acq_rel) + count == job.total) {
-    append_record(w, RecordType::complete, id, id, {});
-    wake_parent(*w.block);
-  }
+// Sends what the worker's finished chunk of a map job ran, for per-item outcomes: before
+// the chunk is settled, so that a death before this record is settled by the supervisor,
+// whose death record then carries the items that ran (a death after it may send them
+// twice, which changes nothing).
+void report_ran(WorkerContext& w, JobSlot& job) {
+  if (job.kind != static_cast<std::uint32_t>(JobKind::map)) return;
+  const WorkerSlot& s = *w.slot;
+  const std::uint64_t ran_end = s.chunk_end.load() - s.chunk_skipped.load();  // skipping cuts a suffix
+  append_record(w, RecordType::ran, s.job_id.load(std::memory_order_relaxed), s.chunk_first.load(),
+                std::as_bytes(std::span(&ran_end, 1)));
+}
+
+// Sends a `complete` record for each job in `completed` (then empties it) and wakes the
+// parent: the worker completed them (outside the pool lock: a record may wait for room).
+void report_completed(WorkerContext& w, std::vector<std::uint64_t>& completed) {
+  for (const std::uint64_t id : completed) append_record(w, RecordType::complete, id, id, {});
+  if (!completed.empty()) wake_parent(*w.block);
+  completed.clear();
 }
 }  // namespace
 
@@ -444,6 +563,7 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
   s.state.store(static_cast<std::uint32_t>(WorkerState::idle));
   WorkerContext w{&b, &s, nullptr, index, &segment, block_offset + b.rings_offset + index * b.ring_bytes, 0};
   std::vector<std::uint64_t> completed;
+  JobSlot* finished = nullptr;  // the job whose chunk the worker ran and has not settled
   std::uint64_t tasks = 0;
   // Automatic chunking: start each job with single items and grow the chunk (x4) while
   // chunks take under a quarter of the target time, shrink it when they take over twice
@@ -455,10 +575,9 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     const auto state = static_cast<PoolState>(b.state.load(std::memory_order_acquire));
     if (state == PoolState::terminating || state == PoolState::broken) break;
     const std::uint32_t sequence = b.work_sequence.load(std::memory_order_seq_cst);
-    JobSlot* job = claim(w, preferred, preferred_for, completed);
-    for (const std::uint64_t id : completed) append_record(w, RecordType::complete, id, id, {});
-    if (!completed.empty()) wake_parent(b);
-    completed.clear();
+    JobSlot* job = claim(w, finished, preferred, preferred_for, completed);
+    finished = nullptr;
+    report_completed(w, completed);
     if (job == nullptr) {
       if (state == PoolState::closing) break;
       if (spin_while(b.work_sequence, sequence)) continue;  // new work arrived meanwhile
@@ -505,9 +624,17 @@ void settle_chunk(WorkerContext& w, JobSlot& job) {
     // What the tasks printed is written before the parent can learn the chunk is done, so
     // it is there once get() returns, and survives terminate().
     flush_standard_streams();
-    settle_chunk(w, *job);
+    report_ran(w, *job);
+    finished = job;  // settled under the lock of the next claim (settle_chunk)
     w.job = nullptr;
     if (b.max_tasks_per_child != 0 && ++tasks >= b.max_tasks_per_child) break;
+  }
+  if (finished != nullptr) {  // no next claim
+    {
+      PoolLock held(b);
+      if (settle_chunk(w, *finished)) completed.push_back(s.job_id.load(std::memory_order_relaxed));
+    }
+    report_completed(w, completed);
   }
   s.state.store(static_cast<std::uint32_t>(WorkerState::exited));
   flush_standard_streams();

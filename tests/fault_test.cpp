@@ -6,6 +6,11 @@
 #include <doctest/doctest.h>
 
 #include <csignal>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <thread>
 
 using namespace procshare;
 using procshare::test::PipeSignal;
@@ -15,6 +20,56 @@ using procshare::test::wait_child;
 using namespace std::chrono_literals;
 
 namespace {
+
+// A thread of the test process that SIGKILLs a random worker of a pool every 0-2 ms while
+// a round runs (`kill_for`), then only watches: if the round has not ended `watchdog`
+// after it started, it kills the supervisor, so that the round's wait ends (the pool
+// fails with PoolClosed) instead of hanging the test; hung() then says so. Workers still
+// starting are spared: three deaths at start-up in a row break a pool on purpose.
+class KillStorm {
+public:
+  KillStorm(const Pool& pool, std::uint32_t seed, std::chrono::milliseconds kill_for,
+            std::chrono::milliseconds watchdog)
+      : control_(Segment::open(pool.control_segment())), supervisor_(pool.supervisor_pid()),
+        thread_([this, seed, kill_for, watchdog] { run(seed, kill_for, watchdog); }) {}
+  ~KillStorm() { stop(); }
+  KillStorm(const KillStorm&) = delete;
+  KillStorm& operator=(const KillStorm&) = delete;
+  // Ends the storm (the round is over); returns once the thread has.
+  void stop() {
+    over_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  int kills() const { return kills_.load(); }  // the SIGKILLs it sent so far
+  bool hung() const { return hung_.load(); }   // whether the watchdog fired
+
+private:
+  void run(std::uint32_t seed, std::chrono::milliseconds kill_for, std::chrono::milliseconds watchdog) {
+    std::mt19937 random(seed);
+    const auto start = std::chrono::steady_clock::now();
+    while (!over_.load()) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - start >= watchdog) {
+        hung_.store(true);
+        ::kill(supervisor_, SIGKILL);
+        return;
+      }
+      if (now - start < kill_for) {
+        std::vector<int> victims;
+        for (const auto& w : inspect_pool(control_).workers)
+          if (w.pid > 0 && (w.state == "idle" || w.state == "busy")) victims.push_back(w.pid);
+        if (!victims.empty() && ::kill(victims[random() % victims.size()], SIGKILL) == 0) ++kills_;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(random() % 2000));
+    }
+  }
+
+  Segment control_;
+  int supervisor_;
+  std::atomic<bool> over_{false}, hung_{false};
+  std::atomic<int> kills_{0};
+  std::thread thread_;  // last: it starts once the rest is ready
+};
 
 // Blocks the calling child until it is killed.
 [[noreturn]] void wait_to_be_killed() {
@@ -269,6 +324,111 @@ TEST_CASE("poisoned() and owner_deaths() see a dead holder before anyone locks a
   const auto objects = segment.objects();
   CHECK(objects.at(0).poisoned);
   CHECK(objects.at(1).owner_deaths == 1);
+}
+
+// A worker moves a finished chunk's counts into its job in several steps; a worker killed
+// among them used to leave the job counted twice (the supervisor settled the chunk again)
+// or never complete (its items never reached `settled`). Tiny chunks of trivial items on
+// three times more workers than this machine's CPUs spend much of their time settling,
+// and are often preempted there: hundreds of kills land at random moments of it. Every
+// round must end, with done + failed + skipped == total and each count equal to what the
+// per-item outcomes say. Rounds alternate a map, a map cancelled midway (its unclaimed
+// items are dropped by workers and the parent) and an imap_unordered (batched results).
+// Time budget: about 8 s (PROCSHARE_SOAK=N multiplies it).
+TEST_CASE("pool workers killed at random while settling tiny chunks: exact counts, no hang") {
+  SegmentName name("settle_storm");
+  Pool pool({.workers = 6, .name = name.str()});
+  constexpr int total = 20000;
+  std::vector<int> items(total);
+  std::iota(items.begin(), items.end(), 0);
+  const auto task = [](const int& x) {
+    if (x % 211 == 5) throw std::runtime_error("item fails");
+    return x * 2;
+  };
+  int soak = 1;
+  if (const char* s = std::getenv("PROCSHARE_SOAK")) soak = std::max(1, std::atoi(s));
+  const auto budget = std::chrono::seconds(8) * soak;
+  std::mt19937 random(11);
+  int rounds = 0, kills = 0, wrong_rounds = 0;
+  bool hung = false;
+  const auto start = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - start < budget) {
+    const int kind = rounds % 3;  // 0: map, 1: map cancelled midway, 2: imap_unordered
+    CAPTURE(rounds);
+    CAPTURE(kind);
+    std::uint64_t done = 0, failed = 0, skipped = 0;  // from the items' outcomes
+    bool wrong = false;
+    struct { std::uint64_t done, failed, skipped; } p{};  // the job's counts
+    KillStorm storm(pool, static_cast<std::uint32_t>(random()), 300ms, 15s);
+    if (kind < 2) {
+      auto job = pool.map_async(Chunk{1}, items, task);
+      if (kind == 1) {
+        std::this_thread::sleep_for(std::chrono::microseconds(random() % 20000));
+        job.cancel();
+      }
+      job.wait_for(20s);  // (the storm's watchdog ends a hang before this)
+      storm.stop();
+      if (storm.hung()) {
+        hung = true;
+        FAIL_CHECK("round ", rounds, " hung: the job never completed");
+        break;
+      }
+      const auto progress = job.progress();
+      p = {progress.done, progress.failed, progress.skipped};
+      for (const auto& o : job.outcomes()) {
+        const int x = items[o.index()];
+        if (o.state() == ItemState::done) {
+          ++done;
+          wrong |= o.value() != x * 2;
+        } else if (o.state() == ItemState::failed) {
+          ++failed;
+          try {
+            std::rethrow_exception(o.error());
+          } catch (const TaskError&) {
+            wrong |= x % 211 != 5;
+          } catch (const WorkerDied&) {
+          }
+        } else {
+          ++skipped;
+          wrong |= kind == 0;
+        }
+      }
+    } else {
+      std::vector<int> seen(total, 0);
+      try {
+        for (const auto& o : pool.imap_unordered(items, task)) {
+          wrong |= seen.at(o.index())++ != 0;
+          if (o.state() == ItemState::done) ++done, wrong |= o.value() != items[o.index()] * 2;
+          else if (o.state() == ItemState::failed) ++failed;
+          else ++skipped;
+        }
+      } catch (const PoolClosed&) {  // (the watchdog killed the supervisor)
+      }
+      storm.stop();
+      if (storm.hung()) {
+        hung = true;
+        FAIL_CHECK("round ", rounds, " hung: the stream never ended");
+        break;
+      }
+      wrong |= std::count(seen.begin(), seen.end(), 1) != total;
+      p = {done, failed, skipped};  // (a stream shows no counts: its outcomes must add up)
+    }
+    CHECK(p.done + p.failed + p.skipped == static_cast<std::uint64_t>(total));
+    CHECK(p.done == done);
+    CHECK(p.failed == failed);
+    CHECK(p.skipped == skipped);
+    wrong |= p.done + p.failed + p.skipped != total || p.done != done || p.failed != failed ||
+             p.skipped != skipped;
+    if (wrong) ++wrong_rounds;
+    CHECK_FALSE(wrong);
+    kills += storm.kills();
+    ++rounds;
+  }
+  MESSAGE(rounds, " rounds, ", kills, " kills, ", wrong_rounds, " rounds with wrong counts");
+  REQUIRE_FALSE(hung);
+  CHECK(rounds >= 3);
+  // The pool is still whole.
+  CHECK(pool.map(std::vector<int>{21}, [](const int& x) { return x * 2; }).at(0) == 42);
 }
 
 }  // TEST_SUITE

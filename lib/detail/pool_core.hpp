@@ -5,10 +5,11 @@
 //
 // Shared memory it writes: the job table (a job's slot, filled then published under the
 // pool lock with `published`, and freed when it finishes), a job's stop flag (cancel) and,
-// under the pool lock, the unclaimed items of a stopped job (drop_unclaimed); the arena
-// (items, arguments) and the job table's reserved size; the workers' ring read positions
-// and ring_space_sequence, and death_read (RingReader); parent_waiting and the work
-// sequence.
+// under the pool lock, the unclaimed items of a stopped job (drop_unclaimed) and, taking
+// the lock over from a worker that died holding it, what that worker had under way
+// (finish_cut_work); the arena (items, arguments) and the job table's reserved size; the
+// workers' ring read positions and ring_space_sequence, and death_read (RingReader);
+// parent_waiting and the work sequence.
 #pragma once
 
 #include <procshare/pool.hpp>
@@ -209,7 +210,8 @@ public:
           bool complete = job.settled.load(std::memory_order_acquire) >= job.total;
           if (!complete && job.stop.load(std::memory_order_acquire) != 0) {  // a task or a controller stopped it
             PoolLock held(*block);
-            complete = drop_unclaimed(job);
+            CountsJournal journal{};  // (the parent's own: see drop_unclaimed)
+            complete = drop_unclaimed(*block, job, journal);
           }
           if (complete) completed.push_back(a.state->id);
         }

@@ -59,13 +59,24 @@ inline void wake_workers(PoolBlock& b) {
   if (b.workers_waiting.load(std::memory_order_seq_cst) != 0) futex_wake(b.work_sequence);
 }
 
-// Holds the pool's robust lock (a holder that died is simply taken over: every step it
-// could have cut is a single store).
+// Finishes what a worker that died holding the pool lock had under way (its claim, or a
+// change it had journaled, see CountsJournal), then counts its death as seen
+// (lock_deaths_seen). Called, under the lock, by whoever takes it over (PoolLock); a
+// holder that dies in here leaves it to the next one (every step is a plain store of a
+// value it can read again). pool_worker.cpp.
+void finish_cut_work(PoolBlock& b);
+
+// Holds the pool's robust lock. A holder that died is taken over, and what it had under
+// way finished first (finish_cut_work), so that under the lock the job table is always
+// as if no holder had ever died: no other worker is claiming or settling, and no change
+// is half made.
 class PoolLock {
 public:
   explicit PoolLock(PoolBlock& b) : block_(b) {
     if (const int error = detail::lock(b.lock))
       throw Error("", "pool", fmt::format("cannot lock the pool: {}", os_reason(error)));
+    if (b.lock.deaths.load(std::memory_order_relaxed) != b.lock_deaths_seen) [[unlikely]]
+      finish_cut_work(b);
   }
   ~PoolLock() { detail::unlock(block_.lock); }
   PoolLock(const PoolLock&) = delete;
@@ -122,9 +133,11 @@ inline std::uint64_t failures_so_far(PoolBlock& b, const JobSlot& job, std::uint
 }
 
 // For a stopped job, or a find_first whose cursor passed its match: drops the unclaimed
-// items (under the pool lock), settling them as skipped. Returns whether that completed
-// the job. (pool_worker.cpp; the parent calls it too.)
-bool drop_unclaimed(JobSlot& job);
+// items (under the pool lock), settling them as skipped, through `journal` (a worker's
+// own, so that its death cannot cut the change in half; the parent, whose death ends the
+// pool, passes one of its own memory). Returns whether that completed the job.
+// (pool_worker.cpp; the parent calls it too.)
+bool drop_unclaimed(PoolBlock& b, JobSlot& job, CountsJournal& journal);
 
 // A freshly forked worker's whole life: runs the initializer, then claims and runs chunks
 // until the pool closes or terminates (pool_worker.cpp).

@@ -7,7 +7,9 @@
 // each job they complete with a `complete` record; the supervisor writes worker pids,
 // settles a dead worker's chunk (under `lock`), writes the death ring and bumps `rescan`
 // (as controllers do when they stop jobs) so that the parent checks every job. Every step
-// a death can cut is a single aligned store.
+// a death can cut is a single aligned store, but for the changes a worker makes under
+// `lock` to a job's counts and claim words: those it writes in its slot's journal first
+// (CountsJournal), so that whoever takes `lock` over from it makes them whole.
 #pragma once
 
 #include <procshare/mutex.hpp>
@@ -20,10 +22,31 @@
 namespace procshare::detail {
 
 enum class PoolState : std::uint32_t { running = 0, closing = 1, terminating = 2, broken = 3 };
-// `settling`: the worker's chunk is over and its counts move into the job (see
-// settle_chunk and failures_so_far); a death then is settled as if it were still busy.
+// `claiming` and `settling` happen only under the pool lock: the worker records a claim,
+// or its chunk's counts move into the job (see settle_chunk and failures_so_far). A
+// worker that dies in either is seen so only by whoever takes the lock over from it,
+// which finishes or undoes the step first (finish_cut_work); the supervisor, settling
+// the death under the lock, finds the worker busy (a chunk to settle) or holding none.
 enum class WorkerState : std::uint32_t {
   empty = 0, starting = 1, idle = 2, claiming = 3, busy = 4, exited = 5, settling = 6
+};
+
+// A change that one worker makes, under the pool lock, to one job's counts and claim
+// words and to the pool's items_done (a finished chunk's settlement, or a stopped job's
+// unclaimed items dropped): the values it is about to store, written before `kind`
+// says the change is under way. The stores are plain stores of these values, and every
+// writer of those words holds the lock, so making them twice is making them once: the
+// store of `kind` is the change's commit point. A worker that dies before it leaves no
+// trace (its chunk is settled as busy); one that dies after it, or while it stores, left
+// the lock to be taken over, and the next holder stores the values again before anything
+// else (finish_cut_work). Written only by the worker, under the lock.
+enum class JournalKind : std::uint32_t { none = 0, chunk = 1, drop = 2 };
+struct CountsJournal {
+  std::atomic<std::uint32_t> kind;      // JournalKind; none when no change is under way
+  std::atomic<std::uint32_t> job_slot;  // the job's slot
+  std::atomic<std::uint64_t> done, failed, skipped, settled, cursor;  // the job's words
+  std::atomic<std::uint32_t> requeued_count;                          // after the change
+  std::atomic<std::uint64_t> items_done;                              // the pool's
 };
 
 // One worker process and its result ring (it writes; the parent reads).
@@ -31,7 +54,9 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::int32_t> pid;          // written by the supervisor at fork
   std::atomic<std::uint32_t> state;       // WorkerState
   std::atomic<std::uint32_t> job_slot;    // the chunk it claimed
-  std::atomic<std::uint32_t> requeue_index;  // claiming from a requeued range: its index
+  std::atomic<std::uint32_t> requeue_index;  // claiming from a requeued range: the last
+  std::atomic<std::uint32_t> requeue_taken;  // range's index, and the index of the one it
+                                             // takes (the last moves into its place)
   std::atomic<std::uint64_t> job_id;
   std::atomic<std::uint64_t> chunk_first;
   std::atomic<std::uint64_t> chunk_end;
@@ -47,7 +72,9 @@ struct alignas(64) WorkerSlot {
   // settling a death during that item knows the failures of the items before it.
   std::atomic<std::uint64_t> failing_item;
   std::atomic<std::uint64_t> failed_before;
-  std::atomic<std::uint64_t> tasks_done;  // chunks completed, for controllers
+  std::atomic<std::uint64_t> tasks_done;  // chunks completed, for controllers (a worker
+                                          // killed as it settles one may miss it)
+  CountsJournal journal;                  // the change it makes under the pool lock
   std::atomic<std::uint64_t> flushed_to;  // a stream's chunk: results before this item
                                           // have left the worker (see RecordType::batch);
                                           // no_item while it holds none back
@@ -87,8 +114,9 @@ struct alignas(64) JobSlot {
   std::uint64_t results_offset, result_slot_bytes;
   std::uint64_t total, chunk;     // chunk: fixed by the caller, or 0 (automatic)
   std::uint64_t range_first;      // a Range job: item k is range_first + k
+  // Written under the pool lock only (readers may read them without it):
   std::atomic<std::uint64_t> cursor;   // next unclaimed item
-  std::atomic<std::uint64_t> settled;  // done + failed + skipped
+  std::atomic<std::uint64_t> settled;  // done + failed + skipped (stored after them)
   // Of settled chunks (and items dropped or lost); the failures of chunks still running
   // are their workers' (WorkerSlot::chunk_failed) until they settle.
   std::atomic<std::uint64_t> done, failed, skipped;
@@ -149,7 +177,10 @@ struct RecordHeader {
 
 struct alignas(64) PoolBlock {
   ObjectHeader header;
-  RobustLock lock;  // guards claims, requeues and job slot ids
+  RobustLock lock;  // guards claims, requeues, job slot ids and every change of a job's
+                    // counts (done, failed, skipped, settled) and of items_done
+  std::uint32_t lock_deaths_seen;  // lock.deaths whose holders' cut work is finished
+                                   // (finish_cut_work; under `lock`)
   alignas(64) std::atomic<std::uint32_t> work_sequence;    // futex: workers wait for work
   std::atomic<std::uint32_t> workers_waiting;
   std::atomic<std::uint32_t> parent_sequence;  // futex: the parent waits for progress
