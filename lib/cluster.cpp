@@ -144,10 +144,13 @@ struct ClusterCore::State {
     bool cancelled = false;  // by this host (a chunk above find_first's match)
   };
   std::vector<Running> running;
-  std::set<std::uint64_t> mine;  // map: chunks whose results this host keeps (its completion counted)
+  // map: the items [first, end) of the chunks whose results this host holds (its own
+  // accepted completions, and those it read)
+  std::set<std::pair<std::uint64_t, std::uint64_t>> mine;
   bool waiting = false;    // nothing to claim now: look again at next_claim
   Clock::time_point next_claim{}, next_beat{};
   std::uint64_t claims = 0;
+  std::string nonce = random_id().substr(0, 8);  // (with `claims`: each claim's own)
   bool timed = false;  // an adaptive job: `want` comes from a chunk this host timed
 
   bool ended = false;
@@ -190,19 +193,30 @@ struct ClusterCore::State {
   // Runs a script, retrying (100 ms to 1 s apart) while the engine does not answer, up
   // to unavailable_after. {'lost'} throws JobLost.
   EngineReply run(const char* body, const std::vector<std::string>& args) {
+    EngineReply reply = retried([&] { return engine->eval(script(body), keys, args); });
+    if (tag(reply) == "lost") lost();
+    return reply;
+  }
+  // A plain command (a read), retried as run() does.
+  EngineReply read(const std::vector<std::string>& args) {
+    return retried([&] { return engine->command(args); });
+  }
+  // Makes an engine call, again while the engine does not answer, up to
+  // unavailable_after (then EngineUnavailable, naming for how long and the last error);
+  // its other errors name the job.
+  template <class Call> EngineReply retried(const Call& call) {
     milliseconds backoff{100};
     for (;;) {
       try {
         EngineReply reply;
         try {
-          reply = engine->eval(script(body), keys, args);
+          reply = call();
         } catch (const EngineUnavailable&) {
           throw;
         } catch (const Error&) {
           rethrow_for(object);
         }
         unreachable_since.reset();
-        if (tag(reply) == "lost") lost();
         return reply;
       } catch (const EngineUnavailable& e) {
         const auto now = Clock::now();
@@ -237,6 +251,8 @@ struct ClusterCore::State {
     best = best_now;
     failed_at_end = failed;
     cancel_local();
+    if (state == "done" && failed && spec.kind == JobKind::map)  // (known without a call)
+      final_progress = Progress{spec.total - *failed, *failed, 0, spec.total};
   }
   void end_from(const EngineReply& reply) {  // {'ended', state, stop, best, failed}
     end(reply.elements.at(1).text, reply.elements.at(2).text, number(reply.elements.at(3)),
@@ -254,8 +270,8 @@ struct ClusterCore::State {
   }
   // The claim's arguments after the epoch (claim and complete take the same).
   std::vector<std::string> claim_args() {
-    return {host, std::to_string(options.lease.count()), std::to_string(++claims), std::to_string(want),
-            std::to_string(chunk != 0 ? chunk : want / 8)};
+    return {host, std::to_string(options.lease.count()), fmt::format("{}-{}", nonce, ++claims),
+            std::to_string(want), std::to_string(chunk != 0 ? chunk : want / 8)};
   }
   // Takes a claim's reply; returns whether it gave a chunk (which now runs).
   bool take_claim(const EngineReply& reply, Clock::time_point now) {
@@ -318,7 +334,7 @@ struct ClusterCore::State {
   void settle(Running& r) {
     JobState& local = *r.local;
     if (!local.closed.empty()) throw PoolClosed(local.segment, "pool", local.closed);
-    if (local.stopped && !r.cancelled) {
+    if (local.stop_raised && !r.cancelled) {
       // Not this host's cancel: a task's request_stop(), or procshare-ctl on the local pool.
       const EngineReply reply = run(
           scripts::stop, {epoch, fmt::format("a task's request_stop() (or procshare-ctl) on {}, in items {} to {}",
@@ -372,7 +388,7 @@ struct ClusterCore::State {
       return;
     }
     if (spec.kind == JobKind::map) {
-      mine.insert(r.chunk);
+      mine.insert({r.first, r.first + r.count});
       task->adopt(local, r.first);
     }
     if (reply.elements.at(1).text == "done")
@@ -453,37 +469,35 @@ struct ClusterCore::State {
     throw TaskError("", where, index, f[6], f[7], static_cast<int>(to(f[2])));
   }
 
-  // A plain command (a read), with the job named in its errors.
-  EngineReply read(const std::vector<std::string>& args) {
-    try {
-      return engine->command(args);
-    } catch (const Error&) {
-      rethrow_for(object);
-    }
-  }
-
   void finish(std::uint64_t limit) {
     if (broken) std::rethrow_exception(broken);
+    const bool gather = task->keeps_results() && end_state != "stopped";
+    if (failed_at_end != std::uint64_t{0} || gather) {
+      // (reads: first, that the keys are still the job's: they expire `keep` after its end)
+      if (read({"HGET", keys[0], "epoch"}).text != epoch) lost();
+    }
     if (failed_at_end != std::uint64_t{0}) {  // (known to be none: no round trip)
       const EngineReply lowest = read({"ZRANGE", keys[6], "0", "0", "WITHSCORES"});
       if (lowest.elements.size() == 2 && number(lowest.elements[1]) < limit)
         throw_failure(lowest.elements[0].text);
     }
     if (end_state == "stopped") throw Stopped("", object, fmt::format("the job was stopped by {}", stopped_by));
-    if (!task->keeps_results()) return;
-    // The results of the chunks other hosts completed, 256 chunks a call.
+    if (!gather) return;
+    // The results of the chunks this host has not (other hosts completed them), by their
+    // items (a chunk's number is not enough: a server restarted from its append-only file
+    // may have made a chunk again, with other items), 256 chunks a call.
     struct Wanted {
       std::uint64_t chunk, first, end;
     };
     std::vector<Wanted> wanted;
     const EngineReply made = read({"HGETALL", keys[9]});
     for (std::size_t i = 0; i + 1 < made.elements.size(); i += 2) {
-      const std::uint64_t c = number(made.elements[i]);
       const std::string& range = made.elements[i + 1].text;
       const auto space = range.find(' ');
-      if (mine.count(c) == 0 && space != std::string::npos)
-        wanted.push_back({c, number(EngineReply{EngineReply::Kind::string, range.substr(0, space), 0, {}}),
-                          number(EngineReply{EngineReply::Kind::string, range.substr(space + 1), 0, {}})});
+      if (space == std::string::npos) continue;
+      const std::uint64_t first = number(EngineReply{EngineReply::Kind::string, range.substr(0, space), 0, {}});
+      const std::uint64_t end = number(EngineReply{EngineReply::Kind::string, range.substr(space + 1), 0, {}});
+      if (mine.count({first, end}) == 0) wanted.push_back({number(made.elements[i]), first, end});
     }
     for (std::size_t at = 0; at < wanted.size(); at += 256) {
       std::vector<std::string> args{"HMGET", keys[7]};
@@ -492,16 +506,13 @@ struct ClusterCore::State {
       const EngineReply reply = read(args);
       for (std::size_t k = at; k < end; ++k) {
         const EngineReply& bytes = reply.elements.at(k - at);
-        const std::uint64_t first = wanted[k].first;
-        const std::uint64_t count = wanted[k].end - first;
-        if (bytes.kind != EngineReply::Kind::string) {
-          if (count > 0) lost();
-          continue;
-        }
-        task->read(first, count, std::as_bytes(std::span(bytes.text.data(), bytes.text.size())));
-        mine.insert(wanted[k].chunk);
+        if (bytes.kind != EngineReply::Kind::string) continue;  // (checked below)
+        task->read(wanted[k].first, wanted[k].end - wanted[k].first,
+                   std::as_bytes(std::span(bytes.text.data(), bytes.text.size())));
+        mine.insert({wanted[k].first, wanted[k].end});
       }
     }
+    if (!task->results_complete()) lost();  // (an item without a result: never a default value)
   }
 };
 
@@ -516,12 +527,13 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
   s.spec = std::move(spec);
   s.task = std::move(task);
   s.object = fmt::format("cluster job '{}' on {} (host {})", options.job, s.engine->url(), s.host);
-  for (const char* key : {"meta", "leases", "owner", "partial", "done", "doneby", "fail", "res", "hosts", "chunks"})
+  for (const char* key :
+       {"meta", "leases", "owner", "partial", "done", "doneby", "fail", "res", "hosts", "chunks", "claims"})
     s.keys.push_back(fmt::format("psj:{{{}}}:{}", options.job, key));
   s.chunk = options.chunk;
   // (an adaptive job's first chunks: 1/256 of the items; then ~50 ms of work each)
   s.want = s.chunk != 0 ? s.chunk : std::max<std::uint64_t>(1, (s.spec.total + 255) / 256);
-  s.beat_every = std::min(options.flush, options.heartbeat.count() != 0 ? options.heartbeat : options.lease / 3);
+  s.beat_every = options.flush;
   s.best = s.spec.total;
   const std::string kind = kind_name(s.spec.kind);
   const std::vector<std::string> mine_spec{kind, std::to_string(s.spec.total), std::to_string(s.chunk),
@@ -553,7 +565,22 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
 }
 
 ClusterCore::~ClusterCore() {
-  if (state_) state_->cancel_local();
+  State& s = *state_;
+  if (!s.ended && !s.broken && !s.running.empty()) {
+    // Leaving with chunks claimed: hand them back (leases that end now), so that other
+    // hosts rerun them at once rather than after `lease`. One try, no retry: never throws.
+    std::vector<std::string> args{s.epoch, s.host, "0"};
+    for (const State::Running& r : s.running) {
+      args.push_back(std::to_string(r.chunk));
+      args.push_back(r.token);
+      args.push_back("0");
+    }
+    try {
+      s.engine->eval(script(scripts::heartbeat), s.keys, args);
+    } catch (...) {
+    }
+  }
+  s.cancel_local();
 }
 
 bool ClusterCore::drive(Deadline deadline) { return state_->drive(deadline); }
@@ -607,25 +634,42 @@ bool printable_name(const std::string& name) {
 
 }  // namespace
 
+namespace {
+
+// The URL as messages show it: parsed (never a password), or, if it does not parse, with
+// anything between "//" and '@' that holds a ':' cut to the user.
+std::string display_url(const std::string& url) {
+  try {
+    return detail::parse_engine_url(url).text;
+  } catch (const Error&) {
+    const auto from = url.find("//");
+    const auto at = url.rfind('@');
+    if (from == std::string::npos || at == std::string::npos || at < from) return url;
+    const auto colon = url.find(':', from + 2);
+    if (colon == std::string::npos || colon > at) return url;
+    return url.substr(0, colon) + ":***" + url.substr(at);
+  }
+}
+
+}  // namespace
+
 Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   if (options_.host.empty()) {
     char name[256] = {};
     ::gethostname(name, sizeof name - 1);
     options_.host = fmt::format("{}:{}", name, ::getpid());
   }
-  const std::string object = fmt::format("cluster job '{}' on {} (host {})", options_.job, options_.url, options_.host);
+  const std::string object =
+      fmt::format("cluster job '{}' on {} (host {})", options_.job, display_url(options_.url), options_.host);
   const auto bad = [&](std::string_view why) { throw InvalidArgument("", object, why); };
   if (!printable_name(options_.job))
     bad("the job name must be 1 to 200 printable characters without space, '{' or '}'");
   if (!printable_name(options_.host)) bad("the host name must be 1 to 200 printable characters without space, '{' or '}'");
   if (options_.lease.count() <= 0) bad(fmt::format("lease must be positive (it is {} ms)", options_.lease.count()));
-  const auto beat = options_.heartbeat.count() != 0 ? options_.heartbeat : options_.lease / 3;
-  if (options_.heartbeat.count() < 0 || beat.count() <= 0 || beat * 3 > options_.lease)
-    bad(fmt::format("heartbeat must be positive and at most lease / 3 (heartbeat {} ms, lease {} ms)",
-                    beat.count(), options_.lease.count()));
-  if (options_.flush.count() <= 0 || options_.flush > beat)
-    bad(fmt::format("flush must be positive and at most the heartbeat (flush {} ms, heartbeat {} ms)",
-                    options_.flush.count(), beat.count()));
+  if (options_.flush.count() <= 0 || options_.flush * 3 > options_.lease)
+    bad(fmt::format("flush must be positive and at most lease / 3, so that a working host renews its "
+                    "leases in time (flush {} ms, lease {} ms)",
+                    options_.flush.count(), options_.lease.count()));
   if (options_.unavailable_after.count() <= 0)
     bad(fmt::format("unavailable_after must be positive (it is {} ms)", options_.unavailable_after.count()));
   if (options_.keep.count() <= 0) bad(fmt::format("keep must be positive (it is {} ms)", options_.keep.count()));

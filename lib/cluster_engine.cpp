@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 #include <hiredis/hiredis.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/time.h>
 
 #include <cctype>
@@ -73,7 +75,12 @@ EngineReply convert(const redisReply& r) {
 }  // namespace
 
 bool is_loopback(std::string_view host) {
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+  if (host == "localhost") return true;
+  const std::string text(host);
+  in_addr v4{};
+  if (::inet_pton(AF_INET, text.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  return ::inet_pton(AF_INET6, text.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
 EngineUrl parse_engine_url(std::string_view url) {
@@ -154,6 +161,10 @@ struct Engine::State {
       throw AuthFailed("", object, fmt::format("{}: {}", call, text));
     if (text.rfind("NOPERM", 0) == 0)
       throw PermissionDenied("", object, fmt::format("{}: {}", call, text));
+    // A server that cannot answer now (loading its data after a restart, a script
+    // running too long, a replica without its primary): as unreachable, so retried.
+    for (const char* busy : {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN"})
+      if (text.rfind(busy, 0) == 0) unavailable(fmt::format("{}: {}", call, text));
     throw Error("", object, fmt::format("{}: {}", call, text));
   }
   // Sends one command on the open context; false (and why) if the connection failed.

@@ -48,6 +48,14 @@ bool matches_or_throws(std::uint64_t i, std::uint64_t throws_at) {
   if (i == throws_at) throw std::invalid_argument("cannot judge " + std::to_string(i));
   return i > 30000 && i % 9973 == 9972;
 }
+std::uint64_t stops_at_last(std::uint64_t i) {
+  ::usleep(200);
+  if (i == 199) {  // the last item of the first chunk, once the rest of it ran: none to drop
+    ::usleep(100000);
+    procshare::request_stop();
+  }
+  return i;
+}
 std::uint64_t stops_at_1234(std::uint64_t i) {
   if (i == 1234) procshare::request_stop();
   ::usleep(200);
@@ -272,6 +280,27 @@ TEST_CASE("cancel() on one host, or a task's request_stop(), stops every host wi
     CHECK(report.find("request_stop()") != std::string::npos);
     CHECK(report.find("in items 1220 to 1239") != std::string::npos);
   }
+  // Raised by the last item of a chunk, on a pool of two workers: nothing of that chunk
+  // is left to drop, and the stop still reaches every host.
+  Hosts late;
+  for (int k = 0; k < 2; ++k)
+    late.start([&](int me) {
+      Pool pool({.workers = 2});
+      ClusterOptions options = options_for(server, "stops-at-last", me);
+      options.chunk = 200;
+      Cluster cluster(options);
+      try {
+        cluster.map(pool, Range{0, 20000}, stops_at_last);
+        return std::string("no throw");
+      } catch (const Stopped& e) {
+        return std::string(e.what());
+      }
+    });
+  for (const std::string& report : late.reports(60s)) {
+    INFO(report);
+    CHECK(report.find("request_stop()") != std::string::npos);
+    CHECK(report.find("in items 0 to 199") != std::string::npos);
+  }
   CHECK(keys_kept_for_ever(server).empty());
 }
 
@@ -326,6 +355,7 @@ TEST_CASE("a late host joins a finished job and gets its results without running
   CHECK(chunks_by_host(server, "late").count("h1") == 0);
   Cluster empty(options_for(server, "empty", 0));
   CHECK(empty.map(pool, Range{0, 0}, square).empty());
+  CHECK(keys_kept_for_ever(server).empty());
 }
 
 }  // TEST_SUITE

@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -64,7 +65,11 @@ TEST_CASE("an Engine runs commands on a private server, with the password from t
     std::string path = "/tmp/procshare-pw-" + std::to_string(::getpid());
     ~PasswordFile() { std::remove(path.c_str()); }
   } file;
-  std::ofstream(file.path) << server.password() << "\n";
+  {
+    const mode_t old = ::umask(077);  // (a password file only its owner can read)
+    std::ofstream(file.path) << server.password() << "\n";
+    ::umask(old);
+  }
   Engine from_file({.url = server.url(), .password_file = file.path});
   CHECK(from_file.command({"GET", "psj:{t}:k"}).text == "42");
 }
@@ -176,9 +181,8 @@ TEST_CASE("Cluster: bad options, passwords and ACL users are clear errors naming
       {"long job", [](ClusterOptions& o) { o.job = std::string(201, 'j'); }, "job name must be 1 to 200"},
       {"host with a space", [](ClusterOptions& o) { o.host = "my host"; }, "host name must be"},
       {"zero lease", [](ClusterOptions& o) { o.lease = 0ms; }, "lease must be positive"},
-      {"negative heartbeat", [](ClusterOptions& o) { o.heartbeat = -1ms; }, "heartbeat must be positive"},
-      {"slow heartbeat", [](ClusterOptions& o) { o.heartbeat = 1001ms; }, "at most lease / 3 (heartbeat 1001 ms, lease 3000 ms)"},
-      {"slow flush", [](ClusterOptions& o) { o.flush = 1001ms; }, "flush must be positive and at most the heartbeat"},
+      {"slow flush", [](ClusterOptions& o) { o.flush = 1001ms; }, "at most lease / 3, so that a working host renews "
+                                                                  "its leases in time (flush 1001 ms, lease 3000 ms)"},
       {"zero flush", [](ClusterOptions& o) { o.flush = 0ms; }, "flush must be positive"},
       {"zero unavailable_after", [](ClusterOptions& o) { o.unavailable_after = 0ms; }, "unavailable_after must be positive"},
       {"zero keep", [](ClusterOptions& o) { o.keep = 0ms; }, "keep must be positive"},
@@ -186,6 +190,7 @@ TEST_CASE("Cluster: bad options, passwords and ACL users are clear errors naming
       {"bad URL", [](ClusterOptions& o) { o.url = "redis:/127.0.0.1"; }, "must start with redis://"},
       {"password in the URL", [](ClusterOptions& o) { o.url = "redis://u:pw@127.0.0.1"; }, "never in the URL"},
       {"remote without opt-in", [](ClusterOptions& o) { o.url = "redis://10.9.8.7"; }, "no TLS"},
+      {"a name that looks like loopback", [](ClusterOptions& o) { o.url = "redis://127.evil.example"; }, "no TLS"},
       {"zero command timeout", [](ClusterOptions& o) { o.command_timeout = 0ms; }, "must be positive"},
   };
   for (const Row& row : rows) {
@@ -196,6 +201,7 @@ TEST_CASE("Cluster: bad options, passwords and ACL users are clear errors naming
     CHECK_THROWS_AS(Cluster{options}, InvalidArgument);
     CHECK(text.find(row.says) != std::string::npos);
     CHECK(text.find("(host ") != std::string::npos);
+    CHECK(text.find("pw@") == std::string::npos);  // (the password row: never in a message)
   }
   {
     PasswordEnv wrong("not-it");

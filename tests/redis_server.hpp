@@ -65,9 +65,17 @@ public:
                                password_ + "\n";
       const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
       ::close(fd);
-      if (!written) throw std::runtime_error("cannot write " + config_);
+      if (!written) {
+        remove_files();
+        throw std::runtime_error("cannot write " + config_);
+      }
     }
-    start();
+    try {
+      start();
+    } catch (...) {
+      remove_files();  // (the config holds the password)
+      throw;
+    }
   }
   ~RedisServer() {
     stop();

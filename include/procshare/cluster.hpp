@@ -28,7 +28,7 @@
 //   JobLost; AuthFailed, PermissionDenied (with the server's ACL text). Each message
 //   names the URL (never the password), the job and the host.
 // Engine keys: psj:{JOB}:meta, :leases, :owner, :partial, :done, :doneby, :fail, :res,
-//   :hosts, :chunks (one hash tag: one Redis Cluster slot), changed only by the scripts in
+//   :hosts, :chunks, :claims (one hash tag: one Redis Cluster slot), changed only by the scripts in
 //   lib/detail/cluster_scripts.hpp; channel psj:{JOB}:ctl. An ACL user restricted to
 //   them: ACL SETUSER psr on >PASSWORD resetkeys ~psj:* resetchannels &psj:* -@all
 //   +@read +@write +@pubsub +eval +evalsha +script|load +ping +time -@dangerous +info
@@ -91,7 +91,10 @@ struct EngineOptions {
   // `password_file` (its first line) if given, else none.
   std::string password_env = "PROCSHARE_REDIS_PASSWORD";
   std::string password_file{};
+  // The longest a connection may take to open (a server that is down refuses at once; a
+  // frozen one still accepts, so only the command timeout guards against it).
   std::chrono::milliseconds connect_timeout{1000};
+  // The longest a call may wait for its reply (then EngineUnavailable).
   std::chrono::milliseconds command_timeout{2000};
   // Allow a host that is not a loopback address without TLS (hiredis 0.14 has none).
   bool insecure_transport = false;
@@ -163,10 +166,8 @@ struct ClusterOptions {
   std::string host{};
   // A claimed chunk whose host has not renewed it for this long goes to another host.
   std::chrono::milliseconds lease{10000};
-  // How often a host renews its leases (0: lease / 3); at most lease / 3.
-  std::chrono::milliseconds heartbeat{0};
-  // How often a working host sends its partial progress (and looks for chunks freed by
-  // an expired lease once none is left to claim); at most the heartbeat.
+  // How often a working host renews its leases and sends its partial progress (and looks
+  // for chunks freed by an expired lease once none is left to claim); at most lease / 3.
   std::chrono::milliseconds flush{100};
   // Items per chunk, fixed when the job is made (0: adaptive: each host asks for ~50 ms
   // of its work, less towards the end so that every host gets some; the first chunks
@@ -176,11 +177,15 @@ struct ClusterOptions {
   unsigned prefetch = 1;
   // How long a finished (done or stopped) job's keys stay in the engine.
   std::chrono::milliseconds keep{3600 * 1000};
+  // The longest a connection may take to open, and a call to answer (see EngineOptions).
   std::chrono::milliseconds connect_timeout{1000};
   std::chrono::milliseconds command_timeout{2000};
   // An engine that cannot be reached for this long is EngineUnavailable on this host
-  // (calls are retried until then, with a backoff from 100 ms to 1 s).
+  // (once connected, calls are retried until then, with a backoff from 100 ms to 1 s;
+  // Cluster() itself connects once).
   std::chrono::milliseconds unavailable_after{30000};
+  // Where the password comes from (see EngineOptions): this environment variable if it
+  // is set, else the first line of password_file if one is given, else none.
   std::string password_env = "PROCSHARE_REDIS_PASSWORD";
   std::string password_file{};
   // Allow a host that is not a loopback address without TLS (see EngineOptions).
@@ -209,6 +214,8 @@ struct PROCSHARE_API ClusterTask {
   virtual std::shared_ptr<JobState> start(std::uint64_t first, std::uint64_t count) = 0;
   // map: whether the task returns results (which every host gathers).
   virtual bool keeps_results() const { return false; }
+  // map: whether every item has its result.
+  virtual bool results_complete() const { return true; }
   // map: an ended local job's results, serialized for the other hosts ("" if none).
   virtual void write(JobState&, std::vector<std::byte>&) {}
   // map: keeps an ended local job's results as those of items [first, ...).
@@ -246,6 +253,7 @@ public:
   [[noreturn]] void throw_taken() const;
   // find_first, after the job ended: the match (its position), if any.
   std::optional<std::uint64_t> best() const;
+  // This host's name in the job.
   const std::string& host() const noexcept;
 
 private:
@@ -264,10 +272,10 @@ template <JobKind Kind, class R, class I, class F, class... Args>
 struct ClusterTaskOf final : ClusterTask {
   using T = typename ItemsOf<I>::job_type;
   using Local = ResultState<std::conditional_t<Kind == JobKind::map, R, void>>;
-  std::shared_ptr<PoolCore> pool;
-  std::conditional_t<ItemsOf<I>::is_range, Range, std::vector<T>> items;
-  F f;
-  std::tuple<Args...> args;
+  std::shared_ptr<PoolCore> pool;                                      // this host's pool
+  std::conditional_t<ItemsOf<I>::is_range, Range, std::vector<T>> items;  // a copy (chunks start later)
+  F f;                                                                 // the task
+  std::tuple<Args...> args;                                            // its arguments
   ClusterResults<R> results;  // map: by position, as chunks end
 
   ClusterTaskOf(std::shared_ptr<PoolCore> p, const I& in, F fn, const Args&... a)
@@ -279,6 +287,13 @@ struct ClusterTaskOf final : ClusterTask {
     else return std::vector<T>(std::ranges::begin(in), std::ranges::end(in));
   }
   bool keeps_results() const override { return Kind == JobKind::map && !std::is_void_v<R>; }
+  bool results_complete() const override {
+    if constexpr (Kind == JobKind::map && !std::is_void_v<R>) {
+      for (const auto& value : results)
+        if (!value) return false;
+    }
+    return true;
+  }
   std::shared_ptr<JobState> start(std::uint64_t first, std::uint64_t count) override {
     auto state = std::make_shared<Local>(count);
     std::apply(
@@ -348,6 +363,8 @@ template <class I, class F, class R, class... Args> std::string task_signature(F
   return text;
 }
 
+// What tells two hosts' items apart: a Range's bounds, or a hash of the values' bytes as
+// they travel (so floats must be bit-identical).
 template <class I> std::string items_hash(const I& items) {
   using T = typename ItemsOf<I>::job_type;
   if constexpr (ItemsOf<I>::is_range) {
@@ -395,7 +412,7 @@ public:
   // Stops the job on every host: unstarted chunks are dropped, and get() throws Stopped
   // ("stopped by cancel() on HOST").
   void cancel() { core_->cancel(); }
-  // This host's name in the job.
+  // This host's name in the job (ClusterOptions::host, or "hostname:pid").
   const std::string& host() const noexcept { return core_->host(); }
 
 private:

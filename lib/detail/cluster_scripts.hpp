@@ -1,5 +1,5 @@
 // Cluster: the Lua scripts that are the only writers of a job's state in the engine
-// (Redis runs each atomically). Every script gets the job's ten keys, in this order:
+// (Redis runs each atomically). Every script gets the job's eleven keys, in this order:
 //
 //   KEYS[1] psj:{J}:meta     hash    spec (kind n chunk items args task keep), epoch,
 //                                    state (running|done|stopped), stop (who stopped it,
@@ -16,6 +16,9 @@
 //   KEYS[8] psj:{J}:res      hash    chunk -> its serialized results (map)
 //   KEYS[9] psj:{J}:hosts    hash    host -> last seen (server ms)
 //   KEYS[10] psj:{J}:chunks  hash    chunk -> "first end": its items
+//   KEYS[11] psj:{J}:claims  hash    host -> its last claim: "nonce chunk token first end"
+//                                    (a claim retried after its reply was lost gets the
+//                                    same chunk again, not a second one)
 //
 // Chunks are numbered as they are made, from the items in ascending order: a chunk's
 // first item grows with its number. A job with a fixed chunk size makes chunks of that
@@ -35,8 +38,8 @@ namespace procshare::detail::scripts {
 
 // Shared by every script.
 inline constexpr const char* prelude = R"lua(
-local meta, leases, owner, partial, done, doneby, fail, res, hosts, chunks =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local meta, leases, owner, partial, done, doneby, fail, res, hosts, chunks, claims =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local channel = string.sub(meta, 1, -5) .. 'ctl'
 local function now_ms()
   local t = redis.call('TIME')
@@ -61,6 +64,14 @@ local function claim_next(host, lease_ms, nonce, want, least)
   local m = redis.call('HMGET', meta, 'best', 'n', 'next', 'made', 'chunk')
   local now = now_ms()
   redis.call('HSET', hosts, host, now)
+  local last = redis.call('HGET', claims, host)
+  if last then  -- the same claim again (its reply was lost): the same chunk, if still held
+    local n, c, token, f, e = string.match(last, '^(%S+) (%d+) (%S+) (%d+) (%d+)$')
+    if n == nonce and redis.call('HGET', owner, c) == token then
+      redis.call('ZADD', leases, 'XX', now + tonumber(lease_ms), c)
+      return {'chunk', c, token, f, e, m[1]}
+    end
+  end
   local best, n = tonumber(m[1]), tonumber(m[2])
   local c, first, last
   while true do
@@ -93,6 +104,7 @@ local function claim_next(host, lease_ms, nonce, want, least)
   redis.call('ZADD', leases, now + tonumber(lease_ms), int(c))
   redis.call('HSET', owner, int(c), token)
   redis.call('HSET', partial, int(c), 0)
+  redis.call('HSET', claims, host, nonce .. ' ' .. int(c) .. ' ' .. token .. ' ' .. int(first) .. ' ' .. int(last))
   return {'chunk', int(c), token, int(first), int(last), m[1]}
 end
 )lua";
@@ -108,6 +120,7 @@ if redis.call('EXISTS', meta) == 0 then
     'stop', '', 'next', 0, 'made', 0, 'best', ARGV[3], 'fence', 0, 'done_items', 0,
     'failed_items', 0, 'skipped_items', 0, 'done_chunks', 0, 'redelivered', 0, 'fenced', 0,
     'created', now_ms())
+  redis.call('HSET', hosts, ARGV[8], now_ms())  -- (before finish: it must expire too)
   if tonumber(ARGV[3]) == 0 then finish('done', 'done') end
 else
   for i, field in ipairs(fields) do
@@ -135,7 +148,7 @@ return claim_next(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 
 // heartbeat(epoch, host, lease_ms, [chunk, token, items done]...): renews each lease the
 // caller still holds and records its partial progress (an overwrite: a retry or a
-// zombie cannot inflate it).
+// zombie cannot inflate it); a lease_ms of 0 hands the chunks back (a host that leaves).
 // -> {'ok', best, {1 kept | 0 lost, ...}} | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* heartbeat = R"lua(
 if lost() then return {'lost'} end
@@ -149,7 +162,8 @@ for i = 4, #ARGV, 3 do
     redis.call('ZADD', leases, 'XX', now + tonumber(ARGV[3]), ARGV[i])
     redis.call('HSET', partial, ARGV[i], ARGV[i + 2])
     kept[#kept + 1] = 1
-  else
+  else  -- its lease went elsewhere: refused, and counted as fenced (as a completion is)
+    redis.call('HINCRBY', meta, 'fenced', 1)
     kept[#kept + 1] = 0
   end
 end

@@ -244,7 +244,8 @@ public:
     state->done = job.done.load();
     state->failed = job.failed.load();
     state->skipped = job.skipped.load();
-    state->stopped = job.stop.load() != 0 && state->skipped > 0;
+    state->stop_raised = job.stop.load() != 0;
+    state->stopped = state->stop_raised && state->skipped > 0;
     if (state->kind == JobKind::find_first && job.best.load() < job.total) state->found = job.best.load();
     if (job.result_slot_bytes)
       state->copy_fixed(job.results_offset == in_slot ? job.inline_results : block->arena() + job.results_offset);

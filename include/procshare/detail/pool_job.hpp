@@ -54,7 +54,8 @@ struct PROCSHARE_API JobState {
   std::uint64_t total = 0;
   JobKind kind = JobKind::map;
   bool finished = false;           // every item settled and every result moved here
-  bool stopped = false;            // the job's stop flag was raised
+  bool stopped = false;            // the job's stop flag was raised, and items were dropped
+  bool stop_raised = false;        // the job's stop flag was raised (even too late to drop any)
   bool cancelled = false;          // Future::cancel() took it before any worker did
   std::string closed;              // why the pool could not finish it ("" if it did)
   std::vector<Failure> failures;   // in arrival order
