@@ -23,12 +23,14 @@
 // Chunks are numbered as they are made, from the items in ascending order: a chunk's
 // first item grows with its number. A job with a fixed chunk size makes chunks of that
 // size; otherwise each claim asks for a size (the host aims at ~50 ms of work from what
-// its earlier chunks took), cut to the remaining items / (2 x hosts) so that every host
-// gets some, but never below ~1/8 of it (the last chunks shrink, without a tail of tiny
-// chunks that would each cost round trips).
-// and ARGV[1], the epoch its host joined (a random id made with the job): a job whose
-// meta is gone or has another epoch was lost (a restart without persistence, or made
-// anew), and every script answers {'lost'} rather than touch it. Counts move only in
+// its earlier chunks took), cut to the remaining items / (2 x the hosts seen within a
+// lease) so that every host gets some, but never below ~1/8 of it (the last chunks
+// shrink, without a tail of tiny chunks that would each cost round trips).
+//
+// Every script but join also gets ARGV[1], the epoch its host joined (a random id made
+// with the job): a job whose meta is gone or has another epoch was lost (a restart
+// without persistence, or made anew), and the script answers {'lost'} rather than
+// touch it. Counts move only in
 // complete, under the lease holder's token, in the same step as the done bit: exactly
 // once, however often a chunk ran. A job that ends (done, stopped) publishes it on the
 // channel psj:{J}:ctl and its keys expire `keep` ms later.
@@ -93,7 +95,12 @@ local function claim_next(host, lease_ms, nonce, want, least)
     if next >= n or next > best then return {'wait', m[1]} end
     local size = tonumber(m[5])
     if size == 0 then
-      local share = math.ceil((n - next) / (2 * redis.call('HLEN', hosts)))
+      -- the hosts seen within a lease (one that left no longer takes a share)
+      local live, seen = 0, redis.call('HVALS', hosts)
+      for i = 1, #seen do
+        if tonumber(seen[i]) >= now - tonumber(lease_ms) then live = live + 1 end
+      end
+      local share = math.ceil((n - next) / (2 * math.max(1, live)))
       size = math.max(1, tonumber(least), math.min(tonumber(want), share))
     end
     c, first, last = tonumber(m[4]), next, math.min(n, next + size)
