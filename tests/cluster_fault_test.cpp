@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <random>
@@ -54,15 +55,16 @@ std::mt19937& random_source() {
   return source;
 }
 
-// Waits until all three hosts joined, at least `chunks` chunks are done and host `host`
-// holds a lease; returns false after 30 s or if the job ended first.
-bool wait_mid_work(Engine& engine, const std::string& job, std::uint64_t chunks, const std::string& host) {
+// Waits until `joined` hosts joined (0: any), at least `chunks` chunks are done and host
+// `host` holds a lease; returns false after 30 s or if the job ended first.
+bool wait_mid_work(Engine& engine, const std::string& job, std::uint64_t chunks, const std::string& host,
+                   long long joined = 3) {
   const auto until = Clock::now() + 30s;
   while (Clock::now() < until) {
     const auto meta = meta_of(engine, job);
     if (meta.count("state") && meta.at("state") != "running") return false;
     if (meta.count("done_chunks") && std::stoull(meta.at("done_chunks")) >= chunks &&
-        engine.command({"HLEN", "psj:{" + job + "}:hosts"}).integer == 3)
+        (joined == 0 || engine.command({"HLEN", "psj:{" + job + "}:hosts"}).integer == joined))
       for (const auto& token : engine.command({"HVALS", "psj:{" + job + "}:owner"}).elements)
         if (token.text.find(":" + host + ":") != std::string::npos) return true;
     std::this_thread::sleep_for(2ms);
@@ -115,6 +117,53 @@ TEST_CASE("a host SIGKILLed while it holds a chunk: the chunk is redelivered, to
     CHECK(reports[0] == "ok");
     CHECK(reports[1] == "killed by signal 9");
     CHECK(reports[2] == "ok");
+    check_exact(engine, job);
+    CHECK(std::stoull(meta_of(engine, job).at("redelivered")) >= 1);
+    CHECK(hosts.all_gone());
+  }
+}
+
+TEST_CASE("a host storm: hosts SIGKILLed at random moments while new ones join, totals exact") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Engine engine({.url = server.url()});
+  for (int round = 0; round < 2; ++round) {
+    const std::string job = "storm-" + std::to_string(round);
+    // Three kills, each once at least `after` chunks are done (drawn over the job's 60
+    // chunks) and the victim (a live host drawn at random) holds a lease; each victim is
+    // replaced by a new host that joins the running job.
+    std::vector<std::uint64_t> after;
+    for (int k = 0; k < 3; ++k) after.push_back(std::uniform_int_distribution<std::uint64_t>(1, 40)(random_source()));
+    std::sort(after.begin(), after.end());
+    INFO("round ", round, ": kills after ", after[0], ", ", after[1], ", ", after[2], " chunks");
+    Hosts hosts;
+    std::vector<int> live;
+    const auto start_host = [&] {
+      hosts.start([&](int me) { return run_and_check(options_for(server, job, me, 300ms)); });
+      live.push_back(hosts.count() - 1);
+    };
+    for (int k = 0; k < 4; ++k) start_host();
+    std::vector<int> killed;
+    for (const std::uint64_t chunks : after) {
+      const std::size_t pick = std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(random_source());
+      const int victim = live[pick];
+      if (!wait_mid_work(engine, job, chunks, "h" + std::to_string(victim), 0)) break;  // (ended first)
+      hosts.signal_group(victim, SIGKILL);
+      killed.push_back(victim);
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(pick));
+      start_host();
+    }
+    const auto reports = hosts.reports(90s);
+    for (std::size_t k = 0; k < reports.size(); ++k) {
+      INFO("host h", k);
+      if (std::find(killed.begin(), killed.end(), static_cast<int>(k)) != killed.end())
+        CHECK(reports[k] == "killed by signal 9");
+      else
+        CHECK(reports[k] == "ok");
+    }
+    CHECK(killed.size() >= 1);
+    MESSAGE("storm round ", round, ": ", killed.size(), " hosts killed, ", reports.size(), " started, ",
+            meta_of(engine, job).at("redelivered"), " chunks redelivered");
     check_exact(engine, job);
     CHECK(std::stoull(meta_of(engine, job).at("redelivered")) >= 1);
     CHECK(hosts.all_gone());

@@ -95,6 +95,8 @@ public:
   }
 
   pid_t pid(int k) const { return hosts_.at(static_cast<std::size_t>(k)).group; }
+  // How many hosts were started.
+  int count() const { return static_cast<int>(hosts_.size()); }
   // Whether no process is left in any host's process group (the hosts, their pools'
   // supervisors and workers), waiting up to `timeout` for them to go.
   bool all_gone(std::chrono::milliseconds timeout = std::chrono::seconds(10)) const {

@@ -10,6 +10,7 @@
 
 #include <doctest/doctest.h>
 
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -40,6 +41,10 @@ std::uint64_t cube_slowly(std::uint64_t i, int micros) {
 }
 std::uint64_t fails_every_thousandth(std::uint64_t i) {
   if (i % 1000 == 999) throw std::runtime_error("bad item " + std::to_string(i));
+  return i;
+}
+std::uint64_t dies_at_777(std::uint64_t i) {
+  if (i == 777) ::raise(SIGKILL);  // (its worker dies; a new one takes the rest)
   return i;
 }
 std::string tagged(const std::string& word, const std::string& suffix) { return word + suffix; }
@@ -235,6 +240,29 @@ TEST_CASE("a cluster map with failing items throws the lowest-index TaskError on
   const auto meta = meta_of(server, "failing");
   CHECK(meta.at("failed_items") == "10");
   CHECK(meta.at("done_items") == "9990");
+}
+
+TEST_CASE("a pool worker killed mid-item on one host is the same WorkerDied on every host, the rest done") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Hosts hosts;
+  for (int k = 0; k < 2; ++k)
+    hosts.start([&](int me) {
+      Pool pool({.workers = 1});
+      Cluster cluster(options_for(server, "worker-died", me));
+      try {
+        cluster.map(pool, Range{0, 5000}, dies_at_777);
+        return std::string("no throw");
+      } catch (const WorkerDied& e) {
+        const std::string text = e.what();
+        if (text.find("cluster job 'worker-died'") == std::string::npos) return "message: " + text;
+        return "WorkerDied " + std::to_string(e.index()) + " signal " + std::to_string(e.signal());
+      }
+    });
+  for (const std::string& report : hosts.reports(60s)) CHECK(report == "WorkerDied 777 signal 9");
+  const auto meta = meta_of(server, "worker-died");
+  CHECK(meta.at("failed_items") == "1");
+  CHECK(meta.at("done_items") == "4999");
 }
 
 TEST_CASE("cancel() on one host, or a task's request_stop(), stops every host with Stopped naming who") {
