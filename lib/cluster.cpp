@@ -52,9 +52,22 @@ const std::string& tag(const EngineReply& reply) {
   return reply.elements.empty() ? none : reply.elements[0].text;
 }
 
+// 128 random bits as hex: a job's epoch, a host's claim nonces. From a generator seeded
+// once per process (std::random_device costs ~16 us a call here; a forked child seeds
+// its own, so two hosts forked from one parent never share a sequence).
 std::string random_id() {
-  std::random_device device;
-  return fmt::format("{:08x}{:08x}{:08x}{:08x}", device(), device(), device(), device());
+  static std::mutex mutex;
+  static std::mt19937_64 generator;
+  static pid_t seeded_in = 0;
+  std::lock_guard guard(mutex);
+  if (seeded_in != ::getpid()) {
+    std::random_device device;
+    std::seed_seq seed{device(), device(), device(), device(), static_cast<unsigned>(::getpid())};
+    generator.seed(seed);
+    seeded_in = ::getpid();
+  }
+  const std::uint64_t high = generator();
+  return fmt::format("{:016x}{:016x}", high, generator());
 }
 
 std::string kind_name(JobKind kind) {
@@ -542,6 +555,8 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
   args.insert(args.end(), mine_spec.begin(), mine_spec.end());
   args.push_back(s.host);
   args.push_back(std::to_string(options.keep.count()));
+  std::vector<std::string> claim = s.claim_args();  // (the first chunk rides on the join)
+  args.insert(args.end(), claim.begin() + 1, claim.end());
   const EngineReply reply = s.run(scripts::join, args);
   if (tag(reply) == "mismatch") {
     const std::string& field = reply.elements.at(1).text;
@@ -562,6 +577,8 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
   if (reply.elements.at(2).text != "running")
     s.end(reply.elements.at(2).text, reply.elements.at(3).text, number(reply.elements.at(4)),
           number(reply.elements.at(5)));
+  else if (reply.elements.size() > 6)
+    s.take_claim(reply.elements[6], Clock::now());
 }
 
 ClusterCore::~ClusterCore() {

@@ -25,7 +25,8 @@
 // size; otherwise each claim asks for a size (the host aims at ~50 ms of work from what
 // its earlier chunks took), cut to the remaining items / (2 x the hosts seen within a
 // lease) so that every host gets some, but never below ~1/8 of it (the last chunks
-// shrink, without a tail of tiny chunks that would each cost round trips).
+// shrink, without a tail of tiny chunks that would each cost round trips); when what is
+// left fits in the asked size, it is one chunk.
 //
 // Every script but join also gets ARGV[1], the epoch its host joined (a random id made
 // with the job): a job whose meta is gone or has another epoch was lost (a restart
@@ -94,7 +95,9 @@ local function claim_next(host, lease_ms, nonce, want, least)
     local next = tonumber(m[3])
     if next >= n or next > best then return {'wait', m[1]} end
     local size = tonumber(m[5])
-    if size == 0 then
+    if size == 0 and tonumber(want) >= n - next then
+      size = n - next  -- the rest is less than the host's ~50 ms: sharing it gains little
+    elseif size == 0 then
       -- the hosts seen within a lease (one that left no longer takes a share)
       local live, seen = 0, redis.call('HVALS', hosts)
       for i = 1, #seen do
@@ -116,9 +119,11 @@ local function claim_next(host, lease_ms, nonce, want, least)
 end
 )lua";
 
-// join(epoch, kind, n, chunk, items, args, task, host, keep): makes the job
+// join(epoch, kind, n, chunk, items, args, task, host, keep, lease_ms, nonce, size,
+// least): makes the job
 // (ARGV[1] becomes its epoch) or checks that the caller's spec is the job's.
-// -> {'ok', epoch, state, stop, best, failed_items} | {'mismatch', field, the job's value}
+// -> {'ok', epoch, state, stop, best, failed_items[, claim's reply]}
+//    | {'mismatch', field, the job's value}
 inline constexpr const char* join = R"lua(
 local fields = {'kind', 'n', 'chunk', 'items', 'args', 'task'}
 if redis.call('EXISTS', meta) == 0 then
@@ -137,6 +142,9 @@ else
 end
 redis.call('HSET', hosts, ARGV[8], now_ms())
 local m = redis.call('HMGET', meta, 'epoch', 'state', 'stop', 'best', 'failed_items')
+if m[2] == 'running' then  -- and the host's first chunk, as claim would (one round trip)
+  return {'ok', m[1], m[2], m[3], m[4], m[5], claim_next(ARGV[8], ARGV[10], ARGV[11], ARGV[12], ARGV[13])}
+end
 return {'ok', m[1], m[2], m[3], m[4], m[5]}
 )lua";
 
