@@ -290,46 +290,34 @@ TEST_CASE("cancel() on one host, or a task's request_stop(), stops every host wi
       CHECK(report.find("stopped by cancel() on h0") != std::string::npos);
     CHECK(meta_of(server, "cancelled").at("state") == "stopped");
   }
-  Hosts hosts;
-  for (int k = 0; k < 2; ++k)
-    hosts.start([&](int me) {
-      Pool pool({.workers = 1});
-      ClusterOptions options = options_for(server, "stops-itself", me);
-      options.chunk = 20;
-      Cluster cluster(options);
-      try {
-        cluster.map(pool, Range{0, 20000}, stops_at_1234);
-        return std::string("no throw");
-      } catch (const Stopped& e) {
-        return std::string(e.what());
-      }
-    });
-  for (const std::string& report : hosts.reports(60s)) {
-    INFO(report);
-    CHECK(report.find("request_stop()") != std::string::npos);
-    CHECK(report.find("in items 1220 to 1239") != std::string::npos);
-  }
+  // Two hosts of `workers` workers each run `task` (which calls request_stop()) in chunks
+  // of `chunk`; every host's get() must throw Stopped naming the chunk it came from.
+  const auto stopped_by_task = [&](const std::string& job, unsigned workers, std::uint64_t chunk,
+                                   std::uint64_t (*task)(std::uint64_t), const std::string& items) {
+    Hosts hosts;
+    for (int k = 0; k < 2; ++k)
+      hosts.start([&](int me) {
+        Pool pool({.workers = workers});
+        ClusterOptions options = options_for(server, job, me);
+        options.chunk = chunk;
+        Cluster cluster(options);
+        try {
+          cluster.map(pool, Range{0, 20000}, task);
+          return std::string("no throw");
+        } catch (const Stopped& e) {
+          return std::string(e.what());
+        }
+      });
+    for (const std::string& report : hosts.reports(60s)) {
+      INFO(report);
+      CHECK(report.find("request_stop()") != std::string::npos);
+      CHECK(report.find(items) != std::string::npos);
+    }
+  };
+  stopped_by_task("stops-itself", 1, 20, stops_at_1234, "in items 1220 to 1239");
   // Raised by the last item of a chunk, on a pool of two workers: nothing of that chunk
   // is left to drop, and the stop still reaches every host.
-  Hosts late;
-  for (int k = 0; k < 2; ++k)
-    late.start([&](int me) {
-      Pool pool({.workers = 2});
-      ClusterOptions options = options_for(server, "stops-at-last", me);
-      options.chunk = 200;
-      Cluster cluster(options);
-      try {
-        cluster.map(pool, Range{0, 20000}, stops_at_last);
-        return std::string("no throw");
-      } catch (const Stopped& e) {
-        return std::string(e.what());
-      }
-    });
-  for (const std::string& report : late.reports(60s)) {
-    INFO(report);
-    CHECK(report.find("request_stop()") != std::string::npos);
-    CHECK(report.find("in items 0 to 199") != std::string::npos);
-  }
+  stopped_by_task("stops-at-last", 2, 200, stops_at_last, "in items 0 to 199");
   CHECK(keys_kept_for_ever(server).empty());
 }
 
