@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <functional>
 #include <cstring>
 #include <mutex>
 #include <random>
@@ -30,22 +31,35 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-// Each script with the prelude, made once (Engine::eval caches its SHA by address).
+// Each script with the prelude, made once for the process (and never changed after:
+// read without a lock; Engine::eval caches its SHA by the text's address).
 const std::string& script(const char* body) {
-  static std::mutex mutex;
-  static std::unordered_map<const char*, std::string> made;  // (nodes: references stay valid)
-  std::lock_guard guard(mutex);
-  auto [at, inserted] = made.try_emplace(body);
-  if (inserted) at->second = std::string(scripts::prelude) + body;
-  return at->second;
+  static const std::unordered_map<const char*, std::string> made = [] {
+    std::unordered_map<const char*, std::string> m;
+    for (const char* b : {scripts::join, scripts::claim, scripts::heartbeat, scripts::complete, scripts::stop,
+                          scripts::status})
+      m.emplace(b, std::string(scripts::prelude) + b);
+    return m;
+  }();
+  return made.at(body);
 }
 
-std::uint64_t number(const EngineReply& reply) {
-  if (reply.kind == EngineReply::Kind::integer) return static_cast<std::uint64_t>(reply.integer);
+std::uint64_t parse_u64(std::string_view text) {
   std::uint64_t value = 0;
-  std::from_chars(reply.text.data(), reply.text.data() + reply.text.size(), value);
+  std::from_chars(text.data(), text.data() + text.size(), value);
   return value;
 }
+std::uint64_t number(const EngineReply& reply) {
+  if (reply.kind == EngineReply::Kind::integer) return static_cast<std::uint64_t>(reply.integer);
+  return parse_u64(reply.text);
+}
+
+// What moving a map's results through the engine costs, in bytes per second: the
+// sender's serializing and sending, the engine's storing, and a reader's reading (on this
+// platform, loopback: 16 MB of results sent in ~75 ms and read back in ~35 ms). A chunk
+// whose results take longer to move than it took to compute is not sent: each host that
+// needs them computes them again (ResultTransfer::automatic).
+constexpr double engine_bytes_per_second = 150e6;
 
 const std::string& tag(const EngineReply& reply) {
   static const std::string none;
@@ -147,6 +161,7 @@ struct ClusterCore::State {
   std::string epoch;
   std::uint64_t chunk = 0;  // fixed chunk size, or 0: this host asks for `want` items
   std::uint64_t want = 1;
+  std::uint64_t most = UINT64_MAX;  // an adaptive chunk's largest size: half the pool's arena
   milliseconds beat_every{};
 
   struct Running {
@@ -157,6 +172,9 @@ struct ClusterCore::State {
     bool cancelled = false;  // by this host (a chunk above find_first's match)
   };
   std::vector<Running> running;
+  struct Chunk {  // (one the engine made)
+    std::uint64_t chunk, first, end;
+  };
   // map: the items [first, end) of the chunks whose results this host holds (its own
   // accepted completions, and those it read)
   std::set<std::pair<std::uint64_t, std::uint64_t>> mine;
@@ -165,6 +183,7 @@ struct ClusterCore::State {
   std::uint64_t claims = 0;
   std::string nonce = random_id().substr(0, 8);  // (with `claims`: each claim's own)
   bool timed = false;  // an adaptive job: `want` comes from a chunk this host timed
+  Clock::time_point last_settled{};  // when this host's last chunk ended
 
   bool ended = false;
   std::string end_state;  // "done", "stopped"
@@ -205,8 +224,11 @@ struct ClusterCore::State {
   }
   // Runs a script, retrying (100 ms to 1 s apart) while the engine does not answer, up
   // to unavailable_after. {'lost'} throws JobLost.
-  EngineReply run(const char* body, const std::vector<std::string>& args) {
-    EngineReply reply = retried([&] { return engine->eval(script(body), keys, args); });
+  // `meanwhile` runs on the first try, once the call is sent (see Engine::eval).
+  EngineReply run(const char* body, const std::vector<std::string>& args,
+                  std::function<void()> meanwhile = nullptr) {
+    EngineReply reply =
+        retried([&] { return engine->eval(script(body), keys, args, std::exchange(meanwhile, nullptr)); });
     if (tag(reply) == "lost") lost();
     return reply;
   }
@@ -251,8 +273,14 @@ struct ClusterCore::State {
 
   // ------------------------------------------------------------ the job's end
 
+  // Gives up a local job: cancelled, and its results (should it still end) go nowhere.
+  void give_up(Running& r) {
+    cancel_job(*pool, *r.local);
+    task->detach(*r.local);
+    r.cancelled = true;
+  }
   void cancel_local() {
-    for (Running& r : running) cancel_job(*pool, *r.local);
+    for (Running& r : running) give_up(r);
     running.clear();
   }
   void end(const std::string& state, const std::string& who, std::uint64_t best_now,
@@ -274,6 +302,27 @@ struct ClusterCore::State {
 
   // ------------------------------------------------------------ the host loop
 
+  // Runs `call` on this host's pool; its errors (a pool closed, broken or used by another
+  // process, its arena full) also name the cluster job: "pool (WHAT cluster job ...)".
+  template <class Call> auto on_pool(const std::string& what, const Call& call) {
+    const auto detail = [](const Error& e) {  // (what follows "OBJECT: " in the message)
+      const std::string text = e.what();
+      const auto at = text.find(e.object() + ": ");
+      return at == std::string::npos ? text : text.substr(at + e.object().size() + 2);
+    };
+    try {
+      return call();
+    } catch (const PoolClosed& e) {
+      throw PoolClosed(e.segment(), fmt::format("{} ({}{})", e.object(), what, object), detail(e));
+    } catch (const SegmentFull& e) {
+      throw SegmentFull(e.segment(), fmt::format("{} ({}{})", e.object(), what, object), detail(e));
+    }
+  }
+  // Starts items [first, first + count) as a local job on this host's pool.
+  std::shared_ptr<JobState> start_local(std::uint64_t first, std::uint64_t count) {
+    return on_pool(fmt::format("items {} to {} of ", first, first + count - 1),
+                   [&] { return task->start(first, count); });
+  }
   // Whether this host would claim a chunk now: fewer than 1 + prefetch run (just 1 until
   // an adaptive job has timed a chunk: a second chunk of the first guess is no better),
   // and not waiting for one to come free.
@@ -298,12 +347,14 @@ struct ClusterCore::State {
       next_claim = now + options.flush;
       return false;
     }
-    waiting = false;
     const std::uint64_t c = number(reply.elements.at(1));
     const std::uint64_t first = number(reply.elements.at(3));
     const std::uint64_t count = number(reply.elements.at(4)) - first;
-    running.push_back(
-        Running{c, first, count, reply.elements.at(2).text, task->start(first, count), Clock::now()});
+    // The job's last items: nothing new is left to claim, only chunks whose lease runs out
+    // (looked for after a flush interval, as after a 'wait').
+    waiting = first + count >= spec.total;
+    if (waiting) next_claim = now + options.flush;
+    running.push_back(Running{c, first, count, reply.elements.at(2).text, start_local(first, count), Clock::now()});
     return true;
   }
   void claim_chunks(Clock::time_point now) {
@@ -333,10 +384,7 @@ struct ClusterCore::State {
       // A lost lease (this host was too slow: the chunk went to another) or, in
       // find_first, a chunk wholly above a match found elsewhere: it need not finish.
       const bool lost_lease = i < kept.size() && kept[i].integer == 0;
-      if (lost_lease || (r.first > best_now && !r.cancelled)) {
-        cancel_job(*pool, *r.local);
-        r.cancelled = true;
-      }
+      if (lost_lease || (r.first > best_now && !r.cancelled)) give_up(r);
       if (lost_lease) continue;
       still.push_back(std::move(r));
     }
@@ -355,22 +403,35 @@ struct ClusterCore::State {
       if (tag(reply) == "ended") return end_from(reply);
       return end("stopped", reply.elements.at(1).text, spec.total, std::nullopt);
     }
+    // The chunk's wall time, with the claim and the queueing behind the chunk before it:
+    // an overestimate of what its items cost (what the next chunk's size comes from: never
+    // too large); and its time once the chunk before it ended (what computing its items
+    // again would cost, for ResultTransfer::automatic).
+    const auto ended_at = Clock::now();
+    const double seconds = std::chrono::duration<double>(ended_at - r.started).count();
+    const double run_seconds = std::chrono::duration<double>(ended_at - std::max(r.started, last_settled)).count();
+    last_settled = ended_at;
     if (chunk == 0 && !r.cancelled && r.count > 0) {
-      // The next chunk's size: ~50 ms of this host's work at the rate this one ran (its
-      // wall time, with the claim and the queueing behind the chunk before it: an
+      // The next chunk's size: ~50 ms of this host's work at the rate this one ran (an
       // overestimate of the cost of an item, so never too large a chunk). The claim
       // script caps it at the remaining items / (2 x hosts).
-      const double seconds = std::chrono::duration<double>(Clock::now() - r.started).count();
       const double fit = seconds > 0 ? 0.05 * static_cast<double>(r.count) / seconds : 1e18;
-      want = fit >= 1e18 ? UINT64_MAX : std::max<std::uint64_t>(1, static_cast<std::uint64_t>(fit));
+      want = fit >= 1e18 ? most : std::clamp<std::uint64_t>(static_cast<std::uint64_t>(fit), 1, most);
       timed = true;
     }
     const bool first_kind = spec.kind == JobKind::find_first;
     // (a plain number, not an optional: g++ 12 warns falsely on the optional here)
     const bool matched = first_kind && local.found.has_value();
     const std::uint64_t found = matched ? r.first + local.found.value() : UINT64_MAX;
+    // A map's results go to the engine for the other hosts when computing them again
+    // would take longer than moving them (ResultTransfer::automatic), else each host that
+    // needs them computes them again (finish). A chunk with failures sends none: the job
+    // throws its lowest failure, and nobody reads them.
     std::vector<std::byte> results;
-    task->write(local, results);
+    if (task->keeps_results() && local.failed == 0 && local.skipped == 0 && !r.cancelled) {
+      const double budget = options.results == ResultTransfer::engine ? 1e18 : run_seconds * engine_bytes_per_second;
+      task->write(r.first, r.count, budget >= 1e18 ? SIZE_MAX : static_cast<std::size_t>(budget), results);
+    }
     std::vector<std::string> args{epoch,
                                   std::to_string(r.chunk),
                                   r.token,
@@ -388,10 +449,7 @@ struct ClusterCore::State {
       const std::uint64_t position = r.first + f.index;
       if (position >= found) continue;  // (above the match: it cannot matter)
       args.push_back(std::to_string(position));
-      args.push_back(fmt::format("{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}", position, field_separator, f.died ? 1 : 0,
-                                 field_separator, f.pid, field_separator, f.signal, field_separator,
-                                 f.exit_status, field_separator, host, field_separator, f.type,
-                                 field_separator, f.message));
+      args.push_back(failure_record(position, f));
     }
     const EngineReply reply = run(scripts::complete, args);
     const std::string& what = tag(reply);
@@ -400,10 +458,7 @@ struct ClusterCore::State {
       if (reply.elements.size() > 1) take_claim(reply.elements[1], now);
       return;
     }
-    if (spec.kind == JobKind::map) {
-      mine.insert({r.first, r.first + r.count});
-      task->adopt(local, r.first);
-    }
+    if (spec.kind == JobKind::map) mine.insert({r.first, r.first + r.count});  // (its results are in place)
     if (reply.elements.at(1).text == "done")
       return end("done", "", number(reply.elements.at(2)), number(reply.elements.at(3)));
     if (reply.elements.size() > 4) take_claim(reply.elements[4], now);
@@ -459,6 +514,12 @@ struct ClusterCore::State {
     return p;
   }
 
+  // A failure of item `position` (run on this host) as the fail zset holds it.
+  std::string failure_record(std::uint64_t position, const JobState::Failure& f) const {
+    return fmt::format("{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}", position, field_separator, f.died ? 1 : 0, field_separator,
+                       f.pid, field_separator, f.signal, field_separator, f.exit_status, field_separator, host,
+                       field_separator, f.type, field_separator, f.message);
+  }
   [[noreturn]] void throw_failure(const std::string& record) {
     std::vector<std::string> f;
     std::size_t at = 0;
@@ -485,32 +546,29 @@ struct ClusterCore::State {
   void finish(std::uint64_t limit) {
     if (broken) std::rethrow_exception(broken);
     const bool gather = task->keeps_results() && end_state != "stopped";
-    if (failed_at_end != std::uint64_t{0} || gather) {
-      // (reads: first, that the keys are still the job's: they expire `keep` after its end)
-      if (read({"HGET", keys[0], "epoch"}).text != epoch) lost();
-    }
     if (failed_at_end != std::uint64_t{0}) {  // (known to be none: no round trip)
+      // (first, that the keys are still the job's: they expire `keep` after its end)
+      if (read({"HGET", keys[0], "epoch"}).text != epoch) lost();
       const EngineReply lowest = read({"ZRANGE", keys[6], "0", "0", "WITHSCORES"});
       if (lowest.elements.size() == 2 && number(lowest.elements[1]) < limit)
         throw_failure(lowest.elements[0].text);
     }
     if (end_state == "stopped") throw Stopped("", object, fmt::format("the job was stopped by {}", stopped_by));
-    if (!gather) return;
+    if (!gather || covers_all()) return;  // (all computed here: no call at all)
     // The results of the chunks this host has not (other hosts completed them), by their
     // items (a chunk's number is not enough: a server restarted from its append-only file
-    // may have made a chunk again, with other items), 256 chunks a call.
-    struct Wanted {
-      std::uint64_t chunk, first, end;
-    };
-    std::vector<Wanted> wanted;
+    // may have made a chunk again, with other items), 256 chunks a call; those not in the
+    // engine (cheaper to compute again than to move) this host computes again.
+    if (read({"HGET", keys[0], "epoch"}).text != epoch) lost();  // (they expire `keep` after the end)
+    std::vector<Chunk> wanted, again;
     const EngineReply made = read({"HGETALL", keys[9]});
     for (std::size_t i = 0; i + 1 < made.elements.size(); i += 2) {
       const std::string& range = made.elements[i + 1].text;
       const auto space = range.find(' ');
       if (space == std::string::npos) continue;
-      const std::uint64_t first = number(EngineReply{EngineReply::Kind::string, range.substr(0, space), 0, {}});
-      const std::uint64_t end = number(EngineReply{EngineReply::Kind::string, range.substr(space + 1), 0, {}});
-      if (mine.count({first, end}) == 0) wanted.push_back({number(made.elements[i]), first, end});
+      const std::uint64_t first = parse_u64(std::string_view(range).substr(0, space));
+      const std::uint64_t end = parse_u64(std::string_view(range).substr(space + 1));
+      if (mine.count({first, end}) == 0) wanted.push_back({parse_u64(made.elements[i].text), first, end});
     }
     for (std::size_t at = 0; at < wanted.size(); at += 256) {
       std::vector<std::string> args{"HMGET", keys[7]};
@@ -519,13 +577,62 @@ struct ClusterCore::State {
       const EngineReply reply = read(args);
       for (std::size_t k = at; k < end; ++k) {
         const EngineReply& bytes = reply.elements.at(k - at);
-        if (bytes.kind != EngineReply::Kind::string) continue;  // (checked below)
+        if (bytes.kind != EngineReply::Kind::string) {
+          again.push_back(wanted[k]);
+          continue;
+        }
         task->read(wanted[k].first, wanted[k].end - wanted[k].first,
                    std::as_bytes(std::span(bytes.text.data(), bytes.text.size())));
         mine.insert({wanted[k].first, wanted[k].end});
       }
     }
-    if (!task->results_complete()) lost();  // (an item without a result: never a default value)
+    compute_again(again);
+    if (!covers_all()) lost();  // (an item without a result: never a default value)
+  }
+
+  // Whether the chunks this host holds the results of cover every item.
+  bool covers_all() const {
+    std::uint64_t next = 0;
+    for (const auto& [first, end] : mine) {
+      if (first > next) return false;
+      next = std::max(next, end);
+    }
+    return next >= spec.total;
+  }
+
+  // Runs the chunks `again` on this host's pool (their results were not sent: cheaper to
+  // compute again than to move), not counted in the job. Throws their lowest failure as
+  // the job would, PoolClosed, Stopped (a task's request_stop() meanwhile).
+  void compute_again(const std::vector<Chunk>& again) {
+    std::vector<Running> runs;
+    try {
+      for (const auto& c : again)
+        runs.push_back(Running{c.chunk, c.first, c.end - c.first, "", start_local(c.first, c.end - c.first),
+                               Clock::now()});
+      std::optional<std::string> lowest;
+      std::uint64_t lowest_at = UINT64_MAX;
+      for (Running& r : runs) {
+        wait_job(*pool, *r.local, no_deadline);
+        JobState& local = *r.local;
+        if (!local.closed.empty()) throw PoolClosed(local.segment, "pool", local.closed);
+        for (const JobState::Failure& f : local.failures)
+          if (r.first + f.index < lowest_at) {
+            lowest_at = r.first + f.index;
+            lowest = failure_record(lowest_at, f);
+          }
+        if (!lowest && local.skipped > 0)
+          throw Stopped("", object,
+                        fmt::format("a task's request_stop() (or procshare-ctl) on {} while it computed again "
+                                    "the results of items {} to {}, which were not sent (cheaper to compute than "
+                                    "to move)",
+                                    host, r.first, r.first + r.count - 1));
+      }
+      if (lowest) throw_failure(*lowest);
+    } catch (...) {
+      for (Running& r : runs) give_up(r);
+      throw;
+    }
+    for (const Running& r : runs) mine.insert({r.first, r.first + r.count});
   }
 };
 
@@ -545,35 +652,46 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
     s.keys.push_back(fmt::format("psj:{{{}}}:{}", options.job, key));
   s.chunk = options.chunk;
   // (an adaptive job's first chunks: 1/256 of the items; then ~50 ms of work each)
-  s.want = s.chunk != 0 ? s.chunk : std::max<std::uint64_t>(1, (s.spec.total + 255) / 256);
+  // (and never more than half the pool's arena holds: a job too big for one Pool::map
+  // runs in chunks that fit)
+  if (const std::uint64_t bytes = s.task->arena_bytes_per_item(); bytes > 0)
+    s.most = std::max<std::uint64_t>(1, detail::pool_arena_bytes(*s.pool) / 2 / bytes);
+  s.want = s.chunk != 0 ? s.chunk : std::clamp<std::uint64_t>((s.spec.total + 255) / 256, 1, s.most);
   s.beat_every = options.flush;
   s.best = s.spec.total;
   const std::string kind = kind_name(s.spec.kind);
-  const std::vector<std::string> mine_spec{kind, std::to_string(s.spec.total), std::to_string(s.chunk),
-                                           s.spec.items, s.spec.args, s.spec.task};
+  const std::vector<std::string> mine_spec{kind,         std::to_string(s.spec.total), std::to_string(s.chunk),
+                                           s.spec.items, s.spec.args,                  s.spec.task,
+                                           options.results == ResultTransfer::engine ? "engine" : "automatic"};
+  // (first, that the pool can run a chunk: a closed one writes nothing in the engine)
+  s.on_pool("to run ", [&] { check_usable(*s.pool); });
   std::vector<std::string> args{random_id()};
   args.insert(args.end(), mine_spec.begin(), mine_spec.end());
   args.push_back(s.host);
   args.push_back(std::to_string(options.keep.count()));
   std::vector<std::string> claim = s.claim_args();  // (the first chunk rides on the join)
   args.insert(args.end(), claim.begin() + 1, claim.end());
-  const EngineReply reply = s.run(scripts::join, args);
+  // (the results' room is made while the join travels; and surely, should it have failed)
+  const EngineReply reply = s.run(scripts::join, args, [&] { s.task->prepare(); });
+  s.task->prepare();
   if (tag(reply) == "mismatch") {
     const std::string& field = reply.elements.at(1).text;
-    static const char* const fields[] = {"kind", "n", "chunk", "items", "args", "task"};
+    static const char* const fields[] = {"kind", "n", "chunk", "items", "args", "task", "results"};
     std::string here;
-    for (std::size_t i = 0; i < 6; ++i)
+    for (std::size_t i = 0; i < 7; ++i)
       if (field == fields[i]) here = mine_spec[i];
     static const char* const said[] = {"kind of call", "number of items", "chunk size", "items (hash)",
-                                       "arguments (hash)", "task (function and types)"};
+                                       "arguments (hash)", "task (function and types)",
+                                       "result transfer (ClusterOptions::results)"};
     std::string what = field;
-    for (std::size_t i = 0; i < 6; ++i)
+    for (std::size_t i = 0; i < 7; ++i)
       if (field == fields[i]) what = said[i];
     throw JobMismatch("", s.object,
                       fmt::format("this host's {} is not the job's: '{}' here, '{}' in the job ({})",
                                   what, here, reply.elements.at(2).text, field));
   }
   s.epoch = reply.elements.at(1).text;
+  s.next_beat = Clock::now() + s.beat_every;  // (the join set the first lease)
   if (reply.elements.at(2).text != "running")
     s.end(reply.elements.at(2).text, reply.elements.at(3).text, number(reply.elements.at(4)),
           number(reply.elements.at(5)));

@@ -8,16 +8,21 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <charconv>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <mutex>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace procshare::detail {
 
@@ -139,13 +144,81 @@ EngineUrl parse_engine_url(std::string_view url) {
   return out;
 }
 
+namespace {
+
+constexpr auto spin_time = std::chrono::microseconds(100);
+
+// Connections an Engine of this process left open and healthy, for the next Engine with
+// the same server, user, password and timeouts: a program that runs one cluster job after
+// another connects and authenticates once. A connection is never shared (an Engine takes
+// it, and gives it back when it is destroyed), never used by another process (a forked
+// child makes its own), and looked at before it is used again: one the server closed is
+// dropped. At most 8 are kept.
+class IdleConnections {
+public:
+  redisContext* take(const std::string& key) {
+    std::lock_guard guard(mutex_);
+    const pid_t me = ::getpid();
+    for (std::size_t i = entries_.size(); i-- > 0;) {
+      Entry e = entries_[i];
+      if (e.pid != me) {  // (a parent's: its sockets are not this process's to use)
+        entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+        continue;
+      }
+      if (e.key != key) continue;
+      entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+      pollfd p{e.context->fd, POLLIN | POLLRDHUP, 0};
+      if (::poll(&p, 1, 0) != 0) {  // closed by the server (EOF), or bytes nobody asked for
+        redisFree(e.context);
+        continue;
+      }
+      return e.context;
+    }
+    return nullptr;
+  }
+  void give(std::string key, redisContext* context) {
+    std::lock_guard guard(mutex_);
+    if (entries_.size() >= 8) {
+      redisFree(entries_.front().context);
+      entries_.erase(entries_.begin());
+    }
+    entries_.push_back(Entry{std::move(key), ::getpid(), context});
+  }
+
+private:
+  struct Entry {
+    std::string key;
+    pid_t pid;
+    redisContext* context;
+  };
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+};
+IdleConnections& idle_connections() {
+  static auto* idle = new IdleConnections;  // (never destroyed: no order to keep at exit)
+  return *idle;
+}
+
+}  // namespace
+
 struct Engine::State {
   EngineUrl url;
   EngineOptions options;
   std::string password;
   redisContext* context = nullptr;
+  pid_t owner = ::getpid();  // the process that connected
 
-  ~State() { drop(); }
+  ~State() {
+    // A healthy connection of this process goes back for the next Engine.
+    if (context != nullptr && context->err == 0 && owner == ::getpid())
+      idle_connections().give(key(), std::exchange(context, nullptr));
+    drop();
+  }
+  // What an idle connection must match to be used again.
+  std::string key() const {
+    return fmt::format("{}\n{}\n{}\n{}\n{}\n{}", url.host, url.port, url.user, password,
+                       options.connect_timeout.count(), options.command_timeout.count());
+  }
   void drop() {
     if (context != nullptr) redisFree(std::exchange(context, nullptr));
   }
@@ -168,15 +241,40 @@ struct Engine::State {
     throw Error("", object, fmt::format("{}: {}", call, text));
   }
   // Sends one command on the open context; false (and why) if the connection failed.
-  bool send(const std::vector<std::string>& args, EngineReply& out, std::string& failure) {
+  // `meanwhile` (if any) runs once the command is sent, before its reply is read: local
+  // work that overlaps the round trip.
+  bool send(const std::vector<std::string>& args, EngineReply& out, std::string& failure,
+            const std::function<void()>& meanwhile = nullptr) {
     std::vector<const char*> argv;
     std::vector<std::size_t> lengths;
     for (const auto& a : args) {
       argv.push_back(a.data());
       lengths.push_back(a.size());
     }
-    auto* reply = static_cast<redisReply*>(
-        redisCommandArgv(context, static_cast<int>(argv.size()), argv.data(), lengths.data()));
+    redisReply* reply = nullptr;
+    if (redisAppendCommandArgv(context, static_cast<int>(argv.size()), argv.data(), lengths.data()) == REDIS_OK) {
+      int written = 0;
+      while (written == 0)
+        if (redisBufferWrite(context, &written) != REDIS_OK) break;
+      if (written != 0) {
+        if (meanwhile) {
+          try {
+            meanwhile();
+          } catch (...) {
+            drop();  // (its reply is still to come: the connection is no longer in step)
+            throw;
+          }
+        }
+        // The reply of a quick call comes within tens of microseconds: polled for up to
+        // spin_time, the caller's CPU stays awake for it (as the pool's waits do) rather
+        // than sleep and be woken. It yields between polls: a server on the same CPU runs.
+        const auto until = std::chrono::steady_clock::now() + spin_time;
+        pollfd p{context->fd, POLLIN, 0};
+        while (::poll(&p, 1, 0) == 0 && std::chrono::steady_clock::now() < until) ::sched_yield();
+        void* got = nullptr;
+        if (redisGetReply(context, &got) == REDIS_OK) reply = static_cast<redisReply*>(got);
+      }
+    }
     if (reply == nullptr) {
       failure = context->err == REDIS_ERR_IO && context->errstr[0] != '\0'
                     ? fmt::format("no reply within {} ms ({})", options.command_timeout.count(),
@@ -194,13 +292,13 @@ struct Engine::State {
     return true;
   }
   // One command on a connection opened if need be; an error reply is returned as one.
-  EngineReply call(const std::vector<std::string>& args) {
+  EngineReply call(const std::vector<std::string>& args, const std::function<void()>& meanwhile = nullptr) {
     // A command whose reply did not come may have run: it is never sent again here (the
     // caller decides; the cluster's scripts are idempotent). The next call reconnects.
     if (context == nullptr) connect();
     EngineReply reply;
     std::string failure;
-    if (!send(args, reply, failure)) unavailable(failure);
+    if (!send(args, reply, failure, meanwhile)) unavailable(failure);
     return reply;
   }
   EngineReply checked(const std::vector<std::string>& args) {
@@ -255,7 +353,8 @@ Engine::Engine(const EngineOptions& options) : state_(std::make_unique<State>())
                                       "tls-port, and set EngineOptions::insecure_transport",
                                       state_->url.host));
   state_->password = password_of(options, state_->url.text);
-  state_->connect();
+  state_->context = idle_connections().take(state_->key());
+  if (state_->context == nullptr) state_->connect();
 }
 
 Engine::~Engine() = default;
@@ -287,7 +386,7 @@ ShaCache& sha_cache() {
 }  // namespace
 
 EngineReply Engine::eval(const std::string& script, const std::vector<std::string>& keys,
-                         const std::vector<std::string>& args) {
+                         const std::vector<std::string>& args, const std::function<void()>& meanwhile) {
   std::string sha = sha_cache().get(script);
   if (sha.empty()) {
     sha = state_->checked({"SCRIPT", "LOAD", script}).text;
@@ -296,7 +395,7 @@ EngineReply Engine::eval(const std::string& script, const std::vector<std::strin
   std::vector<std::string> call{"EVALSHA", sha, std::to_string(keys.size())};
   call.insert(call.end(), keys.begin(), keys.end());
   call.insert(call.end(), args.begin(), args.end());
-  EngineReply reply = state_->call(call);
+  EngineReply reply = state_->call(call, meanwhile);
   if (reply.kind == EngineReply::Kind::error && reply.text.rfind("NOSCRIPT", 0) == 0) {
     // The server does not know it (a restart, or another server): load it, and run it
     // once more (NOSCRIPT means it did not run).

@@ -85,13 +85,18 @@ void detail::throw_results_taken(const JobState& state, const char* call) {
 
 // ---------------------------------------------------------------- job functions
 
-void detail::start_job(PoolCore& core, const JobSpec& spec, const std::shared_ptr<JobState>& state) {
+void detail::check_usable(PoolCore& core) {
   std::lock_guard guard(core.mutex);
   if (core.creator != ::getpid())
     throw PoolClosed(core.segment.name(), "pool", "a pool can only be used by the process that made it");
   if (core.closed || !core.ended.empty())
     throw PoolClosed(core.segment.name(), "pool",
                      core.ended.empty() ? std::string("the pool is closed") : core.ended);
+}
+
+void detail::start_job(PoolCore& core, const JobSpec& spec, const std::shared_ptr<JobState>& state) {
+  std::lock_guard guard(core.mutex);
+  check_usable(core);
   PoolBlock& b = *core.block;
   // What goes into the arena: items, their offsets, and arguments and fixed-size results
   // too big for the job slot's inline buffers.
@@ -323,5 +328,6 @@ detail::Progress detail::job_progress(PoolCore& core, JobState& state) {
 }
 
 unsigned detail::pool_workers(const PoolCore& core) { return core.block->workers; }
+std::uint64_t detail::pool_arena_bytes(const PoolCore& core) { return core.block->arena_bytes; }
 
 }  // namespace procshare

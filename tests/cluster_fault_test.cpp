@@ -27,7 +27,10 @@
 
 using namespace procshare;
 using procshare::detail::Engine;
+using procshare::test::Block;
+using procshare::test::block_of;
 using procshare::test::Hosts;
+using procshare::test::is_block_of;
 using procshare::test::meta_of;
 using procshare::test::PasswordEnv;
 using procshare::test::RedisServer;
@@ -168,6 +171,66 @@ TEST_CASE("a host storm: hosts SIGKILLed at random moments while new ones join, 
     CHECK(std::stoull(meta_of(engine, job).at("redelivered")) >= 1);
     CHECK(hosts.all_gone());
   }
+}
+
+TEST_CASE("a host SIGKILLed at a random moment while results stay on their hosts: the others compute them again, exact") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Engine engine({.url = server.url()});
+  constexpr std::uint64_t n = 1000;
+  const auto options = [&](const std::string& job, int k) {
+    return ClusterOptions{.url = server.url(), .job = job, .host = "h" + std::to_string(k), .lease = 300ms,
+                          .flush = 50ms, .chunk = 10, .command_timeout = 300ms};
+  };
+  const auto run = [&](const ClusterOptions& o) {
+    Pool pool({.workers = 1});
+    Cluster cluster(o);
+    const std::vector<Block> got = cluster.map(pool, Range{0, n}, block_of);
+    for (std::uint64_t i = 0; i < n; ++i)
+      if (!is_block_of(got.at(i), i)) return "wrong result at " + std::to_string(i);
+    return std::string("ok");
+  };
+  // The work's length, measured: three hosts, no kill.
+  const auto start = Clock::now();
+  {
+    Hosts hosts;
+    for (int k = 0; k < 3; ++k) hosts.start([&](int me) { return run(options("blocks-measure", me)); });
+    for (const std::string& report : hosts.reports(60s)) CHECK(report == "ok");
+  }
+  const auto length = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+  // (most chunks were not worth sending: one that waited long for a CPU may be)
+  CHECK(engine.command({"HLEN", "psj:{blocks-measure}:res"}).integer < static_cast<long long>(n / 10 / 2));
+  int unsent_of_victim = 0;
+  for (int round = 0; round < 6; ++round) {
+    const std::string job = "blocks-" + std::to_string(round);
+    const auto kill_at = std::chrono::microseconds(
+        std::uniform_int_distribution<long long>(0, length.count())(random_source()));
+    INFO("round ", round, ": h0 killed ", kill_at.count(), " us into ", length.count(), " us");
+    Hosts hosts;
+    for (int k = 0; k < 3; ++k) hosts.start([&](int me) { return run(options(job, me)); });
+    std::this_thread::sleep_for(kill_at);
+    hosts.signal_group(0, SIGKILL);
+    const auto reports = hosts.reports(60s);
+    CHECK((reports[0] == "killed by signal 9" || reports[0] == "ok"));  // (or it had ended first)
+    CHECK(reports[1] == "ok");
+    CHECK(reports[2] == "ok");
+    const auto meta = meta_of(engine, job);
+    CHECK(meta.at("state") == "done");
+    CHECK(meta.at("done_items") == std::to_string(n));
+    CHECK(meta.at("failed_items") == "0");
+    CHECK(meta.at("done_chunks") == std::to_string(n / 10));
+    // Chunks h0 completed before it died whose results it did not send: they were
+    // nowhere but on h0.
+    const auto doneby = engine.command({"HGETALL", "psj:{" + job + "}:doneby"}).elements;
+    for (std::size_t i = 0; i + 1 < doneby.size(); i += 2)
+      if (doneby[i + 1].text.find(":h0:") != std::string::npos &&
+          engine.command({"HEXISTS", "psj:{" + job + "}:res", doneby[i].text}).integer == 0)
+        ++unsent_of_victim;
+    CHECK(hosts.all_gone());
+  }
+  MESSAGE(unsent_of_victim, " chunks completed by a killed host were computed again by the others");
+  CHECK(unsent_of_victim > 0);
+  CHECK(procshare::test::keys_kept_for_ever(engine).empty());
 }
 
 TEST_CASE("find_first: a host SIGKILLed while it holds a chunk below the match: rerun, the same answer as Pool::find_first") {

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <map>
@@ -24,6 +25,30 @@
 #include <vector>
 
 namespace procshare::test {
+
+// A task result of 16 kB, made in a microsecond and copied through the pool's slots:
+// never worth sending through the engine (ResultTransfer::automatic), so every host
+// computes again the results of the chunks other hosts completed.
+struct Block {
+  std::uint64_t item;
+  char bytes[16384];
+};
+
+}  // namespace procshare::test
+
+template <> struct procshare::transport_opt_in<procshare::test::Block> : std::true_type {};
+
+namespace procshare::test {
+
+inline Block block_of(std::uint64_t i) {
+  Block b;
+  b.item = i;
+  std::memset(b.bytes, 'a' + static_cast<int>(i % 26), sizeof b.bytes);
+  return b;
+}
+inline bool is_block_of(const Block& b, std::uint64_t i) {
+  return b.item == i && b.bytes[0] == 'a' + static_cast<int>(i % 26) && b.bytes[sizeof b.bytes - 1] == b.bytes[0];
+}
 
 // The job's meta hash as the engine holds it (empty if the job is gone).
 inline std::map<std::string, std::string> meta_of(procshare::detail::Engine& engine, const std::string& job) {

@@ -47,6 +47,23 @@ std::uint64_t dies_at_777(std::uint64_t i) {
   if (i == 777) ::raise(SIGKILL);  // (its worker dies; a new one takes the rest)
   return i;
 }
+// Set before the pool of a late host is made: its workers then throw should they run an
+// item.
+bool late_pool = false;
+std::uint64_t square_unless_late(std::uint64_t i, int micros) {
+  if (late_pool) throw std::runtime_error("an item ran on the late host's pool");
+  if (micros > 0) ::usleep(static_cast<useconds_t>(micros));
+  return i * i;
+}
+procshare::test::Block block_unless_late(std::uint64_t i) {
+  if (late_pool) throw std::runtime_error("an item ran on the late host's pool");
+  return procshare::test::block_of(i);
+}
+std::string text_unless_late(std::uint64_t i) {
+  if (late_pool) throw std::runtime_error("an item ran on the late host's pool");
+  return std::string(10000, static_cast<char>('a' + i % 26)) + std::to_string(i);
+}
+std::string text_of(std::uint64_t i) { return std::string(10000, static_cast<char>('a' + i % 26)) + std::to_string(i); }
 std::string tagged(const std::string& word, const std::string& suffix) { return word + suffix; }
 bool is_match(std::uint64_t i, std::uint64_t above) { return i > above && i % 9973 == 9972; }
 bool matches_or_throws(std::uint64_t i, std::uint64_t throws_at) {
@@ -321,6 +338,21 @@ TEST_CASE("cancel() on one host, or a task's request_stop(), stops every host wi
   CHECK(keys_kept_for_ever(server).empty());
 }
 
+TEST_CASE("a cluster map whose results outgrow the pool's arena runs in chunks that fit; Pool::map of it cannot") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Pool pool({.workers = 1, .arena_bytes = 1 << 20});  // (1 MB; the results take 8 MB)
+  constexpr std::uint64_t n = 1'000'000;
+  CHECK_THROWS_AS(pool.map(Range{0, n}, square), SegmentFull);
+  Cluster cluster(options_for(server, "roomy", 0));
+  const auto result = cluster.map(pool, Range{0, n}, square);
+  REQUIRE(result.size() == n);
+  std::uint64_t wrong = 0;
+  for (std::uint64_t i = 0; i < n; ++i) wrong += result[i] != i * i;
+  CHECK(wrong == 0);
+  CHECK(std::stoull(meta_of(server, "roomy").at("made")) >= 16);  // (at most 512 kB of results each)
+}
+
 TEST_CASE("a host whose call differs from the job's is JobMismatch naming the field, and writes nothing") {
   RedisServer server;
   PasswordEnv env(server.password());
@@ -350,28 +382,87 @@ TEST_CASE("a host whose call differs from the job's is JobMismatch naming the fi
   CHECK_THROWS_WITH_AS(other.map_async(pool, Range{0, 100}, square_slowly, 10),
                        doctest::Contains("chunk size is not the job's: '7' here, '0' in the job"),
                        JobMismatch);
+  ClusterOptions through_engine = options_for(server, "spec", 1);
+  through_engine.results = ResultTransfer::engine;
+  Cluster third(through_engine);
+  CHECK_THROWS_WITH_AS(third.map_async(pool, Range{0, 100}, square_slowly, 10),
+                       doctest::Contains("result transfer (ClusterOptions::results) is not the job's: 'engine' "
+                                         "here, 'automatic' in the job"),
+                       JobMismatch);
   CHECK(meta_of(server, "spec") == before);
   const auto result = job.get();
   CHECK(result.size() == 100);
   CHECK(result[99] == 99 * 99);
 }
 
-TEST_CASE("a late host joins a finished job and gets its results without running anything") {
+TEST_CASE("a late host joins a finished job: costly results come from the engine, cheap ones it computes again") {
   RedisServer server;
   PasswordEnv env(server.password());
-  Pool pool({.workers = 1});
-  Cluster early(options_for(server, "late", 0));
-  CHECK(early.map(pool, Range{0, 3000}, square)[2999] == 2999ull * 2999);
-  Cluster late(options_for(server, "late", 1));
-  auto job = late.map_async(pool, Range{0, 3000}, square);
-  CHECK(job.wait_for(0ms));
-  const auto result = job.get();
-  CHECK(result.size() == 3000);
-  CHECK(result[1234] == 1234ull * 1234);
-  CHECK_THROWS_WITH_AS(job.get(), doctest::Contains("get() after get() returned the results"), InvalidArgument);
-  CHECK(chunks_by_host(server, "late").count("h1") == 0);
+  Engine engine({.url = server.url()});
+  const auto sent = [&](const std::string& job) {
+    return engine.command({"HLEN", "psj:{" + job + "}:res"}).integer;
+  };
+  const auto made = [&](const std::string& job) { return std::stoll(meta_of(server, job).at("made")); };
+  // The early host's pool runs them all; the late host's pool (made once `late_pool` is
+  // set: its workers inherit it) throws should it run any item.
+  late_pool = false;
+  Pool early_pool({.workers = 1});
+  late_pool = true;
+  Pool late_pool_({.workers = 1});
+
+  SUBCASE("costly items (100 us each): every chunk's results were sent, the late host runs nothing") {
+    Cluster early(options_for(server, "late", 0));
+    CHECK(early.map(early_pool, Range{0, 3000}, square_unless_late, 100)[2999] == 2999ull * 2999);
+    CHECK(sent("late") == made("late"));
+    Cluster late(options_for(server, "late", 1));
+    auto job = late.map_async(late_pool_, Range{0, 3000}, square_unless_late, 100);
+    CHECK(job.wait_for(0ms));
+    const auto result = job.get();
+    REQUIRE(result.size() == 3000);
+    for (std::uint64_t i = 0; i < 3000; ++i) REQUIRE(result[i] == i * i);
+    CHECK_THROWS_WITH_AS(job.get(), doctest::Contains("get() after get() returned the results"),
+                         InvalidArgument);
+  }
+  SUBCASE("results slow to move (16 kB each): not sent; the late host computes them again, uncounted") {
+    Cluster early(options_for(server, "cheap", 0));
+    CHECK(procshare::test::is_block_of(early.map(early_pool, Range{0, 1000}, block_unless_late)[999], 999));
+    CHECK(sent("cheap") < made("cheap"));
+    Cluster late(options_for(server, "cheap", 1));
+    const auto result = late.map(early_pool, Range{0, 1000}, block_unless_late);
+    REQUIRE(result.size() == 1000);
+    for (std::uint64_t i = 0; i < 1000; ++i) REQUIRE(procshare::test::is_block_of(result[i], i));
+    CHECK(meta_of(server, "cheap").at("done_items") == "1000");
+    CHECK(chunks_by_host(server, "cheap").count("h1") == 0);
+    // Variable-size results (10 kB strings), sent or not: the late host gets them all.
+    Cluster early_text(options_for(server, "cheap-text", 0));
+    CHECK(early_text.map(early_pool, Range{0, 1000}, text_unless_late)[999] == text_of(999));
+    Cluster late_text(options_for(server, "cheap-text", 1));
+    const auto texts = late_text.map(early_pool, Range{0, 1000}, text_unless_late);
+    REQUIRE(texts.size() == 1000);
+    for (std::uint64_t i = 0; i < 1000; ++i) REQUIRE(texts[i] == text_of(i));
+  }
+  SUBCASE("the same with ResultTransfer::engine: every result was sent, the late host runs nothing") {
+    ClusterOptions options = options_for(server, "engine", 0);
+    options.results = ResultTransfer::engine;
+    Cluster early(options);
+    CHECK(early.map(early_pool, Range{0, 1000}, text_unless_late)[7] == text_of(7));
+    CHECK(sent("engine") == made("engine"));
+    options.host = "h1";
+    Cluster late(options);
+    const auto result = late.map(late_pool_, Range{0, 1000}, text_unless_late);
+    REQUIRE(result.size() == 1000);
+    for (std::uint64_t i = 0; i < 1000; ++i) REQUIRE(result[i] == text_of(i));
+  }
+  SUBCASE("an item that fails when computed again is the late host's TaskError") {
+    Cluster early(options_for(server, "again", 0));
+    CHECK(early.map(early_pool, Range{0, 1000}, block_unless_late).size() == 1000);
+    CHECK(sent("again") < made("again"));
+    Cluster late(options_for(server, "again", 1));
+    CHECK_THROWS_WITH_AS(late.map(late_pool_, Range{0, 1000}, block_unless_late),
+                         doctest::Contains("item run by host h1: item"), TaskError);
+  }
   Cluster empty(options_for(server, "empty", 0));
-  CHECK(empty.map(pool, Range{0, 0}, square).empty());
+  CHECK(empty.map(early_pool, Range{0, 0}, square).empty());
   CHECK(keys_kept_for_ever(server).empty());
 }
 

@@ -11,6 +11,7 @@
 
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -72,6 +73,54 @@ TEST_CASE("an Engine runs commands on a private server, with the password from t
   }
   Engine from_file({.url = server.url(), .password_file = file.path});
   CHECK(from_file.command({"GET", "psj:{t}:k"}).text == "42");
+}
+
+TEST_CASE("Engines of one process take the healthy connection an earlier one left, never a closed one, nor across a fork") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  long long first = 0;
+  {
+    Engine engine({.url = server.url()});
+    first = engine.command({"CLIENT", "ID"}).integer;
+  }
+  {
+    Engine again({.url = server.url()});
+    CHECK(again.command({"CLIENT", "ID"}).integer == first);  // (reused: no connect, no AUTH)
+    Engine second({.url = server.url()});                      // (the first is taken: a new one)
+    CHECK(second.command({"CLIENT", "ID"}).integer != first);
+    // A forked child never uses its parent's sockets.
+    const pid_t child = ::fork();
+    if (child == 0) {
+      int code = 3;
+      try {
+        Engine mine({.url = server.url()});
+        const long long id = mine.command({"CLIENT", "ID"}).integer;
+        code = id != first ? 0 : 1;
+      } catch (...) {
+      }
+      ::_exit(code);
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  }
+  // The server closes an idle connection: the next Engine does not take it, and works.
+  long long idle = 0;
+  {
+    Engine engine({.url = server.url()});
+    idle = engine.command({"CLIENT", "ID"}).integer;
+  }
+  {
+    Engine admin({.url = server.url(), .command_timeout = 1999ms});  // (other timeouts: its own connection)
+    CHECK(admin.command({"CLIENT", "KILL", "ID", std::to_string(idle)}).integer == 1);
+  }
+  ::usleep(20000);
+  Engine fresh({.url = server.url()});
+  CHECK(fresh.command({"CLIENT", "ID"}).integer != idle);
+  CHECK(fresh.command({"PING"}).text == "PONG");
+  // Another password: never the connection authenticated with this one.
+  PasswordEnv wrong("not-it");
+  CHECK_THROWS_AS(Engine({.url = server.url()}), AuthFailed);
 }
 
 TEST_CASE("a wrong or missing password is AuthFailed, naming the URL, never the password") {
@@ -224,6 +273,18 @@ TEST_CASE("Cluster: bad options, passwords and ACL users are clear errors naming
     CHECK_THROWS_AS(cluster.map(pool, Range{0, 10}, twice), PermissionDenied);
     CHECK(text.find("NOPERM") != std::string::npos);
     CHECK(text.find("cluster job 'bad'") != std::string::npos);
+  }
+  {
+    // A pool that cannot run a chunk (closed): PoolClosed naming the pool and the job,
+    // before the job is made.
+    Pool closed({.workers = 1});
+    closed.close();
+    closed.join();
+    Cluster cluster(base());
+    const std::string text = message_of([&] { cluster.map(closed, Range{0, 10}, twice); });
+    CHECK_THROWS_AS(cluster.map(closed, Range{0, 10}, twice), PoolClosed);
+    CHECK(text.find("pool (to run cluster job 'bad' on " + server.url() + " (host hb)): the pool is closed") !=
+          std::string::npos);
   }
   CHECK(admin.command({"DBSIZE"}).integer == 0);  // no row wrote anything
   // The research's rule set for a job's user is enough to run a job.

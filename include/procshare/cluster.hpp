@@ -15,6 +15,10 @@
 //   current lease holder counts (a fencing token checked by the engine), so totals are
 //   exact; but the chunk's items may have run twice. Tasks must be idempotent for their
 //   outside effects (files, databases), as with Celery's acks_late or Ray's retries.
+// Results: every host gets every result of a map. A chunk's results go through the
+//   engine when computing them again would take longer than moving them; otherwise each
+//   host that needs them computes them again (uncounted), so f must give the same result
+//   for the same item (else ClusterOptions::results = ResultTransfer::engine).
 // Items: a Range, or values that are the same on every host (their hash is checked when
 //   a host joins: JobMismatch names the field that differs); so are the arguments, the
 //   kind of call, the chunk size and the task's type.
@@ -46,7 +50,10 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -124,7 +131,9 @@ struct EngineReply {
 };
 
 // A connection to the engine (one socket; not shared between processes: a fork makes
-// its own). Connects and authenticates (or PINGs) at construction. A call whose reply did
+// its own). Connects and authenticates (or PINGs) at construction, or takes the healthy
+// connection an earlier Engine of this process to the same server, user and password
+// left (it goes back when the Engine is destroyed). A call whose reply did
 // not come is EngineUnavailable and is not sent again (it may have run); the next call
 // reconnects.
 class PROCSHARE_API Engine {
@@ -141,9 +150,11 @@ public:
   // no reply within the command timeout, or a broken connection, is EngineUnavailable.
   EngineReply command(const std::vector<std::string>& args);
   // Runs the Lua `script` (EVALSHA; loaded on first use, and again after a server
-  // restart made it forget). Throws as command().
+  // restart made it forget). `meanwhile` (if given) runs once the call is sent, before
+  // its reply is read: local work that overlaps the round trip (should it throw, the
+  // connection is closed). Throws as command().
   EngineReply eval(const std::string& script, const std::vector<std::string>& keys,
-                   const std::vector<std::string>& args);
+                   const std::vector<std::string>& args, const std::function<void()>& meanwhile = nullptr);
   // The URL as messages name it.
   const std::string& url() const noexcept;
 
@@ -153,6 +164,17 @@ private:
 };
 
 }  // namespace detail
+
+// How a cluster map's results reach the hosts that did not compute them.
+enum class ResultTransfer {
+  // A chunk's results go through the engine when computing them again would take longer
+  // than moving them; otherwise every host that needs them computes them again on its
+  // own pool (not counted again), so f must give the same result for the same item and
+  // arguments. Cheap items' results (x -> 2x + 1) never load the engine.
+  automatic,
+  // Always through the engine: every item's result comes from one run of f.
+  engine,
+};
 
 // Options of a Cluster: the engine, the job, and the timings of its leases.
 struct ClusterOptions {
@@ -173,6 +195,9 @@ struct ClusterOptions {
   // of its work, less towards the end so that every host gets some; the first chunks
   // are 1/256 of the items).
   std::uint64_t chunk = 0;
+  // How a map's results reach the other hosts (see ResultTransfer); part of the job: a
+  // host that asks for the other is JobMismatch.
+  ResultTransfer results = ResultTransfer::automatic;
   // Chunks a host claims ahead of the one its pool runs, so it never waits a round trip.
   unsigned prefetch = 1;
   // How long a finished (done or stopped) job's keys stay in the engine.
@@ -210,16 +235,24 @@ PROCSHARE_API std::string bytes_hash(std::span<const std::byte> bytes);
 // its results (ClusterCore does the rest).
 struct PROCSHARE_API ClusterTask {
   virtual ~ClusterTask();
-  // Starts a local job over items [first, first + count) of the job.
+  // Makes room for the results of every item (map; before any chunk starts, while the
+  // join's round trip is under way; again does nothing).
+  virtual void prepare() {}
+  // Starts a local job over items [first, first + count) of the job (a map's results go
+  // straight to their place among the job's).
   virtual std::shared_ptr<JobState> start(std::uint64_t first, std::uint64_t count) = 0;
+  // A local job this host gave up (cancelled): its results, should it still end, go
+  // nowhere (the items' results come from elsewhere).
+  virtual void detach(JobState&) {}
+  // The bytes an item takes in the pool's arena while its chunk runs (fixed-size items
+  // of a vector, and fixed-size results; 0 if none).
+  virtual std::uint64_t arena_bytes_per_item() const { return 0; }
   // map: whether the task returns results (which every host gathers).
   virtual bool keeps_results() const { return false; }
-  // map: whether every item has its result.
-  virtual bool results_complete() const { return true; }
-  // map: an ended local job's results, serialized for the other hosts ("" if none).
-  virtual void write(JobState&, std::vector<std::byte>&) {}
-  // map: keeps an ended local job's results as those of items [first, ...).
-  virtual void adopt(JobState&, std::uint64_t) {}
+  // map: the results of items [first, first + count), which all ran, serialized for the
+  // other hosts into `out`; false (and `out` empty) if they take more than `budget`
+  // bytes.
+  virtual bool write(std::uint64_t, std::uint64_t, std::size_t, std::vector<std::byte>&) { return false; }
   // map: the results of items [first, first + count) from their serialized form.
   virtual void read(std::uint64_t, std::uint64_t, std::span<const std::byte>) {}
 };
@@ -247,7 +280,8 @@ public:
   void cancel();
   // After the job ended: throws the lowest-index failure below `limit` (TaskError or
   // WorkerDied, as the local pool), or Stopped naming who stopped it. map: then reads
-  // the results this host did not make itself (ClusterTask::read).
+  // the results this host did not make itself (ClusterTask::read), and computes again
+  // those that were not sent (their lowest failure is thrown as the job's would be).
   void finish(std::uint64_t limit);
   // Throws InvalidArgument: get() again, after it moved the results out.
   [[noreturn]] void throw_taken() const;
@@ -261,41 +295,93 @@ private:
   std::unique_ptr<State> state_;
 };
 
-// A cluster map's results by position, as chunks end (nothing for a void task).
-template <class R> struct ClusterResultsOf { using type = std::vector<std::optional<R>>; };
-template <> struct ClusterResultsOf<void> { using type = std::vector<char>; };
-template <class R> using ClusterResults = typename ClusterResultsOf<R>::type;
+// A cluster map's results by position, written by the local jobs of the chunks as they
+// end (fixed-size results in one block, as Pool::map's; others one by one, as they come).
+template <class R> struct ClusterStore {
+  static constexpr bool fixed = Transport<R>::fixed;
+  std::mutex mutex;   // (a local job's results may arrive in another thread's pool call)
+  bool open = true;   // until get() moves the values out
+  std::conditional_t<fixed, std::vector<R>, std::vector<std::optional<R>>> values;
+  // The results in input order (moved out); every one is there (ClusterCore checked).
+  std::vector<R> take() {
+    std::lock_guard guard(mutex);
+    open = false;
+    if constexpr (fixed) {
+      return std::move(values);
+    } else {
+      std::vector<R> out;
+      out.reserve(values.size());
+      for (auto& value : values) out.push_back(std::move(*value));
+      values.clear();
+      return out;
+    }
+  }
+};
+template <> struct ClusterStore<void> {};
+
+// The local job of one chunk of a cluster map: its results go to their place in the
+// store, unless the chunk was detached (given up) first.
+template <class R> struct ClusterChunkState final : JobState {
+  std::shared_ptr<ClusterStore<R>> store;
+  std::uint64_t first, count;
+  bool attached = true;  // (under store->mutex)
+  ClusterChunkState(std::shared_ptr<ClusterStore<R>> s, std::uint64_t f, std::uint64_t n)
+      : store(std::move(s)), first(f), count(n) {}
+  void accept(std::uint64_t index, Reader& r) override {
+    if constexpr (!ClusterStore<R>::fixed) {
+      if (index >= count) return;
+      R value = Transport<R>::read(r);
+      std::lock_guard guard(store->mutex);
+      if (attached && store->open) store->values[first + index] = std::move(value);
+    }
+  }
+  void copy_fixed(const std::byte* slots) override {
+    std::lock_guard guard(store->mutex);
+    if (!attached || !store->open) return;
+    if constexpr (std::is_same_v<R, bool>) {  // (one byte per slot; std::vector<bool> packs bits)
+      for (std::uint64_t i = 0; i < count; ++i) store->values[first + i] = slots[i] != std::byte{0};
+    } else if constexpr (ClusterStore<R>::fixed) {
+      if (count) std::memcpy(static_cast<void*>(store->values.data() + first), slots, count * sizeof(R));
+    }
+  }
+};
 
 // A cluster job's chunks, run as local jobs of Kind (map or find_first) on this host's
-// pool; a map keeps the results of every item.
+// pool; a map keeps the results of every item in `store`.
 template <JobKind Kind, class R, class I, class F, class... Args>
 struct ClusterTaskOf final : ClusterTask {
   using T = typename ItemsOf<I>::job_type;
-  using Local = ResultState<std::conditional_t<Kind == JobKind::map, R, void>>;
+  static constexpr bool results = Kind == JobKind::map && !std::is_void_v<R>;
+  using Local = std::conditional_t<results, ClusterChunkState<R>, ResultState<void>>;
   std::shared_ptr<PoolCore> pool;                                      // this host's pool
   std::conditional_t<ItemsOf<I>::is_range, Range, std::vector<T>> items;  // a copy (chunks start later)
   F f;                                                                 // the task
   std::tuple<Args...> args;                                            // its arguments
-  ClusterResults<R> results;  // map: by position, as chunks end
+  std::shared_ptr<ClusterStore<std::conditional_t<results, R, void>>> store;  // map: the results
 
   ClusterTaskOf(std::shared_ptr<PoolCore> p, const I& in, F fn, const Args&... a)
-      : pool(std::move(p)), items(copy_of(in)), f(fn), args(a...) {
-    if constexpr (Kind == JobKind::map && !std::is_void_v<R>) results.resize(ItemsOf<I>::size(in));
+      : pool(std::move(p)), items(copy_of(in)), f(fn), args(a...),
+        store(std::make_shared<ClusterStore<std::conditional_t<results, R, void>>>()) {}
+  void prepare() override {
+    if constexpr (results) {
+      std::lock_guard guard(store->mutex);
+      if (store->values.size() != items.size()) store->values.resize(items.size());
+    }
   }
   static auto copy_of(const I& in) {
     if constexpr (ItemsOf<I>::is_range) return in;
     else return std::vector<T>(std::ranges::begin(in), std::ranges::end(in));
   }
-  bool keeps_results() const override { return Kind == JobKind::map && !std::is_void_v<R>; }
-  bool results_complete() const override {
-    if constexpr (Kind == JobKind::map && !std::is_void_v<R>) {
-      for (const auto& value : results)
-        if (!value) return false;
-    }
-    return true;
+  bool keeps_results() const override { return results; }
+  std::uint64_t arena_bytes_per_item() const override {
+    std::uint64_t bytes = fixed_size<std::conditional_t<results, R, void>>();
+    if constexpr (!ItemsOf<I>::is_range && Transport<T>::fixed) bytes += sizeof(T);
+    return bytes;
   }
   std::shared_ptr<JobState> start(std::uint64_t first, std::uint64_t count) override {
-    auto state = std::make_shared<Local>(count);
+    std::shared_ptr<Local> state;
+    if constexpr (results) state = std::make_shared<Local>(store, first, count);
+    else state = std::make_shared<Local>(count);
     std::apply(
         [&](const Args&... a) {
           if constexpr (ItemsOf<I>::is_range)
@@ -308,41 +394,48 @@ struct ClusterTaskOf final : ClusterTask {
         args);
     return state;
   }
-  // A chunk's results travel as a 1 then the fixed-size values one after another (a
-  // chunk where every item ran), or as a 0 then, per item, whether it has a result and
-  // the result.
-  static constexpr bool raw = Transport<R>::fixed && !std::is_same_v<R, bool>;  // (vector<bool>)
-  void write(JobState& local, std::vector<std::byte>& out) override {
-    if constexpr (Kind == JobKind::map && !std::is_void_v<R>) {
+  void detach(JobState& local) override {
+    if constexpr (results) {
       auto& state = static_cast<Local&>(local);
+      std::lock_guard guard(store->mutex);
+      state.attached = false;
+    }
+  }
+  // A chunk's results travel as a 1 then the fixed-size values one after another, or as
+  // a 0 then, per item, a 1 and its result.
+  static constexpr bool raw = Transport<R>::fixed && !std::is_same_v<R, bool>;  // (vector<bool>)
+  bool write(std::uint64_t first, std::uint64_t count, std::size_t budget, std::vector<std::byte>& out) override {
+    if constexpr (results) {
+      std::lock_guard guard(store->mutex);
       Writer w{out};
       if constexpr (raw) {
-        if (state.failed == 0 && state.skipped == 0 && state.fixed_values.size() == state.count) {
+        if (1 + count * sizeof(R) > budget) return false;
+        w.write(std::uint8_t{1});
+        w.bytes(store->values.data() + first, count * sizeof(R));
+        return true;
+      } else {
+        w.write(std::uint8_t{0});
+        for (std::uint64_t i = first; i < first + count; ++i) {
           w.write(std::uint8_t{1});
-          w.bytes(state.fixed_values.data(), state.count * sizeof(R));
-          return;
+          if constexpr (ClusterStore<R>::fixed) Transport<R>::write(w, static_cast<R>(store->values[i]));
+          else Transport<R>::write(w, *store->values[i]);
+          if (out.size() > budget) {
+            out.clear();
+            return false;
+          }
         }
-      }
-      w.write(std::uint8_t{0});
-      for (std::uint64_t i = 0; i < state.count; ++i) {
-        const std::optional<R> value = state.value_at(i);
-        w.write(static_cast<std::uint8_t>(value.has_value()));
-        if (value) Transport<R>::write(w, *value);
+        return true;
       }
     }
-  }
-  void adopt(JobState& local, std::uint64_t first) override {
-    if constexpr (Kind == JobKind::map && !std::is_void_v<R>) {
-      auto& state = static_cast<Local&>(local);
-      for (std::uint64_t i = 0; i < state.count; ++i) results[first + i] = state.value_at(i);
-    }
+    return false;
   }
   void read(std::uint64_t first, std::uint64_t count, std::span<const std::byte> bytes) override {
-    if constexpr (Kind == JobKind::map && !std::is_void_v<R>) {
+    if constexpr (results) {
       Reader r{bytes};
       const bool whole = r.read<std::uint8_t>() != 0;
-      for (std::uint64_t i = 0; i < count; ++i)
-        if (whole || r.read<std::uint8_t>() != 0) results[first + i] = Transport<R>::read(r);
+      std::lock_guard guard(store->mutex);
+      for (std::uint64_t i = first; i < first + count; ++i)
+        if (whole || r.read<std::uint8_t>() != 0) store->values[i] = Transport<R>::read(r);
     }
   }
 };
@@ -403,10 +496,7 @@ public:
     if constexpr (!std::is_void_v<R>) {
       if (taken_) core_->throw_taken();
       taken_ = true;
-      std::vector<R> out;
-      out.reserve(results_->size());
-      for (auto& value : *results_) out.push_back(std::move(*value));
-      return out;
+      return store_->take();
     }
   }
   // Stops the job on every host: unstarted chunks are dropped, and get() throws Stopped
@@ -417,10 +507,10 @@ public:
 
 private:
   friend class Cluster;
-  ClusterJob(std::unique_ptr<detail::ClusterCore> core, detail::ClusterResults<R>* results)
-      : core_(std::move(core)), results_(results) {}
+  ClusterJob(std::unique_ptr<detail::ClusterCore> core, std::shared_ptr<detail::ClusterStore<R>> store)
+      : core_(std::move(core)), store_(std::move(store)) {}
   std::unique_ptr<detail::ClusterCore> core_;
-  detail::ClusterResults<R>* results_;  // (in the task the core owns)
+  std::shared_ptr<detail::ClusterStore<R>> store_;  // the results (shared with the task)
   bool taken_ = false;                  // get() moved the results out
 };
 
@@ -452,9 +542,9 @@ public:
     static_assert(detail::check_result<R>());
     using Task = detail::ClusterTaskOf<detail::JobKind::map, R, I, F, Args...>;
     auto task = std::make_unique<Task>(detail::PoolAccess::core(pool), items, f, args...);
-    auto* results = &task->results;
+    auto store = task->store;
     auto core = join<I, F, R, Args...>(detail::JobKind::map, pool, items, f, std::move(task), args...);
-    return ClusterJob<R>(std::move(core), results);
+    return ClusterJob<R>(std::move(core), std::move(store));
   }
   // Pool::find_first across every host: the lowest position whose item satisfies
   // pred(item, args...), with the item, or nullopt; the same answer on every host, and

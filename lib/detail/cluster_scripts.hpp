@@ -1,19 +1,24 @@
 // Cluster: the Lua scripts that are the only writers of a job's state in the engine
 // (Redis runs each atomically). Every script gets the job's eleven keys, in this order:
 //
-//   KEYS[1] psj:{J}:meta     hash    spec (kind n chunk items args task keep), epoch,
+//   KEYS[1] psj:{J}:meta     hash    spec (kind n chunk items args task results keep), epoch,
 //                                    state (running|done|stopped), stop (who stopped it,
 //                                    "" if nobody), next (first item never handed out),
 //                                    made (chunks made so far), best (find_first's match,
 //                                    n if none), fence, done_items failed_items
-//                                    skipped_items done_chunks redelivered fenced, created
+//                                    skipped_items done_chunks, redelivered (chunks handed
+//                                    out again), fenced (calls refused for a lease held
+//                                    elsewhere: late renewals and completions; a call
+//                                    retried after its reply was lost counts again), created
 //   KEYS[2] psj:{J}:leases   zset    chunk -> lease deadline (server ms, from TIME)
 //   KEYS[3] psj:{J}:owner    hash    chunk -> the token of its lease holder
 //   KEYS[4] psj:{J}:partial  hash    chunk -> items its holder finished so far (an overwrite)
 //   KEYS[5] psj:{J}:done     bitmap  chunk -> completed
 //   KEYS[6] psj:{J}:doneby   hash    chunk -> the token that completed it (retries succeed)
 //   KEYS[7] psj:{J}:fail     zset    position -> failure record (see lib/cluster.cpp)
-//   KEYS[8] psj:{J}:res      hash    chunk -> its serialized results (map)
+//   KEYS[8] psj:{J}:res      hash    chunk -> its serialized results (map; only chunks
+//                                    whose results take longer to compute than to move,
+//                                    unless the spec's results is 'engine')
 //   KEYS[9] psj:{J}:hosts    hash    host -> last seen (server ms)
 //   KEYS[10] psj:{J}:chunks  hash    chunk -> "first end": its items
 //   KEYS[11] psj:{J}:claims  hash    host -> its last claim: "nonce chunk token first end"
@@ -119,20 +124,21 @@ local function claim_next(host, lease_ms, nonce, want, least)
 end
 )lua";
 
-// join(epoch, kind, n, chunk, items, args, task, host, keep, lease_ms, nonce, size,
-// least): makes the job
+// join(epoch, kind, n, chunk, items, args, task, results, host, keep, lease_ms, nonce,
+// size, least): makes the job
 // (ARGV[1] becomes its epoch) or checks that the caller's spec is the job's.
 // -> {'ok', epoch, state, stop, best, failed_items[, claim's reply]}
 //    | {'mismatch', field, the job's value}
 inline constexpr const char* join = R"lua(
-local fields = {'kind', 'n', 'chunk', 'items', 'args', 'task'}
+local fields = {'kind', 'n', 'chunk', 'items', 'args', 'task', 'results'}
 if redis.call('EXISTS', meta) == 0 then
   redis.call('HSET', meta, 'epoch', ARGV[1], 'kind', ARGV[2], 'n', ARGV[3], 'chunk', ARGV[4],
-    'items', ARGV[5], 'args', ARGV[6], 'task', ARGV[7], 'keep', ARGV[9], 'state', 'running',
+    'items', ARGV[5], 'args', ARGV[6], 'task', ARGV[7], 'results', ARGV[8], 'keep', ARGV[10],
+    'state', 'running',
     'stop', '', 'next', 0, 'made', 0, 'best', ARGV[3], 'fence', 0, 'done_items', 0,
     'failed_items', 0, 'skipped_items', 0, 'done_chunks', 0, 'redelivered', 0, 'fenced', 0,
     'created', now_ms())
-  redis.call('HSET', hosts, ARGV[8], now_ms())  -- (before finish: it must expire too)
+  redis.call('HSET', hosts, ARGV[9], now_ms())  -- (before finish: it must expire too)
   if tonumber(ARGV[3]) == 0 then finish('done', 'done') end
 else
   for i, field in ipairs(fields) do
@@ -140,10 +146,10 @@ else
     if value ~= ARGV[i + 1] then return {'mismatch', field, value or ''} end
   end
 end
-redis.call('HSET', hosts, ARGV[8], now_ms())
+redis.call('HSET', hosts, ARGV[9], now_ms())
 local m = redis.call('HMGET', meta, 'epoch', 'state', 'stop', 'best', 'failed_items')
 if m[2] == 'running' then  -- and the host's first chunk, as claim would (one round trip)
-  return {'ok', m[1], m[2], m[3], m[4], m[5], claim_next(ARGV[8], ARGV[10], ARGV[11], ARGV[12], ARGV[13])}
+  return {'ok', m[1], m[2], m[3], m[4], m[5], claim_next(ARGV[9], ARGV[11], ARGV[12], ARGV[13], ARGV[14])}
 end
 return {'ok', m[1], m[2], m[3], m[4], m[5]}
 )lua";

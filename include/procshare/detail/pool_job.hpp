@@ -108,6 +108,9 @@ struct Progress {
 };
 
 PROCSHARE_API void start_job(PoolCore& core, const JobSpec& spec, const std::shared_ptr<JobState>& state);
+// Throws PoolClosed if no job can start on the pool (closed, broken, or not this
+// process's).
+PROCSHARE_API void check_usable(PoolCore& core);
 PROCSHARE_API bool wait_job(PoolCore& core, JobState& state, Deadline deadline);
 // as_completed(): waits until one of `states` (jobs of this pool) ended, or `deadline`;
 // returns its position, or states.size() at the deadline.
@@ -135,6 +138,8 @@ PROCSHARE_API bool cancel_unstarted(PoolCore& core, JobState& state);
                                                   std::chrono::nanoseconds waited);
 PROCSHARE_API Progress job_progress(PoolCore& core, JobState& state);
 PROCSHARE_API unsigned pool_workers(const PoolCore& core);
+// The bytes of the pool's arena (what a job's fixed-size items and results take room in).
+PROCSHARE_API std::uint64_t pool_arena_bytes(const PoolCore& core);
 
 // Serializes `args` as one tuple.
 template <class... Args> std::vector<std::byte> pack_args(const Args&... args) {
