@@ -1,9 +1,12 @@
 // Owner death for real: children SIGKILLed while holding a lock, inside a guard, and in
 // the middle of an allocation. Nobody hangs; deaths are reported; poison appears exactly
 // where a write was cut; the segment stays usable.
+#include "futex_watchdog.hpp"
 #include "support.hpp"
 
 #include <doctest/doctest.h>
+
+#include <fmt/format.h>
 
 #include <csignal>
 #include <cstdlib>
@@ -22,10 +25,13 @@ using namespace std::chrono_literals;
 namespace {
 
 // A thread of the test process that SIGKILLs a random worker of a pool every 0-2 ms while
-// a round runs (`kill_for`), then only watches: if the round has not ended `watchdog`
-// after it started, it kills the supervisor, so that the round's wait ends (the pool
-// fails with PoolClosed) instead of hanging the test; hung() then says so. Workers still
-// starting are spared: three deaths at start-up in a row break a pool on purpose.
+// a round runs (`kill_for`), then only watches. Throughout, it samples every worker and
+// this process's main thread with the lost wake-up Watchdog (futex_watchdog.hpp). If one
+// sleeps on a moved word for over a second, or the round has not ended `watchdog` after
+// it started, it kills the supervisor, so that the round's wait ends (the pool fails
+// with PoolClosed) instead of hanging the test; hung() then says so, and failure() why.
+// Workers still starting are spared: three deaths at start-up in a row break a pool on
+// purpose.
 class KillStorm {
 public:
   KillStorm(const Pool& pool, std::uint32_t seed, std::chrono::milliseconds kill_for,
@@ -42,14 +48,27 @@ public:
   }
   int kills() const { return kills_.load(); }  // the SIGKILLs it sent so far
   bool hung() const { return hung_.load(); }   // whether the watchdog fired
+  // Why it fired (after stop()).
+  const std::string& failure() const { return failure_; }
 
 private:
   void run(std::uint32_t seed, std::chrono::milliseconds kill_for, std::chrono::milliseconds watchdog) {
     std::mt19937 random(seed);
+    procshare::test::Watchdog sleepers;
     const auto start = std::chrono::steady_clock::now();
     while (!over_.load()) {
       const auto now = std::chrono::steady_clock::now();
-      if (now - start >= watchdog) {
+      std::vector<int> workers;
+      for (const auto& w : inspect_pool(control_).workers)
+        if (w.pid > 0) workers.push_back(w.pid);
+      std::optional<std::string> stall;
+      for (const int pid : workers)
+        if (!stall) stall = sleepers.check(pid);
+      if (!stall) stall = sleepers.check(::getpid());  // (the main thread, in its wait)
+      if (!stall && now - start >= watchdog)
+        stall = fmt::format("the round still runs {} ms after its start", watchdog.count());
+      if (stall) {
+        failure_ = *stall;
         hung_.store(true);
         ::kill(supervisor_, SIGKILL);
         return;
@@ -68,7 +87,8 @@ private:
   int supervisor_;
   std::atomic<bool> over_{false}, hung_{false};
   std::atomic<int> kills_{0};
-  std::thread thread_;  // last: it starts once the rest is ready
+  std::string failure_;  // (written by the thread before hung_, read after stop())
+  std::thread thread_;   // last: it starts once the rest is ready
 };
 
 // Blocks the calling child until it is killed.
@@ -334,16 +354,24 @@ TEST_CASE("poisoned() and owner_deaths() see a dead holder before anyone locks a
 // round must end, with done + failed + skipped == total and each count equal to what the
 // per-item outcomes say. Rounds alternate a map, a map cancelled midway (its unclaimed
 // items are dropped by workers and the parent) and an imap_unordered (batched results).
+// Each task takes nested locks (a Value's guard with an Array's lock inside, then a mark
+// in a third object), so kills also land inside them, and the storm's watchdog fails a
+// round in which any worker, or this process, sleeps on a free lock or a moved word.
 // Time budget: about 8 s (PROCSHARE_SOAK=N multiplies it).
-TEST_CASE("pool workers killed at random while settling tiny chunks: exact counts, no hang") {
+TEST_CASE("pool workers killed at random while settling tiny chunks: exact counts, no hang, no lost wake-up") {
   SegmentName name("settle_storm");
-  Pool pool({.workers = 6, .name = name.str()});
   constexpr int total = 20000;
-  std::vector<int> items(total);
+  procshare::test::LockedTaskObjects objects("settle_objects");  // (made before the pool forks)
+  auto& v = objects.v;
+  auto& hits = objects.hits;
+  auto& finished = objects.finished;
+  Pool pool({.workers = 6, .name = name.str()});
+  std::vector<std::int64_t> items(total);
   std::iota(items.begin(), items.end(), 0);
-  const auto task = [](const int& x) {
+  const auto task = [](const std::int64_t& x, Value<std::int64_t> v, Array<std::int64_t> hits,
+                       Array<std::uint8_t> finished) {
     if (x % 211 == 5) throw std::runtime_error("item fails");
-    return x * 2;
+    return 2 * procshare::test::locked_task(x, v, hits, finished);
   };
   int soak = 1;
   if (const char* s = std::getenv("PROCSHARE_SOAK")) soak = std::max(1, std::atoi(s));
@@ -359,9 +387,11 @@ TEST_CASE("pool workers killed at random while settling tiny chunks: exact count
     std::uint64_t done = 0, failed = 0, skipped = 0;  // from the items' outcomes
     bool wrong = false;
     struct { std::uint64_t done, failed, skipped; } p{};  // the job's counts
+    objects.reset();
+    std::uint64_t died = 0;  // items that failed as WorkerDied (their task may have got anywhere)
     KillStorm storm(pool, static_cast<std::uint32_t>(random()), 300ms, 15s);
     if (kind < 2) {
-      auto job = pool.map_async(Chunk{1}, items, task);
+      auto job = pool.map_async(Chunk{1}, items, task, v, hits, finished);
       if (kind == 1) {
         std::this_thread::sleep_for(std::chrono::microseconds(random() % 20000));
         job.cancel();
@@ -370,13 +400,13 @@ TEST_CASE("pool workers killed at random while settling tiny chunks: exact count
       storm.stop();
       if (storm.hung()) {
         hung = true;
-        FAIL_CHECK("round ", rounds, " hung: the job never completed");
+        FAIL_CHECK("round ", rounds, ": ", storm.failure());
         break;
       }
       const auto progress = job.progress();
       p = {progress.done, progress.failed, progress.skipped};
       for (const auto& o : job.outcomes()) {
-        const int x = items[o.index()];
+        const std::int64_t x = items[o.index()];
         if (o.state() == ItemState::done) {
           ++done;
           wrong |= o.value() != x * 2;
@@ -387,6 +417,7 @@ TEST_CASE("pool workers killed at random while settling tiny chunks: exact count
           } catch (const TaskError&) {
             wrong |= x % 211 != 5;
           } catch (const WorkerDied&) {
+            ++died;
           }
         } else {
           ++skipped;
@@ -396,18 +427,28 @@ TEST_CASE("pool workers killed at random while settling tiny chunks: exact count
     } else {
       std::vector<int> seen(total, 0);
       try {
-        for (const auto& o : pool.imap_unordered(items, task)) {
+        for (const auto& o : pool.imap_unordered(items, task, v, hits, finished)) {
           wrong |= seen.at(o.index())++ != 0;
-          if (o.state() == ItemState::done) ++done, wrong |= o.value() != items[o.index()] * 2;
-          else if (o.state() == ItemState::failed) ++failed;
-          else ++skipped;
+          if (o.state() == ItemState::done) {
+            ++done, wrong |= o.value() != items[o.index()] * 2;
+          } else if (o.state() == ItemState::failed) {
+            ++failed;
+            try {
+              std::rethrow_exception(o.error());
+            } catch (const WorkerDied&) {
+              ++died;
+            } catch (...) {
+            }
+          } else {
+            ++skipped;
+          }
         }
       } catch (const PoolClosed&) {  // (the watchdog killed the supervisor)
       }
       storm.stop();
       if (storm.hung()) {
         hung = true;
-        FAIL_CHECK("round ", rounds, " hung: the stream never ended");
+        FAIL_CHECK("round ", rounds, ": ", storm.failure());
         break;
       }
       wrong |= std::count(seen.begin(), seen.end(), 1) != total;
@@ -419,14 +460,29 @@ TEST_CASE("pool workers killed at random while settling tiny chunks: exact count
     CHECK(p.skipped == skipped);
     wrong |= p.done + p.failed + p.skipped != total || p.done != done || p.failed != failed ||
              p.skipped != skipped;
+    // The locks' totals: every done item marked itself and counted once under both locks;
+    // an item whose worker died may have got anywhere in its task (counted, marked or not).
+    std::uint64_t marked = 0;
+    for (int i = 0; i < total; ++i) marked += finished.load(static_cast<std::size_t>(i));
+    const auto counted = static_cast<std::uint64_t>(v.load());
+    CHECK(marked >= done);
+    CHECK(marked <= done + died);
+    CHECK(counted >= done);
+    CHECK(counted <= done + died);
+    CHECK(static_cast<std::uint64_t>(hits.load(0)) <= counted);
+    CHECK(static_cast<std::uint64_t>(hits.load(0)) + died >= counted);
+    wrong |= marked < done || marked > done + died || counted < done || counted > done + died;
     if (wrong) ++wrong_rounds;
     CHECK_FALSE(wrong);
     kills += storm.kills();
     ++rounds;
   }
-  MESSAGE(rounds, " rounds, ", kills, " kills, ", wrong_rounds, " rounds with wrong counts");
+  const auto inside = v.owner_deaths() + hits.owner_deaths() + finished.owner_deaths();
+  MESSAGE(rounds, " rounds, ", kills, " kills (", inside, " inside a task's locks), ", wrong_rounds,
+          " rounds with wrong counts");
   REQUIRE_FALSE(hung);
   CHECK(rounds >= 3);
+  CHECK(inside > 0);  // (kills did land inside the nested locks)
   // The pool is still whole.
   CHECK(pool.map(std::vector<int>{21}, [](const int& x) { return x * 2; }).at(0) == 42);
 }

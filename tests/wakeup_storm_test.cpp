@@ -17,6 +17,7 @@
 // Rounds per shape and process count: PROCSHARE_WAKEUP_ROUNDS, else PROCSHARE_STORM_ROUNDS
 // / 20 (10 by default, 3 at least: under run.sh asan), times PROCSHARE_SOAK. PROCSHARE_WAKEUP_PROCS
 // (e.g. "4,8") picks the process counts; doctest's -tc picks shapes.
+#include "futex_watchdog.hpp"
 #include "support.hpp"
 
 #include <doctest/doctest.h>
@@ -42,7 +43,13 @@
 #include <thread>
 
 using namespace procshare;
+using procshare::test::futex_sleep_of;
+using procshare::test::locked_task;
+using procshare::test::LockedTaskObjects;
+using procshare::test::read_word;
+using procshare::test::repairing;
 using procshare::test::SegmentName;
+using procshare::test::Watchdog;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
@@ -73,72 +80,8 @@ std::vector<int> process_counts() {
   return counts;
 }
 
-constexpr auto stale_limit = 1s;     // asleep this long on a moved word: a lost wake-up
 constexpr auto round_limit = 20s;    // a round still running then has hung
 constexpr auto target_length = 40ms; // a calibrated round without a kill lasts about this
-
-// ------------------------------------------------------------------ the watchdog
-
-// What a process is doing, from /proc/PID/syscall: asleep in a futex wait on `address`
-// expecting `expected`, or not.
-struct FutexSleep {
-  std::uintptr_t address = 0;
-  std::uint32_t expected = 0;
-  bool operator==(const FutexSleep&) const = default;
-};
-
-std::optional<FutexSleep> futex_sleep_of(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/syscall", pid));
-  long number = -1;
-  if (!(in >> number) || number != SYS_futex) return std::nullopt;
-  std::string address, operation, expected;
-  if (!(in >> address >> operation >> expected)) return std::nullopt;
-  const unsigned long op = std::stoul(operation, nullptr, 16) & FUTEX_CMD_MASK;
-  if (op != FUTEX_WAIT && op != FUTEX_WAIT_BITSET) return std::nullopt;
-  return FutexSleep{std::stoul(address, nullptr, 16),
-                    static_cast<std::uint32_t>(std::stoul(expected, nullptr, 16))};
-}
-
-// The 32-bit word at `address` in process `pid`.
-std::optional<std::uint32_t> read_word(pid_t pid, std::uintptr_t address) {
-  std::uint32_t word = 0;
-  iovec local{&word, sizeof word};
-  iovec remote{reinterpret_cast<void*>(address), sizeof word};
-  if (::process_vm_readv(pid, &local, 1, &remote, 1, 0) != sizeof word) return std::nullopt;
-  return word;
-}
-
-// Samples processes; remembers since when each has slept on a word that moved.
-class Watchdog {
-public:
-  // Checks `pid` now; returns a description if it has slept on a moved word for longer
-  // than stale_limit.
-  std::optional<std::string> check(pid_t pid) {
-    const auto sleep = futex_sleep_of(pid);
-    std::optional<std::uint32_t> word;
-    if (sleep) word = read_word(pid, sleep->address);
-    if (!sleep || !word || *word == sleep->expected) {
-      stale_.erase(pid);
-      return std::nullopt;
-    }
-    const auto now = Clock::now();
-    auto [entry, fresh] = stale_.try_emplace(pid, Stale{*sleep, now});
-    if (!fresh && !(entry->second.sleep == *sleep)) entry->second = Stale{*sleep, now};
-    if (now - entry->second.since < stale_limit) return std::nullopt;
-    return fmt::format("process {} has slept {} ms in futex_wait on {:#x}, expecting {:#x}, "
-                       "while the word holds {:#x}: a lost wake-up",
-                       pid,
-                       std::chrono::duration_cast<std::chrono::milliseconds>(now - entry->second.since).count(),
-                       sleep->address, sleep->expected, *word);
-  }
-
-private:
-  struct Stale {
-    FutexSleep sleep;
-    Clock::time_point since;
-  };
-  std::map<pid_t, Stale> stale_;
-};
 
 // ------------------------------------------------------------------ shapes
 
@@ -179,19 +122,6 @@ struct Shape {
 
 // Exit code of a child that ended as its shape allows after a death (BrokenBarrier).
 constexpr int expected_break = 3;
-
-// Retries `f` after clearing `object`'s poison (a victim died inside its write: the
-// survivors repair and go on, as a program would).
-template <class Object, class F> void repairing(Object& object, F f) {
-  for (;;) {
-    try {
-      f();
-      return;
-    } catch (const OwnerDied&) {
-      object.clear_poison();
-    }
-  }
-}
 
 // Value += 1.
 struct ValueOp : Shape {
@@ -744,49 +674,6 @@ TEST_CASE("a setter killed around Event::set never leaves its waiters asleep") {
 // ------------------------------------------------------------------ a pool task
 
 namespace {
-
-// A task with a guard on a Value and a second object's lock inside it, then a mark that
-// it finished (a third lock).
-std::int64_t locked_task(std::int64_t item, Value<std::int64_t> v, Array<std::int64_t> hits,
-                         Array<std::uint8_t> finished) {
-  repairing(v, [&] {
-    auto g = v.lock();
-    *g += 1;
-    repairing(hits, [&] { hits.update(0, [](std::int64_t x) { return x + 1; }); });
-  });
-  repairing(finished, [&] { finished.store(static_cast<std::size_t>(item), 1); });
-  return item;
-}
-
-}  // namespace
-
-namespace {
-
-// What locked_task works on, made before the pool forks its workers (so they have it)
-// and reset each round: a Value, a second object's lock, and a mark per item.
-struct LockedTaskObjects {
-  static constexpr std::size_t max_items = 1u << 20;
-  SegmentName name;
-  Segment segment;
-  Value<std::int64_t> v;
-  Array<std::int64_t> hits;
-  Array<std::uint8_t> finished;
-
-  explicit LockedTaskObjects(const char* what)
-      : name(what),
-        segment(Segment::create(name, max_items + (1 << 16))),
-        v(segment.create_value<std::int64_t>("v", 0)),
-        hits(segment.create_array<std::int64_t>("hits", 1)),
-        finished(segment.create_array<std::uint8_t>("finished", max_items)) {}
-  void reset() {
-    if (v.poisoned()) v.clear_poison();
-    if (hits.poisoned()) hits.clear_poison();
-    if (finished.poisoned()) finished.clear_poison();
-    v.store(0);
-    hits.store(0, 0);
-    finished.fill(0);
-  }
-};
 
 }  // namespace
 
