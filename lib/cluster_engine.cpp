@@ -9,7 +9,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -146,8 +145,6 @@ EngineUrl parse_engine_url(std::string_view url) {
 
 namespace {
 
-constexpr auto spin_time = std::chrono::microseconds(100);
-
 // Connections an Engine of this process left open and healthy, for the next Engine with
 // the same server, user, password and timeouts: a program that runs one cluster job after
 // another connects and authenticates once. A connection is never shared (an Engine takes
@@ -265,12 +262,6 @@ struct Engine::State {
             throw;
           }
         }
-        // The reply of a quick call comes within tens of microseconds: polled for up to
-        // spin_time, the caller's CPU stays awake for it (as the pool's waits do) rather
-        // than sleep and be woken. It yields between polls: a server on the same CPU runs.
-        const auto until = std::chrono::steady_clock::now() + spin_time;
-        pollfd p{context->fd, POLLIN, 0};
-        while (::poll(&p, 1, 0) == 0 && std::chrono::steady_clock::now() < until) ::sched_yield();
         void* got = nullptr;
         if (redisGetReply(context, &got) == REDIS_OK) reply = static_cast<redisReply*>(got);
       }

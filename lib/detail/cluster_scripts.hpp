@@ -61,16 +61,18 @@ local function ended()
   local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'failed_items')
   return {'ended', m[1], m[2], m[3], m[4]}
 end
-local function finish(state, message)
+-- Ends the job (`keep`: the meta's, if the caller read it already).
+local function finish(state, message, keep)
   redis.call('HSET', meta, 'state', state)
-  local keep = redis.call('HGET', meta, 'keep')
+  keep = keep or redis.call('HGET', meta, 'keep')
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
   redis.call('PUBLISH', channel, message)
 end
--- Claims a chunk for `host` (see claim below); the job is running.
-local function claim_next(host, lease_ms, nonce, want, least)
-  local m = redis.call('HMGET', meta, 'best', 'n', 'next', 'made', 'chunk')
-  local now = now_ms()
+-- Claims a chunk for `host` (see claim below); the job is running. `now`: the server's
+-- ms, if the caller read it already.
+local function claim_next(host, lease_ms, nonce, want, least, now)
+  local m = redis.call('HMGET', meta, 'best', 'n', 'next', 'made', 'chunk', 'fence', 'redelivered')
+  now = now or now_ms()
   redis.call('HSET', hosts, host, now)
   local last = redis.call('HGET', claims, host)
   if last then  -- the same claim again (its reply was lost): the same chunk, if still held
@@ -88,7 +90,6 @@ local function claim_next(host, lease_ms, nonce, want, least)
     local f, e = string.match(redis.call('HGET', chunks, expired), '^(%d+) (%d+)$')
     if tonumber(f) <= best then
       c, first, last = tonumber(expired), tonumber(f), tonumber(e)
-      redis.call('HINCRBY', meta, 'redelivered', 1)
       break
     end
     -- above the best match: it need not run any more
@@ -96,7 +97,11 @@ local function claim_next(host, lease_ms, nonce, want, least)
     redis.call('HDEL', owner, expired)
     redis.call('HDEL', partial, expired)
   end
-  if not c then
+  local fence = tonumber(m[6]) + 1
+  if c then  -- (rerun: its partial progress starts again)
+    redis.call('HSET', meta, 'fence', fence, 'redelivered', tonumber(m[7]) + 1)
+    redis.call('HSET', partial, int(c), 0)
+  else
     local next = tonumber(m[3])
     if next >= n or next > best then return {'wait', m[1]} end
     local size = tonumber(m[5])
@@ -112,13 +117,12 @@ local function claim_next(host, lease_ms, nonce, want, least)
       size = math.max(1, tonumber(least), math.min(tonumber(want), share))
     end
     c, first, last = tonumber(m[4]), next, math.min(n, next + size)
-    redis.call('HSET', meta, 'next', int(last), 'made', int(c + 1))
+    redis.call('HSET', meta, 'next', int(last), 'made', int(c + 1), 'fence', fence)
     redis.call('HSET', chunks, int(c), int(first) .. ' ' .. int(last))
   end
-  local token = redis.call('HINCRBY', meta, 'fence', 1) .. ':' .. host .. ':' .. nonce
+  local token = int(fence) .. ':' .. host .. ':' .. nonce
   redis.call('ZADD', leases, now + tonumber(lease_ms), int(c))
   redis.call('HSET', owner, int(c), token)
-  redis.call('HSET', partial, int(c), 0)
   redis.call('HSET', claims, host, nonce .. ' ' .. int(c) .. ' ' .. token .. ' ' .. int(first) .. ' ' .. int(last))
   return {'chunk', int(c), token, int(first), int(last), m[1]}
 end
@@ -131,27 +135,31 @@ end
 //    | {'mismatch', field, the job's value}
 inline constexpr const char* join = R"lua(
 local fields = {'kind', 'n', 'chunk', 'items', 'args', 'task', 'results'}
-if redis.call('EXISTS', meta) == 0 then
+local now = now_ms()
+local job = redis.call('HMGET', meta, 'epoch', 'state', 'stop', 'best', 'failed_items', unpack(fields))
+if not job[1] then
   redis.call('HSET', meta, 'epoch', ARGV[1], 'kind', ARGV[2], 'n', ARGV[3], 'chunk', ARGV[4],
     'items', ARGV[5], 'args', ARGV[6], 'task', ARGV[7], 'results', ARGV[8], 'keep', ARGV[10],
     'state', 'running',
     'stop', '', 'next', 0, 'made', 0, 'best', ARGV[3], 'fence', 0, 'done_items', 0,
     'failed_items', 0, 'skipped_items', 0, 'done_chunks', 0, 'redelivered', 0, 'fenced', 0,
-    'created', now_ms())
-  redis.call('HSET', hosts, ARGV[9], now_ms())  -- (before finish: it must expire too)
-  if tonumber(ARGV[3]) == 0 then finish('done', 'done') end
+    'created', now)
+  job = {ARGV[1], 'running', '', ARGV[3], '0'}
+  if tonumber(ARGV[3]) == 0 then
+    redis.call('HSET', hosts, ARGV[9], now)  -- (before finish: it must expire too)
+    finish('done', 'done', ARGV[10])
+    job[2] = 'done'
+  end
 else
   for i, field in ipairs(fields) do
-    local value = redis.call('HGET', meta, field)
-    if value ~= ARGV[i + 1] then return {'mismatch', field, value or ''} end
+    if job[5 + i] ~= ARGV[i + 1] then return {'mismatch', field, job[5 + i] or ''} end
   end
 end
-redis.call('HSET', hosts, ARGV[9], now_ms())
-local m = redis.call('HMGET', meta, 'epoch', 'state', 'stop', 'best', 'failed_items')
-if m[2] == 'running' then  -- and the host's first chunk, as claim would (one round trip)
-  return {'ok', m[1], m[2], m[3], m[4], m[5], claim_next(ARGV[9], ARGV[11], ARGV[12], ARGV[13], ARGV[14])}
+if job[2] == 'running' then  -- and the host's first chunk, as claim would (one round trip)
+  return {'ok', job[1], job[2], job[3], job[4], job[5], claim_next(ARGV[9], ARGV[11], ARGV[12], ARGV[13], ARGV[14], now)}
 end
-return {'ok', m[1], m[2], m[3], m[4], m[5]}
+redis.call('HSET', hosts, ARGV[9], now)
+return {'ok', job[1], job[2], job[3], job[4], job[5]}
 )lua";
 
 // claim(epoch, host, lease_ms, nonce, size, least): the lowest-deadline expired lease
@@ -200,52 +208,49 @@ return {'ok', m[3], kept}
 // -> {'ok', state, best, failed_items[, claim's reply]} | {'fenced'[, claim's reply]}
 //    | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* complete = R"lua(
-if lost() then return {'lost'} end
 local c = ARGV[2]
-local function next_claim(reply)
-  if ARGV[9] == '1' and redis.call('HGET', meta, 'state') == 'running' then
+local m = redis.call('HMGET', meta, 'epoch', 'state', 'stop', 'best', 'made', 'next', 'n', 'done_items',
+  'failed_items', 'skipped_items', 'done_chunks', 'keep', 'fenced')
+if m[1] ~= ARGV[1] then return {'lost'} end
+local function next_claim(reply, state)
+  if ARGV[9] == '1' and state == 'running' then
     reply[#reply + 1] = claim_next(ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14])
   end
   return reply
 end
-if redis.call('HGET', doneby, c) == ARGV[3] then
-  local m = redis.call('HMGET', meta, 'state', 'best', 'failed_items')
-  return next_claim({'ok', m[1], m[2], m[3]})
+if redis.call('HGET', doneby, c) == ARGV[3] then  -- (a retry of an accepted completion)
+  return next_claim({'ok', m[2], m[4], m[9]}, m[2])
 end
-local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'made', 'next', 'n')
-if m[1] ~= 'running' then return ended() end
+if m[2] ~= 'running' then return ended() end
 if redis.call('HGET', owner, c) ~= ARGV[3] then
-  redis.call('HINCRBY', meta, 'fenced', 1)
-  return next_claim({'fenced'})
+  redis.call('HSET', meta, 'fenced', tonumber(m[13]) + 1)
+  return next_claim({'fenced'}, m[2])
 end
 redis.call('ZREM', leases, c)
 redis.call('HDEL', owner, c)
 redis.call('HDEL', partial, c)
 redis.call('SETBIT', done, c, 1)
 redis.call('HSET', doneby, c, ARGV[3])
-redis.call('HINCRBY', meta, 'done_items', ARGV[4])
-local failed = redis.call('HINCRBY', meta, 'failed_items', ARGV[5])
-redis.call('HINCRBY', meta, 'skipped_items', ARGV[6])
-redis.call('HINCRBY', meta, 'done_chunks', 1)
+local failed = int(tonumber(m[9]) + tonumber(ARGV[5]))
+local best, found = tonumber(m[4]), tonumber(ARGV[7])
+if found >= 0 and found < best then best = found end
+redis.call('HSET', meta, 'done_items', int(tonumber(m[8]) + tonumber(ARGV[4])), 'failed_items', failed,
+  'skipped_items', int(tonumber(m[10]) + tonumber(ARGV[6])), 'done_chunks', int(tonumber(m[11]) + 1),
+  'best', int(best))
 for i = 15, #ARGV, 2 do redis.call('ZADD', fail, ARGV[i], ARGV[i + 1]) end
 if ARGV[8] ~= '' then redis.call('HSET', res, c, ARGV[8]) end
-local best, found = tonumber(m[3]), tonumber(ARGV[7])
-if found >= 0 and found < best then
-  best = found
-  redis.call('HSET', meta, 'best', int(found))
-  redis.call('PUBLISH', channel, 'best ' .. int(found))
-end
+if best < tonumber(m[4]) then redis.call('PUBLISH', channel, 'best ' .. int(best)) end
 -- Done once nothing is left to hand out and every chunk that starts at or below the best
 -- match (every chunk, without one) is done: chunks start in the order they were made.
-local n, next, made = tonumber(m[6]), tonumber(m[5]), tonumber(m[4])
+local n, next, made = tonumber(m[7]), tonumber(m[6]), tonumber(m[5])
 if next >= n or next > best then
   local open = redis.call('BITPOS', done, 0)
   if open >= made or first_of(open) > best then
-    finish('done', 'done')
+    finish('done', 'done', m[12])
     return {'ok', 'done', int(best), failed}
   end
 end
-return next_claim({'ok', 'running', int(best), failed})
+return next_claim({'ok', 'running', int(best), failed}, 'running')
 )lua";
 
 // stop(epoch, who): stops a running job; the first stop's "who" is kept.
