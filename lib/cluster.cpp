@@ -275,8 +275,8 @@ struct ClusterCore::State {
 
   // Gives up a local job: cancelled, and its results (should it still end) go nowhere.
   void give_up(Running& r) {
+    task->detach(*r.local);  // (first: the job may end in another thread's pool call)
     cancel_job(*pool, *r.local);
-    task->detach(*r.local);
     r.cancelled = true;
   }
   void cancel_local() {
@@ -426,9 +426,11 @@ struct ClusterCore::State {
     // A map's results go to the engine for the other hosts when computing them again
     // would take longer than moving them (ResultTransfer::automatic), else each host that
     // needs them computes them again (finish). A chunk with failures sends none: the job
-    // throws its lowest failure, and nobody reads them.
+    // throws its lowest failure, and nobody reads them. (A result that could not be read
+    // back here, a user's transport<R>::read that threw, is a failure too, uncounted.)
+    const bool whole = local.failed == 0 && local.failures.empty() && local.skipped == 0 && !r.cancelled;
     std::vector<std::byte> results;
-    if (task->keeps_results() && local.failed == 0 && local.skipped == 0 && !r.cancelled) {
+    if (task->keeps_results() && whole) {
       const double budget = options.results == ResultTransfer::engine ? 1e18 : run_seconds * engine_bytes_per_second;
       task->write(r.first, r.count, budget >= 1e18 ? SIZE_MAX : static_cast<std::size_t>(budget), results);
     }
@@ -458,7 +460,7 @@ struct ClusterCore::State {
       if (reply.elements.size() > 1) take_claim(reply.elements[1], now);
       return;
     }
-    if (spec.kind == JobKind::map) mine.insert({r.first, r.first + r.count});  // (its results are in place)
+    if (spec.kind == JobKind::map && whole) mine.insert({r.first, r.first + r.count});  // (its results are in place)
     if (reply.elements.at(1).text == "done")
       return end("done", "", number(reply.elements.at(2)), number(reply.elements.at(3)));
     if (reply.elements.size() > 4) take_claim(reply.elements[4], now);
@@ -578,6 +580,7 @@ struct ClusterCore::State {
       for (std::size_t k = at; k < end; ++k) {
         const EngineReply& bytes = reply.elements.at(k - at);
         if (bytes.kind != EngineReply::Kind::string) {
+          if (options.results == ResultTransfer::engine) lost();  // (every result was sent)
           again.push_back(wanted[k]);
           continue;
         }
@@ -586,7 +589,7 @@ struct ClusterCore::State {
         mine.insert({wanted[k].first, wanted[k].end});
       }
     }
-    compute_again(again);
+    compute_again(std::move(again));
     if (!covers_all()) lost();  // (an item without a result: never a default value)
   }
 
@@ -601,16 +604,22 @@ struct ClusterCore::State {
   }
 
   // Runs the chunks `again` on this host's pool (their results were not sent: cheaper to
-  // compute again than to move), not counted in the job. Throws their lowest failure as
-  // the job would, PoolClosed, Stopped (a task's request_stop() meanwhile).
-  void compute_again(const std::vector<Chunk>& again) {
+  // compute again than to move), not counted in the job, in pieces that fit this host's
+  // arena. Throws their lowest failure as the job would, PoolClosed, Stopped (a task's
+  // request_stop() meanwhile).
+  void compute_again(std::vector<Chunk> again) {
+    std::sort(again.begin(), again.end(), [](const Chunk& a, const Chunk& b) { return a.first < b.first; });
     std::vector<Running> runs;
     try {
       for (const auto& c : again)
-        runs.push_back(Running{c.chunk, c.first, c.end - c.first, "", start_local(c.first, c.end - c.first),
-                               Clock::now()});
+        for (std::uint64_t first = c.first; first < c.end;) {
+          const std::uint64_t count = std::min(c.end - first, most);
+          runs.push_back(Running{c.chunk, first, count, "", start_local(first, count), Clock::now()});
+          first += count;
+        }
       std::optional<std::string> lowest;
       std::uint64_t lowest_at = UINT64_MAX;
+      const Running* stopped = nullptr;
       for (Running& r : runs) {
         wait_job(*pool, *r.local, no_deadline);
         JobState& local = *r.local;
@@ -620,14 +629,15 @@ struct ClusterCore::State {
             lowest_at = r.first + f.index;
             lowest = failure_record(lowest_at, f);
           }
-        if (!lowest && local.skipped > 0)
-          throw Stopped("", object,
-                        fmt::format("a task's request_stop() (or procshare-ctl) on {} while it computed again "
-                                    "the results of items {} to {}, which were not sent (cheaper to compute than "
-                                    "to move)",
-                                    host, r.first, r.first + r.count - 1));
+        if (local.skipped > 0 && stopped == nullptr) stopped = &r;
       }
       if (lowest) throw_failure(*lowest);
+      if (stopped != nullptr)
+        throw Stopped("", object,
+                      fmt::format("a task's request_stop() (or procshare-ctl) on {} while it computed again "
+                                  "the results of items {} to {}, which were not sent (cheaper to compute than "
+                                  "to move)",
+                                  host, stopped->first, stopped->first + stopped->count - 1));
     } catch (...) {
       for (Running& r : runs) give_up(r);
       throw;

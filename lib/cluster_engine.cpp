@@ -159,6 +159,7 @@ public:
     for (std::size_t i = entries_.size(); i-- > 0;) {
       Entry e = entries_[i];
       if (e.pid != me) {  // (a parent's: its sockets are not this process's to use)
+        redisFree(e.context);  // (closes this process's copy of the socket; sends nothing)
         entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
         continue;
       }
@@ -204,12 +205,38 @@ struct Engine::State {
   std::string password;
   redisContext* context = nullptr;
   pid_t owner = ::getpid();  // the process that connected
+  bool reusable = true;      // no command left state on the connection (see note_command)
 
   ~State() {
-    // A healthy connection of this process goes back for the next Engine.
-    if (context != nullptr && context->err == 0 && owner == ::getpid())
-      idle_connections().give(key(), std::exchange(context, nullptr));
+    // A healthy connection of this process, in its first state, goes back for the next
+    // Engine.
+    if (context != nullptr && context->err == 0 && reusable && owner == ::getpid()) {
+      try {
+        idle_connections().give(key(), context);
+        context = nullptr;
+      } catch (...) {  // (no memory for it: closed)
+      }
+    }
     drop();
+  }
+  // A command that leaves state on the connection (another database, a transaction, a
+  // subscription, a client setting) makes it unfit for another Engine.
+  void note_command(const std::vector<std::string>& args) {
+    if (args.empty()) return;
+    std::string name = args[0];
+    for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    static const char* const stateful[] = {"SELECT",  "MULTI",     "WATCH",     "SUBSCRIBE", "PSUBSCRIBE",
+                                           "SSUBSCRIBE", "MONITOR", "HELLO",     "AUTH",      "READONLY",
+                                           "READWRITE", "RESET",    "CLIENT",    "SYNC",      "PSYNC"};
+    for (const char* s : stateful)
+      if (name == s) {
+        if (name == "CLIENT" && args.size() > 1) {
+          std::string sub = args[1];
+          for (char& c : sub) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+          if (sub == "ID" || sub == "INFO" || sub == "GETNAME" || sub == "LIST") return;
+        }
+        reusable = false;
+      }
   }
   // What an idle connection must match to be used again.
   std::string key() const {
@@ -299,6 +326,7 @@ struct Engine::State {
   }
   // Opens a connection, authenticates and PINGs it.
   void connect() {
+    reusable = true;  // (a new connection: no state of an earlier command)
     context = redisConnectWithTimeout(url.host.c_str(), url.port, to_timeval(options.connect_timeout));
     if (context == nullptr) unavailable("cannot allocate a connection");
     if (context->err != 0) {
@@ -352,7 +380,10 @@ Engine::~Engine() = default;
 
 const std::string& Engine::url() const noexcept { return state_->url.text; }
 
-EngineReply Engine::command(const std::vector<std::string>& args) { return state_->checked(args); }
+EngineReply Engine::command(const std::vector<std::string>& args) {
+  state_->note_command(args);
+  return state_->checked(args);
+}
 
 namespace {
 // Script text (by address) -> its SHA1, as SCRIPT LOAD answered: the same on every server,

@@ -26,12 +26,12 @@
 
 namespace procshare::test {
 
-// A task result of 16 kB, made in a microsecond and copied through the pool's slots:
-// never worth sending through the engine (ResultTransfer::automatic), so every host
-// computes again the results of the chunks other hosts completed.
+// A task result of 64 kB, made in microseconds and copied through the pool's slots: not
+// worth sending through the engine (ResultTransfer::automatic), so every host computes
+// again the results of the chunks other hosts completed.
 struct Block {
   std::uint64_t item;
-  char bytes[16384];
+  char bytes[65536];
 };
 
 }  // namespace procshare::test

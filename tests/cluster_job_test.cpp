@@ -21,6 +21,20 @@
 #include <string>
 #include <vector>
 
+// A result whose reading back throws for the value 13 (a user's transport<R>::read that
+// fails in the parent).
+struct Brittle {
+  int value;
+};
+template <> struct procshare::transport<Brittle> {
+  static void write(procshare::Writer& w, const Brittle& b) { w.write(b.value); }
+  static Brittle read(procshare::Reader& r) {
+    const int value = r.read<int>();
+    if (value == 13) throw std::runtime_error("13 cannot be read back");
+    return Brittle{value};
+  }
+};
+
 using namespace procshare;
 using procshare::detail::Engine;
 using procshare::test::Hosts;
@@ -64,6 +78,7 @@ std::string text_unless_late(std::uint64_t i) {
   return std::string(10000, static_cast<char>('a' + i % 26)) + std::to_string(i);
 }
 std::string text_of(std::uint64_t i) { return std::string(10000, static_cast<char>('a' + i % 26)) + std::to_string(i); }
+Brittle brittle(std::uint64_t i) { return Brittle{static_cast<int>(i)}; }
 std::string tagged(const std::string& word, const std::string& suffix) { return word + suffix; }
 bool is_match(std::uint64_t i, std::uint64_t above) { return i > above && i % 9973 == 9972; }
 bool matches_or_throws(std::uint64_t i, std::uint64_t throws_at) {
@@ -351,6 +366,30 @@ TEST_CASE("a cluster map whose results outgrow the pool's arena runs in chunks t
   for (std::uint64_t i = 0; i < n; ++i) wrong += result[i] != i * i;
   CHECK(wrong == 0);
   CHECK(std::stoull(meta_of(server, "roomy").at("made")) >= 16);  // (at most 512 kB of results each)
+  // A host with the default arena makes larger chunks (their results not sent: trivial);
+  // a late host with the small one computes them again in pieces that fit.
+  Pool roomy({.workers = 1});
+  Cluster early(options_for(server, "roomy-late", 0));
+  CHECK(early.map(roomy, Range{0, n}, square).size() == n);
+  CHECK(std::stoull(meta_of(server, "roomy-late").at("made")) < 16);
+  Cluster late(options_for(server, "roomy-late", 1));
+  const auto again = late.map(pool, Range{0, n}, square);
+  REQUIRE(again.size() == n);
+  wrong = 0;
+  for (std::uint64_t i = 0; i < n; ++i) wrong += again[i] != i * i;
+  CHECK(wrong == 0);
+}
+
+TEST_CASE("a result that cannot be read back on its host is a TaskError from get(), never a default value") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Pool pool({.workers = 1});
+  Cluster cluster(options_for(server, "brittle", 0));
+  CHECK_THROWS_WITH_AS(cluster.map(pool, Range{0, 100}, brittle), doctest::Contains("13 cannot be read back"),
+                       TaskError);
+  Cluster late(options_for(server, "brittle", 1));  // (it computes them again: the same failure)
+  CHECK_THROWS_WITH_AS(late.map(pool, Range{0, 100}, brittle), doctest::Contains("13 cannot be read back"),
+                       TaskError);
 }
 
 TEST_CASE("a host whose call differs from the job's is JobMismatch naming the field, and writes nothing") {
@@ -423,7 +462,7 @@ TEST_CASE("a late host joins a finished job: costly results come from the engine
     CHECK_THROWS_WITH_AS(job.get(), doctest::Contains("get() after get() returned the results"),
                          InvalidArgument);
   }
-  SUBCASE("results slow to move (16 kB each): not sent; the late host computes them again, uncounted") {
+  SUBCASE("results slow to move (64 kB each): not sent; the late host computes them again, uncounted") {
     Cluster early(options_for(server, "cheap", 0));
     CHECK(procshare::test::is_block_of(early.map(early_pool, Range{0, 1000}, block_unless_late)[999], 999));
     CHECK(sent("cheap") < made("cheap"));
@@ -452,6 +491,16 @@ TEST_CASE("a late host joins a finished job: costly results come from the engine
     const auto result = late.map(late_pool_, Range{0, 1000}, text_unless_late);
     REQUIRE(result.size() == 1000);
     for (std::uint64_t i = 0; i < 1000; ++i) REQUIRE(result[i] == text_of(i));
+  }
+  SUBCASE("with ResultTransfer::engine, a result gone from the engine is JobLost, never computed again") {
+    ClusterOptions options = options_for(server, "evicted", 0);
+    options.results = ResultTransfer::engine;
+    Cluster early(options);
+    CHECK(early.map(early_pool, Range{0, 1000}, block_unless_late).size() == 1000);
+    CHECK(engine.command({"DEL", "psj:{evicted}:res"}).integer == 1);  // (as an eviction would)
+    options.host = "h1";
+    Cluster late(options);
+    CHECK_THROWS_AS(late.map(late_pool_, Range{0, 1000}, block_unless_late), JobLost);
   }
   SUBCASE("an item that fails when computed again is the late host's TaskError") {
     Cluster early(options_for(server, "again", 0));

@@ -118,6 +118,19 @@ TEST_CASE("Engines of one process take the healthy connection an earlier one lef
   Engine fresh({.url = server.url()});
   CHECK(fresh.command({"CLIENT", "ID"}).integer != idle);
   CHECK(fresh.command({"PING"}).text == "PONG");
+  // A command that leaves state on its connection (another database) keeps it from the
+  // next Engine.
+  long long selected = 0;
+  {
+    Engine engine({.url = server.url()});
+    CHECK(engine.command({"SELECT", "1"}).text == "OK");
+    selected = engine.command({"CLIENT", "ID"}).integer;
+  }
+  {
+    Engine next({.url = server.url()});
+    CHECK(next.command({"CLIENT", "ID"}).integer != selected);
+    CHECK(next.command({"CLIENT", "INFO"}).text.find(" db=0 ") != std::string::npos);
+  }
   // Another password: never the connection authenticated with this one.
   PasswordEnv wrong("not-it");
   CHECK_THROWS_AS(Engine({.url = server.url()}), AuthFailed);

@@ -17,8 +17,10 @@
 //   outside effects (files, databases), as with Celery's acks_late or Ray's retries.
 // Results: every host gets every result of a map. A chunk's results go through the
 //   engine when computing them again would take longer than moving them; otherwise each
-//   host that needs them computes them again (uncounted), so f must give the same result
-//   for the same item (else ClusterOptions::results = ResultTransfer::engine).
+//   host that needs them computes them again (uncounted): f must give the same result
+//   for the same item, and such cheap items run once on every host that gets the results
+//   (their outside effects too). ClusterOptions::results = ResultTransfer::engine sends
+//   every result: each item then runs once (more only after a failure).
 // Items: a Range, or values that are the same on every host (their hash is checked when
 //   a host joins: JobMismatch names the field that differs); so are the arguments, the
 //   kind of call, the chunk size and the task's type.
@@ -170,9 +172,11 @@ enum class ResultTransfer {
   // A chunk's results go through the engine when computing them again would take longer
   // than moving them; otherwise every host that needs them computes them again on its
   // own pool (not counted again), so f must give the same result for the same item and
-  // arguments. Cheap items' results (x -> 2x + 1) never load the engine.
+  // arguments, and such cheap items run on every host that gets the results (their
+  // outside effects too). Cheap items' results (x -> 2x + 1) never load the engine.
   automatic,
-  // Always through the engine: every item's result comes from one run of f.
+  // Always through the engine: every item's result comes from one run of f (a result
+  // missing from the engine is JobLost, never computed again).
   engine,
 };
 
@@ -192,8 +196,8 @@ struct ClusterOptions {
   // for chunks freed by an expired lease once none is left to claim); at most lease / 3.
   std::chrono::milliseconds flush{100};
   // Items per chunk, fixed when the job is made (0: adaptive: each host asks for ~50 ms
-  // of its work, less towards the end so that every host gets some; the first chunks
-  // are 1/256 of the items).
+  // of its work, less towards the end so that every host gets some, and never more than
+  // half its pool's arena holds; the first chunks are 1/256 of the items).
   std::uint64_t chunk = 0;
   // How a map's results reach the other hosts (see ResultTransfer); part of the job: a
   // host that asks for the other is JobMismatch.
@@ -302,7 +306,8 @@ template <class R> struct ClusterStore {
   std::mutex mutex;   // (a local job's results may arrive in another thread's pool call)
   bool open = true;   // until get() moves the values out
   std::conditional_t<fixed, std::vector<R>, std::vector<std::optional<R>>> values;
-  // The results in input order (moved out); every one is there (ClusterCore checked).
+  // The results in input order (moved out). ClusterCore calls it once the chunks whose
+  // results it holds cover every item (a chunk with a failure is not among them).
   std::vector<R> take() {
     std::lock_guard guard(mutex);
     open = false;
@@ -375,7 +380,23 @@ struct ClusterTaskOf final : ClusterTask {
   bool keeps_results() const override { return results; }
   std::uint64_t arena_bytes_per_item() const override {
     std::uint64_t bytes = fixed_size<std::conditional_t<results, R, void>>();
-    if constexpr (!ItemsOf<I>::is_range && Transport<T>::fixed) bytes += sizeof(T);
+    if constexpr (!ItemsOf<I>::is_range) {
+      if constexpr (Transport<T>::fixed) {
+        bytes += sizeof(T);
+      } else if (!items.empty()) {
+        // Serialized items and their offsets: twice the largest of a sample of 64.
+        std::uint64_t largest = 0;
+        const std::size_t step = std::max<std::size_t>(1, items.size() / 64);
+        std::vector<std::byte> one;
+        for (std::size_t i = 0; i < items.size(); i += step) {
+          one.clear();
+          Writer w{one};
+          Transport<T>::write(w, items[i]);
+          largest = std::max<std::uint64_t>(largest, one.size());
+        }
+        bytes += sizeof(std::uint64_t) + 2 * largest;
+      }
+    }
     return bytes;
   }
   std::shared_ptr<JobState> start(std::uint64_t first, std::uint64_t count) override {
