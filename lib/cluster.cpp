@@ -88,28 +88,31 @@ std::string kind_name(JobKind kind) {
   return kind == JobKind::find_first ? "find_first" : kind == JobKind::map ? "map" : "submit";
 }
 
+// What an error said after its segment and object ("segment 'S': OBJECT: DETAIL"), to
+// say it again under another object.
+std::string detail_of(const Error& e) {
+  const std::string text = e.what();
+  const auto at = e.object().empty() ? std::string::npos : text.find(e.object() + ": ");
+  return at == std::string::npos ? text : text.substr(at + e.object().size() + 2);
+}
+
 // Rethrows the engine's error being handled as the same type, with `object` (the job, its
 // URL and host) in front of what it said.
 [[noreturn]] void rethrow_for(const std::string& object) {
   // (the engine's own "engine 'URL': " prefix is dropped: `object` names the URL too)
-  const auto said = [](const Error& e) {
-    const std::string text = e.what();
-    const std::string prefix = e.object() + ": ";
-    return text.rfind(prefix, 0) == 0 ? text.substr(prefix.size()) : text;
-  };
   try {
     throw;
   } catch (const AuthFailed& e) {
-    throw AuthFailed("", object, said(e));
+    throw AuthFailed("", object, detail_of(e));
   } catch (const PermissionDenied& e) {
-    throw PermissionDenied("", object, said(e));
+    throw PermissionDenied("", object, detail_of(e));
   } catch (const EngineUnavailable& e) {
-    throw EngineUnavailable("", object, said(e));
+    throw EngineUnavailable("", object, detail_of(e));
   } catch (const InvalidArgument& e) {
-    throw InvalidArgument("", object, said(e));
+    throw InvalidArgument("", object, detail_of(e));
   } catch (const Error& e) {
     if (e.object().rfind("engine '", 0) != 0) throw;  // (not the engine's: already ours)
-    throw Error("", object, said(e));
+    throw Error("", object, detail_of(e));
   }
 }
 
@@ -305,17 +308,12 @@ struct ClusterCore::State {
   // Runs `call` on this host's pool; its errors (a pool closed, broken or used by another
   // process, its arena full) also name the cluster job: "pool (WHAT cluster job ...)".
   template <class Call> auto on_pool(const std::string& what, const Call& call) {
-    const auto detail = [](const Error& e) {  // (what follows "OBJECT: " in the message)
-      const std::string text = e.what();
-      const auto at = text.find(e.object() + ": ");
-      return at == std::string::npos ? text : text.substr(at + e.object().size() + 2);
-    };
     try {
       return call();
     } catch (const PoolClosed& e) {
-      throw PoolClosed(e.segment(), fmt::format("{} ({}{})", e.object(), what, object), detail(e));
+      throw PoolClosed(e.segment(), fmt::format("{} ({}{})", e.object(), what, object), detail_of(e));
     } catch (const SegmentFull& e) {
-      throw SegmentFull(e.segment(), fmt::format("{} ({}{})", e.object(), what, object), detail(e));
+      throw SegmentFull(e.segment(), fmt::format("{} ({}{})", e.object(), what, object), detail_of(e));
     }
   }
   // Starts items [first, first + count) as a local job on this host's pool.
