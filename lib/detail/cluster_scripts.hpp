@@ -2,7 +2,8 @@
 // (Redis runs each atomically). Every script gets the job's eleven keys, in this order:
 //
 //   KEYS[1] psj:{J}:meta     hash    spec (kind n chunk items args task results keep), epoch,
-//                                    state (running|done|stopped), stop (who stopped it,
+//                                    lease (the creating host's, ms), state
+//                                    (running|done|stopped), ended (server ms), stop (who stopped it,
 //                                    "" if nobody), next (first item never handed out),
 //                                    made (chunks made so far), best (find_first's match,
 //                                    n if none), fence, done_items failed_items
@@ -19,7 +20,8 @@
 //   KEYS[8] psj:{J}:res      hash    chunk -> its serialized results (map; only chunks
 //                                    whose results take longer to compute than to move,
 //                                    unless the spec's results is 'engine')
-//   KEYS[9] psj:{J}:hosts    hash    host -> last seen (server ms)
+//   KEYS[9] psj:{J}:hosts    hash    host -> last seen (server ms); a host's call answered
+//                                    'ended' counts: a stop waits for hosts seen after it
 //   KEYS[10] psj:{J}:chunks  hash    chunk -> "first end": its items
 //   KEYS[11] psj:{J}:claims  hash    host -> its last claim: "nonce chunk token first end"
 //                                    (a claim retried after its reply was lost gets the
@@ -56,14 +58,16 @@ end
 local function lost() return redis.call('HGET', meta, 'epoch') ~= ARGV[1] end
 local function int(x) return string.format('%d', x) end
 local function first_of(c) return tonumber(string.match(redis.call('HGET', chunks, c), '^(%d+)')) end
--- The reply to a call on a job that is over: {'ended', state, stop, best, failed_items}.
-local function ended()
+-- The reply to a call on a job that is over: {'ended', state, stop, best, failed_items};
+-- `host` (the caller) is recorded as seen: it has learned of the end (what a stop waits for).
+local function ended(host)
+  if host then redis.call('HSET', hosts, host, now_ms()) end
   local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'failed_items')
   return {'ended', m[1], m[2], m[3], m[4]}
 end
 -- Ends the job (`keep`: the meta's, if the caller read it already).
 local function finish(state, message, keep)
-  redis.call('HSET', meta, 'state', state)
+  redis.call('HSET', meta, 'state', state, 'ended', now_ms())
   keep = keep or redis.call('HGET', meta, 'keep')
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
   redis.call('PUBLISH', channel, message)
@@ -140,7 +144,7 @@ local job = redis.call('HMGET', meta, 'epoch', 'state', 'stop', 'best', 'failed_
 if not job[1] then
   redis.call('HSET', meta, 'epoch', ARGV[1], 'kind', ARGV[2], 'n', ARGV[3], 'chunk', ARGV[4],
     'items', ARGV[5], 'args', ARGV[6], 'task', ARGV[7], 'results', ARGV[8], 'keep', ARGV[10],
-    'state', 'running',
+    'lease', ARGV[11], 'state', 'running',
     'stop', '', 'next', 0, 'made', 0, 'best', ARGV[3], 'fence', 0, 'done_items', 0,
     'failed_items', 0, 'skipped_items', 0, 'done_chunks', 0, 'redelivered', 0, 'fenced', 0,
     'created', now)
@@ -171,7 +175,7 @@ return {'ok', job[1], job[2], job[3], job[4], job[5]}
 //    | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* claim = R"lua(
 if lost() then return {'lost'} end
-if redis.call('HGET', meta, 'state') ~= 'running' then return ended() end
+if redis.call('HGET', meta, 'state') ~= 'running' then return ended(ARGV[2]) end
 return claim_next(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 )lua";
 
@@ -182,7 +186,7 @@ return claim_next(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 inline constexpr const char* heartbeat = R"lua(
 if lost() then return {'lost'} end
 local m = redis.call('HMGET', meta, 'state', 'stop', 'best')
-if m[1] ~= 'running' then return ended() end
+if m[1] ~= 'running' then return ended(ARGV[2]) end
 local now = now_ms()
 redis.call('HSET', hosts, ARGV[2], now)
 local kept = {}
@@ -221,7 +225,7 @@ end
 if redis.call('HGET', doneby, c) == ARGV[3] then  -- (a retry of an accepted completion)
   return next_claim({'ok', m[2], m[4], m[9]}, m[2])
 end
-if m[2] ~= 'running' then return ended() end
+if m[2] ~= 'running' then return ended(ARGV[10]) end
 if redis.call('HGET', owner, c) ~= ARGV[3] then
   redis.call('HSET', meta, 'fenced', tonumber(m[13]) + 1)
   return next_claim({'fenced'}, m[2])
