@@ -178,6 +178,12 @@ struct ClusterCore::State {
   struct Chunk {  // (one the engine made)
     std::uint64_t chunk, first, end;
   };
+  // The option the join handed out (an adaptive map's next chunk, held but not started:
+  // it starts when the first chunk ends, shrunk to what that chunk's timing says).
+  struct Option : Chunk {
+    std::string token;
+  };
+  std::optional<Option> option;
   // map: the items [first, end) of the chunks whose results this host holds (its own
   // accepted completions, and those it read)
   std::set<std::pair<std::uint64_t, std::uint64_t>> mine;
@@ -290,6 +296,7 @@ struct ClusterCore::State {
            std::optional<std::uint64_t> failed) {
     if (ended) return;
     ended = true;
+    option.reset();
     end_state = state;
     stopped_by = who;
     best = best_now;
@@ -353,9 +360,21 @@ struct ClusterCore::State {
     waiting = first + count >= spec.total;
     if (waiting) next_claim = now + options.flush;
     running.push_back(Running{c, first, count, reply.elements.at(2).text, start_local(first, count), Clock::now()});
+    if (reply.elements.size() > 9)
+      option = Option{{number(reply.elements[6]), number(reply.elements[8]), number(reply.elements[9])},
+                      reply.elements[7].text};
     return true;
   }
+  // Starts the option, its first `keep` items (at least one); returns the completion's
+  // arguments that shrink it in the engine to what runs.
+  std::vector<std::string> start_option(std::uint64_t keep) {
+    const Option o = *std::exchange(option, std::nullopt);
+    const std::uint64_t count = std::clamp<std::uint64_t>(keep, 1, o.end - o.first);
+    running.push_back(Running{o.chunk, o.first, count, o.token, start_local(o.first, count), Clock::now()});
+    return {std::to_string(o.chunk), o.token, std::to_string(o.first + count)};
+  }
   void claim_chunks(Clock::time_point now) {
+    if (option && running.empty() && !ended) start_option(most);  // (the first chunk's lease was lost)
     while (wants_chunk(now)) {
       std::vector<std::string> args{epoch};
       for (std::string& a : claim_args()) args.push_back(std::move(a));
@@ -365,17 +384,23 @@ struct ClusterCore::State {
 
   void heartbeat(Clock::time_point now) {
     next_beat = now + beat_every;
-    if (running.empty()) return;
+    if (running.empty() && !option) return;
     std::vector<std::string> args{epoch, host, std::to_string(options.lease.count())};
     for (Running& r : running) {
       args.push_back(std::to_string(r.chunk));
       args.push_back(r.token);
       args.push_back(std::to_string(job_progress(*pool, *r.local).done));
     }
+    if (option) {
+      args.push_back(std::to_string(option->chunk));
+      args.push_back(option->token);
+      args.push_back("0");
+    }
     const EngineReply reply = run(scripts::heartbeat, args);
     if (tag(reply) == "ended") return end_from(reply);
     const std::uint64_t best_now = number(reply.elements.at(1));
     const auto& kept = reply.elements.at(2).elements;
+    if (option && kept.size() > running.size() && kept[running.size()].integer == 0) option.reset();
     std::vector<Running> still;
     for (std::size_t i = 0; i < running.size(); ++i) {
       Running& r = running[i];
@@ -417,6 +442,10 @@ struct ClusterCore::State {
       want = fit >= 1e18 ? most : std::clamp<std::uint64_t>(static_cast<std::uint64_t>(fit), 1, most);
       timed = true;
     }
+    // The option starts now, before this chunk's completion travels (which shrinks it in
+    // the engine to what runs): no round trip between the two.
+    std::vector<std::string> shrink{"", "", "0"};
+    if (option) shrink = start_option(timed ? want : most);
     const bool first_kind = spec.kind == JobKind::find_first;
     // (a plain number, not an optional: g++ 12 warns falsely on the optional here)
     const bool matched = first_kind && local.found.has_value();
@@ -445,6 +474,7 @@ struct ClusterCore::State {
     const bool claim = wants_chunk(now);
     args.push_back(claim ? "1" : "0");
     for (std::string& a : claim_args()) args.push_back(std::move(a));
+    for (std::string& a : shrink) args.push_back(std::move(a));
     for (const JobState::Failure& f : local.failures) {
       const std::uint64_t position = r.first + f.index;
       if (position >= found) continue;  // (above the match: it cannot matter)
@@ -679,6 +709,9 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
   args.push_back(std::to_string(options.keep.count()));
   std::vector<std::string> claim = s.claim_args();  // (the first chunk rides on the join)
   args.insert(args.end(), claim.begin() + 1, claim.end());
+  // (and an adaptive job's option, its next chunk, up to half the arena: not find_first's,
+  // whose chunks must start in the order they are made)
+  args.push_back(s.chunk == 0 && s.spec.kind != JobKind::find_first ? std::to_string(s.most) : "0");
   // (the results' room is made while the join travels; and surely, should it have failed)
   const EngineReply reply = s.run(scripts::join, args, [&] { s.task->prepare(); });
   s.task->prepare();
@@ -709,13 +742,18 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
 
 ClusterCore::~ClusterCore() {
   State& s = *state_;
-  if (!s.ended && !s.broken && !s.running.empty()) {
+  if (!s.ended && !s.broken && (!s.running.empty() || s.option)) {
     // Leaving with chunks claimed: hand them back (leases that end now), so that other
     // hosts rerun them at once rather than after `lease`. One try, no retry: never throws.
     std::vector<std::string> args{s.epoch, s.host, "0"};
     for (const State::Running& r : s.running) {
       args.push_back(std::to_string(r.chunk));
       args.push_back(r.token);
+      args.push_back("0");
+    }
+    if (s.option) {
+      args.push_back(std::to_string(s.option->chunk));
+      args.push_back(s.option->token);
       args.push_back("0");
     }
     try {

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -52,6 +53,12 @@ std::uint64_t square_slowly(std::uint64_t i, int micros) {
 std::uint64_t cube_slowly(std::uint64_t i, int micros) {
   ::usleep(static_cast<useconds_t>(micros));
   return i * i * i;
+}
+// Slow first items (the first chunk, 1/256 of 20000: one host's timing says it wants few
+// items), fast ones after.
+std::uint64_t square_slow_start(std::uint64_t i) {
+  ::usleep(i < 100 ? 5000 : 50);
+  return i * i;
 }
 std::uint64_t fails_every_thousandth(std::uint64_t i) {
   if (i % 1000 == 999) throw std::runtime_error("bad item " + std::to_string(i));
@@ -123,6 +130,42 @@ std::map<std::string, int> chunks_by_host(const RedisServer& server, const std::
   return out;
 }
 
+// The job's chunks (chunk -> its items [first, end)), as the engine holds them.
+std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>> chunks_of(const RedisServer& server,
+                                                                           const std::string& job) {
+  Engine engine({.url = server.url()});
+  std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>> out;
+  const auto reply = engine.command({"HGETALL", "psj:{" + job + "}:chunks"});
+  for (std::size_t i = 0; i + 1 < reply.elements.size(); i += 2) {
+    const std::string& range = reply.elements[i + 1].text;
+    const auto space = range.find(' ');
+    out[std::stoull(reply.elements[i].text)] = {std::stoull(range.substr(0, space)), std::stoull(range.substr(space + 1))};
+  }
+  return out;
+}
+// Whether `chunks` hold every item of [0, n) exactly once.
+bool cover_once(const std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>>& chunks, std::uint64_t n) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+  for (const auto& [c, range] : chunks) ranges.push_back(range);
+  std::sort(ranges.begin(), ranges.end());
+  std::uint64_t next = 0;
+  for (const auto& [first, end] : ranges) {
+    if (first != next || end <= first) return false;
+    next = end;
+  }
+  return next == n;
+}
+// Whether a chunk holds items below those of a chunk made before it (a free chunk: the
+// part of an option its host did not keep, made after others).
+bool out_of_order(const std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>>& chunks) {
+  std::uint64_t highest = 0;
+  for (const auto& [c, range] : chunks) {
+    if (range.first < highest) return true;
+    highest = range.first;
+  }
+  return false;
+}
+
 ClusterOptions options_for(const RedisServer& server, const std::string& job, int k) {
   return ClusterOptions{.url = server.url(), .job = job, .host = "h" + std::to_string(k), .lease = 2000ms,
                         .flush = 50ms};
@@ -159,6 +202,53 @@ TEST_CASE("three hosts run one cluster map: every host gets every result in inpu
   for (const auto& [host, chunks] : chunks_by_host(server, "squares")) total += chunks;
   CHECK(std::to_string(total) == meta.at("made"));
   CHECK(chunks_by_host(server, "squares").size() == 3);
+  CHECK(keys_kept_for_ever(server).empty());
+}
+
+TEST_CASE("the option a join hands out: shrunk to what its host's timing says, the rest run by others, every item in one chunk") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  constexpr std::uint64_t n = 20000;
+  const auto run = [&](const std::string& job, int me) {
+    Pool pool({.workers = 1});
+    Cluster cluster(options_for(server, job, me));
+    const std::vector<std::uint64_t> got = cluster.map(pool, Range{0, n}, square_slow_start);
+    if (got.size() != n) return "size " + std::to_string(got.size());
+    for (std::uint64_t i = 0; i < n; ++i)
+      if (got[i] != i * i) return "wrong result at " + std::to_string(i);
+    return std::string("ok");
+  };
+  const auto check_engine = [&](const std::string& job) {
+    const auto meta = meta_of(server, job);
+    CHECK(meta.at("state") == "done");
+    CHECK(meta.at("done_items") == std::to_string(n));
+    CHECK(meta.at("done_chunks") == meta.at("made"));
+    CHECK(meta.at("redelivered") == "0");  // (a free chunk is not a redelivery)
+    CHECK(meta.at("fenced") == "0");
+    const auto chunks = chunks_of(server, job);
+    CHECK(std::to_string(chunks.size()) == meta.at("made"));
+    CHECK(cover_once(chunks, n));
+    return chunks;
+  };
+  SUBCASE("three hosts: the first host's slow first chunk keeps few items of its option; the others run the rest") {
+    Hosts hosts;
+    for (int k = 0; k < 3; ++k) hosts.start([&](int me) { return run("options", me); });
+    for (const std::string& report : hosts.reports(60s)) CHECK(report == "ok");
+    const auto chunks = check_engine("options");
+    // (the first host's option was shrunk after the others had made chunks: a free chunk)
+    CHECK(out_of_order(chunks));
+    CHECK(chunks_by_host(server, "options").size() == 3);
+  }
+  SUBCASE("a lone host: what its option did not keep goes back to the items never handed out") {
+    CHECK(run("lone", 0) == "ok");
+    const auto chunks = check_engine("lone");
+    CHECK_FALSE(out_of_order(chunks));
+    REQUIRE(chunks.size() >= 3);
+    CHECK(chunks.at(0) == std::pair<std::uint64_t, std::uint64_t>{0, (n + 255) / 256});
+    // (the option, shrunk to ~50 ms of the first chunk's rate: 79 items in ~0.4 s)
+    CHECK(chunks.at(1).first == (n + 255) / 256);
+    CHECK(chunks.at(1).second - chunks.at(1).first < 100);
+  }
   CHECK(keys_kept_for_ever(server).empty());
 }
 

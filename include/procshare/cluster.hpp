@@ -197,7 +197,9 @@ struct ClusterOptions {
   std::chrono::milliseconds flush{100};
   // Items per chunk, fixed when the job is made (0: adaptive: each host asks for ~50 ms
   // of its work, less towards the end so that every host gets some, and never more than
-  // half its pool's arena holds; the first chunks are 1/256 of the items).
+  // half its pool's arena holds; a host's first chunk is 1/256 of the items, and the
+  // join also hands it the next one, which it cuts to what the first chunk's time says
+  // and starts without waiting a round trip; not for find_first).
   std::uint64_t chunk = 0;
   // How a map's results reach the other hosts (see ResultTransfer); part of the job: a
   // host that asks for the other is JobMismatch.

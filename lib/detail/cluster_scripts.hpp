@@ -28,12 +28,22 @@
 //                                    same chunk again, not a second one)
 //
 // Chunks are numbered as they are made, from the items in ascending order: a chunk's
-// first item grows with its number. A job with a fixed chunk size makes chunks of that
-// size; otherwise each claim asks for a size (the host aims at ~50 ms of work from what
-// its earlier chunks took), cut to the remaining items / (2 x the hosts seen within a
-// lease) so that every host gets some, but never below ~1/8 of it (the last chunks
-// shrink, without a tail of tiny chunks that would each cost round trips); when what is
-// left fits in the asked size, it is one chunk.
+// first item grows with its number (except the free chunks below, which only a map has:
+// find_first, whose end relies on the order, takes no options). A job with a fixed chunk
+// size makes chunks of that size; otherwise each claim asks for a size (the host aims at
+// ~50 ms of work from what its earlier chunks took), cut to the remaining items / (2 x
+// the hosts seen within a lease) so that every host gets some, but never below ~1/8 of
+// it (the last chunks shrink, without a tail of tiny chunks that would each cost round
+// trips); when what is left fits in the asked size, it is one chunk.
+//
+// A host's first chunk is small (1/256 of the items: it times it), so an adaptive map's
+// join also hands it an option, the next chunk, sized by the share alone: the host starts
+// it the moment its first chunk ends, keeping what its timing says, and the completion it
+// sends meanwhile shrinks the option to that (its first chunk's completion is then off the
+// critical path: no round trip between the two). What it did not keep goes back to the
+// items never handed out if nothing was made after it, else it becomes a free chunk: held
+// by nobody, with a lease deadline of 0, so the next claim takes it (the part it asks for,
+// the rest stays free), and it is not counted as redelivered.
 //
 // Every script but join also gets ARGV[1], the epoch its host joined (a random id made
 // with the job): a job whose meta is gone or has another epoch was lost (a restart
@@ -72,11 +82,37 @@ local function finish(state, message, keep)
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
   redis.call('PUBLISH', channel, message)
 end
+-- The hosts seen within a lease (one that left no longer takes a share).
+local function live_hosts(lease_ms, now)
+  local live, seen = 0, redis.call('HVALS', hosts)
+  for i = 1, #seen do
+    if tonumber(seen[i]) >= now - tonumber(lease_ms) then live = live + 1 end
+  end
+  return math.max(1, live)
+end
+-- An adaptive chunk's size, of `rest` items not yet in a chunk, for a host asking for
+-- `want` (see the top of detail/cluster_scripts.hpp).
+local function size_for(rest, want, least, lease_ms, now)
+  if want >= rest then return rest end  -- (less than the host's ~50 ms: sharing it gains little)
+  local share = math.ceil(rest / (2 * live_hosts(lease_ms, now)))
+  return math.max(1, least, math.min(want, share))
+end
+-- Makes chunk number `made` of items [first, last), held by nobody and free for the next
+-- claim (the rest of an option its host did not keep, or of a free chunk a claim cut).
+local function free_chunk(made, first, last)
+  redis.call('HSET', chunks, int(made), int(first) .. ' ' .. int(last))
+  redis.call('HSET', meta, 'made', int(made + 1))
+  redis.call('ZADD', leases, 0, int(made))
+end
 -- Claims a chunk for `host` (see claim below); the job is running. `now`: the server's
--- ms, if the caller read it already.
-local function claim_next(host, lease_ms, nonce, want, least, now)
+-- ms, if the caller read it already. With `option` > 0 (a join), a new chunk comes with
+-- an option: the next chunk, of up to `option` items (the share of the rest), under its
+-- own token and the same deadline; its host shrinks it to what its timing says when it
+-- completes the first (shrink, below).
+local function claim_next(host, lease_ms, nonce, want, least, now, option)
   local m = redis.call('HMGET', meta, 'best', 'n', 'next', 'made', 'chunk', 'fence', 'redelivered')
   now = now or now_ms()
+  want, least = tonumber(want), tonumber(least)
   redis.call('HSET', hosts, host, now)
   local last = redis.call('HGET', claims, host)
   if last then  -- the same claim again (its reply was lost): the same chunk, if still held
@@ -86,8 +122,8 @@ local function claim_next(host, lease_ms, nonce, want, least, now)
       return {'chunk', c, token, f, e, m[1]}
     end
   end
-  local best, n = tonumber(m[1]), tonumber(m[2])
-  local c, first, last
+  local best, n, next, made = tonumber(m[1]), tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
+  local c, first, last, fresh
   while true do
     local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 1)[1]
     if not expired then break end
@@ -102,39 +138,67 @@ local function claim_next(host, lease_ms, nonce, want, least, now)
     redis.call('HDEL', partial, expired)
   end
   local fence = tonumber(m[6]) + 1
-  if c then  -- (rerun: its partial progress starts again)
+  if c and redis.call('HEXISTS', owner, int(c)) == 1 then  -- a rerun: its progress starts again
     redis.call('HSET', meta, 'fence', fence, 'redelivered', tonumber(m[7]) + 1)
     redis.call('HSET', partial, int(c), 0)
+  elseif c then  -- a free chunk: what this host asks for of it, the rest stays free
+    local size = tonumber(m[5])
+    if size == 0 then size = size_for(n - next + last - first, want, least, lease_ms, now) end
+    if size < last - first then
+      free_chunk(made, first + size, last)
+      last = first + size
+      redis.call('HSET', chunks, int(c), int(first) .. ' ' .. int(last))
+    end
+    redis.call('HSET', meta, 'fence', fence)
   else
-    local next = tonumber(m[3])
     if next >= n or next > best then return {'wait', m[1]} end
     local size = tonumber(m[5])
-    if size == 0 and tonumber(want) >= n - next then
-      size = n - next  -- the rest is less than the host's ~50 ms: sharing it gains little
-    elseif size == 0 then
-      -- the hosts seen within a lease (one that left no longer takes a share)
-      local live, seen = 0, redis.call('HVALS', hosts)
-      for i = 1, #seen do
-        if tonumber(seen[i]) >= now - tonumber(lease_ms) then live = live + 1 end
-      end
-      local share = math.ceil((n - next) / (2 * math.max(1, live)))
-      size = math.max(1, tonumber(least), math.min(tonumber(want), share))
-    end
-    c, first, last = tonumber(m[4]), next, math.min(n, next + size)
+    if size == 0 then size = size_for(n - next, want, least, lease_ms, now) end
+    c, first, last, fresh = made, next, math.min(n, next + size), true
     redis.call('HSET', meta, 'next', int(last), 'made', int(c + 1), 'fence', fence)
     redis.call('HSET', chunks, int(c), int(first) .. ' ' .. int(last))
   end
+  local deadline = now + tonumber(lease_ms)
   local token = int(fence) .. ':' .. host .. ':' .. nonce
-  redis.call('ZADD', leases, now + tonumber(lease_ms), int(c))
+  redis.call('ZADD', leases, deadline, int(c))
   redis.call('HSET', owner, int(c), token)
   redis.call('HSET', claims, host, nonce .. ' ' .. int(c) .. ' ' .. token .. ' ' .. int(first) .. ' ' .. int(last))
-  return {'chunk', int(c), token, int(first), int(last), m[1]}
+  local reply = {'chunk', int(c), token, int(first), int(last), m[1]}
+  option = tonumber(option or 0)
+  if fresh and option > 0 and last < n and last <= best then
+    local size = math.min(option, math.max(1, math.ceil((n - last) / (2 * live_hosts(lease_ms, now)))))
+    local oc, of, oe, otoken = c + 1, last, math.min(n, last + size), int(fence + 1) .. ':' .. host .. ':' .. nonce
+    redis.call('HSET', meta, 'next', int(oe), 'made', int(oc + 1), 'fence', fence + 1)
+    redis.call('HSET', chunks, int(oc), int(of) .. ' ' .. int(oe))
+    redis.call('ZADD', leases, deadline, int(oc))
+    redis.call('HSET', owner, int(oc), otoken)
+    for _, v in ipairs({int(oc), otoken, int(of), int(oe)}) do reply[#reply + 1] = v end
+  end
+  return reply
+end
+-- The holder of option `c` (token `token`) keeps its items below `keep`: the rest goes
+-- back to the items never handed out when no chunk was made after it, else it is a free
+-- chunk. Once only (again, or for a lease held elsewhere, it does nothing).
+local function shrink(c, token, keep)
+  if c == '' or redis.call('HGET', owner, c) ~= token then return false end
+  local f, e = string.match(redis.call('HGET', chunks, c), '^(%d+) (%d+)$')
+  f, e, keep = tonumber(f), tonumber(e), tonumber(keep)
+  if keep <= f or keep >= e then return false end
+  redis.call('HSET', chunks, c, int(f) .. ' ' .. int(keep))
+  local m = redis.call('HMGET', meta, 'next', 'made')
+  if tonumber(m[1]) == e then
+    redis.call('HSET', meta, 'next', int(keep))
+  else
+    free_chunk(tonumber(m[2]), keep, e)
+  end
+  return true
 end
 )lua";
 
 // join(epoch, kind, n, chunk, items, args, task, results, host, keep, lease_ms, nonce,
-// size, least): makes the job
-// (ARGV[1] becomes its epoch) or checks that the caller's spec is the job's.
+// size, least, option): makes the job (ARGV[1] becomes its epoch) or checks that the
+// caller's spec is the job's; then claims the host's first chunk, with an option of up to
+// `option` items ('0': none).
 // -> {'ok', epoch, state, stop, best, failed_items[, claim's reply]}
 //    | {'mismatch', field, the job's value}
 inline constexpr const char* join = R"lua(
@@ -160,7 +224,7 @@ else
   end
 end
 if job[2] == 'running' then  -- and the host's first chunk, as claim would (one round trip)
-  return {'ok', job[1], job[2], job[3], job[4], job[5], claim_next(ARGV[9], ARGV[11], ARGV[12], ARGV[13], ARGV[14], now)}
+  return {'ok', job[1], job[2], job[3], job[4], job[5], claim_next(ARGV[9], ARGV[11], ARGV[12], ARGV[13], ARGV[14], now, ARGV[15])}
 end
 redis.call('HSET', hosts, ARGV[9], now)
 return {'ok', job[1], job[2], job[3], job[4], job[5]}
@@ -171,7 +235,8 @@ return {'ok', job[1], job[2], job[3], job[4], job[5]}
 // not more than the share below, nor fewer than `least`);
 // never a chunk above find_first's best match. A new token each time (fence counter, host
 // and a nonce: unique even after a rollback).
-// -> {'chunk', c, token, first, end, best} | {'wait', best} (nothing free now)
+// -> {'chunk', c, token, first, end, best[, option: c, token, first, end]}
+//    | {'wait', best} (nothing free now)
 //    | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* claim = R"lua(
 if lost() then return {'lost'} end
@@ -204,7 +269,9 @@ return {'ok', m[3], kept}
 )lua";
 
 // complete(epoch, chunk, token, done, failed, skipped, found, results, claim, host,
-// lease_ms, nonce, size, least, [position, record]...): counts a chunk once, for its
+// lease_ms, nonce, size, least, option, option's token, keep, [position, record]...):
+// first shrinks the host's option (if named: '' for none) to the items below `keep`;
+// then counts a chunk once, for its
 // current lease holder only (a retry of an accepted completion succeeds again; anybody
 // else's is refused and counted as fenced). Lowers find_first's best match; ends the job
 // when it is done (see below). With claim = 1, then claims the caller's next chunk as
@@ -213,9 +280,11 @@ return {'ok', m[3], kept}
 //    | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* complete = R"lua(
 local c = ARGV[2]
-local m = redis.call('HMGET', meta, 'epoch', 'state', 'stop', 'best', 'made', 'next', 'n', 'done_items',
-  'failed_items', 'skipped_items', 'done_chunks', 'keep', 'fenced')
+local fields = {'epoch', 'state', 'stop', 'best', 'made', 'next', 'n', 'done_items', 'failed_items',
+  'skipped_items', 'done_chunks', 'keep', 'fenced'}
+local m = redis.call('HMGET', meta, unpack(fields))
 if m[1] ~= ARGV[1] then return {'lost'} end
+if m[2] == 'running' and shrink(ARGV[15], ARGV[16], ARGV[17]) then m = redis.call('HMGET', meta, unpack(fields)) end
 local function next_claim(reply, state)
   if ARGV[9] == '1' and state == 'running' then
     reply[#reply + 1] = claim_next(ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14])
@@ -241,7 +310,7 @@ if found >= 0 and found < best then best = found end
 redis.call('HSET', meta, 'done_items', int(tonumber(m[8]) + tonumber(ARGV[4])), 'failed_items', failed,
   'skipped_items', int(tonumber(m[10]) + tonumber(ARGV[6])), 'done_chunks', int(tonumber(m[11]) + 1),
   'best', int(best))
-for i = 15, #ARGV, 2 do redis.call('ZADD', fail, ARGV[i], ARGV[i + 1]) end
+for i = 18, #ARGV, 2 do redis.call('ZADD', fail, ARGV[i], ARGV[i + 1]) end
 if ARGV[8] ~= '' then redis.call('HSET', res, c, ARGV[8]) end
 if best < tonumber(m[4]) then redis.call('PUBLISH', channel, 'best ' .. int(best)) end
 -- Done once nothing is left to hand out and every chunk that starts at or below the best
