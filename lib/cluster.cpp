@@ -5,6 +5,7 @@
 // the engine did not answer until ClusterOptions::unavailable_after.
 #include <procshare/cluster.hpp>
 
+#include "detail/cluster_agent.hpp"
 #include "detail/cluster_scripts.hpp"
 
 #include <fmt/format.h>
@@ -116,6 +117,16 @@ std::string detail_of(const Error& e) {
   }
 }
 
+// The engine connection's options of a cluster.
+EngineOptions engine_options(const ClusterOptions& options) {
+  return EngineOptions{.url = options.url,
+                       .password_env = options.password_env,
+                       .password_file = options.password_file,
+                       .connect_timeout = options.connect_timeout,
+                       .command_timeout = options.command_timeout,
+                       .insecure_transport = options.insecure_transport};
+}
+
 // A failure record in the job's fail zset: the position first (so members are unique),
 // then what makes the TaskError or WorkerDied again, fields split by '\x1f'.
 constexpr char field_separator = '\x1f';
@@ -173,7 +184,15 @@ struct ClusterCore::State {
     std::shared_ptr<JobState> local;
     Clock::time_point started;
     bool cancelled = false;  // by this host (a chunk above find_first's match)
+    int entry = -1;          // its entry on the agent's board
   };
+  // The agent that brings a stop or a better match to the running chunks at once
+  // (detail/cluster_agent.hpp); forked once this host has been in the job for 50 ms, the
+  // length of an adaptive chunk (a fork costs 0.1 to several ms here; before that, a stop
+  // or match reaches this host at its next engine call, which comes about as soon).
+  Agent agent;
+  bool agent_tried = false;
+  Clock::time_point agent_at{};
   std::vector<Running> running;
   struct Chunk {  // (one the engine made)
     std::uint64_t chunk, first, end;
@@ -284,6 +303,7 @@ struct ClusterCore::State {
 
   // Gives up a local job: cancelled, and its results (should it still end) go nowhere.
   void give_up(Running& r) {
+    agent.leave(std::exchange(r.entry, -1));
     task->detach(*r.local);  // (first: the job may end in another thread's pool call)
     cancel_job(*pool, *r.local);
     r.cancelled = true;
@@ -312,6 +332,15 @@ struct ClusterCore::State {
 
   // ------------------------------------------------------------ the host loop
 
+  void start_agent() {
+    agent_tried = true;
+    try {
+      agent.start(engine_options(options), keys[0].substr(0, keys[0].size() - 4) + "ctl", keys[0], pool);
+    } catch (const Error&) {
+      // (no fork: stops and matches reach this host at its next engine call instead)
+    }
+  }
+
   // Runs `call` on this host's pool; its errors (a pool closed, broken or used by another
   // process, its arena full) also name the cluster job: "pool (WHAT cluster job ...)".
   template <class Call> auto on_pool(const std::string& what, const Call& call) {
@@ -322,6 +351,11 @@ struct ClusterCore::State {
     } catch (const SegmentFull& e) {
       throw SegmentFull(e.segment(), fmt::format("{} ({}{})", e.object(), what, object), detail_of(e));
     }
+  }
+  // Runs chunk `c`, items [first, first + count), under lease `token`.
+  void launch(std::uint64_t c, std::uint64_t first, std::uint64_t count, const std::string& token) {
+    running.push_back(Running{c, first, count, token, start_local(first, count), Clock::now()});
+    running.back().entry = agent.enter(running.back().local->id, first);
   }
   // Starts items [first, first + count) as a local job on this host's pool.
   std::shared_ptr<JobState> start_local(std::uint64_t first, std::uint64_t count) {
@@ -359,7 +393,7 @@ struct ClusterCore::State {
     // (looked for after a flush interval, as after a 'wait').
     waiting = first + count >= spec.total;
     if (waiting) next_claim = now + options.flush;
-    running.push_back(Running{c, first, count, reply.elements.at(2).text, start_local(first, count), Clock::now()});
+    launch(c, first, count, reply.elements.at(2).text);
     if (reply.elements.size() > 9)
       option = Option{{number(reply.elements[6]), number(reply.elements[8]), number(reply.elements[9])},
                       reply.elements[7].text};
@@ -370,7 +404,7 @@ struct ClusterCore::State {
   std::vector<std::string> start_option(std::uint64_t keep) {
     const Option o = *std::exchange(option, std::nullopt);
     const std::uint64_t count = std::clamp<std::uint64_t>(keep, 1, o.end - o.first);
-    running.push_back(Running{o.chunk, o.first, count, o.token, start_local(o.first, count), Clock::now()});
+    launch(o.chunk, o.first, count, o.token);
     return {std::to_string(o.chunk), o.token, std::to_string(o.first + count)};
   }
   void claim_chunks(Clock::time_point now) {
@@ -417,6 +451,15 @@ struct ClusterCore::State {
   // A local job ended: complete its chunk.
   void settle(Running& r) {
     JobState& local = *r.local;
+    switch (agent.leave(std::exchange(r.entry, -1))) {
+      case AgentMark::stopped:  // (the agent heard the job's stop)
+        return end("stopped", agent.who(), spec.total, std::nullopt);
+      case AgentMark::above_match:  // (as this host's heartbeat would have)
+        r.cancelled = true;
+        break;
+      case AgentMark::running:
+        break;
+    }
     if (!local.closed.empty()) throw PoolClosed(local.segment, "pool", local.closed);
     if (local.stop_raised && !r.cancelled) {
       // Not this host's cancel: a task's request_stop(), or procshare-ctl on the local pool.
@@ -498,6 +541,7 @@ struct ClusterCore::State {
     if (broken) std::rethrow_exception(broken);
     try {
       for (;;) {
+        if (agent.stopped()) end("stopped", agent.who(), spec.total, std::nullopt);
         if (ended) return true;
         // Settle what ended (wait_job with a past deadline only collects results).
         for (std::size_t i = 0; i < running.size() && !ended;) {
@@ -511,12 +555,14 @@ struct ClusterCore::State {
         }
         if (ended) return true;
         auto now = Clock::now();
+        if (!agent_tried && now >= agent_at) start_agent();
         if (now >= next_beat) heartbeat(now);
         if (!ended) claim_chunks(now);
         if (ended) return true;
         now = Clock::now();
         if (now >= deadline) return false;
         Deadline wake = std::min(deadline, next_beat);
+        if (!agent_tried) wake = std::min(wake, agent_at);
         if (waiting) wake = std::min(wake, next_claim);
         if (running.empty()) {
           std::this_thread::sleep_until(std::min(wake, now + options.flush));
@@ -733,6 +779,7 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
   }
   s.epoch = reply.elements.at(1).text;
   s.next_beat = Clock::now() + s.beat_every;  // (the join set the first lease)
+  s.agent_at = Clock::now() + milliseconds(50);
   if (reply.elements.at(2).text != "running")
     s.end(reply.elements.at(2).text, reply.elements.at(3).text, number(reply.elements.at(4)),
           number(reply.elements.at(5)));
@@ -856,13 +903,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   if (options_.keep.count() <= 0) bad(fmt::format("keep must be positive (it is {} ms)", options_.keep.count()));
   if (options_.prefetch > 64) bad(fmt::format("prefetch must be at most 64 (it is {})", options_.prefetch));
   try {
-    engine_ = std::make_shared<detail::Engine>(EngineOptions{
-        .url = options_.url,
-        .password_env = options_.password_env,
-        .password_file = options_.password_file,
-        .connect_timeout = options_.connect_timeout,
-        .command_timeout = options_.command_timeout,
-        .insecure_transport = options_.insecure_transport});
+    engine_ = std::make_shared<detail::Engine>(detail::engine_options(options_));
   } catch (const Error&) {
     detail::rethrow_for(object);
   }

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <charconv>
 #include <cstdlib>
 #include <fstream>
@@ -379,6 +381,36 @@ Engine::Engine(const EngineOptions& options) : state_(std::make_unique<State>())
 Engine::~Engine() = default;
 
 const std::string& Engine::url() const noexcept { return state_->url.text; }
+
+std::optional<EngineReply> Engine::receive(std::chrono::steady_clock::time_point deadline) {
+  State& s = *state_;
+  if (s.context == nullptr) s.unavailable("receive() on a connection that is closed");
+  // (poll and the reply reader, not redisGetReply: a hiredis context whose read timed out
+  // is dead)
+  for (;;) {
+    void* got = nullptr;
+    if (redisGetReplyFromReader(s.context, &got) != REDIS_OK) {
+      const std::string why = s.context->errstr;
+      s.drop();
+      s.unavailable(fmt::format("a garbled message: {}", why));
+    }
+    if (got != nullptr) {
+      const std::unique_ptr<redisReply, void (*)(void*)> owned(static_cast<redisReply*>(got), freeReplyObject);
+      return convert(*owned);
+    }
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return std::nullopt;
+    pollfd p{s.context->fd, POLLIN, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count(), 60000)));
+    if (ready < 0 && errno != EINTR) s.unavailable(fmt::format("poll: {}", std::strerror(errno)));
+    if (ready <= 0) continue;
+    if (redisBufferRead(s.context) != REDIS_OK) {
+      const std::string why = s.context->errstr;
+      s.drop();
+      s.unavailable(fmt::format("the connection broke: {}", why));
+    }
+  }
+}
 
 EngineReply Engine::command(const std::vector<std::string>& args) {
   state_->note_command(args);

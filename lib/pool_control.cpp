@@ -6,6 +6,7 @@
 #include <procshare/pool.hpp>
 
 #include "detail/names.hpp"
+#include "detail/pool_core.hpp"
 #include "detail/pool_internal.hpp"
 #include "detail/pool_layout.hpp"
 
@@ -132,8 +133,9 @@ std::vector<std::string> pools_of_creator(const Segment& segment) {
   return names;
 }
 
-std::size_t stop_pool_jobs(Segment& segment, std::uint64_t job_id) {
-  PoolBlock& b = find_pool(segment);
+namespace {
+// Raises the stop flag of job `job_id` of pool `b`, or of every job if 0; how many.
+std::size_t stop_jobs(PoolBlock& b, std::uint64_t job_id) {
   std::size_t stopped = 0;
   for (std::uint32_t i = 0; i < std::min(b.job_slots, b.job_slots_ready.load()); ++i) {
     JobSlot& job = b.job(i);
@@ -150,5 +152,12 @@ std::size_t stop_pool_jobs(Segment& segment, std::uint64_t job_id) {
     detail::wake_workers(b);
   }
   return stopped;
+}
+}  // namespace
+
+std::size_t stop_pool_jobs(Segment& segment, std::uint64_t job_id) { return stop_jobs(find_pool(segment), job_id); }
+
+void detail::stop_local_job(PoolCore& core, std::uint64_t job_id) {
+  if (job_id != 0) stop_jobs(*core.block, job_id);
 }
 }  // namespace procshare

@@ -157,6 +157,10 @@ public:
   // connection is closed). Throws as command().
   EngineReply eval(const std::string& script, const std::vector<std::string>& keys,
                    const std::vector<std::string>& args, const std::function<void()>& meanwhile = nullptr);
+  // A connection that ran SUBSCRIBE (command()): its next message, {"message", channel,
+  // payload}, or nothing if none came by `deadline` (the connection stays usable).
+  // Throws EngineUnavailable if the connection broke.
+  std::optional<EngineReply> receive(std::chrono::steady_clock::time_point deadline);
   // The URL as messages name it.
   const std::string& url() const noexcept;
 

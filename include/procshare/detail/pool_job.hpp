@@ -127,6 +127,10 @@ PROCSHARE_API void wait_stream(PoolCore& core, JobState& state, bool (*ready)(Jo
 // ended; returns the match, or nullopt if there is none.
 PROCSHARE_API std::optional<std::uint64_t> wait_first(PoolCore& core, JobState& state);
 PROCSHARE_API void cancel_job(PoolCore& core, JobState& state);
+// Raises the stop flag of the pool's job `job_id` (JobState::id) as stop_pool_jobs does,
+// from any process that maps the pool (a cluster host's agent, forked from its parent):
+// shared memory only, no lock; a job that ended already is left alone.
+PROCSHARE_API void stop_local_job(PoolCore& core, std::uint64_t job_id);
 // Future::cancel(): stops the job if no worker has claimed any of it; returns whether
 // it did (or had already).
 PROCSHARE_API bool cancel_unstarted(PoolCore& core, JobState& state);
