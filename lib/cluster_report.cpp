@@ -109,7 +109,7 @@ struct Session {
   std::unique_ptr<Engine> engine;
 
   Session(const EngineOptions& options, std::string_view job) {
-    object = job.empty() ? fmt::format("engine {}", shown_url(options.url))
+    object = job.empty() ? fmt::format("engine '{}'", shown_url(options.url))
                          : fmt::format("cluster job '{}' on {}", job, shown_url(options.url));
     if (!job.empty()) {
       bool printable = job.size() <= 200;
@@ -286,10 +286,6 @@ return {{'deleted', m[1]}}
 }
 
 }  // namespace
-
-std::uint64_t ClusterJobSummary::settled() const {
-  return std::min(total, done_items + failed_items + skipped_items + partial_items);
-}
 
 std::string human_duration(milliseconds duration) {
   const long long ms = duration.count();

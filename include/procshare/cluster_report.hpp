@@ -51,7 +51,10 @@ struct ClusterJobSummary {
   std::chrono::milliseconds since_end{0};  // since it ended (0 while running)
   std::chrono::milliseconds silent{0};     // since any host was last seen
   // done + failed + skipped + partial items, at most the total: how far it got.
-  std::uint64_t settled() const;
+  std::uint64_t settled() const {
+    const std::uint64_t sum = done_items + failed_items + skipped_items + partial_items;
+    return sum < total ? sum : total;
+  }
 };
 
 // One host of a job, as `cluster show` lists it.
