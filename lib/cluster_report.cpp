@@ -63,15 +63,14 @@ std::pair<std::uint64_t, std::uint64_t> range_of(std::string_view text) {
 }
 
 // The URL as messages show it: parsed (never a password), or if it does not parse, with
-// whatever stands before an '@' replaced by "***".
-std::string shown_url(const std::string& url) {
+// whatever stands between "//" and the last '@' replaced by "***".
+std::string shown_url(std::string url) {
   try {
     return detail::parse_engine_url(url).text;
   } catch (const Error&) {
-    const auto from = url.find("//");
-    const auto at = url.rfind('@');
-    if (from == std::string::npos || at == std::string::npos || at < from) return url;
-    return url.substr(0, from + 2) + "***" + url.substr(at);
+    const auto from = url.find("//"), at = url.rfind('@');
+    if (from != std::string::npos && at != std::string::npos && at > from) url.replace(from + 2, at - from - 2, "***");
+    return url;
   }
 }
 
@@ -82,23 +81,22 @@ std::string said(const Error& e) {
   return !e.object().empty() && e.segment().empty() && text.rfind(prefix, 0) == 0 ? text.substr(prefix.size()) : text;
 }
 
+// Throws `e` again as a T under `object`, if it is a T.
+template <class T> void again_as(const Error& e, const std::string& object) {
+  if (dynamic_cast<const T*>(&e) != nullptr) throw T("", object, said(e));
+}
+
 // Runs `call`; an error it throws is thrown again as the same type, under `object`
 // (the job and the URL) rather than the engine's own "engine 'URL'".
 template <class Call> auto naming(const std::string& object, const Call& call) {
   try {
     return call();
-  } catch (const AuthFailed& e) {
-    throw AuthFailed("", object, said(e));
-  } catch (const PermissionDenied& e) {
-    throw PermissionDenied("", object, said(e));
-  } catch (const EngineUnavailable& e) {
-    throw EngineUnavailable("", object, said(e));
-  } catch (const InvalidArgument& e) {
-    throw InvalidArgument("", object, said(e));
-  } catch (const NotFound&) {
-    throw;  // (ours: names the job already)
   } catch (const Error& e) {
-    if (e.object() == object) throw;
+    if (e.object() == object || dynamic_cast<const NotFound*>(&e) != nullptr) throw;  // (ours already)
+    again_as<AuthFailed>(e, object);
+    again_as<PermissionDenied>(e, object);
+    again_as<EngineUnavailable>(e, object);
+    again_as<InvalidArgument>(e, object);
     throw Error("", object, said(e));
   }
 }

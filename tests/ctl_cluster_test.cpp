@@ -129,17 +129,39 @@ std::vector<std::string> hosts_seen_since_end(const RedisServer& server, const s
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
+// SIGKILLs every host (and its pool) and reaps them; whether each died of it.
+bool kill_all(Hosts& hosts) {
+  for (int k = 0; k < hosts.count(); ++k) hosts.signal_group(k, SIGKILL);
+  bool killed = true;
+  for (const std::string& report : hosts.reports(10s)) killed = killed && report == "killed by signal 9";
+  return killed;
+}
+
+// A case's private server (its password in this process's environment, which the
+// procshare-ctl runs inherit), and hosts of one job held running by a gate.
+struct Setup {
+  RedisServer server;
+  PasswordEnv env{server.password()};
+  Gate gate;
+  Hosts hosts;  // (destroyed first: killed and reaped before the server stops)
+
+  // Starts `count` hosts of a map of `n` items of `f` named `job`; whether each then works
+  // on it within 20 s.
+  bool start_held(const std::string& job, int count = 2, std::uint64_t n = 200,
+                  std::uint64_t (*f)(std::uint64_t, std::string) = gated) {
+    for (int k = 0; k < count; ++k) start_host(hosts, server, job, n, gate, f);
+    return all_working(server, job, count);
+  }
+};
+
 }  // namespace
 
 TEST_SUITE("process") {
 
 TEST_CASE("cluster ls shows a running job with its kind, hosts and total, then done once its hosts finished") {
-  RedisServer server;
-  PasswordEnv env(server.password());
-  Gate gate;
-  Hosts hosts;
-  for (int k = 0; k < 2; ++k) start_host(hosts, server, "sweep", 200, gate);
-  REQUIRE(all_working(server, "sweep", 2));
+  Setup setup;
+  auto& [server, env, gate, hosts] = setup;
+  REQUIRE(setup.start_held("sweep"));
   const auto running = run(ctl("cluster ls " + server.url()));
   CHECK(running.status == 0);
   CHECK(std::regex_search(running.text, std::regex(R"(\nsweep +map +running +2 +0/200 \(0%\) +- +\S+\n)")));
@@ -155,12 +177,9 @@ TEST_CASE("cluster ls shows a running job with its kind, hosts and total, then d
 }
 
 TEST_CASE("cluster show lists each host with its chunks and items, the leases, and the lowest failures") {
-  RedisServer server;
-  PasswordEnv env(server.password());
-  Gate gate;
-  Hosts hosts;
-  for (int k = 0; k < 2; ++k) start_host(hosts, server, "faulty", 300, gate, gated_failing);
-  REQUIRE(all_working(server, "faulty", 2));
+  Setup setup;
+  auto& [server, env, gate, hosts] = setup;
+  REQUIRE(setup.start_held("faulty", 2, 300, gated_failing));
   const auto running = run(ctl("cluster show " + server.url() + " faulty --json"));
   CHECK(running.status == 0);
   for (const char* host : {"h0", "h1"})
@@ -198,12 +217,9 @@ TEST_CASE("cluster show lists each host with its chunks and items, the leases, a
 }
 
 TEST_CASE("cluster stop ends a running job on every host, naming procshare-ctl, once each host acknowledged") {
-  RedisServer server;
-  PasswordEnv env(server.password());
-  Gate gate;
-  Hosts hosts;
-  for (int k = 0; k < 2; ++k) start_host(hosts, server, "halt", 200, gate);
-  REQUIRE(all_working(server, "halt", 2));
+  Setup setup;
+  auto& [server, env, gate, hosts] = setup;
+  REQUIRE(setup.start_held("halt"));
   const auto stop = run(ctl("cluster stop " + server.url() + " halt"));
   CHECK(stop.status == 0);
   CHECK(std::regex_search(stop.text, std::regex("^stopped cluster job 'halt' on " + server.url() +
@@ -228,12 +244,9 @@ TEST_CASE("cluster stop ends a running job on every host, naming procshare-ctl, 
 }
 
 TEST_CASE("cluster stop --no-wait returns before any host has learned of the stop") {
-  RedisServer server;
-  PasswordEnv env(server.password());
-  Gate gate;
-  Hosts hosts;
-  for (int k = 0; k < 2; ++k) start_host(hosts, server, "quick", 200, gate);
-  REQUIRE(all_working(server, "quick", 2));
+  Setup setup;
+  auto& [server, env, gate, hosts] = setup;
+  REQUIRE(setup.start_held("quick"));
   for (int k = 0; k < 2; ++k) hosts.signal_group(k, SIGSTOP);  // (they cannot learn of it now)
   const auto stop = run(ctl("cluster stop " + server.url() + " quick --no-wait"));
   CHECK(stop.status == 0);
@@ -247,14 +260,10 @@ TEST_CASE("cluster stop --no-wait returns before any host has learned of the sto
 }
 
 TEST_CASE("cluster stop of a job whose hosts were killed names them as not acknowledged and exits 1") {
-  RedisServer server;
-  PasswordEnv env(server.password());
-  Gate gate;
-  Hosts hosts;
-  for (int k = 0; k < 2; ++k) start_host(hosts, server, "dead", 200, gate);
-  REQUIRE(all_working(server, "dead", 2));
-  for (int k = 0; k < 2; ++k) hosts.signal_group(k, SIGKILL);
-  for (const std::string& report : hosts.reports(10s)) CHECK(report == "killed by signal 9");
+  Setup setup;
+  auto& [server, env, gate, hosts] = setup;
+  REQUIRE(setup.start_held("dead"));
+  CHECK(kill_all(hosts));
   const auto start = std::chrono::steady_clock::now();
   const auto stop = run(ctl("cluster stop " + server.url() + " dead"));
   const auto took = std::chrono::steady_clock::now() - start;
@@ -270,12 +279,9 @@ TEST_CASE("cluster stop of a job whose hosts were killed names them as not ackno
 }
 
 TEST_CASE("cluster watch under a pipe prints progress lines and ends when the job ends") {
-  RedisServer server;
-  PasswordEnv env(server.password());
-  Gate gate;
-  Hosts hosts;
-  for (int k = 0; k < 2; ++k) start_host(hosts, server, "watched", 200, gate);
-  REQUIRE(all_working(server, "watched", 2));
+  Setup setup;
+  auto& [server, env, gate, hosts] = setup;
+  REQUIRE(setup.start_held("watched"));
   FILE* watch = ::popen(("timeout 60 " + ctl("cluster watch " + server.url() + " watched --interval 50") + " 2>&1").c_str(), "r");
   REQUIRE(watch != nullptr);
   char line[1024] = {};
@@ -295,14 +301,10 @@ TEST_CASE("cluster watch under a pipe prints progress lines and ends when the jo
 }
 
 TEST_CASE("cluster watch says abandoned and exits 1 once every host of a running job died; stop then waits for none") {
-  RedisServer server;
-  PasswordEnv env(server.password());
-  Gate gate;
-  Hosts hosts;
-  for (int k = 0; k < 2; ++k) start_host(hosts, server, "orphan", 200, gate);
-  REQUIRE(all_working(server, "orphan", 2));
-  for (int k = 0; k < 2; ++k) hosts.signal_group(k, SIGKILL);
-  for (const std::string& report : hosts.reports(10s)) CHECK(report == "killed by signal 9");
+  Setup setup;
+  auto& [server, env, gate, hosts] = setup;
+  REQUIRE(setup.start_held("orphan"));
+  CHECK(kill_all(hosts));
   const auto watch = run("timeout 60 " + ctl("cluster watch " + server.url() + " orphan --interval 50"));
   CHECK(watch.status == 1);
   CHECK(std::regex_search(watch.text, std::regex("(^|\n)cluster job 'orphan' on " + server.url() +
@@ -326,8 +328,7 @@ TEST_CASE("cluster clean lists ended and abandoned jobs, deletes nothing without
   for (const std::string& report : finished.reports(60s)) CHECK(report == "ok 50");
   start_host(deserted, server, "deserted", 50, deserted_gate);
   REQUIRE(all_working(server, "deserted", 1));
-  deserted.signal_group(0, SIGKILL);
-  for (const std::string& report : deserted.reports(10s)) CHECK(report == "killed by signal 9");
+  CHECK(kill_all(deserted));
   const EngineOptions engine{.url = server.url()};
   REQUIRE(eventually([&] { return summarize_cluster_job(engine, "deserted").abandoned; }));
   start_host(busy, server, "busy", 50, busy_gate);
