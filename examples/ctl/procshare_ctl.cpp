@@ -329,7 +329,7 @@ int cluster_stop(const ClusterArguments& a) {
 std::optional<std::chrono::milliseconds> parse_duration(const std::string& text) {
   std::size_t digits = 0;
   while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
-  if (digits == 0 || digits > 12) return std::nullopt;
+  if (digits == 0 || digits > 9) return std::nullopt;  // (no overflow in ms)
   const long long n = std::stoll(text.substr(0, digits));
   const std::string unit = text.substr(digits);
   for (const auto& [name, ms] : {std::pair{"ms", 1LL}, {"s", 1000LL}, {"m", 60'000LL}, {"h", 3'600'000LL},
