@@ -6,6 +6,7 @@
 #include "cluster_hosts.hpp"
 #include "ctl_run.hpp"
 #include "redis_server.hpp"
+#include "support.hpp"
 
 #include <procshare/cluster.hpp>
 #include <procshare/cluster_report.hpp>
@@ -20,6 +21,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <list>
 #include <regex>
 #include <stdexcept>
 #include <string>
@@ -32,6 +34,7 @@ using procshare::test::Hosts;
 using procshare::test::PasswordEnv;
 using procshare::test::RedisServer;
 using procshare::test::run;
+using procshare::test::SegmentName;
 using namespace std::chrono_literals;
 
 namespace {
@@ -71,12 +74,13 @@ private:
 };
 
 // Starts a host "hK" of a map of `n` items of `f` (gated by `gate`), chunks of 10, a
-// lease of 2 s; it reports "ok N" or what it threw.
-void start_host(Hosts& hosts, const RedisServer& server, const std::string& job, std::uint64_t n, const Gate& gate,
-                std::uint64_t (*f)(std::uint64_t, std::string) = gated) {
-  const std::string url = server.url(), path = gate.path();
+// lease of 2 s; it reports "ok N" or what it threw. Its pool's control segment is named
+// in `pools`, which removes it even when the host was killed.
+void start_host(Hosts& hosts, std::list<SegmentName>& pools, const RedisServer& server, const std::string& job,
+                std::uint64_t n, const Gate& gate, std::uint64_t (*f)(std::uint64_t, std::string) = gated) {
+  const std::string url = server.url(), path = gate.path(), pool_name = pools.emplace_back("pool").str();
   hosts.start([=](int me) {
-    Pool pool({.workers = 1});
+    Pool pool({.workers = 1, .name = pool_name});
     Cluster cluster({.url = url, .job = job, .host = "h" + std::to_string(me), .lease = 2000ms, .flush = 50ms,
                      .chunk = 10});
     const auto got = cluster.map(pool, Range{0, n}, f, path);
@@ -143,13 +147,14 @@ struct Setup {
   RedisServer server;
   PasswordEnv env{server.password()};
   Gate gate;
+  std::list<SegmentName> pools;  // the hosts' pools' control segments
   Hosts hosts;  // (destroyed first: killed and reaped before the server stops)
 
   // Starts `count` hosts of a map of `n` items of `f` named `job`; whether each then works
   // on it within 20 s.
   bool start_held(const std::string& job, int count = 2, std::uint64_t n = 200,
                   std::uint64_t (*f)(std::uint64_t, std::string) = gated) {
-    for (int k = 0; k < count; ++k) start_host(hosts, server, job, n, gate, f);
+    for (int k = 0; k < count; ++k) start_host(hosts, pools, server, job, n, gate, f);
     return all_working(server, job, count);
   }
 };
@@ -160,7 +165,7 @@ TEST_SUITE("process") {
 
 TEST_CASE("cluster ls shows a running job with its kind, hosts and total, then done once its hosts finished") {
   Setup setup;
-  auto& [server, env, gate, hosts] = setup;
+  auto& [server, env, gate, pools, hosts] = setup;
   REQUIRE(setup.start_held("sweep"));
   const auto running = run(ctl("cluster ls " + server.url()));
   CHECK(running.status == 0);
@@ -178,7 +183,7 @@ TEST_CASE("cluster ls shows a running job with its kind, hosts and total, then d
 
 TEST_CASE("cluster show lists each host with its chunks and items, the leases, and the lowest failures") {
   Setup setup;
-  auto& [server, env, gate, hosts] = setup;
+  auto& [server, env, gate, pools, hosts] = setup;
   REQUIRE(setup.start_held("faulty", 2, 300, gated_failing));
   const auto running = run(ctl("cluster show " + server.url() + " faulty --json"));
   CHECK(running.status == 0);
@@ -218,7 +223,7 @@ TEST_CASE("cluster show lists each host with its chunks and items, the leases, a
 
 TEST_CASE("cluster stop ends a running job on every host, naming procshare-ctl, once each host acknowledged") {
   Setup setup;
-  auto& [server, env, gate, hosts] = setup;
+  auto& [server, env, gate, pools, hosts] = setup;
   REQUIRE(setup.start_held("halt"));
   const auto stop = run(ctl("cluster stop " + server.url() + " halt"));
   CHECK(stop.status == 0);
@@ -245,7 +250,7 @@ TEST_CASE("cluster stop ends a running job on every host, naming procshare-ctl, 
 
 TEST_CASE("cluster stop --no-wait returns before any host has learned of the stop") {
   Setup setup;
-  auto& [server, env, gate, hosts] = setup;
+  auto& [server, env, gate, pools, hosts] = setup;
   REQUIRE(setup.start_held("quick"));
   for (int k = 0; k < 2; ++k) hosts.signal_group(k, SIGSTOP);  // (they cannot learn of it now)
   const auto stop = run(ctl("cluster stop " + server.url() + " quick --no-wait"));
@@ -261,7 +266,7 @@ TEST_CASE("cluster stop --no-wait returns before any host has learned of the sto
 
 TEST_CASE("cluster stop of a job whose hosts were killed names them as not acknowledged and exits 1") {
   Setup setup;
-  auto& [server, env, gate, hosts] = setup;
+  auto& [server, env, gate, pools, hosts] = setup;
   REQUIRE(setup.start_held("dead"));
   CHECK(kill_all(hosts));
   const auto start = std::chrono::steady_clock::now();
@@ -280,7 +285,7 @@ TEST_CASE("cluster stop of a job whose hosts were killed names them as not ackno
 
 TEST_CASE("cluster watch under a pipe prints progress lines and ends when the job ends") {
   Setup setup;
-  auto& [server, env, gate, hosts] = setup;
+  auto& [server, env, gate, pools, hosts] = setup;
   REQUIRE(setup.start_held("watched"));
   FILE* watch = ::popen(("timeout 60 " + ctl("cluster watch " + server.url() + " watched --interval 50") + " 2>&1").c_str(), "r");
   REQUIRE(watch != nullptr);
@@ -302,7 +307,7 @@ TEST_CASE("cluster watch under a pipe prints progress lines and ends when the jo
 
 TEST_CASE("cluster watch says abandoned and exits 1 once every host of a running job died; stop then waits for none") {
   Setup setup;
-  auto& [server, env, gate, hosts] = setup;
+  auto& [server, env, gate, pools, hosts] = setup;
   REQUIRE(setup.start_held("orphan"));
   CHECK(kill_all(hosts));
   const auto watch = run("timeout 60 " + ctl("cluster watch " + server.url() + " orphan --interval 50"));
@@ -323,15 +328,16 @@ TEST_CASE("cluster clean lists ended and abandoned jobs, deletes nothing without
   PasswordEnv env(server.password());
   Gate open_gate, deserted_gate, busy_gate;
   open_gate.open();
+  std::list<SegmentName> pools;
   Hosts finished, deserted, busy;
-  start_host(finished, server, "finished", 50, open_gate);
+  start_host(finished, pools, server, "finished", 50, open_gate);
   for (const std::string& report : finished.reports(60s)) CHECK(report == "ok 50");
-  start_host(deserted, server, "deserted", 50, deserted_gate);
+  start_host(deserted, pools, server, "deserted", 50, deserted_gate);
   REQUIRE(all_working(server, "deserted", 1));
   CHECK(kill_all(deserted));
   const EngineOptions engine{.url = server.url()};
   REQUIRE(eventually([&] { return summarize_cluster_job(engine, "deserted").abandoned; }));
-  start_host(busy, server, "busy", 50, busy_gate);
+  start_host(busy, pools, server, "busy", 50, busy_gate);
   REQUIRE(all_working(server, "busy", 1));
   const auto finished_keys = keys_of(server, "finished"), deserted_keys = keys_of(server, "deserted");
   CHECK(finished_keys.size() >= 6);  // (meta, done, doneby, hosts, chunks, claims at least)
@@ -364,8 +370,9 @@ TEST_CASE("bad input: a clear message naming the URL and the job, exit 1 or 2, n
   PasswordEnv env(server.password());
   Gate open_gate;
   open_gate.open();
+  std::list<SegmentName> pools;
   Hosts hosts;
-  start_host(hosts, server, "kept", 20, open_gate);
+  start_host(hosts, pools, server, "kept", 20, open_gate);
   for (const std::string& report : hosts.reports(60s)) CHECK(report == "ok 20");
   Engine engine({.url = server.url()});
   const auto before = keys_of(server, "kept");
