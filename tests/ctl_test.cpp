@@ -1,5 +1,6 @@
 // procshare-ctl end to end: against the running flagship demo, stale and live segments,
 // and bad input. The programs' paths come from the environment (tests/meson.build).
+#include "ctl_run.hpp"
 #include "support.hpp"
 
 #include <doctest/doctest.h>
@@ -22,35 +23,15 @@ using procshare::test::PipeSignal;
 using procshare::test::run_child;
 using procshare::test::SegmentName;
 using procshare::test::wait_child;
+using procshare::test::ctl;
+using procshare::test::Output;
+using procshare::test::program;
+using procshare::test::run;
 using namespace std::chrono_literals;
 
 extern char** environ;
 
 namespace {
-
-std::string program(const char* variable) {
-  const char* path = std::getenv(variable);
-  return path ? path : "";
-}
-
-struct Output {
-  int status;        // exit status (-1 if killed)
-  std::string text;  // stdout and stderr together
-};
-
-// Runs `command` through the shell, capturing what it prints.
-Output run(const std::string& command) {
-  Output out{-1, ""};
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return out;
-  char buffer[4096];
-  while (std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.text.append(buffer, n);
-  const int status = ::pclose(pipe);
-  out.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
-
-std::string ctl(const std::string& arguments) { return program("PROCSHARE_CTL") + " " + arguments; }
 
 // The demo running in the background, its stdout readable line by line.
 struct Demo {
