@@ -335,7 +335,7 @@ struct ClusterCore::State {
   void start_agent() {
     agent_tried = true;
     try {
-      agent.start(engine_options(options), keys[0].substr(0, keys[0].size() - 4) + "ctl", keys[0], pool);
+      agent.start(engine_options(options), keys, epoch, host, pool);
     } catch (const Error&) {
       // (no fork: stops and matches reach this host at its next engine call instead)
     }

@@ -3,6 +3,7 @@
 // board, and (through stop_local_job) the stop flags of the host's pool jobs.
 #include "detail/cluster_agent.hpp"
 
+#include "detail/cluster_scripts.hpp"
 #include "detail/pool_core.hpp"
 #include "detail/streams.hpp"
 
@@ -17,6 +18,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstring>
 #include <new>
 
@@ -62,23 +64,30 @@ void above_match(AgentBoard& board, PoolCore& pool, std::string_view best) {
 }
 
 // The agent's whole life; never returns.
-[[noreturn]] void agent_main(AgentBoard& board, const EngineOptions& options, const std::string& channel,
-                             const std::string& meta, PoolCore& pool, pid_t parent) noexcept {
+[[noreturn]] void agent_main(AgentBoard& board, const EngineOptions& options, const std::vector<std::string>& keys,
+                             const std::string& epoch, const std::string& host, PoolCore& pool,
+                             pid_t parent) noexcept {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != parent) ::_exit(0);  // the host died before prctl
   ::signal(SIGINT, SIG_IGN);              // (a terminal's ^C is the host's to handle; it dies with it)
   try {
+    const std::string& meta = keys.at(0);
     Engine listen(options);
-    listen.command({"SUBSCRIBE", channel});
+    listen.command({"SUBSCRIBE", meta.substr(0, meta.size() - 4) + "ctl"});
+    // (after the subscription: a stop or match from now on comes as a message too)
+    Engine calls(options);
+    // The stop came: the host's chunks are stopped; then the engine hears that this host
+    // knows (once: a stop is the job's end).
+    const auto stopped = [&](std::string_view who) {
+      stop_all(board, pool, who);
+      static const std::string seen = std::string(scripts::prelude) + scripts::seen;
+      calls.eval(seen, keys, {epoch, host});
+      ::_exit(0);
+    };
     {
-      // (after the subscription: a stop or match from now on comes as a message too)
-      Engine reads(options);
-      const EngineReply m = reads.command({"HMGET", meta, "state", "stop", "best"});
+      const EngineReply m = calls.command({"HMGET", meta, "state", "stop", "best"});
       const auto text = [&](std::size_t i) { return i < m.elements.size() ? m.elements[i].text : std::string(); };
-      if (text(0) == "stopped") {
-        stop_all(board, pool, text(1));
-        ::_exit(0);
-      }
+      if (text(0) == "stopped") stopped(text(1));
       if (text(0) == "done") ::_exit(0);
       if (!text(2).empty()) above_match(board, pool, text(2));
     }
@@ -91,10 +100,7 @@ void above_match(AgentBoard& board, PoolCore& pool, std::string_view best) {
       if (message->elements.size() != 3 || message->elements[0].text != "message") continue;
       const std::string_view text = message->elements[2].text;
       if (text == "done") ::_exit(0);
-      if (text.rfind("stop ", 0) == 0) {
-        stop_all(board, pool, text.substr(5));
-        ::_exit(0);
-      }
+      if (text.rfind("stop ", 0) == 0) stopped(text.substr(5));
       if (text.rfind("best ", 0) == 0) above_match(board, pool, text.substr(5));
     }
   } catch (const std::exception& e) {
@@ -117,21 +123,26 @@ Agent::Agent() : creator_(::getpid()) {
 
 Agent::~Agent() {
   if (pid_ > 0 && ::getpid() == creator_) {
-    ::kill(pid_, SIGKILL);
+    // An agent that brought a stop tells the engine so, then exits: given up to 2 s for it
+    // (what a stop from procshare-ctl waits for); any other is killed at once.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (stopped() && ::waitpid(pid_, nullptr, WNOHANG) == 0 && std::chrono::steady_clock::now() < until)
+      ::usleep(1000);
+    ::kill(pid_, SIGKILL);  // (reaped already: a zombie is not reused before waitpid; ESRCH)
     while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
     }
   }
   ::munmap(board_, sizeof(AgentBoard));
 }
 
-void Agent::start(const EngineOptions& options, const std::string& channel, const std::string& meta,
-                  std::shared_ptr<PoolCore> pool) {
+void Agent::start(const EngineOptions& options, const std::vector<std::string>& keys, const std::string& epoch,
+                  const std::string& host, std::shared_ptr<PoolCore> pool) {
   if (pid_ > 0) return;
   const pid_t parent = ::getpid();
   flush_standard_streams();  // nothing buffered may be printed twice
   const pid_t pid = ::fork();
   if (pid < 0) throw Error("", "cluster agent", fmt::format("cannot fork: {}", std::strerror(errno)));
-  if (pid == 0) agent_main(*board_, options, channel, meta, *pool, parent);
+  if (pid == 0) agent_main(*board_, options, keys, epoch, host, *pool, parent);
   pid_ = pid;
 }
 

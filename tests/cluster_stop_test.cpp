@@ -10,6 +10,7 @@
 #include "redis_server.hpp"
 
 #include <procshare/cluster.hpp>
+#include <procshare/cluster_report.hpp>
 #include <procshare/pool.hpp>
 
 #include <doctest/doctest.h>
@@ -132,16 +133,17 @@ TEST_CASE("a stop from any origin reaches every host's running tasks in millisec
         }
       });
     if (origin == "outside") {
-      // (the engine's stop, as procshare-ctl runs it, once both hosts run)
+      // (as procshare-ctl cluster stop does, once both hosts run; it waits until both
+      // hosts' agents said they brought the stop to their chunks)
       ::usleep(500000);
-      Engine engine({.url = server.url()});
-      const std::string epoch = engine.command({"HGET", "psj:{" + job + "}:meta", "epoch"}).text;
       moments->origin.store(now_ns());
-      engine.command({"EVAL",
-                      "if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end "
-                      "redis.call('HSET', KEYS[1], 'state', 'stopped', 'stop', ARGV[1]) "
-                      "redis.call('PUBLISH', KEYS[2], 'stop ' .. ARGV[1]) return 1",
-                      "2", "psj:{" + job + "}:meta", "psj:{" + job + "}:ctl", "the test, from outside"});
+      const ClusterStopResult stop =
+          stop_cluster_job({.url = server.url()}, job, {.origin = "the test, from outside"});
+      CHECK(stop.stopped);
+      CHECK(stop.acknowledged == std::vector<std::string>{"h0", "h1"});
+      CHECK(stop.unacknowledged.empty());
+      MESSAGE("both hosts acknowledged the stop ", stop.took.count(), " ms after it");
+      CHECK(stop.took < 1000ms);
     }
     const auto reports = hosts.reports(60s);
     for (const std::string& report : reports) {

@@ -2,7 +2,9 @@
 // it (PR_SET_PDEATHSIG), that listens on the job's channel and brings what it hears to
 // the host's running chunks at once, without waiting for the host's next engine call:
 //   "stop WHO"  raises the stop flag of every local job of the cluster job (the host's
-//               tasks see stop_requested() microseconds later), and records WHO;
+//               tasks see stop_requested() microseconds later), records WHO, and then
+//               tells the engine that the host has learned of the stop (the seen script:
+//               what a stop from procshare-ctl waits for), and exits;
 //   "best K"    (find_first) stops the local jobs whose items all lie above the match K
 //               (none can matter any more);
 //   "done"      the job ended: the agent exits.
@@ -23,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace procshare::detail {
 
@@ -58,11 +61,12 @@ public:
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
 
-  // Forks the agent of the job whose channel and meta hash are `channel` and `meta`, on
-  // the engine `options` name, stopping local jobs of `pool`. Throws Error if it cannot
-  // fork (the host then goes on without it: stops reach it at its next engine call).
-  void start(const EngineOptions& options, const std::string& channel, const std::string& meta,
-             std::shared_ptr<PoolCore> pool);
+  // Forks the agent of host `host` in the job whose keys are `keys` (the scripts' eleven)
+  // and epoch `epoch`, on the engine `options` name, stopping local jobs of `pool`.
+  // Throws Error if it cannot fork (the host then goes on without it: stops reach it at
+  // its next engine call).
+  void start(const EngineOptions& options, const std::vector<std::string>& keys, const std::string& epoch,
+             const std::string& host, std::shared_ptr<PoolCore> pool);
   bool started() const noexcept { return pid_ > 0; }
   // A local job started: its board entry (-1 if the board is full).
   int enter(std::uint64_t job, std::uint64_t first);

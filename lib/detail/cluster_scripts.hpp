@@ -336,6 +336,15 @@ finish('stopped', 'stop ' .. ARGV[2])
 return {'ok', ARGV[2]}
 )lua";
 
+// seen(epoch, host): records `host` as seen (its agent brought the job's stop to the
+// host's chunks: the acknowledgement a stop waits for, see KEYS[9]).
+// -> {'ok'} | {'lost'}
+inline constexpr const char* seen = R"lua(
+if lost() then return {'lost'} end
+redis.call('HSET', hosts, ARGV[2], now_ms())
+return {'ok'}
+)lua";
+
 // status(epoch): the job's counters, and the partial progress of the chunks being run.
 // -> {'ok', state, stop, best, done, failed, skipped, partial, redelivered, fenced} | {'lost'}
 inline constexpr const char* status = R"lua(
