@@ -201,6 +201,7 @@ struct ClusterCore::State {
   // it starts when the first chunk ends, shrunk to what that chunk's timing says).
   struct Option : Chunk {
     std::string token;
+    int entry = -1;  // on the agent's board (which renews its lease)
   };
   std::optional<Option> option;
   // map: the items [first, end) of the chunks whose results this host holds (its own
@@ -316,6 +317,7 @@ struct ClusterCore::State {
            std::optional<std::uint64_t> failed) {
     if (ended) return;
     ended = true;
+    if (option) agent.leave(option->entry);
     option.reset();
     end_state = state;
     stopped_by = who;
@@ -335,7 +337,7 @@ struct ClusterCore::State {
   void start_agent() {
     agent_tried = true;
     try {
-      agent.start(engine_options(options), keys, epoch, host, pool);
+      agent.start(Agent::Job{engine_options(options), keys, epoch, host, options.lease, beat_every, pool});
     } catch (const Error&) {
       // (no fork: stops and matches reach this host at its next engine call instead)
     }
@@ -355,7 +357,7 @@ struct ClusterCore::State {
   // Runs chunk `c`, items [first, first + count), under lease `token`.
   void launch(std::uint64_t c, std::uint64_t first, std::uint64_t count, const std::string& token) {
     running.push_back(Running{c, first, count, token, start_local(first, count), Clock::now()});
-    running.back().entry = agent.enter(running.back().local->id, first);
+    running.back().entry = agent.enter(running.back().local->id, first, c, token);
   }
   // Starts items [first, first + count) as a local job on this host's pool.
   std::shared_ptr<JobState> start_local(std::uint64_t first, std::uint64_t count) {
@@ -394,15 +396,18 @@ struct ClusterCore::State {
     waiting = first + count >= spec.total;
     if (waiting) next_claim = now + options.flush;
     launch(c, first, count, reply.elements.at(2).text);
-    if (reply.elements.size() > 9)
+    if (reply.elements.size() > 9) {
       option = Option{{number(reply.elements[6]), number(reply.elements[8]), number(reply.elements[9])},
                       reply.elements[7].text};
+      option->entry = agent.enter(0, option->first, option->chunk, option->token);
+    }
     return true;
   }
   // Starts the option, its first `keep` items (at least one); returns the completion's
   // arguments that shrink it in the engine to what runs.
   std::vector<std::string> start_option(std::uint64_t keep) {
     const Option o = *std::exchange(option, std::nullopt);
+    if (agent.leave(o.entry) == AgentMark::lease_lost) return {"", "", "0"};  // (it went elsewhere)
     const std::uint64_t count = std::clamp<std::uint64_t>(keep, 1, o.end - o.first);
     launch(o.chunk, o.first, count, o.token);
     return {std::to_string(o.chunk), o.token, std::to_string(o.first + count)};
@@ -418,6 +423,7 @@ struct ClusterCore::State {
 
   void heartbeat(Clock::time_point now) {
     next_beat = now + beat_every;
+    if (agent.beating()) return;  // (the agent renews the leases, in or out of a call)
     if (running.empty() && !option) return;
     std::vector<std::string> args{epoch, host, std::to_string(options.lease.count())};
     for (Running& r : running) {
@@ -457,6 +463,9 @@ struct ClusterCore::State {
       case AgentMark::above_match:  // (as this host's heartbeat would have)
         r.cancelled = true;
         break;
+      case AgentMark::lease_lost:  // (another host runs the chunk: its results count)
+        task->detach(local);
+        return;
       case AgentMark::running:
         break;
     }
@@ -812,6 +821,11 @@ ClusterCore::~ClusterCore() {
 }
 
 bool ClusterCore::drive(Deadline deadline) { return state_->drive(deadline); }
+
+void ClusterCore::start_agent() {
+  State& s = *state_;
+  if (!s.agent_tried && !s.ended) s.start_agent();
+}
 
 Progress ClusterCore::progress() {
   State& s = *state_;

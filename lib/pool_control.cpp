@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -159,5 +160,15 @@ std::size_t stop_pool_jobs(Segment& segment, std::uint64_t job_id) { return stop
 
 void detail::stop_local_job(PoolCore& core, std::uint64_t job_id) {
   if (job_id != 0) stop_jobs(*core.block, job_id);
+}
+
+std::optional<std::uint64_t> detail::local_job_computing(PoolCore& core, std::uint64_t job_id) {
+  PoolBlock& b = *core.block;
+  if (job_id == 0 || b.job_slots == 0) return std::nullopt;
+  JobSlot& job = b.job_of(job_id);
+  const std::uint64_t done = job.done.load(std::memory_order_acquire);
+  const std::uint64_t settled = job.settled.load(std::memory_order_acquire);
+  if (job.id.load(std::memory_order_acquire) != job_id || settled >= job.total) return std::nullopt;
+  return done;
 }
 }  // namespace procshare

@@ -1,7 +1,9 @@
-// A stop or a better find_first match reaches every host's running tasks in milliseconds,
-// through each host's agent (lib/detail/cluster_agent.hpp), not at the host's next
-// engine call: the hosts here renew their leases only every 10 s, and their tasks run
-// until they see stop_requested(), so without the agent nothing would end for seconds.
+// Each host's agent (lib/detail/cluster_agent.hpp): a stop or a better find_first match
+// reaches every host's running tasks in milliseconds, not at the host's next engine call
+// (the hosts here renew their leases only every 10 s, and their tasks run until they see
+// stop_requested(), so without the agent nothing would end for seconds); a host whose
+// program is busy outside get() keeps the leases of the chunks its pool computes; a chunk
+// whose lease went to another host is stopped on its host at once.
 // Each case runs hosts (forked processes, one worker each) against a private
 // redis-server; the moment of the stop and the moment each host's task saw it are
 // written (CLOCK_MONOTONIC, the same in every process) to a page the test maps before
@@ -89,6 +91,25 @@ bool match_at_50(std::uint64_t i) {
   const auto start = std::chrono::steady_clock::now();
   while (!procshare::stop_requested() && std::chrono::steady_clock::now() - start < 20s) ::usleep(100);
   return false;
+}
+
+// 100 ms an item.
+std::uint64_t tenth_of_a_second(std::uint64_t i) {
+  ::usleep(100000);
+  return i;
+}
+
+// Host 0's items run until they are told to stop (at most 5 s), and note when host 0 saw
+// it; host 1's take 2 s.
+void long_on_host_0(std::uint64_t) {
+  if (this_host != 0) {
+    ::usleep(2000000);
+    return;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  while (!procshare::stop_requested() && std::chrono::steady_clock::now() - start < 5s) ::usleep(100);
+  std::int64_t unseen = 0;
+  moments->seen[0].compare_exchange_strong(unseen, now_ns());
 }
 
 // Leases renewed only every 10 s: a stop that waited for a heartbeat would take seconds.
@@ -207,6 +228,71 @@ TEST_CASE("a host's agent ends with its job: no process is left once the pool is
     return std::string(left == -1 && errno == ECHILD ? "ok" : "a child is left: " + std::to_string(left));
   });
   for (const std::string& report : hosts.reports(60s)) CHECK(report == "ok");
+  CHECK(hosts.all_gone());
+}
+
+TEST_CASE("a host whose program is busy outside get() keeps the leases of the chunks its pool computes") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Engine engine({.url = server.url()});
+  Hosts hosts;
+  for (int k = 0; k < 2; ++k)
+    hosts.start([&](int me) {
+      Pool pool({.workers = 1});
+      // (a chunk of 20 items of 100 ms: 2 s, longer than the 1.5 s lease)
+      ClusterOptions options{.url = server.url(), .job = "busy", .host = "h" + std::to_string(me),
+                             .lease = 1500ms, .flush = 500ms, .chunk = 20, .prefetch = 0};
+      Cluster cluster(options);
+      auto work = cluster.map_async(pool, Range{0, 40}, tenth_of_a_second);
+      if (me == 0) ::usleep(2300000);  // (elsewhere until its chunk is computed, and a bit)
+      const std::vector<std::uint64_t> got = work.get();
+      for (std::uint64_t i = 0; i < 40; ++i)
+        if (got.at(i) != i) return "wrong result at " + std::to_string(i);
+      return std::string("ok");
+    });
+  for (const std::string& report : hosts.reports(60s)) CHECK(report == "ok");
+  const auto meta = procshare::test::meta_of(engine, "busy");
+  CHECK(meta.at("done_items") == "40");
+  CHECK(meta.at("redelivered") == "0");  // (without the agent's renewals: host 0's chunk went to host 1)
+  CHECK(meta.at("fenced") == "0");
+  CHECK(hosts.all_gone());
+}
+
+TEST_CASE("a chunk whose lease went to another host is stopped on its host at once, its program outside get()") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  SharedMoments shared;
+  Engine engine({.url = server.url()});
+  Hosts hosts;
+  for (int k = 0; k < 2; ++k)
+    hosts.start([&](int me) {
+      this_host = me;
+      Pool pool({.workers = 1});
+      ClusterOptions options{.url = server.url(), .job = "taken", .host = "h" + std::to_string(me),
+                             .lease = 600ms, .flush = 200ms, .chunk = 1, .prefetch = 0};
+      Cluster cluster(options);
+      auto work = cluster.map_async(pool, Range{0, 2}, long_on_host_0);
+      if (me == 0) ::usleep(5000000);  // (elsewhere: only its agent can tell its pool)
+      work.get();
+      return std::string("ok");
+    });
+  // Host 0 (its program, agent and pool) frozen past its lease: host 1, done with its own
+  // item at 2 s, takes host 0's; host 0 goes on, and its agent learns at its next renewal
+  // that the chunk is another's.
+  ::usleep(500000);
+  hosts.signal_group(0, SIGSTOP);
+  ::usleep(2500000);
+  const std::int64_t resumed = now_ns();
+  hosts.signal_group(0, SIGCONT);
+  for (const std::string& report : hosts.reports(60s)) CHECK(report == "ok");
+  const std::int64_t seen = moments->seen[0].load();
+  REQUIRE(seen > 0);
+  MESSAGE("host 0's task saw the stop ", ms_between(resumed, seen), " ms after it resumed");
+  CHECK(ms_between(resumed, seen) < 1000.0);  // (without the agent: 2.5 s later, when its program calls get())
+  const auto meta = procshare::test::meta_of(engine, "taken");
+  CHECK(meta.at("done_items") == "2");
+  CHECK(std::stoull(meta.at("redelivered")) >= 1);
+  CHECK(std::stoull(meta.at("fenced")) >= 1);  // (host 0's renewal, refused)
   CHECK(hosts.all_gone());
 }
 

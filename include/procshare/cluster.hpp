@@ -283,6 +283,10 @@ public:
   // Runs the host loop until the job ended (returns true) or `deadline` (false). Throws
   // EngineUnavailable, JobLost, PoolClosed (the local pool), again on every later call.
   bool drive(Deadline deadline);
+  // Forks this host's agent now (else the host loop forks it 50 ms into the job): the
+  // program may go elsewhere, and the agent renews the leases of the chunks its pool
+  // computes meanwhile, and brings a stop to them (lib/detail/cluster_agent.hpp).
+  void start_agent();
   // Over all hosts: items done (and in chunks being run, as last flushed), failed,
   // skipped, and the total. Runs the host loop once without waiting.
   Progress progress();
@@ -501,8 +505,10 @@ template <class I> std::string items_hash(const I& items) {
 
 }  // namespace detail
 
-// ClusterJob<R>: a cluster map_async on this host. Work happens while this host calls
-// get(), wait_for() or progress() (see the top of this file).
+// ClusterJob<R>: a cluster map_async on this host. Chunks are claimed and completed while
+// this host calls get(), wait_for() or progress() (see the top of this file); meanwhile
+// its agent renews the leases of the chunks its pool computes, and brings a stop or a
+// better match to them.
 template <class R> class ClusterJob {
 public:
   // Items done (including those of chunks still running, as last flushed), failed and
@@ -558,20 +564,16 @@ public:
   // results in input order, on every host. Throws as ClusterJob::get, JobMismatch.
   template <Items I, class F, class... Args>
   auto map(Pool& pool, const I& items, F f, const Args&... args) {
-    return map_async(pool, items, f, args...).get();
+    return start_map(pool, items, f, args...).get();
   }
   // As map(), without waiting: a ClusterJob whose get(), wait_for() and progress() run
-  // this host's share.
+  // this host's share. Meanwhile this host's agent renews the leases of the chunks its
+  // pool computes, and brings a stop to them.
   template <Items I, class F, class... Args>
   auto map_async(Pool& pool, const I& items, F f, const Args&... args) {
-    using R = detail::task_result_t<I, F, Args...>;
-    static_assert(detail::check_items<I, F, Args...>());
-    static_assert(detail::check_result<R>());
-    using Task = detail::ClusterTaskOf<detail::JobKind::map, R, I, F, Args...>;
-    auto task = std::make_unique<Task>(detail::PoolAccess::core(pool), items, f, args...);
-    auto store = task->store;
-    auto core = join<I, F, R, Args...>(detail::JobKind::map, pool, items, f, std::move(task), args...);
-    return ClusterJob<R>(std::move(core), std::move(store));
+    auto job = start_map(pool, items, f, args...);
+    job.core_->start_agent();  // (now: this program may go elsewhere until get())
+    return job;
   }
   // Pool::find_first across every host: the lowest position whose item satisfies
   // pred(item, args...), with the item, or nullopt; the same answer on every host, and
@@ -600,6 +602,18 @@ public:
   const ClusterOptions& options() const noexcept { return options_; }
 
 private:
+  // Joins a map job (map and map_async).
+  template <Items I, class F, class... Args>
+  auto start_map(Pool& pool, const I& items, F f, const Args&... args) {
+    using R = detail::task_result_t<I, F, Args...>;
+    static_assert(detail::check_items<I, F, Args...>());
+    static_assert(detail::check_result<R>());
+    using Task = detail::ClusterTaskOf<detail::JobKind::map, R, I, F, Args...>;
+    auto task = std::make_unique<Task>(detail::PoolAccess::core(pool), items, f, args...);
+    auto store = task->store;
+    auto core = join<I, F, R, Args...>(detail::JobKind::map, pool, items, f, std::move(task), args...);
+    return ClusterJob<R>(std::move(core), std::move(store));
+  }
   template <class I, class F, class R, class... Args>
   std::unique_ptr<detail::ClusterCore> join(detail::JobKind kind, Pool& pool, const I& items, F f,
                                             std::unique_ptr<detail::ClusterTask> task,

@@ -7,7 +7,11 @@
 //               what a stop from procshare-ctl waits for), and exits;
 //   "best K"    (find_first) stops the local jobs whose items all lie above the match K
 //               (none can matter any more);
-//   "done"      the job ended: the agent exits.
+//   "done"      the job ended: whatever the host's pool still computes of it was
+//               completed elsewhere: stopped (marked as a lost lease); the agent exits.
+// It also renews the leases of the host's chunks every flush interval (the heartbeat
+// script, with each local job's progress), whether or not the host's program is in a
+// call of the job, and stops the local job of a chunk whose lease went to another host.
 // It subscribes before it reads the job's state (stop, best) so that no message falls in
 // the gap between the two (pub/sub delivers only to connected subscribers).
 //
@@ -22,31 +26,38 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace procshare::detail {
 
-// How a local job left the board: as it ran, or stopped by the agent.
+// How a chunk left the board: as it ran, or stopped by the agent.
 enum class AgentMark : std::uint64_t {
   running = 1,
   above_match = 2,  // find_first: all its items lie above a match found elsewhere
   stopped = 3,      // the job was stopped (AgentBoard::who says by whom)
+  lease_lost = 4,   // its lease went to another host (the heartbeat said so)
 };
 
 struct AgentBoard {
-  static constexpr int slots = 80;  // (a host runs at most 1 + prefetch (<= 64) + its option)
+  static constexpr int slots = 80;  // (a host holds at most 1 + prefetch (<= 64) + its option)
+  static constexpr int token_words = 36;  // (a lease token: fence, host (<= 200), nonce)
   struct Slot {
-    // (generation << 2) | mark (0: free): a new generation for each job entered, so that
-    // the agent never marks a later job for an earlier one it read.
+    // (generation << 3) | mark (0: free): a new generation for each chunk entered, so that
+    // the agent never marks a later chunk for an earlier one it read.
     std::atomic<std::uint64_t> state;
-    std::atomic<std::uint64_t> job;    // the local job's id (JobState::id)
+    std::atomic<std::uint64_t> job;    // its local job's id (JobState::id; 0: not started)
     std::atomic<std::uint64_t> first;  // its first item
+    std::atomic<std::uint64_t> chunk;  // its number in the engine
+    std::atomic<std::uint64_t> token[token_words];  // its lease token, NUL-padded
   };
   std::atomic<std::uint32_t> stopped;  // the job was stopped: `who` is written
-  std::atomic<std::uint32_t> failed;   // the agent gave up (the engine): `why` is written
+  std::atomic<std::uint32_t> gone;     // the agent exited (or is about to)
+  std::atomic<std::uint32_t> failed;   // ... because it failed: `why` is written
   char who[1024];
   char why[1024];
   Slot slot[slots];
@@ -61,16 +72,23 @@ public:
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
 
-  // Forks the agent of host `host` in the job whose keys are `keys` (the scripts' eleven)
-  // and epoch `epoch`, on the engine `options` name, stopping local jobs of `pool`.
-  // Throws Error if it cannot fork (the host then goes on without it: stops reach it at
-  // its next engine call).
-  void start(const EngineOptions& options, const std::vector<std::string>& keys, const std::string& epoch,
-             const std::string& host, std::shared_ptr<PoolCore> pool);
-  bool started() const noexcept { return pid_ > 0; }
-  // A local job started: its board entry (-1 if the board is full).
-  int enter(std::uint64_t job, std::uint64_t first);
-  // The local job of entry `slot` settled or was given up: how the agent left it.
+  // What the agent needs of its host's job.
+  struct Job {
+    EngineOptions engine;
+    std::vector<std::string> keys;  // the scripts' eleven
+    std::string epoch, host;
+    std::chrono::milliseconds lease, flush;
+    std::shared_ptr<PoolCore> pool;  // the host's: its local jobs are the chunks
+  };
+  // Forks the agent. Throws Error if it cannot fork (the host then goes on without it:
+  // stops reach it at its next engine call, and it renews its leases itself).
+  void start(const Job& job);
+  // Whether the agent renews the leases (forked, and not gone).
+  bool beating() const noexcept;
+  // A chunk this host holds: local job `job` (0: not started yet), items from `first`,
+  // chunk `chunk` under lease `token`; its board entry (-1 if the board is full).
+  int enter(std::uint64_t job, std::uint64_t first, std::uint64_t chunk, std::string_view token);
+  // The chunk of entry `slot` settled or was given up: how the agent left it.
   AgentMark leave(int slot);
   // Whether the agent heard a stop, and from whom.
   bool stopped() const noexcept;

@@ -131,6 +131,10 @@ PROCSHARE_API void cancel_job(PoolCore& core, JobState& state);
 // from any process that maps the pool (a cluster host's agent, forked from its parent):
 // shared memory only, no lock; a job that ended already is left alone.
 PROCSHARE_API void stop_local_job(PoolCore& core, std::uint64_t job_id);
+// While the pool's job `job_id` still has items to settle, its items done so far (of its
+// settled chunks); nothing once every item settled (or its slot went to a later job).
+// Read as stop_local_job writes: from any process that maps the pool.
+PROCSHARE_API std::optional<std::uint64_t> local_job_computing(PoolCore& core, std::uint64_t job_id);
 // Future::cancel(): stops the job if no worker has claimed any of it; returns whether
 // it did (or had already).
 PROCSHARE_API bool cancel_unstarted(PoolCore& core, JobState& state);
