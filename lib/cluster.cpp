@@ -6,6 +6,7 @@
 #include <procshare/cluster.hpp>
 
 #include "detail/cluster_agent.hpp"
+#include "detail/cluster_names.hpp"
 #include "detail/cluster_scripts.hpp"
 
 #include <fmt/format.h>
@@ -32,18 +33,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-// Each script with the prelude, made once for the process (and never changed after:
-// read without a lock; Engine::eval caches its SHA by the text's address).
-const std::string& script(const char* body) {
-  static const std::unordered_map<const char*, std::string> made = [] {
-    std::unordered_map<const char*, std::string> m;
-    for (const char* b : {scripts::join, scripts::claim, scripts::heartbeat, scripts::complete, scripts::stop,
-                          scripts::status})
-      m.emplace(b, std::string(scripts::prelude) + b);
-    return m;
-  }();
-  return made.at(body);
-}
 
 std::uint64_t parse_u64(std::string_view text) {
   std::uint64_t value = 0;
@@ -89,33 +78,7 @@ std::string kind_name(JobKind kind) {
   return kind == JobKind::find_first ? "find_first" : kind == JobKind::map ? "map" : "submit";
 }
 
-// What an error said after its segment and object ("segment 'S': OBJECT: DETAIL"), to
-// say it again under another object.
-std::string detail_of(const Error& e) {
-  const std::string text = e.what();
-  const auto at = e.object().empty() ? std::string::npos : text.find(e.object() + ": ");
-  return at == std::string::npos ? text : text.substr(at + e.object().size() + 2);
-}
 
-// Rethrows the engine's error being handled as the same type, with `object` (the job, its
-// URL and host) in front of what it said.
-[[noreturn]] void rethrow_for(const std::string& object) {
-  // (the engine's own "engine 'URL': " prefix is dropped: `object` names the URL too)
-  try {
-    throw;
-  } catch (const AuthFailed& e) {
-    throw AuthFailed("", object, detail_of(e));
-  } catch (const PermissionDenied& e) {
-    throw PermissionDenied("", object, detail_of(e));
-  } catch (const EngineUnavailable& e) {
-    throw EngineUnavailable("", object, detail_of(e));
-  } catch (const InvalidArgument& e) {
-    throw InvalidArgument("", object, detail_of(e));
-  } catch (const Error& e) {
-    if (e.object().rfind("engine '", 0) != 0) throw;  // (not the engine's: already ours)
-    throw Error("", object, detail_of(e));
-  }
-}
 
 // The engine connection's options of a cluster.
 EngineOptions engine_options(const ClusterOptions& options) {
@@ -740,9 +703,7 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
   s.spec = std::move(spec);
   s.task = std::move(task);
   s.object = fmt::format("cluster job '{}' on {} (host {})", options.job, s.engine->url(), s.host);
-  for (const char* key :
-       {"meta", "leases", "owner", "partial", "done", "doneby", "fail", "res", "hosts", "chunks", "claims"})
-    s.keys.push_back(fmt::format("psj:{{{}}}:{}", options.job, key));
+  s.keys = job_keys(options.job);
   s.chunk = options.chunk;
   // (an adaptive job's first chunks: 1/256 of the items; then ~50 ms of work each)
   // (and never more than half the pool's arena holds: a job too big for one Pool::map
@@ -865,36 +826,6 @@ const std::string& ClusterCore::host() const noexcept { return state_->host; }
 
 // ---------------------------------------------------------------- Cluster
 
-namespace {
-
-bool printable_name(const std::string& name) {
-  if (name.empty() || name.size() > 200) return false;
-  for (const char c : name)
-    if (c <= ' ' || c > '~' || c == '{' || c == '}') return false;
-  return true;
-}
-
-}  // namespace
-
-namespace {
-
-// The URL as messages show it: parsed (never a password), or, if it does not parse, with
-// anything between "//" and '@' that holds a ':' cut to the user.
-std::string display_url(const std::string& url) {
-  try {
-    return detail::parse_engine_url(url).text;
-  } catch (const Error&) {
-    const auto from = url.find("//");
-    const auto at = url.rfind('@');
-    if (from == std::string::npos || at == std::string::npos || at < from) return url;
-    const auto colon = url.find(':', from + 2);
-    if (colon == std::string::npos || colon > at) return url;
-    return url.substr(0, colon) + ":***" + url.substr(at);
-  }
-}
-
-}  // namespace
-
 Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   if (options_.host.empty()) {
     char name[256] = {};
@@ -902,11 +833,11 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
     options_.host = fmt::format("{}:{}", name, ::getpid());
   }
   const std::string object =
-      fmt::format("cluster job '{}' on {} (host {})", options_.job, display_url(options_.url), options_.host);
+      fmt::format("cluster job '{}' on {} (host {})", options_.job, detail::display_url(options_.url), options_.host);
   const auto bad = [&](std::string_view why) { throw InvalidArgument("", object, why); };
-  if (!printable_name(options_.job))
+  if (!detail::printable_name(options_.job))
     bad("the job name must be 1 to 200 printable characters without space, '{' or '}'");
-  if (!printable_name(options_.host)) bad("the host name must be 1 to 200 printable characters without space, '{' or '}'");
+  if (!detail::printable_name(options_.host)) bad("the host name must be 1 to 200 printable characters without space, '{' or '}'");
   if (options_.lease.count() <= 0) bad(fmt::format("lease must be positive (it is {} ms)", options_.lease.count()));
   if (options_.flush.count() <= 0 || options_.flush * 3 > options_.lease)
     bad(fmt::format("flush must be positive and at most lease / 3, so that a working host renews its "

@@ -92,9 +92,8 @@ struct AgentLoop {
   // knows (what a stop from procshare-ctl waits for). A stop is the job's end.
   [[noreturn]] void stopped(std::string_view who) {
     stop_all(board, *job.pool, who);
-    static const std::string seen = std::string(scripts::prelude) + scripts::seen;
     try {
-      calls->eval(seen, job.keys, {job.epoch, job.host});
+      calls->eval(script(scripts::seen), job.keys, {job.epoch, job.host});
     } catch (const Error&) {  // (the engine did not answer: the stop stands all the same)
     }
     leave(0);
@@ -152,8 +151,7 @@ struct AgentLoop {
     }
     // (an option alone: the pool computes nothing of this host's)
     if (std::none_of(held.begin(), held.end(), [](const Held& h) { return h.job != 0; })) return;
-    static const std::string heartbeat = std::string(scripts::prelude) + scripts::heartbeat;
-    const EngineReply reply = calls->eval(heartbeat, job.keys, args);
+    const EngineReply reply = calls->eval(script(scripts::heartbeat), job.keys, args);
     const std::string what = reply.elements.empty() ? "" : reply.elements[0].text;
     if (what == "lost") leave(0);
     if (what == "ended") {

@@ -4,6 +4,7 @@
 // the top of detail/cluster_scripts.hpp; the failure record's format in lib/cluster.cpp.
 #include <procshare/cluster_report.hpp>
 
+#include "detail/cluster_names.hpp"
 #include "detail/cluster_scripts.hpp"
 
 #include <fmt/format.h>
@@ -31,14 +32,6 @@ using Clock = std::chrono::steady_clock;
 // ClusterOptions default).
 constexpr long long default_lease_ms = 10000;
 
-// A job's keys, in the order every script takes them.
-std::vector<std::string> keys_of(std::string_view job) {
-  std::vector<std::string> keys;
-  for (const char* key :
-       {"meta", "leases", "owner", "partial", "done", "doneby", "fail", "res", "hosts", "chunks", "claims"})
-    keys.push_back(fmt::format("psj:{{{}}}:{}", job, key));
-  return keys;
-}
 
 long long to_number(std::string_view text) {
   long long value = 0;
@@ -62,42 +55,15 @@ std::pair<std::uint64_t, std::uint64_t> range_of(std::string_view text) {
   return {to_count(text.substr(0, space)), to_count(text.substr(space + 1))};
 }
 
-// The URL as messages show it: parsed (never a password), or if it does not parse, with
-// whatever stands between "//" and the last '@' replaced by "***".
-std::string shown_url(std::string url) {
-  try {
-    return detail::parse_engine_url(url).text;
-  } catch (const Error&) {
-    const auto from = url.find("//"), at = url.rfind('@');
-    if (from != std::string::npos && at != std::string::npos && at > from) url.replace(from + 2, at - from - 2, "***");
-    return url;
-  }
-}
-
-// What an error said after its own object, to say it again under another.
-std::string said(const Error& e) {
-  const std::string text = e.what();
-  const std::string prefix = e.object() + ": ";
-  return !e.object().empty() && e.segment().empty() && text.rfind(prefix, 0) == 0 ? text.substr(prefix.size()) : text;
-}
-
-// Throws `e` again as a T under `object`, if it is a T.
-template <class T> void again_as(const Error& e, const std::string& object) {
-  if (dynamic_cast<const T*>(&e) != nullptr) throw T("", object, said(e));
-}
-
-// Runs `call`; an error it throws is thrown again as the same type, under `object`
-// (the job and the URL) rather than the engine's own "engine 'URL'".
+// Runs `call`; an engine error it throws is thrown again as the same type, under
+// `object` (the job and the URL) rather than the engine's own "engine 'URL'".
 template <class Call> auto naming(const std::string& object, const Call& call) {
   try {
     return call();
-  } catch (const Error& e) {
-    if (e.object() == object || dynamic_cast<const NotFound*>(&e) != nullptr) throw;  // (ours already)
-    again_as<AuthFailed>(e, object);
-    again_as<PermissionDenied>(e, object);
-    again_as<EngineUnavailable>(e, object);
-    again_as<InvalidArgument>(e, object);
-    throw Error("", object, said(e));
+  } catch (const NotFound&) {
+    throw;  // (ours already)
+  } catch (const Error&) {
+    detail::rethrow_for(object);
   }
 }
 
@@ -107,12 +73,10 @@ struct Session {
   std::unique_ptr<Engine> engine;
 
   Session(const EngineOptions& options, std::string_view job) {
-    object = job.empty() ? fmt::format("engine '{}'", shown_url(options.url))
-                         : fmt::format("cluster job '{}' on {}", job, shown_url(options.url));
+    object = job.empty() ? fmt::format("engine '{}'", detail::display_url(options.url))
+                         : fmt::format("cluster job '{}' on {}", job, detail::display_url(options.url));
     if (!job.empty()) {
-      bool printable = job.size() <= 200;
-      for (const char c : job) printable = printable && c > ' ' && c <= '~' && c != '{' && c != '}';
-      if (!printable)
+      if (!detail::printable_name(job))
         throw InvalidArgument("", object,
                               "a job name is 1 to 200 printable characters without space, '{' or '}'");
     }
@@ -152,7 +116,7 @@ struct Session {
 
 // A job's summary from its keys, at the server time `now`.
 ClusterJobSummary summarize(Session& s, std::string_view job, long long now) {
-  const auto keys = keys_of(job);
+  const auto keys = detail::job_keys(job);
   std::map<std::string, std::string> meta;
   for (auto& [field, value] : s.hash(keys[0])) meta[field] = std::move(value);
   if (meta.count("epoch") == 0) s.no_such_job();
@@ -250,39 +214,6 @@ std::string this_process() {
                      ::getpid());
 }
 
-// The stop script, as every host runs it (kept for the process: Engine caches a
-// script's SHA by its text's address).
-const std::string& stop_script() {
-  static const std::string text = std::string(detail::scripts::prelude) + detail::scripts::stop;
-  return text;
-}
-
-// forget(epoch, older_ms): deletes the job's eleven keys if, checked again inside the
-// engine, it ended at least older_ms ago, or is abandoned: running, no lease deadline
-// after now, and no host seen within max(its lease, older_ms).
-// -> {'deleted', state} | {'kept', why} | {'lost'} (another job now, or gone)
-// (A writer outside detail/cluster_scripts.hpp: it only ever deletes a whole job.)
-const std::string& forget_script() {
-  static const std::string text = std::string(detail::scripts::prelude) + fmt::format(R"lua(
-if lost() then return {{'lost'}} end
-local m = redis.call('HMGET', meta, 'state', 'ended', 'lease')
-local now, older = now_ms(), tonumber(ARGV[2])
-if m[1] ~= 'running' then
-  if now - tonumber(m[2] or '0') < older then return {{'kept', 'it ended too recently'}} end
-else
-  local last = redis.call('ZREVRANGE', leases, 0, 0, 'WITHSCORES')
-  if last[2] and tonumber(last[2]) > now then return {{'kept', 'a lease is alive again'}} end
-  local quiet = math.max(tonumber(m[3] or '{}'), older)
-  for _, seen in ipairs(redis.call('HVALS', hosts)) do
-    if tonumber(seen) + quiet > now then return {{'kept', 'a host was seen again'}} end
-  end
-end
-redis.call('DEL', unpack(KEYS))
-return {{'deleted', m[1]}}
-)lua", default_lease_ms);
-  return text;
-}
-
 }  // namespace
 
 std::string human_duration(milliseconds duration) {
@@ -330,10 +261,10 @@ ClusterJobSummary summarize_cluster_job(const EngineOptions& engine, std::string
 
 ClusterJobReport inspect_cluster_job(const EngineOptions& engine, std::string_view job, std::size_t failures) {
   Session s(engine, job);
-  const auto keys = keys_of(job);
+  const auto keys = detail::job_keys(job);
   const long long now = s.now();
   ClusterJobReport out;
-  out.url = shown_url(engine.url);
+  out.url = detail::display_url(engine.url);
   out.summary = summarize(s, job, now);
   const EngineReply m = s.command({"HMGET", keys[0], "made", "done_chunks", "redelivered", "fenced", "created", "ended"});
   if (m.elements.size() != 6) throw Error("", s.object, "the engine's HMGET reply is garbled");
@@ -474,7 +405,7 @@ std::string format_cluster_job(const ClusterJobReport& r, ReportFormat format) {
 
 ClusterStopResult stop_cluster_job(const EngineOptions& engine, std::string_view job, const ClusterStopOptions& options) {
   Session s(engine, job);
-  const auto keys = keys_of(job);
+  const auto keys = detail::job_keys(job);
   const EngineReply m = s.command({"HMGET", keys[0], "epoch", "state", "stop"});
   if (m.elements.size() != 3) throw Error("", s.object, "the engine's HMGET reply is garbled");
   if (m.elements[0].kind != EngineReply::Kind::string) s.no_such_job();
@@ -484,7 +415,7 @@ ClusterStopResult stop_cluster_job(const EngineOptions& engine, std::string_view
   if (out.state != "running") return out;  // (nothing to change)
   const std::string origin = fmt::format("{} ({})", options.origin.empty() ? "stop_cluster_job()" : options.origin,
                                          this_process());
-  const EngineReply reply = s.eval(stop_script(), keys, {m.elements[0].text, origin});
+  const EngineReply reply = s.eval(detail::script(detail::scripts::stop), keys, {m.elements[0].text, origin});
   const std::string tag = reply.elements.empty() ? "" : reply.elements[0].text;
   if (tag == "lost") s.no_such_job();  // (gone, or made anew, since it was read)
   if (tag == "ended") {                // (it ended meanwhile)
@@ -532,10 +463,10 @@ std::vector<ClusterCleaned> clean_cluster_jobs(const EngineOptions& engine, cons
       continue;
     if (options.remove) {
       Session s(engine, j.name);
-      const auto keys = keys_of(j.name);
+      const auto keys = detail::job_keys(j.name);
       const EngineReply epoch = s.command({"HGET", keys[0], "epoch"});
       if (epoch.kind == EngineReply::Kind::string) {
-        const EngineReply reply = s.eval(forget_script(), keys, {epoch.text, std::to_string(options.older_than.count())});
+        const EngineReply reply = s.eval(detail::script(detail::scripts::forget), keys, {epoch.text, std::to_string(options.older_than.count())});
         c.removed = !reply.elements.empty() && reply.elements[0].text == "deleted";
         if (!c.removed && reply.elements.size() > 1) c.why += fmt::format(" (left alone: {})", reply.elements[1].text);
       }

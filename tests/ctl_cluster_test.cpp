@@ -387,7 +387,7 @@ TEST_CASE("bad input: a clear message naming the URL and the job, exit 1 or 2, n
       {"cluster ls http://127.0.0.1:" + port, 1,
        "procshare-ctl: engine 'http://127.0.0.1:" + port + "': the URL must start with redis://\n"},
       {"cluster show redis://psr:pw-in-url@127.0.0.1:" + port + " kept", 1,
-       "procshare-ctl: cluster job 'kept' on redis://***@127.0.0.1:" + port +
+       "procshare-ctl: cluster job 'kept' on redis://psr:***@127.0.0.1:" + port +
            ": the URL holds a password: give it in PROCSHARE_REDIS_PASSWORD or EngineOptions::password_file, never "
            "in the URL\n"},
       {"cluster show " + url + " nosuch", 1,

@@ -54,6 +54,11 @@
 // channel psj:{J}:ctl and its keys expire `keep` ms later.
 #pragma once
 
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
 namespace procshare::detail::scripts {
 
 // Shared by every script.
@@ -345,6 +350,29 @@ redis.call('HSET', hosts, ARGV[2], now_ms())
 return {'ok'}
 )lua";
 
+// forget(epoch, older_ms): deletes the job's eleven keys if it ended at least older_ms
+// ago, or is abandoned: running, no lease deadline after now, and no host seen within
+// max(its lease, older_ms) (procshare-ctl cluster clean checks again here, inside the
+// engine, what it read before).
+// -> {'deleted', state} | {'kept', why} | {'lost'} (another job now, or gone)
+inline constexpr const char* forget = R"lua(
+if lost() then return {'lost'} end
+local m = redis.call('HMGET', meta, 'state', 'ended', 'lease')
+local now, older = now_ms(), tonumber(ARGV[2])
+if m[1] ~= 'running' then
+  if now - tonumber(m[2] or '0') < older then return {'kept', 'it ended too recently'} end
+else
+  local last = redis.call('ZREVRANGE', leases, 0, 0, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) > now then return {'kept', 'a lease is alive again'} end
+  local quiet = math.max(tonumber(m[3] or '10000'), older)  -- (ClusterOptions::lease's default)
+  for _, seen in ipairs(redis.call('HVALS', hosts)) do
+    if tonumber(seen) + quiet > now then return {'kept', 'a host was seen again'} end
+  end
+end
+redis.call('DEL', unpack(KEYS))
+return {'deleted', m[1]}
+)lua";
+
 // status(epoch): the job's counters, and the partial progress of the chunks being run.
 // -> {'ok', state, stop, best, done, failed, skipped, partial, redelivered, fenced} | {'lost'}
 inline constexpr const char* status = R"lua(
@@ -357,3 +385,29 @@ return {'ok', m[1], m[2], m[3], m[4], m[5], m[6], int(p), m[7], m[8]}
 )lua";
 
 }  // namespace procshare::detail::scripts
+
+namespace procshare::detail {
+
+// A job's keys, in the order every script takes them.
+inline std::vector<std::string> job_keys(std::string_view job) {
+  std::vector<std::string> keys;
+  for (const char* key :
+       {"meta", "leases", "owner", "partial", "done", "doneby", "fail", "res", "hosts", "chunks", "claims"})
+    keys.push_back("psj:{" + std::string(job) + "}:" + key);
+  return keys;
+}
+
+// Script `body` with the prelude, made once for the process (and never changed after:
+// read without a lock; Engine::eval caches its SHA by the text's address).
+inline const std::string& script(const char* body) {
+  static const std::unordered_map<const char*, std::string> made = [] {
+    std::unordered_map<const char*, std::string> m;
+    for (const char* b : {scripts::join, scripts::claim, scripts::heartbeat, scripts::complete, scripts::stop,
+                          scripts::seen, scripts::forget, scripts::status})
+      m.emplace(b, std::string(scripts::prelude) + b);
+    return m;
+  }();
+  return made.at(body);
+}
+
+}  // namespace procshare::detail
