@@ -403,7 +403,10 @@ struct ClusterCore::State {
     if (tag(reply) == "ended") return end_from(reply);
     const std::uint64_t best_now = number(reply.elements.at(1));
     const auto& kept = reply.elements.at(2).elements;
-    if (option && kept.size() > running.size() && kept[running.size()].integer == 0) option.reset();
+    if (option && kept.size() > running.size() && kept[running.size()].integer == 0) {
+      agent.leave(option->entry);
+      option.reset();
+    }
     std::vector<Running> still;
     for (std::size_t i = 0; i < running.size(); ++i) {
       Running& r = running[i];
@@ -419,6 +422,7 @@ struct ClusterCore::State {
 
   // A local job ended: complete its chunk.
   void settle(Running& r) {
+    agent.attend(options.lease);
     JobState& local = *r.local;
     switch (agent.leave(std::exchange(r.entry, -1))) {
       case AgentMark::stopped:  // (the agent heard the job's stop)
@@ -513,6 +517,7 @@ struct ClusterCore::State {
     if (broken) std::rethrow_exception(broken);
     try {
       for (;;) {
+        agent.attend(options.lease);  // (the chunks it computed are settled soon: the agent renews them)
         if (agent.stopped()) end("stopped", agent.who(), spec.total, std::nullopt);
         if (ended) return true;
         // Settle what ended (wait_job with a past deadline only collects results).
@@ -530,6 +535,8 @@ struct ClusterCore::State {
         if (!agent_tried && now >= agent_at) start_agent();
         if (now >= next_beat) heartbeat(now);
         if (!ended) claim_chunks(now);
+        // (a chunk claimed after the agent stopped the others: it never saw this one)
+        if (agent.stopped()) end("stopped", agent.who(), spec.total, std::nullopt);
         if (ended) return true;
         now = Clock::now();
         if (now >= deadline) return false;
@@ -759,6 +766,7 @@ ClusterCore::ClusterCore(std::shared_ptr<Engine> engine, const ClusterOptions& o
 
 ClusterCore::~ClusterCore() {
   State& s = *state_;
+  s.agent.stop();  // (first: a renewal of its would undo the hand-back below)
   if (!s.ended && !s.broken && (!s.running.empty() || s.option)) {
     // Leaving with chunks claimed: hand them back (leases that end now), so that other
     // hosts rerun them at once rather than after `lease`. One try, no retry: never throws.

@@ -131,6 +131,7 @@ struct AgentLoop {
     };
     std::vector<Held> held;
     std::vector<std::string> args{job.epoch, job.host, std::to_string(job.lease.count())};
+    const bool attended = std::chrono::steady_clock::now().time_since_epoch().count() < board.attended_until.load();
     for (AgentBoard::Slot& slot : board.slot) {
       const std::uint64_t state = slot.state.load();
       if (!is_running(state)) continue;
@@ -142,8 +143,10 @@ struct AgentLoop {
         std::memcpy(token + w * 8, &word, 8);
       }
       if (slot.state.load() != state) continue;  // (changed while read)
-      const auto done = local != 0 ? local_job_computing(*job.pool, local) : std::optional<std::uint64_t>(0);
-      if (!done) continue;
+      std::optional<std::uint64_t> done = local != 0 ? local_job_computing(*job.pool, local) : 0;
+      if (done) slot.reported.store(*done);
+      else if (attended) done = slot.reported.load();  // (computed: the host completes it soon)
+      else continue;
       held.push_back({&slot, state, local});
       args.push_back(std::to_string(chunk));
       args.push_back(std::string(token, ::strnlen(token, sizeof token)));
@@ -172,6 +175,7 @@ struct AgentLoop {
     auto next_beat = Clock::now();
     for (;;) {
       try {
+        if (!calls) calls.emplace(job.engine);
         if (!listen) subscribe();
         const auto message = listen->receive(next_beat);
         if (message) hear(*message);
@@ -182,6 +186,7 @@ struct AgentLoop {
         backoff = std::chrono::milliseconds(100);
       } catch (const EngineUnavailable&) {
         listen.reset();
+        calls.reset();
         if (::getppid() != parent) leave(0);
         std::this_thread::sleep_for(backoff);
         backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
@@ -198,7 +203,6 @@ struct AgentLoop {
   ::signal(SIGINT, SIG_IGN);              // (a terminal's ^C is the host's to handle; it dies with it)
   AgentLoop loop{board, job, std::nullopt, std::nullopt};
   try {
-    loop.calls.emplace(job.engine);
     loop.run(parent);
   } catch (const std::exception& e) {
     copy_text(board.why, e.what());
@@ -219,17 +223,29 @@ Agent::Agent() : creator_(::getpid()) {
 }
 
 Agent::~Agent() {
-  if (pid_ > 0 && ::getpid() == creator_) {
-    // An agent that brought a stop tells the engine so, then exits: given up to 2 s for it
-    // (what a stop from procshare-ctl waits for); any other is killed at once.
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-    while (stopped() && ::waitpid(pid_, nullptr, WNOHANG) == 0 && std::chrono::steady_clock::now() < until)
-      ::usleep(1000);
-    ::kill(pid_, SIGKILL);  // (reaped already: a zombie is not reused before waitpid; ESRCH)
-    while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-  }
+  stop();
   ::munmap(board_, sizeof(AgentBoard));
+}
+
+void Agent::stop() noexcept {
+  if (pid_ <= 0 || reaped_ || ::getpid() != creator_) return;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (stopped() && std::chrono::steady_clock::now() < until) {
+    const pid_t r = ::waitpid(pid_, nullptr, WNOHANG);
+    if (r == pid_ || (r < 0 && errno != EINTR)) {
+      reaped_ = true;
+      return;
+    }
+    ::usleep(1000);
+  }
+  ::kill(pid_, SIGKILL);  // (not reaped yet: the pid is still the agent's, a zombie at worst)
+  while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  reaped_ = true;
+}
+
+void Agent::attend(std::chrono::milliseconds grace) noexcept {
+  board_->attended_until.store((std::chrono::steady_clock::now() + grace).time_since_epoch().count());
 }
 
 void Agent::start(const Job& job) {
@@ -242,7 +258,14 @@ void Agent::start(const Job& job) {
   pid_ = pid;
 }
 
-bool Agent::beating() const noexcept { return pid_ > 0 && board_->gone.load() == 0; }
+bool Agent::beating() noexcept {
+  if (pid_ <= 0 || reaped_ || board_->gone.load() != 0) return false;
+  if (::getpid() == creator_ && ::waitpid(pid_, nullptr, WNOHANG) == pid_) {  // (killed: it could not say so)
+    reaped_ = true;
+    return false;
+  }
+  return true;
+}
 
 int Agent::enter(std::uint64_t job, std::uint64_t first, std::uint64_t chunk, std::string_view token) {
   for (int i = 0; i < AgentBoard::slots; ++i) {

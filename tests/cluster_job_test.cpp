@@ -57,7 +57,7 @@ std::uint64_t cube_slowly(std::uint64_t i, int micros) {
 // Slow first items (the first chunk, 1/256 of 20000: one host's timing says it wants few
 // items), trivial ones after.
 std::uint64_t square_slow_start(std::uint64_t i) {
-  if (i < 100) ::usleep(5000);
+  if (i < 100) ::usleep(8000);
   return i * i;
 }
 std::uint64_t fails_every_thousandth(std::uint64_t i) {
@@ -237,7 +237,6 @@ TEST_CASE("the option a join hands out: shrunk to what its host's timing says, t
     const auto chunks = check_engine("options");
     // (the first host's option was shrunk after the others had made chunks: a free chunk)
     CHECK(out_of_order(chunks));
-    CHECK(chunks_by_host(server, "options").size() == 3);
   }
   SUBCASE("a lone host: what its option did not keep goes back to the items never handed out") {
     CHECK(run("lone", 0) == "ok");
@@ -245,7 +244,7 @@ TEST_CASE("the option a join hands out: shrunk to what its host's timing says, t
     CHECK_FALSE(out_of_order(chunks));
     REQUIRE(chunks.size() >= 3);
     CHECK(chunks.at(0) == std::pair<std::uint64_t, std::uint64_t>{0, (n + 255) / 256});
-    // (the option, shrunk to ~50 ms of the first chunk's rate: 79 items in ~0.4 s)
+    // (the option, shrunk to ~50 ms of the first chunk's rate: 79 items in ~0.6 s)
     CHECK(chunks.at(1).first == (n + 255) / 256);
     CHECK(chunks.at(1).second - chunks.at(1).first < 100);
   }

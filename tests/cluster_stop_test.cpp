@@ -21,9 +21,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -41,10 +43,12 @@ std::int64_t now_ns() {
       .count();
 }
 
-// When the stop was asked for, and when a task of each host first saw stop_requested().
+// When the stop was asked for, when a task of each host first saw stop_requested(), and
+// whether a task of each host has started.
 struct Moments {
   std::atomic<std::int64_t> origin;
   std::atomic<std::int64_t> seen[3];
+  std::atomic<int> started[3];
 };
 Moments* moments = nullptr;  // (a shared page, mapped before the hosts fork)
 int this_host = -1;          // (set in each host before its pool forks the workers)
@@ -65,12 +69,25 @@ public:
   SharedMoments& operator=(const SharedMoments&) = delete;
 };
 
+// Waits (at most 20 s) until a task of every one of the first `hosts` hosts started.
+bool all_started(int hosts) {
+  const auto until = std::chrono::steady_clock::now() + 20s;
+  for (;;) {
+    bool all = true;
+    for (int k = 0; k < hosts; ++k) all = all && moments->started[k].load() != 0;
+    if (all) return true;
+    if (std::chrono::steady_clock::now() > until) return false;
+    ::usleep(1000);
+  }
+}
+
 // Runs until the job is stopped (at most 20 s), and notes when this host saw it; the
-// stopper's task asks for the stop 500 ms in.
+// stopper's task asks for the stop once a task of each host runs.
 std::uint64_t until_stopped(std::uint64_t i) {
   const auto start = std::chrono::steady_clock::now();
+  moments->started[this_host].store(1);
   if (stopper) {
-    ::usleep(500000);
+    all_started(2);
     moments->origin.store(now_ns());
     procshare::request_stop();
   }
@@ -80,14 +97,16 @@ std::uint64_t until_stopped(std::uint64_t i) {
   return i;
 }
 
-// find_first: item 50 matches (after 300 ms); items of the second chunk on run until
-// they are told to stop (at most 20 s).
+// find_first: item 50 matches, once an item of a later chunk runs (on the other host);
+// those run until they are told to stop (at most 20 s).
 bool match_at_50(std::uint64_t i) {
   if (i == 50) {
-    ::usleep(300000);
+    const auto until = std::chrono::steady_clock::now() + 20s;
+    while (moments->started[2].load() == 0 && std::chrono::steady_clock::now() < until) ::usleep(1000);
     return true;
   }
   if (i < 100) return false;
+  moments->started[2].store(1);
   const auto start = std::chrono::steady_clock::now();
   while (!procshare::stop_requested() && std::chrono::steady_clock::now() - start < 20s) ::usleep(100);
   return false;
@@ -102,6 +121,7 @@ std::uint64_t tenth_of_a_second(std::uint64_t i) {
 // Host 0's items run until they are told to stop (at most 5 s), and note when host 0 saw
 // it; host 1's take 2 s.
 void long_on_host_0(std::uint64_t) {
+  moments->started[this_host].store(1);
   if (this_host != 0) {
     ::usleep(2000000);
     return;
@@ -120,6 +140,14 @@ ClusterOptions slow_beats(const RedisServer& server, const std::string& job, int
 
 double ms_between(std::int64_t from, std::int64_t to) { return static_cast<double>(to - from) / 1e6; }
 
+// This process's children, as /proc says: "PID PID ".
+std::string children_of_this_process() {
+  std::ifstream in("/proc/self/task/" + std::to_string(::getpid()) + "/children");
+  std::string text;
+  std::getline(in, text);
+  return text;
+}
+
 }  // namespace
 
 TEST_SUITE("process") {
@@ -133,6 +161,7 @@ TEST_CASE("a stop from any origin reaches every host's running tasks in millisec
   const auto run = [&](const std::string& job, const std::string& origin, const std::string& named) {
     moments->origin = 0;
     for (auto& seen : moments->seen) seen = 0;
+    for (auto& started : moments->started) started = 0;
     Hosts hosts;
     for (int k = 0; k < 2; ++k)
       hosts.start([&](int me) {
@@ -142,7 +171,7 @@ TEST_CASE("a stop from any origin reaches every host's running tasks in millisec
         Cluster cluster(slow_beats(server, job, me));
         auto work = cluster.map_async(pool, Range{0, 256}, until_stopped);
         if (me == 0 && origin == "cancel") {
-          work.wait_for(500ms);
+          if (!all_started(2)) return std::string("the hosts' tasks did not start");
           moments->origin.store(now_ns());
           work.cancel();
         }
@@ -156,7 +185,7 @@ TEST_CASE("a stop from any origin reaches every host's running tasks in millisec
     if (origin == "outside") {
       // (as procshare-ctl cluster stop does, once both hosts run; it waits until both
       // hosts' agents said they brought the stop to their chunks)
-      ::usleep(500000);
+      REQUIRE(all_started(2));
       moments->origin.store(now_ns());
       const ClusterStopResult stop =
           stop_cluster_job({.url = server.url()}, job, {.origin = "the test, from outside"});
@@ -190,6 +219,7 @@ TEST_CASE("a stop from any origin reaches every host's running tasks in millisec
 TEST_CASE("find_first: a match on one host stops another host's chunk above it in milliseconds") {
   RedisServer server;
   PasswordEnv env(server.password());
+  SharedMoments shared;
   Hosts hosts;
   for (int k = 0; k < 2; ++k)
     hosts.start([&](int me) {
@@ -216,12 +246,14 @@ TEST_CASE("a host's agent ends with its job: no process is left once the pool is
     {
       Pool pool({.workers = 1});
       Cluster cluster(slow_beats(server, "lone", me));
-      // (200 ms: long enough for the agent to be forked, 50 ms in)
-      const auto got = cluster.map(pool, Range{0, 200}, [](std::uint64_t i) {
+      auto work = cluster.map_async(pool, Range{0, 200}, [](std::uint64_t i) {
         ::usleep(1000);
         return i;
       });
-      if (got.size() != 200) return std::string("wrong results");
+      // (map_async forks the agent at once: two children now, the pool's supervisor and it)
+      const std::string children = children_of_this_process();
+      if (std::count(children.begin(), children.end(), ' ') != 2) return "children: '" + children + "'";
+      if (work.get().size() != 200) return std::string("wrong results");
     }
     errno = 0;
     const pid_t left = ::waitpid(-1, nullptr, WNOHANG);
@@ -279,7 +311,7 @@ TEST_CASE("a chunk whose lease went to another host is stopped on its host at on
   // Host 0 (its program, agent and pool) frozen past its lease: host 1, done with its own
   // item at 2 s, takes host 0's; host 0 goes on, and its agent learns at its next renewal
   // that the chunk is another's.
-  ::usleep(500000);
+  REQUIRE(all_started(2));
   hosts.signal_group(0, SIGSTOP);
   ::usleep(2500000);
   const std::int64_t resumed = now_ns();

@@ -12,6 +12,10 @@
 // It also renews the leases of the host's chunks every flush interval (the heartbeat
 // script, with each local job's progress), whether or not the host's program is in a
 // call of the job, and stops the local job of a chunk whose lease went to another host.
+// A chunk the pool computed is renewed only while the host is in its host loop
+// (AgentBoard::attended_until), where it completes it: a program away (or frozen) for
+// longer than a lease loses it to another host rather than hold the job up. An agent that
+// died (killed) is noticed: the host renews its leases itself again.
 // It subscribes before it reads the job's state (stop, best) so that no message falls in
 // the gap between the two (pub/sub delivers only to connected subscribers).
 //
@@ -54,7 +58,11 @@ struct AgentBoard {
     std::atomic<std::uint64_t> first;  // its first item
     std::atomic<std::uint64_t> chunk;  // its number in the engine
     std::atomic<std::uint64_t> token[token_words];  // its lease token, NUL-padded
+    std::atomic<std::uint64_t> reported;  // (the agent's) the progress it last sent
   };
+  // (steady clock, ns) Until when the host is taken to be in its host loop, settling
+  // what its pool computed: the agent renews computed chunks until then, no longer.
+  std::atomic<std::int64_t> attended_until;
   std::atomic<std::uint32_t> stopped;  // the job was stopped: `who` is written
   std::atomic<std::uint32_t> gone;     // the agent exited (or is about to)
   std::atomic<std::uint32_t> failed;   // ... because it failed: `why` is written
@@ -67,7 +75,7 @@ struct AgentBoard {
 class Agent {
 public:
   Agent();
-  // Kills and reaps the agent (in the process that forked it), unmaps the board.
+  // Stops the agent (stop()), unmaps the board.
   ~Agent();
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
@@ -83,8 +91,13 @@ public:
   // Forks the agent. Throws Error if it cannot fork (the host then goes on without it:
   // stops reach it at its next engine call, and it renews its leases itself).
   void start(const Job& job);
-  // Whether the agent renews the leases (forked, and not gone).
-  bool beating() const noexcept;
+  // Whether the agent renews the leases (forked, and neither gone nor dead).
+  bool beating() noexcept;
+  // Ends the agent (in the process that forked it): one that heard a stop gets up to 2 s
+  // to tell the engine its host knows (see above); any other is killed at once. Reaped.
+  void stop() noexcept;
+  // The host is in its host loop: it settles what its pool computed within `grace`.
+  void attend(std::chrono::milliseconds grace) noexcept;
   // A chunk this host holds: local job `job` (0: not started yet), items from `first`,
   // chunk `chunk` under lease `token`; its board entry (-1 if the board is full).
   int enter(std::uint64_t job, std::uint64_t first, std::uint64_t chunk, std::string_view token);
@@ -97,6 +110,7 @@ public:
 private:
   AgentBoard* board_;
   pid_t pid_ = -1;
+  bool reaped_ = false;
   pid_t creator_;  // (a forked copy of the host neither kills nor reaps the agent)
   std::uint64_t generation_ = 0;
 };

@@ -23,9 +23,10 @@
 //   KEYS[9] psj:{J}:hosts    hash    host -> last seen (server ms); a host's call answered
 //                                    'ended' counts: a stop waits for hosts seen after it
 //   KEYS[10] psj:{J}:chunks  hash    chunk -> "first end": its items
-//   KEYS[11] psj:{J}:claims  hash    host -> its last claim: "nonce chunk token first end"
-//                                    (a claim retried after its reply was lost gets the
-//                                    same chunk again, not a second one)
+//   KEYS[11] psj:{J}:claims  hash    host -> its last claim: "nonce chunk token first end
+//                                    [option's chunk token first end]" (a claim retried
+//                                    after its reply was lost gets the same chunk (and
+//                                    option) again, not a second one)
 //
 // Chunks are numbered as they are made, from the items in ascending order: a chunk's
 // first item grows with its number (except the free chunks below, which only a map has:
@@ -76,7 +77,8 @@ local function first_of(c) return tonumber(string.match(redis.call('HGET', chunk
 -- The reply to a call on a job that is over: {'ended', state, stop, best, failed_items};
 -- `host` (the caller) is recorded as seen: it has learned of the end (what a stop waits for).
 local function ended(host)
-  if host then redis.call('HSET', hosts, host, now_ms()) end
+  -- (not once the keys expired: HSET would make hosts anew, never to expire)
+  if host and redis.call('EXISTS', hosts) == 1 then redis.call('HSET', hosts, host, now_ms()) end
   local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'failed_items')
   return {'ended', m[1], m[2], m[3], m[4]}
 end
@@ -120,11 +122,17 @@ local function claim_next(host, lease_ms, nonce, want, least, now, option)
   want, least = tonumber(want), tonumber(least)
   redis.call('HSET', hosts, host, now)
   local last = redis.call('HGET', claims, host)
-  if last then  -- the same claim again (its reply was lost): the same chunk, if still held
-    local n, c, token, f, e = string.match(last, '^(%S+) (%d+) (%S+) (%d+) (%d+)$')
+  if last then  -- the same claim again (its reply was lost): the same chunk (and option), if still held
+    local n, c, token, f, e, rest = string.match(last, '^(%S+) (%d+) (%S+) (%d+) (%d+)(.*)$')
     if n == nonce and redis.call('HGET', owner, c) == token then
       redis.call('ZADD', leases, 'XX', now + tonumber(lease_ms), c)
-      return {'chunk', c, token, f, e, m[1]}
+      local reply = {'chunk', c, token, f, e, m[1]}
+      local oc, otoken, of, oe = string.match(rest, '^ (%d+) (%S+) (%d+) (%d+)$')
+      if oc and redis.call('HGET', owner, oc) == otoken then
+        redis.call('ZADD', leases, 'XX', now + tonumber(lease_ms), oc)
+        for _, v in ipairs({oc, otoken, of, oe}) do reply[#reply + 1] = v end
+      end
+      return reply
     end
   end
   local best, n, next, made = tonumber(m[1]), tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
@@ -167,7 +175,7 @@ local function claim_next(host, lease_ms, nonce, want, least, now, option)
   local token = int(fence) .. ':' .. host .. ':' .. nonce
   redis.call('ZADD', leases, deadline, int(c))
   redis.call('HSET', owner, int(c), token)
-  redis.call('HSET', claims, host, nonce .. ' ' .. int(c) .. ' ' .. token .. ' ' .. int(first) .. ' ' .. int(last))
+  local record = nonce .. ' ' .. int(c) .. ' ' .. token .. ' ' .. int(first) .. ' ' .. int(last)
   local reply = {'chunk', int(c), token, int(first), int(last), m[1]}
   option = tonumber(option or 0)
   if fresh and option > 0 and last < n and last <= best then
@@ -178,7 +186,9 @@ local function claim_next(host, lease_ms, nonce, want, least, now, option)
     redis.call('ZADD', leases, deadline, int(oc))
     redis.call('HSET', owner, int(oc), otoken)
     for _, v in ipairs({int(oc), otoken, int(of), int(oe)}) do reply[#reply + 1] = v end
+    record = record .. ' ' .. int(oc) .. ' ' .. otoken .. ' ' .. int(of) .. ' ' .. int(oe)
   end
+  redis.call('HSET', claims, host, record)
   return reply
 end
 -- The holder of option `c` (token `token`) keeps its items below `keep`: the rest goes
@@ -265,6 +275,8 @@ for i = 4, #ARGV, 3 do
     redis.call('ZADD', leases, 'XX', now + tonumber(ARGV[3]), ARGV[i])
     redis.call('HSET', partial, ARGV[i], ARGV[i + 2])
     kept[#kept + 1] = 1
+  elseif redis.call('HGET', doneby, ARGV[i]) == ARGV[i + 1] then
+    kept[#kept + 1] = 1  -- (its holder completed it meanwhile: a renewal that crossed it)
   else  -- its lease went elsewhere: refused, and counted as fenced (as a completion is)
     redis.call('HINCRBY', meta, 'fenced', 1)
     kept[#kept + 1] = 0
@@ -346,7 +358,7 @@ return {'ok', ARGV[2]}
 // -> {'ok'} | {'lost'}
 inline constexpr const char* seen = R"lua(
 if lost() then return {'lost'} end
-redis.call('HSET', hosts, ARGV[2], now_ms())
+if redis.call('EXISTS', hosts) == 1 then redis.call('HSET', hosts, ARGV[2], now_ms()) end
 return {'ok'}
 )lua";
 
