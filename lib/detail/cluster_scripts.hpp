@@ -410,10 +410,12 @@ inline std::vector<std::string> job_keys(std::string_view job) {
 }
 
 // Script `body` with the prelude, made once for the process (and never changed after:
-// read without a lock; Engine::eval caches its SHA by the text's address).
+// read without a lock; Engine::eval caches its SHA by the text's address). Found by the
+// body's text, not its address: a literal's address may differ between translation units
+// (sanitizer builds do not merge them).
 inline const std::string& script(const char* body) {
-  static const std::unordered_map<const char*, std::string> made = [] {
-    std::unordered_map<const char*, std::string> m;
+  static const std::unordered_map<std::string_view, std::string> made = [] {
+    std::unordered_map<std::string_view, std::string> m;
     for (const char* b : {scripts::join, scripts::claim, scripts::heartbeat, scripts::complete, scripts::stop,
                           scripts::seen, scripts::forget, scripts::status})
       m.emplace(b, std::string(scripts::prelude) + b);
