@@ -100,7 +100,10 @@ public:
   // Every root-side address, space-separated (for a server's `bind`).
   std::string root_addresses() const {
     std::string out;
-    for (int k = 0; k < count_; ++k) out += (k ? " " : "") + root_address(k);
+    for (int k = 0; k < count_; ++k) {
+      if (k > 0) out += ' ';
+      out += root_address(k);
+    }
     return out;
   }
 
