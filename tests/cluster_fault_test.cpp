@@ -33,6 +33,7 @@ using procshare::test::Hosts;
 using procshare::test::is_block_of;
 using procshare::test::meta_of;
 using procshare::test::PasswordEnv;
+using procshare::test::random_source;
 using procshare::test::RedisServer;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
@@ -52,11 +53,6 @@ std::uint64_t square_slowly(std::uint64_t i, int micros) {
 
 constexpr std::uint64_t items = 3000;
 constexpr std::uint64_t chunk = 50;  // 60 chunks of 50 ms
-
-std::mt19937& random_source() {
-  static std::mt19937 source(std::random_device{}());
-  return source;
-}
 
 // Waits until `joined` hosts joined (0: any), at least `chunks` chunks are done and host
 // `host` holds a lease; returns false after 30 s or if the job ended first.

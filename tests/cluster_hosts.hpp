@@ -20,6 +20,7 @@
 #include <exception>
 #include <functional>
 #include <map>
+#include <random>
 #include <string>
 #include <typeinfo>
 #include <vector>
@@ -48,6 +49,12 @@ inline Block block_of(std::uint64_t i) {
 }
 inline bool is_block_of(const Block& b, std::uint64_t i) {
   return b.item == i && b.bytes[0] == 'a' + static_cast<int>(i % 26) && b.bytes[sizeof b.bytes - 1] == b.bytes[0];
+}
+
+// The random source of a test process's fault moments (seeded once, differently each run).
+inline std::mt19937& random_source() {
+  static std::mt19937 source(std::random_device{}());
+  return source;
 }
 
 // The job's meta hash as the engine holds it (empty if the job is gone).

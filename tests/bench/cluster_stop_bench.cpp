@@ -176,6 +176,11 @@ void forget_pools(const std::string& prefix) {
   }
 }
 
+// Whether every host's (or subscriber's) `flags` entry holds `value`.
+bool every(const std::atomic<int> (&flags)[hosts], int value) {
+  return std::all_of(std::begin(flags), std::end(flags), [value](const std::atomic<int>& f) { return f.load() == value; });
+}
+
 long long subscribers(Engine& engine, const std::string& channel) {
   const auto reply = engine.command({"PUBSUB", "NUMSUB", channel});
   return reply.elements.size() == 2 ? reply.elements[1].integer : 0;
@@ -297,13 +302,8 @@ void cluster_round(Engine& engine, const procshare::test::RedisServer& server, c
       },
       20s, fmt::format("stop round {}: every host's get() threw Stopped", r));
   if (observed(r))
-    wait_for(
-        [&] {
-          for (int k = 0; k < hosts; ++k)
-            if (board->job_round[k].load() != r) return false;
-          return true;
-        },
-        10s, fmt::format("stop round {}: the job's stop message reached every namespace", r));
+    wait_for([&] { return every(board->job_round, r); }, 10s,
+             fmt::format("stop round {}: the job's stop message reached every namespace", r));
   double slowest = 0;
   for (int k = 0; k < hosts; ++k) {
     if (board->failure[k][0] != '\0') fail("host h{}: {}", k, board->failure[k]);
@@ -333,13 +333,7 @@ void raw_round(redisContext* raw, const std::string& channel, int r, StopSamples
                    "psj:{rawbench}:stop", channel.c_str(), value.c_str()));
   if (reply == nullptr || reply->type == REDIS_REPLY_ERROR) fail("raw fan-out: EVAL failed");
   freeReplyObject(reply);
-  wait_for(
-      [&] {
-        for (int k = 0; k < hosts; ++k)
-          if (board->raw_round[k].load() != r) return false;
-        return true;
-      },
-      10s, fmt::format("raw round {}: every subscriber received", r));
+  wait_for([&] { return every(board->raw_round, r); }, 10s, fmt::format("raw round {}: every subscriber received", r));
   double slowest = 0;
   for (int k = 0; k < hosts; ++k) {
     const double ms = static_cast<double>(board->raw_seen[k].load() - origin) / 1e6;
@@ -373,13 +367,7 @@ StopSamples stop_latency(const Network& network, const procshare::test::RedisSer
     }));
     bench::live_children[subscriber_slot + k] = subscriber_pids.back();
   }
-  wait_for(
-      [&] {
-        for (int k = 0; k < hosts; ++k)
-          if (!board->listening[k].load()) return false;
-        return true;
-      },
-      20s, "the raw subscribers subscribed");
+  wait_for([&] { return every(board->listening, 1); }, 20s, "the raw subscribers subscribed");
   redisContext* raw = redisConnectWithTimeout("127.0.0.1", server.port(), timeval{2, 0});
   if (raw == nullptr || raw->err) fail("raw fan-out: cannot connect");
   std::unique_ptr<redisContext, void (*)(redisContext*)> raw_owner(raw, redisFree);
