@@ -21,12 +21,15 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <iostream>
 #include <list>
 #include <map>
 #include <random>
 #include <string>
+#include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 using namespace procshare;
@@ -74,6 +77,23 @@ struct SkipReason : doctest::IReporter {
   void log_message(const doctest::MessageData&) override {}
 };
 REGISTER_LISTENER("skip_reason", 1, SkipReason);
+
+// Declared before a case's Setup: once the Setup is gone (even after a failed check),
+// checks that it left no namespace, veth or pool segment of this process behind.
+struct NothingLeft {
+  ~NothingLeft() {
+    const std::string pid = std::to_string(::getpid());
+    const std::pair<std::string, std::string> places[] = {
+        {"/run/netns", "psh" + pid + "-"}, {"/sys/class/net", "psv" + pid + "-"}, {"/dev/shm", "ps-test-" + pid + "-"}};
+    for (const auto& [folder, prefix] : places) {
+      std::error_code error;
+      for (const auto& entry : std::filesystem::directory_iterator(folder, error)) {
+        const std::string name = entry.path().filename().string();
+        CHECK_MESSAGE(name.rfind(prefix, 0) != 0, folder, "/", name, " is left behind");
+      }
+    }
+  }
+};
 
 // A private redis-server the hosts reach through their namespaces' links, and the
 // hosts' pools' segment names (removed when the case ends, even for a killed host).
@@ -142,6 +162,7 @@ TEST_SUITE("process") {
 TEST_CASE("a host cut off by the network for 2 x lease: its chunks go elsewhere, its late calls are fenced, "
           "it rejoins with exact results" *
           doctest::skip(!Namespaces::available())) {
+  const NothingLeft check_at_end;
   Setup setup;
   // The work's length, measured: three hosts, no partition.
   const auto start = Clock::now();
@@ -194,6 +215,7 @@ TEST_CASE("a host cut off by the network for 2 x lease: its chunks go elsewhere,
 TEST_CASE("a host cut off past unavailable_after: its get() throws EngineUnavailable in time, the others finish "
           "exact" *
           doctest::skip(!Namespaces::available())) {
+  const NothingLeft check_at_end;
   Setup setup;
   constexpr auto unavailable_after = 3000ms, command_timeout = 500ms, connect_timeout = 500ms;
   const std::string job = "gone";
