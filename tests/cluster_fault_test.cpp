@@ -87,12 +87,7 @@ ClusterOptions options_for(const RedisServer& server, const std::string& job, in
 }
 
 void check_exact(Engine& engine, const std::string& job) {
-  const auto meta = meta_of(engine, job);
-  CHECK(meta.at("state") == "done");
-  CHECK(meta.at("done_items") == std::to_string(items));
-  CHECK(meta.at("failed_items") == "0");
-  CHECK(meta.at("done_chunks") == std::to_string(items / chunk));
-  CHECK(engine.command({"BITCOUNT", "psj:{" + job + "}:done"}).integer == static_cast<long long>(items / chunk));
+  procshare::test::check_exact_totals(engine, job, items, items / chunk);
   CHECK(procshare::test::keys_kept_for_ever(engine).empty());  // (a finished job's keys expire)
 }
 

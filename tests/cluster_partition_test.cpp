@@ -137,14 +137,7 @@ struct Setup {
     return false;
   }
   // The job ended with every item counted once.
-  void check_exact(const std::string& job) {
-    const auto meta = meta_of(engine, job);
-    CHECK(meta.at("state") == "done");
-    CHECK(meta.at("done_items") == std::to_string(items));
-    CHECK(meta.at("failed_items") == "0");
-    CHECK(meta.at("done_chunks") == std::to_string(items / chunk));
-    CHECK(engine.command({"BITCOUNT", "psj:{" + job + "}:done"}).integer == static_cast<long long>(items / chunk));
-  }
+  void check_exact(const std::string& job) { procshare::test::check_exact_totals(engine, job, items, items / chunk); }
   // Chunks completed by `host` with a lease it claimed after the fence counter was `fence`.
   long long completed_after(const std::string& job, const std::string& host, long long fence) {
     long long count = 0;
