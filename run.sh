@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(g++ libboost1.81-dev libfmt-dev doctest-dev meson ninja-build cmake pkg-config libcli11-dev tmux
-          libhiredis-dev redis-server)
+          libhiredis-dev redis-server iproute2)
 
 ensure_packages() {
   local missing=() p

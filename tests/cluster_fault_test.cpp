@@ -33,6 +33,7 @@ using procshare::test::Hosts;
 using procshare::test::is_block_of;
 using procshare::test::meta_of;
 using procshare::test::PasswordEnv;
+using procshare::test::random_source;
 using procshare::test::RedisServer;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
@@ -52,11 +53,6 @@ std::uint64_t square_slowly(std::uint64_t i, int micros) {
 
 constexpr std::uint64_t items = 3000;
 constexpr std::uint64_t chunk = 50;  // 60 chunks of 50 ms
-
-std::mt19937& random_source() {
-  static std::mt19937 source(std::random_device{}());
-  return source;
-}
 
 // Waits until `joined` hosts joined (0: any), at least `chunks` chunks are done and host
 // `host` holds a lease; returns false after 30 s or if the job ended first.
@@ -91,12 +87,7 @@ ClusterOptions options_for(const RedisServer& server, const std::string& job, in
 }
 
 void check_exact(Engine& engine, const std::string& job) {
-  const auto meta = meta_of(engine, job);
-  CHECK(meta.at("state") == "done");
-  CHECK(meta.at("done_items") == std::to_string(items));
-  CHECK(meta.at("failed_items") == "0");
-  CHECK(meta.at("done_chunks") == std::to_string(items / chunk));
-  CHECK(engine.command({"BITCOUNT", "psj:{" + job + "}:done"}).integer == static_cast<long long>(items / chunk));
+  procshare::test::check_exact_totals(engine, job, items, items / chunk);
   CHECK(procshare::test::keys_kept_for_ever(engine).empty());  // (a finished job's keys expire)
 }
 

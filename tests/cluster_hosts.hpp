@@ -7,6 +7,8 @@
 
 #include <procshare/cluster.hpp>
 
+#include <doctest/doctest.h>
+
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -20,6 +22,7 @@
 #include <exception>
 #include <functional>
 #include <map>
+#include <random>
 #include <string>
 #include <typeinfo>
 #include <vector>
@@ -50,12 +53,30 @@ inline bool is_block_of(const Block& b, std::uint64_t i) {
   return b.item == i && b.bytes[0] == 'a' + static_cast<int>(i % 26) && b.bytes[sizeof b.bytes - 1] == b.bytes[0];
 }
 
+// The random source of a test process's fault moments (seeded once, differently each run).
+inline std::mt19937& random_source() {
+  static std::mt19937 source(std::random_device{}());
+  return source;
+}
+
 // The job's meta hash as the engine holds it (empty if the job is gone).
 inline std::map<std::string, std::string> meta_of(procshare::detail::Engine& engine, const std::string& job) {
   const auto reply = engine.command({"HGETALL", "psj:{" + job + "}:meta"});
   std::map<std::string, std::string> out;
   for (std::size_t i = 0; i + 1 < reply.elements.size(); i += 2) out[reply.elements[i].text] = reply.elements[i + 1].text;
   return out;
+}
+
+// Checks (in the test's process) that `job` ended done with each of its `items` items
+// counted once, in `chunks` chunks.
+inline void check_exact_totals(procshare::detail::Engine& engine, const std::string& job, std::uint64_t items,
+                               std::uint64_t chunks) {
+  const auto meta = meta_of(engine, job);
+  CHECK(meta.at("state") == "done");
+  CHECK(meta.at("done_items") == std::to_string(items));
+  CHECK(meta.at("failed_items") == "0");
+  CHECK(meta.at("done_chunks") == std::to_string(chunks));
+  CHECK(engine.command({"BITCOUNT", "psj:{" + job + "}:done"}).integer == static_cast<long long>(chunks));
 }
 
 // The keys of the engine that never expire (a finished job's keys all do).

@@ -88,6 +88,28 @@ public:
   pid_t pid() const { return pid_; }
   const std::string& password() const { return password_; }
   std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
+  // The URL through another address the server listens on (see listen_also).
+  std::string url_at(const std::string& address) const { return "redis://" + address + ":" + std::to_string(port_); }
+
+  // Listens on these addresses too (space-separated; for example the root sides of a
+  // test's veth pairs, see netns.hpp), besides 127.0.0.1: CONFIG SET bind. Throws
+  // std::runtime_error with the server's reply if it refuses. Not kept across start().
+  void listen_also(const std::string& addresses) {
+    redisContext* c = redisConnectWithTimeout("127.0.0.1", port_, timeval{2, 0});
+    std::string error = c == nullptr ? "cannot connect" : c->errstr;
+    bool ok = false;
+    if (c != nullptr && c->err == 0) {
+      auto* r = static_cast<redisReply*>(redisCommand(c, "AUTH %s", password_.c_str()));
+      if (r != nullptr) freeReplyObject(r);
+      const std::string bind = "127.0.0.1 " + addresses;
+      r = static_cast<redisReply*>(redisCommand(c, "CONFIG SET bind %s", bind.c_str()));
+      ok = r != nullptr && r->type == REDIS_REPLY_STATUS;
+      error = r == nullptr ? c->errstr : r->type == REDIS_REPLY_ERROR ? std::string(r->str, r->len) : "unexpected reply";
+      if (r != nullptr) freeReplyObject(r);
+    }
+    if (c != nullptr) redisFree(c);
+    if (!ok) throw std::runtime_error("redis-server would not listen on " + addresses + ": " + error);
+  }
 
   // Kills the server at once (SIGKILL: no shutdown save), keeping its files.
   void kill() {
