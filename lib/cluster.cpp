@@ -234,6 +234,7 @@ struct ClusterCore::State {
   template <class Call> EngineReply retried(const Call& call) {
     milliseconds backoff{100};
     for (;;) {
+      const auto sent = Clock::now();  // (unreachable since the first call that failed was sent)
       try {
         EngineReply reply;
         try {
@@ -247,7 +248,7 @@ struct ClusterCore::State {
         return reply;
       } catch (const EngineUnavailable& e) {
         const auto now = Clock::now();
-        if (!unreachable_since) unreachable_since = now;
+        if (!unreachable_since) unreachable_since = sent;
         const auto down = now - *unreachable_since;
         if (down >= options.unavailable_after)
           throw EngineUnavailable(

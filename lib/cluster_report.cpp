@@ -406,19 +406,14 @@ std::string format_cluster_job(const ClusterJobReport& r, ReportFormat format) {
 ClusterStopResult stop_cluster_job(const EngineOptions& engine, std::string_view job, const ClusterStopOptions& options) {
   Session s(engine, job);
   const auto keys = detail::job_keys(job);
-  const EngineReply m = s.command({"HMGET", keys[0], "epoch", "state", "stop"});
-  if (m.elements.size() != 3) throw Error("", s.object, "the engine's HMGET reply is garbled");
-  if (m.elements[0].kind != EngineReply::Kind::string) s.no_such_job();
   ClusterStopResult out;
-  out.state = m.elements[1].text;
-  out.stopped_by = m.elements[2].text;
-  if (out.state != "running") return out;  // (nothing to change)
   const std::string origin = fmt::format("{} ({})", options.origin.empty() ? "stop_cluster_job()" : options.origin,
                                          this_process());
-  const EngineReply reply = s.eval(detail::script(detail::scripts::stop), keys, {m.elements[0].text, origin});
+  // (the job of that name, whichever its epoch: one round trip)
+  const EngineReply reply = s.eval(detail::script(detail::scripts::stop), keys, {"", origin});
   const std::string tag = reply.elements.empty() ? "" : reply.elements[0].text;
-  if (tag == "lost") s.no_such_job();  // (gone, or made anew, since it was read)
-  if (tag == "ended") {                // (it ended meanwhile)
+  if (tag == "lost") s.no_such_job();
+  if (tag == "ended") {  // (nothing to change)
     out.state = reply.elements.at(1).text;
     out.stopped_by = reply.elements.at(2).text;
     return out;

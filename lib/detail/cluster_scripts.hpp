@@ -343,10 +343,15 @@ end
 return next_claim({'ok', 'running', int(best), failed}, 'running')
 )lua";
 
-// stop(epoch, who): stops a running job; the first stop's "who" is kept.
+// stop(epoch, who): stops a running job; the first stop's "who" is kept. An epoch of ''
+// stops the job of that name, whichever it is (procshare-ctl: one round trip).
 // -> {'ok', who} | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* stop = R"lua(
-if lost() then return {'lost'} end
+if ARGV[1] == '' then
+  if redis.call('EXISTS', meta) == 0 then return {'lost'} end
+elseif lost() then
+  return {'lost'}
+end
 if redis.call('HGET', meta, 'state') ~= 'running' then return ended() end
 redis.call('HSET', meta, 'stop', ARGV[2])
 finish('stopped', 'stop ' .. ARGV[2])
