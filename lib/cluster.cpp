@@ -277,12 +277,16 @@ struct ClusterCore::State {
     for (Running& r : running) give_up(r);
     running.clear();
   }
+  // Forgets the option not started (the job ended, or its lease went elsewhere).
+  void drop_option() {
+    if (option) agent.leave(option->entry);
+    option.reset();
+  }
   void end(const std::string& state, const std::string& who, std::uint64_t best_now,
            std::optional<std::uint64_t> failed) {
     if (ended) return;
     ended = true;
-    if (option) agent.leave(option->entry);
-    option.reset();
+    drop_option();
     end_state = state;
     stopped_by = who;
     best = best_now;
@@ -404,10 +408,7 @@ struct ClusterCore::State {
     if (tag(reply) == "ended") return end_from(reply);
     const std::uint64_t best_now = number(reply.elements.at(1));
     const auto& kept = reply.elements.at(2).elements;
-    if (option && kept.size() > running.size() && kept[running.size()].integer == 0) {
-      agent.leave(option->entry);
-      option.reset();
-    }
+    if (option && kept.size() > running.size() && kept[running.size()].integer == 0) drop_option();
     std::vector<Running> still;
     for (std::size_t i = 0; i < running.size(); ++i) {
       Running& r = running[i];
