@@ -224,6 +224,14 @@ struct ClusterCore::State {
     if (tag(reply) == "lost") lost();
     return reply;
   }
+  // A stop's second call (scripts::stop): the job's keys expire. Tried once: without it,
+  // the agents' acknowledgements and the other hosts' calls make them expire.
+  void expire_stopped() {
+    try {
+      engine->eval(script(scripts::expire), keys, {epoch});
+    } catch (const Error&) {
+    }
+  }
   // A plain command (a read), retried as run() does.
   EngineReply read(const std::vector<std::string>& args) {
     return retried([&] { return engine->command(args); });
@@ -304,6 +312,13 @@ struct ClusterCore::State {
 
   void start_agent() {
     agent_tried = true;
+    try {
+      // (the agent's scripts known first: forked, it would load them again for every job,
+      // one more round trip before a stop's acknowledgement)
+      engine->load(script(scripts::seen));
+      engine->load(script(scripts::heartbeat));
+    } catch (const Error&) {  // (the engine away: the agent loads them when it can)
+    }
     try {
       agent.start(Agent::Job{engine_options(options), keys, epoch, host, options.lease, beat_every, pool});
     } catch (const Error&) {
@@ -445,6 +460,7 @@ struct ClusterCore::State {
           scripts::stop, {epoch, fmt::format("a task's request_stop() (or procshare-ctl) on {}, in items {} to {}",
                                              host, r.first, r.first + r.count - 1)});
       if (tag(reply) == "ended") return end_from(reply);
+      expire_stopped();
       return end("stopped", reply.elements.at(1).text, spec.total, std::nullopt);
     }
     // The chunk's wall time, with the claim and the queueing behind the chunk before it:
@@ -813,6 +829,7 @@ void ClusterCore::cancel() {
   if (s.ended) return;
   const EngineReply reply = s.run(scripts::stop, {s.epoch, fmt::format("cancel() on {}", s.host)});
   if (tag(reply) == "ended") return s.end_from(reply);
+  s.expire_stopped();
   s.end("stopped", reply.elements.at(1).text, s.spec.total, std::nullopt);
 }
 

@@ -139,9 +139,8 @@ EngineUrl parse_engine_url(std::string_view url) {
     out.port = value;
   }
   const bool ipv6 = out.host.find(':') != std::string::npos;
-  out.text = fmt::format("redis://{}{}{}{}:{}", out.user, out.user.empty() ? "" : "@",
-                         ipv6 ? "[" : "", out.host, out.port);
-  if (ipv6) out.text.insert(out.text.rfind(':'), "]");
+  out.text = fmt::format("redis://{}{}{}{}{}:{}", out.user, out.user.empty() ? "" : "@", ipv6 ? "[" : "", out.host,
+                         ipv6 ? "]" : "", out.port);
   return out;
 }
 
@@ -439,13 +438,14 @@ ShaCache& sha_cache() {
 }
 }  // namespace
 
+void Engine::load(const std::string& script) {
+  if (sha_cache().get(script).empty()) sha_cache().put(script, state_->checked({"SCRIPT", "LOAD", script}).text);
+}
+
 EngineReply Engine::eval(const std::string& script, const std::vector<std::string>& keys,
                          const std::vector<std::string>& args, const std::function<void()>& meanwhile) {
+  load(script);
   std::string sha = sha_cache().get(script);
-  if (sha.empty()) {
-    sha = state_->checked({"SCRIPT", "LOAD", script}).text;
-    sha_cache().put(script, sha);
-  }
   std::vector<std::string> call{"EVALSHA", sha, std::to_string(keys.size())};
   call.insert(call.end(), keys.begin(), keys.end());
   call.insert(call.end(), args.begin(), args.end());

@@ -206,12 +206,20 @@ std::string summary_json(const ClusterJobSummary& j) {
 }
 
 // Whoever stops a job here, as the hosts' Stopped names it: "USER@HOST pid PID".
+// "user@host pid N": made once per thread and process (getpwuid reads the user
+// database: ~35 us that would delay a stop; no lock that a fork could leave held).
 std::string this_process() {
-  char host[256] = {};
-  ::gethostname(host, sizeof host - 1);
-  const passwd* user = ::getpwuid(::geteuid());
-  return fmt::format("{}@{} pid {}", user != nullptr ? user->pw_name : std::to_string(::geteuid()), host,
-                     ::getpid());
+  thread_local pid_t made_in = 0;
+  thread_local std::string made;
+  if (made_in != ::getpid()) {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    const passwd* user = ::getpwuid(::geteuid());
+    made = fmt::format("{}@{} pid {}", user != nullptr ? user->pw_name : std::to_string(::geteuid()), host,
+                       ::getpid());
+    made_in = ::getpid();
+  }
+  return made;
 }
 
 }  // namespace
@@ -419,6 +427,10 @@ ClusterStopResult stop_cluster_job(const EngineOptions& engine, std::string_view
     return out;
   }
   const auto stopped_at = Clock::now();
+  try {  // (the stop's second call, once its message left: the keys expire; see scripts::stop)
+    s.eval(detail::script(detail::scripts::expire), keys, {""});
+  } catch (const EngineUnavailable&) {  // (the stop stands; the hosts' agents make them expire)
+  }
   out.stopped = true;
   out.state = "stopped";
   out.stopped_by = origin;

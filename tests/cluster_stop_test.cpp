@@ -8,6 +8,7 @@
 // redis-server; the moment of the stop and the moment each host's task saw it are
 // written (CLOCK_MONOTONIC, the same in every process) to a page the test maps before
 // it forks.
+#include "../lib/detail/cluster_scripts.hpp"
 #include "cluster_hosts.hpp"
 #include "redis_server.hpp"
 
@@ -182,6 +183,17 @@ TEST_CASE("a stop from any origin reaches every host's running tasks in millisec
           return std::string(e.what());
         }
       });
+    if (origin == "a stop script alone") {
+      // (a stopper that died between the stop and its second call: the keys have no
+      // expiry until the hosts' agents acknowledge)
+      REQUIRE(all_started(2));
+      moments->origin.store(now_ns());
+      Engine engine({.url = server.url()});
+      const procshare::detail::EngineReply reply = engine.eval(procshare::detail::script(procshare::detail::scripts::stop),
+                                            procshare::detail::job_keys(job), {"", "a stop script alone"});
+      REQUIRE(reply.elements.size() == 2);
+      CHECK(reply.elements[0].text == "ok");
+    }
     if (origin == "outside") {
       // (as procshare-ctl cluster stop does, once both hosts run; it waits until both
       // hosts' agents said they brought the stop to their chunks)
@@ -210,10 +222,17 @@ TEST_CASE("a stop from any origin reaches every host's running tasks in millisec
       CHECK(ms_between(origin_at, seen) < 1000.0);
     }
     CHECK(hosts.all_gone());
+    // (the stop made the job's keys expire: with its second call, or the agents did)
+    Engine engine({.url = server.url()});
+    CHECK(procshare::test::keys_kept_for_ever(engine).empty());
+    CHECK(engine.command({"PTTL", "psj:{" + job + "}:meta"}).integer > 0);
   };
   SUBCASE("cancel() on another host") { run("by-cancel", "cancel", "cancel() on h0"); }
   SUBCASE("a task's request_stop() on another host") { run("by-task", "request_stop", "a task's request_stop()"); }
   SUBCASE("the engine's stop, from outside any host") { run("by-outside", "outside", "the test, from outside"); }
+  SUBCASE("a stop whose caller died before its second call: the agents make the keys expire") {
+    run("by-script", "a stop script alone", "a stop script alone");
+  }
 }
 
 TEST_CASE("find_first: a match on one host stops another host's chunk above it in milliseconds") {

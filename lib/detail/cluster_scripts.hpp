@@ -52,7 +52,8 @@
 // touch it. Counts move only in
 // complete, under the lease holder's token, in the same step as the done bit: exactly
 // once, however often a chunk ran. A job that ends (done, stopped) publishes it on the
-// channel psj:{J}:ctl and its keys expire `keep` ms later.
+// channel psj:{J}:ctl and its keys expire `keep` ms later (a stopped job's: from the
+// stop's second call, see stop).
 #pragma once
 
 #include <string>
@@ -74,19 +75,29 @@ end
 local function lost() return redis.call('HGET', meta, 'epoch') ~= ARGV[1] end
 local function int(x) return string.format('%d', x) end
 local function first_of(c) return tonumber(string.match(redis.call('HGET', chunks, c), '^(%d+)')) end
+-- Makes the job's keys expire `keep` ms from now (`keep`: the meta's, if the caller read
+-- it already).
+local function expire_keys(keep)
+  keep = keep or redis.call('HGET', meta, 'keep')
+  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
+end
+-- The same for a job that ended without (a stop's second call not made: see stop).
+local function expire_ended()
+  if redis.call('PTTL', meta) == -1 and redis.call('HGET', meta, 'state') ~= 'running' then expire_keys() end
+end
 -- The reply to a call on a job that is over: {'ended', state, stop, best, failed_items};
 -- `host` (the caller) is recorded as seen: it has learned of the end (what a stop waits for).
 local function ended(host)
   -- (not once the keys expired: HSET would make hosts anew, never to expire)
   if host and redis.call('EXISTS', hosts) == 1 then redis.call('HSET', hosts, host, now_ms()) end
+  expire_ended()
   local m = redis.call('HMGET', meta, 'state', 'stop', 'best', 'failed_items')
   return {'ended', m[1], m[2], m[3], m[4]}
 end
--- Ends the job (`keep`: the meta's, if the caller read it already).
+-- Ends the job.
 local function finish(state, message, keep)
   redis.call('HSET', meta, 'state', state, 'ended', now_ms())
-  keep = keep or redis.call('HGET', meta, 'keep')
-  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
+  expire_keys(keep)
   redis.call('PUBLISH', channel, message)
 end
 -- The hosts seen within a lease (one that left no longer takes a share).
@@ -344,7 +355,12 @@ return next_claim({'ok', 'running', int(best), failed}, 'running')
 )lua";
 
 // stop(epoch, who): stops a running job; the first stop's "who" is kept. An epoch of ''
-// stops the job of that name, whichever it is (procshare-ctl: one round trip).
+// stops the job of that name, whichever it is (procshare-ctl: one round trip). It only
+// ends the job and publishes it: the engine sends the message (and the reply) once the
+// script returns, and making eleven keys expire would take longer than the rest; the
+// caller makes them expire with a second call (expire, below), after the message left.
+// Should that call not come, the agents' acknowledgements (seen) and any later call of a
+// host (ended) make them expire.
 // -> {'ok', who} | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* stop = R"lua(
 if ARGV[1] == '' then
@@ -353,17 +369,32 @@ elseif lost() then
   return {'lost'}
 end
 if redis.call('HGET', meta, 'state') ~= 'running' then return ended() end
-redis.call('HSET', meta, 'stop', ARGV[2])
-finish('stopped', 'stop ' .. ARGV[2])
+redis.call('HSET', meta, 'stop', ARGV[2], 'state', 'stopped', 'ended', now_ms())
+redis.call('PUBLISH', channel, 'stop ' .. ARGV[2])
 return {'ok', ARGV[2]}
 )lua";
 
+// expire(epoch): a stop's second call: the ended job's keys expire `keep` ms from now,
+// unless they already do. An epoch of '' as in stop.
+// -> {'ok'} | {'lost'}
+inline constexpr const char* expire = R"lua(
+if ARGV[1] == '' then
+  if redis.call('EXISTS', meta) == 0 then return {'lost'} end
+elseif lost() then
+  return {'lost'}
+end
+expire_ended()
+return {'ok'}
+)lua";
+
 // seen(epoch, host): records `host` as seen (its agent brought the job's stop to the
-// host's chunks: the acknowledgement a stop waits for, see KEYS[9]).
+// host's chunks: the acknowledgement a stop waits for, see KEYS[9]); makes the keys of the
+// job, ended, expire if its stop's second call did not come.
 // -> {'ok'} | {'lost'}
 inline constexpr const char* seen = R"lua(
 if lost() then return {'lost'} end
 if redis.call('EXISTS', hosts) == 1 then redis.call('HSET', hosts, ARGV[2], now_ms()) end
+expire_ended()
 return {'ok'}
 )lua";
 
@@ -422,7 +453,7 @@ inline const std::string& script(const char* body) {
   static const std::unordered_map<std::string_view, std::string> made = [] {
     std::unordered_map<std::string_view, std::string> m;
     for (const char* b : {scripts::join, scripts::claim, scripts::heartbeat, scripts::complete, scripts::stop,
-                          scripts::seen, scripts::forget, scripts::status})
+                          scripts::expire, scripts::seen, scripts::forget, scripts::status})
       m.emplace(b, std::string(scripts::prelude) + b);
     return m;
   }();
