@@ -13,6 +13,7 @@
 #include <procshare/pool.hpp>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -141,7 +142,7 @@ TEST_CASE("a host storm: hosts SIGKILLed at random moments while new ones join, 
     for (const std::uint64_t chunks : after) {
       const std::size_t pick = std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(random_source());
       const int victim = live[pick];
-      if (!wait_mid_work(engine, job, chunks, "h" + std::to_string(victim), 0)) break;  // (ended first)
+      if (!wait_mid_work(engine, job, chunks, fmt::format("h{}", victim), 0)) break;  // (ended first)
       hosts.signal_group(victim, SIGKILL);
       killed.push_back(victim);
       live.erase(live.begin() + static_cast<std::ptrdiff_t>(pick));

@@ -9,6 +9,7 @@
 #include <procshare/pool.hpp>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <signal.h>
 #include <stdlib.h>
@@ -255,7 +256,7 @@ TEST_CASE("a cluster map over a vector with arguments equals Pool::map, with pro
   RedisServer server;
   PasswordEnv env(server.password());
   std::vector<std::string> words;
-  for (int i = 0; i < 3000; ++i) words.push_back("w" + std::to_string(i * 7919 % 3001));
+  for (int i = 0; i < 3000; ++i) words.push_back(fmt::format("w{}", i * 7919 % 3001));
   Pool local({.workers = 1});
   const std::vector<std::string> expected = local.map(words, tagged, std::string("-x"));
   Hosts hosts;

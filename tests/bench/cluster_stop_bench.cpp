@@ -11,14 +11,16 @@
 //     the parent calls stop_cluster_job() (what `procshare-ctl cluster stop --no-wait`
 //     runs: connect, read, the stop script). A sample: from just before that call to the
 //     moment a host's task first saw stop_requested() (CLOCK_MONOTONIC: the same clock in
-//     every namespace), one per host per round. Baseline, in the same rounds (interleaved,
-//     the order alternating): a raw EVAL "SET + PUBLISH" from the parent to 3 plain
-//     hiredis subscriber processes in the same namespaces, each noting when the message
-//     came. p50 and p99 over all samples; the ratio's range is over 5 blocks of rounds.
-//     Every 4th round is observed apart (not in the headline): the subscribers also
-//     listen to its job's channel, which splits the stop into the engine's part (the
-//     call: connection, read, stop script, fan-out) and the host's (its agent: message
-//     -> local stop flag -> the task's next poll).
+//     every namespace), one per host per round. Baseline, in the same rounds and under the
+//     same load (the hosts' tasks polling; just before the stop): a raw EVAL "SET +
+//     PUBLISH" from the parent to 3 plain hiredis subscriber processes in the same
+//     namespaces, each noting when the message came. p50 and p99 over all samples; the
+//     ratio's range is over 5 blocks of rounds. Every 4th round is observed apart (not in
+//     the headline): the subscribers also listen to its job's channel, which splits the
+//     stop into the engine's part (the call: connection, read, stop script, fan-out) and
+//     the host's (its agent: message -> local stop flag -> the task's next poll); its raw
+//     round comes after the stop, the hosts idle (printed for reference: what the polling
+//     tasks cost a fan-out on 2 cores).
 //     Targets: p50 <= 2x the raw fan-out's and <= 1 ms; p99 <= 10 ms.
 //   redelivery: 3 hosts run a map (chunks of 10 items of 5 ms, lease 500 ms, flush
 //     100 ms); host h1's process group is SIGKILLed once it holds a lease, at a moment
@@ -53,6 +55,7 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -265,15 +268,17 @@ void raw_subscriber(const Network& network, int k, int port, const std::string& 
 struct StopSamples {
   std::vector<double> cluster, raw;                  // ms, one per host per round
   std::vector<double> cluster_slowest, raw_slowest;  // ms, the last host of each round
+  std::vector<double> raw_idle;                      // ms, as `raw`, in the observed rounds (hosts idle)
   std::vector<double> call;                          // ms, stop_cluster_job() itself
   std::vector<double> observed;                      // ms, as `cluster`, in the observed rounds
   std::vector<double> engine_part;                   // ms, from the call to the job's message in a namespace
   std::vector<double> host_part;                     // ms, from that message to host k's task seeing the stop
 };
 
-// One cluster stop round; appends its samples.
+// One cluster stop round; appends its samples. `loaded` runs once every host's task runs
+// (polling) and every agent listens, just before the stop (the raw fan-out's round).
 void cluster_round(Engine& engine, const procshare::test::RedisServer& server, const std::string& prefix, int r,
-                   StopSamples& s) {
+                   StopSamples& s, const std::function<void()>& loaded) {
   for (int k = 0; k < hosts; ++k) board->seen[k].store(0);
   board->round.store(r);
   const std::string job = stop_job(prefix, r);
@@ -289,6 +294,7 @@ void cluster_round(Engine& engine, const procshare::test::RedisServer& server, c
       20s, fmt::format("stop round {}: hosts running and agents subscribed", r));
   for (int k = 0; k < hosts; ++k)
     if (board->failure[k][0] != '\0') fail("host h{}: {}", k, board->failure[k]);
+  loaded();
   const std::int64_t origin = bench::now_ns();
   const procshare::ClusterStopResult stop =
       procshare::stop_cluster_job({.url = server.url()}, job, {.origin = "cluster_stop_bench", .wait = false});
@@ -324,8 +330,10 @@ void cluster_round(Engine& engine, const procshare::test::RedisServer& server, c
   s.call.push_back(static_cast<double>(returned - origin) / 1e6);
 }
 
-// One raw fan-out round on `raw` (the parent's own hiredis connection); appends its samples.
-void raw_round(redisContext* raw, const std::string& channel, int r, StopSamples& s) {
+// One raw fan-out round on `raw` (the parent's own hiredis connection); appends its samples
+// to `samples` (and the slowest subscriber's to `slowest_of_rounds`, if given).
+void raw_round(redisContext* raw, const std::string& channel, int r, std::vector<double>& samples,
+               std::vector<double>* slowest_of_rounds) {
   const std::string value = std::to_string(r);
   const std::int64_t origin = bench::now_ns();
   auto* reply = static_cast<redisReply*>(
@@ -337,10 +345,10 @@ void raw_round(redisContext* raw, const std::string& channel, int r, StopSamples
   double slowest = 0;
   for (int k = 0; k < hosts; ++k) {
     const double ms = static_cast<double>(board->raw_seen[k].load() - origin) / 1e6;
-    s.raw.push_back(ms);
+    samples.push_back(ms);
     slowest = std::max(slowest, ms);
   }
-  s.raw_slowest.push_back(slowest);
+  if (slowest_of_rounds != nullptr) slowest_of_rounds->push_back(slowest);
 }
 
 StopSamples stop_latency(const Network& network, const procshare::test::RedisServer& server, int rounds) {
@@ -374,15 +382,16 @@ StopSamples stop_latency(const Network& network, const procshare::test::RedisSer
   freeReplyObject(redisCommand(raw, "AUTH %s", server.password().c_str()));
   StopSamples s;
   // (a warm-up round of each: scripts loaded, connections made)
-  raw_round(raw, channel, 1, s);
-  cluster_round(engine, server, prefix, 1, s);
+  cluster_round(engine, server, prefix, 1, s, [&] { raw_round(raw, channel, 1, s.raw, &s.raw_slowest); });
   s = StopSamples{};
   bench::run_rounds(rounds - 1, [&](int i) {
     const int r = i + 2;
-    const bool raw_first = i % 2 == 0, raw_too = !observed(r);  // (the headline's rounds, in pairs)
-    if (raw_too && raw_first) raw_round(raw, channel, r, s);
-    cluster_round(engine, server, prefix, r, s);
-    if (raw_too && !raw_first) raw_round(raw, channel, r, s);
+    if (observed(r)) {  // (its raw round after the stop: the hosts idle, for reference)
+      cluster_round(engine, server, prefix, r, s, [] {});
+      raw_round(raw, channel, r, s.raw_idle, nullptr);
+    } else {
+      cluster_round(engine, server, prefix, r, s, [&] { raw_round(raw, channel, r, s.raw, &s.raw_slowest); });
+    }
   });
   return s;
 }
@@ -569,6 +578,7 @@ int run(int argc, char** argv) {
   part("  stop -> a host's task saw it, p50", stop.observed);
   part("  stop -> its message reached the namespace, p50", stop.engine_part);
   part("  message -> a host's task saw it, p50", stop.host_part);
+  part("  raw fan-out after the stop, hosts idle, p50", stop.raw_idle);
   fmt::print("{:<52} {:>10} {:>10} {:>8}  {:<15} {}\n", "  message -> a host's task saw it, p99",
              ms_text(bench::percentile(stop.host_part, 99)), "-", "-", "", "-");
   const double bound = static_cast<double>(lease.count() + flush.count()) + chunk_ms;
@@ -581,7 +591,7 @@ int run(int argc, char** argv) {
   fmt::print("{:<52} {:>10} {:>10} {:>8}  {}\n", "SIGKILL -> its chunks completed elsewhere, max", ms_text(red_max),
              ms_text(bound), bench::ratio_text(red_max / bound) + "t", "<= 1x");
   fmt::print("\nstop: {} samples ({} rounds x 3 hosts, after 1 warm-up round; every 4th round observed, apart), tasks polling every ~20 us; raw: EVAL "
-             "SET+PUBLISH to 3 hiredis subscribers in the same {}; 'xt' = procshare's time over the raw one's. "
+             "SET+PUBLISH to 3 hiredis subscribers in the same {}, in each round just before its stop (the tasks polling); 'xt' = procshare's time over the raw one's. "
              "Stop rounds took {:.1f} s.\nredelivery: lease {} ms + flush {} ms + one chunk ({} x {} ms items, "
              "measured {:.1f} ms) = bound {:.1f} ms; rounds: {}.\nload average before: {}; after: {} (2 cores, shared).\n\n",
              stop.cluster.size(), stop.cluster_slowest.size(), network.net ? "namespaces" : "loopback",
