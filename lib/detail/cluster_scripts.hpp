@@ -56,6 +56,8 @@
 // stop's second call, see stop).
 #pragma once
 
+#include <array>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -447,16 +449,26 @@ inline std::vector<std::string> job_keys(std::string_view job) {
 
 // Script `body` with the prelude, made once for the process (and never changed after:
 // read without a lock; Engine::eval caches its SHA by the text's address). Found by the
-// body's text, not its address: a literal's address may differ between translation units
-// (sanitizer builds do not merge them).
+// body's address when it is the one seen here first, else by its text: a literal's
+// address may differ between translation units (sanitizer builds do not merge them), and
+// hashing the text (a few KB) on every engine call is what the address saves.
 inline const std::string& script(const char* body) {
+  static const char* const bodies[] = {scripts::join,   scripts::claim, scripts::heartbeat,
+                                       scripts::complete, scripts::stop,  scripts::expire,
+                                       scripts::seen,   scripts::forget, scripts::status};
+  constexpr std::size_t count = std::size(bodies);
   static const std::unordered_map<std::string_view, std::string> made = [] {
     std::unordered_map<std::string_view, std::string> m;
-    for (const char* b : {scripts::join, scripts::claim, scripts::heartbeat, scripts::complete, scripts::stop,
-                          scripts::expire, scripts::seen, scripts::forget, scripts::status})
-      m.emplace(b, std::string(scripts::prelude) + b);
+    for (const char* b : bodies) m.emplace(b, std::string(scripts::prelude) + b);
     return m;
   }();
+  static const std::array<const std::string*, count> by_address = [] {
+    std::array<const std::string*, count> a{};
+    for (std::size_t i = 0; i < count; ++i) a[i] = &made.at(bodies[i]);
+    return a;
+  }();
+  for (std::size_t i = 0; i < count; ++i)
+    if (body == bodies[i]) return *by_address[i];
   return made.at(body);
 }
 
