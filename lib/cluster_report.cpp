@@ -317,8 +317,12 @@ ClusterJobReport inspect_cluster_job(const EngineOptions& engine, std::string_vi
       l.chunk = to_count(chunk);
       if (const auto r = ranges.find(chunk); r != ranges.end()) std::tie(l.first, l.end) = r->second;
       if (const auto p = partial.find(chunk); p != partial.end()) l.partial = to_count(p->second);
-      if (const auto o = owner.find(chunk); o != owner.end()) l.holder = host_of_token(o->second);
-      l.left = milliseconds(to_number(leases.elements[i + 1].text) - now);
+      const auto o = owner.find(chunk);
+      l.free = o == owner.end();  // (see scripts::claim: a free chunk has no holder, and deadline 0)
+      if (!l.free) {
+        l.holder = host_of_token(o->second);
+        l.left = milliseconds(to_number(leases.elements[i + 1].text) - now);
+      }
       out.leases.push_back(std::move(l));
     }
     std::sort(out.leases.begin(), out.leases.end(),
@@ -365,8 +369,9 @@ std::string format_cluster_job(const ClusterJobReport& r, ReportFormat format) {
     out += "],\"leases\":[";
     for (std::size_t i = 0; i < r.leases.size(); ++i) {
       const auto& l = r.leases[i];
-      out += fmt::format("{}{{\"chunk\":{},\"first\":{},\"end\":{},\"partial\":{},\"holder\":{},\"left_ms\":{}}}",
-                         i ? "," : "", l.chunk, l.first, l.end, l.partial, json_quote(l.holder), l.left.count());
+      out += fmt::format(
+          "{}{{\"chunk\":{},\"first\":{},\"end\":{},\"partial\":{},\"holder\":{},\"left_ms\":{},\"free\":{}}}",
+          i ? "," : "", l.chunk, l.first, l.end, l.partial, json_quote(l.holder), l.left.count(), l.free);
     }
     out += "],\"failures\":[";
     for (std::size_t i = 0; i < r.failures.size(); ++i) {
@@ -400,7 +405,8 @@ std::string format_cluster_job(const ClusterJobReport& r, ReportFormat format) {
       out += fmt::format("  {:>8} {:>24} {:>10} {:<32} {:>10}\n", "CHUNK", "ITEMS", "PARTIAL", "HOLDER", "LEFT");
     for (const auto& l : r.leases)
       out += fmt::format("  {:>8} {:>24} {:>10} {:<32} {:>10}\n", l.chunk, fmt::format("{}-{}", l.first, l.end),
-                         l.partial, l.holder, l.left.count() > 0 ? human_duration(l.left) : "expired");
+                         l.partial, l.free ? "(free: the next claim takes it)" : l.holder,
+                         l.free ? "-" : l.left.count() > 0 ? human_duration(l.left) : "expired");
   }
   out += fmt::format("failures: {}", r.failures_total);
   if (!r.failures.empty())

@@ -71,8 +71,10 @@ struct ClusterLease {
   std::uint64_t chunk = 0;
   std::uint64_t first = 0, end = 0;    // its items [first, end)
   std::uint64_t partial = 0;           // items its holder reported finished
-  std::string holder;                  // the holding host's name
-  std::chrono::milliseconds left{0};   // until the lease runs out (negative: it has)
+  std::string holder;                  // the holding host's name ("" if free)
+  std::chrono::milliseconds left{0};   // until the lease runs out (negative: it has; 0 if free)
+  bool free = false;                   // held by nobody (the part of an option its host did
+                                       // not keep): the next claim takes it
 };
 
 // One failed item, decoded from the job's fail zset (lib/cluster.cpp writes it).
