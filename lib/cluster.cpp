@@ -225,7 +225,7 @@ struct ClusterCore::State {
     return reply;
   }
   // A stop's second call (scripts::stop): the job's keys expire. Tried once: without it,
-  // the agents' acknowledgements and the other hosts' calls make them expire.
+  // the agents' acknowledgements, the other hosts' calls and a later join make them expire.
   void expire_stopped() {
     try {
       engine->eval(script(scripts::expire), keys, {epoch});
@@ -460,8 +460,8 @@ struct ClusterCore::State {
           scripts::stop, {epoch, fmt::format("a task's request_stop() (or procshare-ctl) on {}, in items {} to {}",
                                              host, r.first, r.first + r.count - 1)});
       if (tag(reply) == "ended") return end_from(reply);
-      expire_stopped();
-      return end("stopped", reply.elements.at(1).text, spec.total, std::nullopt);
+      end("stopped", reply.elements.at(1).text, spec.total, std::nullopt);  // (this host's chunks first)
+      return expire_stopped();
     }
     // The chunk's wall time, with the claim and the queueing behind the chunk before it:
     // an overestimate of what its items cost (what the next chunk's size comes from: never
@@ -829,8 +829,8 @@ void ClusterCore::cancel() {
   if (s.ended) return;
   const EngineReply reply = s.run(scripts::stop, {s.epoch, fmt::format("cancel() on {}", s.host)});
   if (tag(reply) == "ended") return s.end_from(reply);
+  s.end("stopped", reply.elements.at(1).text, s.spec.total, std::nullopt);  // (this host's chunks first)
   s.expire_stopped();
-  s.end("stopped", reply.elements.at(1).text, s.spec.total, std::nullopt);
 }
 
 void ClusterCore::finish(std::uint64_t limit) { state_->finish(limit); }

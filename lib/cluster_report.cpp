@@ -317,10 +317,11 @@ ClusterJobReport inspect_cluster_job(const EngineOptions& engine, std::string_vi
       l.chunk = to_count(chunk);
       if (const auto r = ranges.find(chunk); r != ranges.end()) std::tie(l.first, l.end) = r->second;
       if (const auto p = partial.find(chunk); p != partial.end()) l.partial = to_count(p->second);
-      const auto o = owner.find(chunk);
-      l.free = o == owner.end();  // (see scripts::claim: a free chunk has no holder, and deadline 0)
+      // (a free chunk's deadline is 0, see scripts::claim; a held one's never is; its owner,
+      // read before, may be missing if it was claimed since)
+      l.free = to_number(leases.elements[i + 1].text) == 0;
       if (!l.free) {
-        l.holder = host_of_token(o->second);
+        if (const auto o = owner.find(chunk); o != owner.end()) l.holder = host_of_token(o->second);
         l.left = milliseconds(to_number(leases.elements[i + 1].text) - now);
       }
       out.leases.push_back(std::move(l));
@@ -435,7 +436,7 @@ ClusterStopResult stop_cluster_job(const EngineOptions& engine, std::string_view
   const auto stopped_at = Clock::now();
   try {  // (the stop's second call, once its message left: the keys expire; see scripts::stop)
     s.eval(detail::script(detail::scripts::expire), keys, {""});
-  } catch (const EngineUnavailable&) {  // (the stop stands; the hosts' agents make them expire)
+  } catch (const Error&) {  // (the stop stands; the hosts' agents, or a later join, make them expire)
   }
   out.stopped = true;
   out.state = "stopped";

@@ -3,6 +3,7 @@
 // (forked processes running a Cluster map on a Pool, cluster_hosts.hpp). A job is held
 // running by a gate file its task waits on, so a case sees it running for as long as it
 // needs to, and ends it by removing the file: no sleep orders anything.
+#include "../lib/detail/cluster_scripts.hpp"
 #include "cluster_hosts.hpp"
 #include "ctl_run.hpp"
 #include "redis_server.hpp"
@@ -159,6 +160,25 @@ struct Setup {
   }
 };
 
+// Writes the engine's state of a running map `job` of 300 items that no host runs any more,
+// as the scripts leave it: 3 chunks made, the first done, the second held by h0 (a lease
+// far ahead), the third free (the part of an option its host did not keep: deadline 0, no
+// owner). Nothing will claim from it.
+void write_unattended_job(Engine& engine, const std::string& job) {
+  const std::string k = "psj:{" + job + "}:";
+  engine.command({"HSET", k + "meta", "epoch", "e1", "kind", "map", "n", "300", "chunk", "0", "state", "running",
+                  "stop", "", "next", "300", "made", "3", "best", "300", "fence", "2", "done_items", "50",
+                  "failed_items", "0", "skipped_items", "0", "done_chunks", "1", "redelivered", "0", "fenced", "0",
+                  "lease", "10000", "keep", "60000", "created", "1"});
+  engine.command({"HSET", k + "chunks", "0", "0 50", "1", "50 120", "2", "120 300"});
+  engine.command({"SETBIT", k + "done", "0", "1"});
+  engine.command({"HSET", k + "owner", "1", "2:h0:n1"});
+  engine.command({"ZADD", k + "leases", "99999999999999", "1", "0", "2"});
+  engine.command({"HSET", k + "hosts", "h0", "1"});
+}
+
+std::uint64_t twice(std::uint64_t i) { return 2 * i; }
+
 }  // namespace
 
 TEST_SUITE("process") {
@@ -228,17 +248,8 @@ TEST_CASE("cluster show names a chunk held by nobody free, not an expired lease"
   RedisServer server;
   PasswordEnv env(server.password());
   Engine engine({.url = server.url()});
+  write_unattended_job(engine, "freed");
   const std::string k = "psj:{freed}:";
-  engine.command({"TIME"});
-  engine.command({"HSET", k + "meta", "epoch", "e1", "kind", "map", "n", "300", "chunk", "0", "state", "running",
-                  "stop", "", "next", "300", "made", "3", "best", "300", "fence", "2", "done_items", "50",
-                  "failed_items", "0", "skipped_items", "0", "done_chunks", "1", "redelivered", "0", "fenced", "0",
-                  "lease", "10000", "keep", "60000", "created", "1"});
-  engine.command({"HSET", k + "chunks", "0", "0 50", "1", "50 120", "2", "120 300"});
-  engine.command({"SETBIT", k + "done", "0", "1"});
-  engine.command({"HSET", k + "owner", "1", "2:h0:n1"});
-  engine.command({"ZADD", k + "leases", "99999999999999", "1", "0", "2"});
-  engine.command({"HSET", k + "hosts", "h0", "1"});
   const auto text = run(ctl("cluster show " + server.url() + " freed"));
   CHECK(text.status == 0);
   INFO(text.text);
@@ -251,6 +262,32 @@ TEST_CASE("cluster show names a chunk held by nobody free, not an expired lease"
   CHECK(contains(json.text, R"({"chunk":2,"first":120,"end":300,"partial":0,"holder":"","left_ms":0,"free":true})"));
   CHECK(contains(json.text, R"("holder":"h0",)"));
   engine.command({"DEL", k + "meta", k + "chunks", k + "done", k + "owner", k + "leases", k + "hosts"});
+}
+
+TEST_CASE("a stopped job's keys expire: by the stop's second call with no host left, or by a later join") {
+  RedisServer server;
+  PasswordEnv env(server.password());
+  Engine engine({.url = server.url()});
+  const auto ttl = [&](const std::string& job) { return engine.command({"PTTL", "psj:{" + job + "}:meta"}).integer; };
+  // (no host: neither an agent's acknowledgement nor a host's call can make them expire)
+  write_unattended_job(engine, "lone");
+  const ClusterStopResult stop = stop_cluster_job({.url = server.url()}, "lone", {.origin = "the test", .wait = false});
+  CHECK(stop.stopped);
+  CHECK(ttl("lone") > 0);
+  CHECK(procshare::test::keys_kept_for_ever(engine).empty());
+  // The stop script alone (its caller died before the second call) leaves them without an
+  // expiry; a host that joins under the job's name makes them expire.
+  write_unattended_job(engine, "orphan");
+  const auto reply = engine.eval(procshare::detail::script(procshare::detail::scripts::stop),
+                                 procshare::detail::job_keys("orphan"), {"", "a stop script alone"});
+  REQUIRE(!reply.elements.empty());
+  CHECK(reply.elements[0].text == "ok");
+  CHECK(ttl("orphan") == -1);
+  Pool pool({.workers = 1});
+  Cluster cluster({.url = server.url(), .job = "orphan", .host = "late"});
+  CHECK_THROWS_AS(cluster.map(pool, Range{0, 300}, twice), JobMismatch);  // (not the job written above)
+  CHECK(ttl("orphan") > 0);
+  CHECK(procshare::test::keys_kept_for_ever(engine).empty());
 }
 
 TEST_CASE("cluster stop ends a running job on every host, naming procshare-ctl, once each host acknowledged") {

@@ -39,7 +39,8 @@
 //   them: ACL SETUSER psr on >PASSWORD resetkeys ~psj:* resetchannels &psj:* -@all
 //   +@read +@write +@pubsub +eval +evalsha +script|load +ping +time -@dangerous +info
 //   (+info after -@dangerous, which takes INFO away: JobLost names the server run_id).
-//   A job's keys expire `keep` after it ended (done or stopped).
+//   A job's keys expire `keep` after it ended (done; stopped: after the stop's second
+//   call, see lib/detail/cluster_scripts.hpp).
 //
 // Built only when hiredis is found (meson option `cluster`, auto); link procshare_cluster.
 // hiredis 0.14 has no TLS: a URL whose host is not a loopback address is refused unless

@@ -66,7 +66,8 @@ struct ClusterHostReport {
   double items_per_second = 0;         // items_completed over the job's life (made to end, or now)
 };
 
-// A chunk claimed by a host: a lease (`ms_left` < 0: expired, to be handed out again).
+// A chunk in the job's leases: claimed by a host (`left` < 0: expired, to be handed out
+// again), or free (held by nobody, see `free`).
 struct ClusterLease {
   std::uint64_t chunk = 0;
   std::uint64_t first = 0, end = 0;    // its items [first, end)

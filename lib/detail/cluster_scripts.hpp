@@ -247,6 +247,7 @@ if not job[1] then
     job[2] = 'done'
   end
 else
+  if job[2] ~= 'running' then expire_ended() end  -- (whoever joins an ended job: see stop)
   for i, field in ipairs(fields) do
     if job[5 + i] ~= ARGV[i + 1] then return {'mismatch', field, job[5 + i] or ''} end
   end
@@ -361,8 +362,10 @@ return next_claim({'ok', 'running', int(best), failed}, 'running')
 // ends the job and publishes it: the engine sends the message (and the reply) once the
 // script returns, and making eleven keys expire would take longer than the rest; the
 // caller makes them expire with a second call (expire, below), after the message left.
-// Should that call not come, the agents' acknowledgements (seen) and any later call of a
-// host (ended) make them expire.
+// Should that call not come, the agents' acknowledgements (seen), any later call of a host
+// (ended), and a join under the job's name make them expire; with none of those (no host
+// left, and the stopper died between its two calls) they stay until `procshare-ctl
+// cluster clean --yes`.
 // -> {'ok', who} | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* stop = R"lua(
 if ARGV[1] == '' then
