@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -192,9 +193,14 @@ private:
   };
   std::mutex mutex_;
   std::vector<Entry> entries_;
+
+public:
+  std::mutex& mutex() { return mutex_; }  // (for fork: see guard_caches_at_fork)
 };
+void guard_caches_at_fork();
 IdleConnections& idle_connections() {
   static auto* idle = new IdleConnections;  // (never destroyed: no order to keep at exit)
+  guard_caches_at_fork();
   return *idle;
 }
 
@@ -434,7 +440,24 @@ struct ShaCache {
 };
 ShaCache& sha_cache() {
   static ShaCache cache;
+  guard_caches_at_fork();
   return cache;
+}
+// A fork (a pool's workers, a cluster host's agent) while another thread of the process
+// holds the lock of one of the caches above would leave it held for ever in the child,
+// whose agent uses both: the fork waits until neither is held, and both are free in the
+// parent and the child after it.
+void lock_caches() {
+  sha_cache().mutex.lock();
+  idle_connections().mutex().lock();
+}
+void unlock_caches() {
+  idle_connections().mutex().unlock();
+  sha_cache().mutex.unlock();
+}
+void guard_caches_at_fork() {
+  static const bool registered = [] { return ::pthread_atfork(lock_caches, unlock_caches, unlock_caches) == 0; }();
+  (void)registered;
 }
 }  // namespace
 
