@@ -75,6 +75,11 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function lost() return redis.call('HGET', meta, 'epoch') ~= ARGV[1] end
+-- lost(), where an epoch of '' stands for whichever job has this name (procshare-ctl)
+local function lost_by_name()
+  if ARGV[1] == '' then return redis.call('EXISTS', meta) == 0 end
+  return lost()
+end
 local function int(x) return string.format('%d', x) end
 local function first_of(c) return tonumber(string.match(redis.call('HGET', chunks, c), '^(%d+)')) end
 -- Makes the job's keys expire `keep` ms from now (`keep`: the meta's, if the caller read
@@ -368,11 +373,7 @@ return next_claim({'ok', 'running', int(best), failed}, 'running')
 // cluster clean --yes`.
 // -> {'ok', who} | {'ended', state, stop, best, failed} | {'lost'}
 inline constexpr const char* stop = R"lua(
-if ARGV[1] == '' then
-  if redis.call('EXISTS', meta) == 0 then return {'lost'} end
-elseif lost() then
-  return {'lost'}
-end
+if lost_by_name() then return {'lost'} end
 if redis.call('HGET', meta, 'state') ~= 'running' then return ended() end
 redis.call('HSET', meta, 'stop', ARGV[2], 'state', 'stopped', 'ended', now_ms())
 redis.call('PUBLISH', channel, 'stop ' .. ARGV[2])
@@ -383,11 +384,7 @@ return {'ok', ARGV[2]}
 // unless they already do. An epoch of '' as in stop.
 // -> {'ok'} | {'lost'}
 inline constexpr const char* expire = R"lua(
-if ARGV[1] == '' then
-  if redis.call('EXISTS', meta) == 0 then return {'lost'} end
-elseif lost() then
-  return {'lost'}
-end
+if lost_by_name() then return {'lost'} end
 expire_ended()
 return {'ok'}
 )lua";
