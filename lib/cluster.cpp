@@ -226,11 +226,20 @@ struct ClusterCore::State {
   }
   // A stop's second call (scripts::stop): the job's keys expire. Tried once: without it,
   // the agents' acknowledgements, the other hosts' calls and a later join make them expire.
-  void expire_stopped() {
+  void expire_stopped() noexcept {
     try {
       engine->eval(script(scripts::expire), keys, {epoch});
-    } catch (const Error&) {
+    } catch (...) {
     }
+  }
+  // Ends this host's part of a job it stopped (its own chunks first), then makes the
+  // second call, even should the end throw.
+  void end_stopped(const std::string& who) {
+    struct Then {
+      State& s;
+      ~Then() { s.expire_stopped(); }
+    } then{*this};
+    end("stopped", who, spec.total, std::nullopt);
   }
   // A plain command (a read), retried as run() does.
   EngineReply read(const std::vector<std::string>& args) {
@@ -460,8 +469,7 @@ struct ClusterCore::State {
           scripts::stop, {epoch, fmt::format("a task's request_stop() (or procshare-ctl) on {}, in items {} to {}",
                                              host, r.first, r.first + r.count - 1)});
       if (tag(reply) == "ended") return end_from(reply);
-      end("stopped", reply.elements.at(1).text, spec.total, std::nullopt);  // (this host's chunks first)
-      return expire_stopped();
+      return end_stopped(reply.elements.at(1).text);
     }
     // The chunk's wall time, with the claim and the queueing behind the chunk before it:
     // an overestimate of what its items cost (what the next chunk's size comes from: never
@@ -829,8 +837,7 @@ void ClusterCore::cancel() {
   if (s.ended) return;
   const EngineReply reply = s.run(scripts::stop, {s.epoch, fmt::format("cancel() on {}", s.host)});
   if (tag(reply) == "ended") return s.end_from(reply);
-  s.end("stopped", reply.elements.at(1).text, s.spec.total, std::nullopt);  // (this host's chunks first)
-  s.expire_stopped();
+  s.end_stopped(reply.elements.at(1).text);
 }
 
 void ClusterCore::finish(std::uint64_t limit) { state_->finish(limit); }

@@ -195,12 +195,10 @@ private:
   std::vector<Entry> entries_;
 
 public:
-  std::mutex& mutex() { return mutex_; }  // (for fork: see guard_caches_at_fork)
+  std::mutex& mutex() { return mutex_; }  // (for fork: see lock_caches)
 };
-void guard_caches_at_fork();
 IdleConnections& idle_connections() {
   static auto* idle = new IdleConnections;  // (never destroyed: no order to keep at exit)
-  guard_caches_at_fork();
   return *idle;
 }
 
@@ -439,14 +437,14 @@ struct ShaCache {
   }
 };
 ShaCache& sha_cache() {
-  static ShaCache cache;
-  guard_caches_at_fork();
-  return cache;
+  static auto* cache = new ShaCache;  // (never destroyed: a fork at exit still locks it)
+  return *cache;
 }
-// A fork (a pool's workers, a cluster host's agent) while another thread of the process
-// holds the lock of one of the caches above would leave it held for ever in the child,
-// whose agent uses both: the fork waits until neither is held, and both are free in the
-// parent and the child after it.
+// A fork (a pool's supervisor, a Process, a cluster host's agent) while another thread of
+// the process holds the lock of one of the caches above would leave it held for ever in
+// the child (the agent uses both): the fork waits until neither is held, and both are
+// free in the parent and the child after it. Registered when the library is loaded (not
+// lazily: a fork during a lazy registration would leave the child a half-made static).
 void lock_caches() {
   sha_cache().mutex.lock();
   idle_connections().mutex().lock();
@@ -455,10 +453,7 @@ void unlock_caches() {
   idle_connections().mutex().unlock();
   sha_cache().mutex.unlock();
 }
-void guard_caches_at_fork() {
-  static const bool registered = [] { return ::pthread_atfork(lock_caches, unlock_caches, unlock_caches) == 0; }();
-  (void)registered;
-}
+[[maybe_unused]] const bool caches_guarded_at_fork = ::pthread_atfork(lock_caches, unlock_caches, unlock_caches) == 0;
 }  // namespace
 
 void Engine::load(const std::string& script) {
