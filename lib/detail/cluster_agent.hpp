@@ -65,9 +65,7 @@ struct AgentBoard {
   std::atomic<std::int64_t> attended_until;
   std::atomic<std::uint32_t> stopped;  // the job was stopped: `who` is written
   std::atomic<std::uint32_t> gone;     // the agent exited (or is about to)
-  std::atomic<std::uint32_t> failed;   // ... because it failed: `why` is written
   char who[1024];
-  char why[1024];
   Slot slot[slots];
 };
 
