@@ -22,7 +22,6 @@
 #include <random>
 #include <set>
 #include <thread>
-#include <unordered_map>
 
 namespace procshare {
 

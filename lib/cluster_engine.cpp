@@ -456,14 +456,18 @@ void unlock_caches() {
 [[maybe_unused]] const bool caches_guarded_at_fork = ::pthread_atfork(lock_caches, unlock_caches, unlock_caches) == 0;
 }  // namespace
 
-void Engine::load(const std::string& script) {
-  if (sha_cache().get(script).empty()) sha_cache().put(script, state_->checked({"SCRIPT", "LOAD", script}).text);
+std::string Engine::load(const std::string& script) {
+  std::string sha = sha_cache().get(script);
+  if (sha.empty()) {
+    sha = state_->checked({"SCRIPT", "LOAD", script}).text;
+    sha_cache().put(script, sha);
+  }
+  return sha;
 }
 
 EngineReply Engine::eval(const std::string& script, const std::vector<std::string>& keys,
                          const std::vector<std::string>& args, const std::function<void()>& meanwhile) {
-  load(script);
-  std::string sha = sha_cache().get(script);
+  const std::string sha = load(script);
   std::vector<std::string> call{"EVALSHA", sha, std::to_string(keys.size())};
   call.insert(call.end(), keys.begin(), keys.end());
   call.insert(call.end(), args.begin(), args.end());

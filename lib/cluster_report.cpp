@@ -29,7 +29,7 @@ using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
 
 // The lease a job made before meta held its creator's lease is taken to have (the
-// ClusterOptions default).
+// ClusterOptions default; scripts::forget assumes the same '10000').
 constexpr long long default_lease_ms = 10000;
 
 
@@ -205,9 +205,9 @@ std::string summary_json(const ClusterJobSummary& j) {
       j.silent.count());
 }
 
-// Whoever stops a job here, as the hosts' Stopped names it: "USER@HOST pid PID".
-// "user@host pid N": made once per thread and process (getpwuid reads the user
-// database: ~35 us that would delay a stop; no lock that a fork could leave held).
+// Whoever stops a job here, as the hosts' Stopped names it: "USER@HOST pid PID"; made
+// once per thread and process (getpwuid reads the user database: ~35 us that would delay
+// a stop; no lock that a fork could leave held).
 std::string this_process() {
   thread_local pid_t made_in = 0;
   thread_local std::string made;

@@ -159,9 +159,9 @@ public:
   EngineReply eval(const std::string& script, const std::vector<std::string>& keys,
                    const std::vector<std::string>& args, const std::function<void()>& meanwhile = nullptr);
   // Makes sure this process knows `script`'s SHA (SCRIPT LOAD, unless an earlier call of
-  // this process loaded it): a child forked afterwards runs it with one EVALSHA. Throws as
-  // command().
-  void load(const std::string& script);
+  // this process loaded it), and returns it: a child forked afterwards runs it with one
+  // EVALSHA. Throws as command().
+  std::string load(const std::string& script);
   // A connection that ran SUBSCRIBE (command()): its next message, {"message", channel,
   // payload}, or nothing if none came by `deadline` (the connection stays usable).
   // Throws EngineUnavailable if the connection broke.

@@ -57,10 +57,11 @@
 #pragma once
 
 #include <array>
+#include <cstring>
 #include <iterator>
+#include <stdexcept>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace procshare::detail::scripts {
@@ -115,12 +116,15 @@ local function live_hosts(lease_ms, now)
   end
   return math.max(1, live)
 end
+-- A host's share of `rest` items: 1 / (2 x the live hosts), at least 1.
+local function share_of(rest, lease_ms, now)
+  return math.max(1, math.ceil(rest / (2 * live_hosts(lease_ms, now))))
+end
 -- An adaptive chunk's size, of `rest` items not yet in a chunk, for a host asking for
 -- `want` (see the top of detail/cluster_scripts.hpp).
 local function size_for(rest, want, least, lease_ms, now)
   if want >= rest then return rest end  -- (less than the host's ~50 ms: sharing it gains little)
-  local share = math.ceil(rest / (2 * live_hosts(lease_ms, now)))
-  return math.max(1, least, math.min(want, share))
+  return math.max(least, math.min(want, share_of(rest, lease_ms, now)))
 end
 -- Makes chunk number `made` of items [first, last), held by nobody and free for the next
 -- claim (the rest of an option its host did not keep, or of a free chunk a claim cut).
@@ -197,7 +201,7 @@ local function claim_next(host, lease_ms, nonce, want, least, now, option)
   local reply = {'chunk', int(c), token, int(first), int(last), m[1]}
   option = tonumber(option or 0)
   if fresh and option > 0 and last < n and last <= best then
-    local size = math.min(option, math.max(1, math.ceil((n - last) / (2 * live_hosts(lease_ms, now)))))
+    local size = math.min(option, share_of(n - last, lease_ms, now))
     local oc, of, oe, otoken = c + 1, last, math.min(n, last + size), int(fence + 1) .. ':' .. host .. ':' .. nonce
     redis.call('HSET', meta, 'next', int(oe), 'made', int(oc + 1), 'fence', fence + 1)
     redis.call('HSET', chunks, int(oc), int(of) .. ' ' .. int(oe))
@@ -449,27 +453,23 @@ inline std::vector<std::string> job_keys(std::string_view job) {
 
 // Script `body` with the prelude, made once for the process (and never changed after:
 // read without a lock; Engine::eval caches its SHA by the text's address). Found by the
-// body's address when it is the one seen here first, else by its text: a literal's
-// address may differ between translation units (sanitizer builds do not merge them), and
-// hashing the text (a few KB) on every engine call is what the address saves.
+// body's address, or by its text when the literal has another address in this
+// translation unit (sanitizer builds do not merge literals).
 inline const std::string& script(const char* body) {
   static const char* const bodies[] = {scripts::join,   scripts::claim, scripts::heartbeat,
                                        scripts::complete, scripts::stop,  scripts::expire,
                                        scripts::seen,   scripts::forget, scripts::status};
   constexpr std::size_t count = std::size(bodies);
-  static const std::unordered_map<std::string_view, std::string> made = [] {
-    std::unordered_map<std::string_view, std::string> m;
-    for (const char* b : bodies) m.emplace(b, std::string(scripts::prelude) + b);
+  static const std::array<std::string, count> made = [] {
+    std::array<std::string, count> m;
+    for (std::size_t i = 0; i < count; ++i) m[i] = std::string(scripts::prelude) + bodies[i];
     return m;
   }();
-  static const std::array<const std::string*, count> by_address = [] {
-    std::array<const std::string*, count> a{};
-    for (std::size_t i = 0; i < count; ++i) a[i] = &made.at(bodies[i]);
-    return a;
-  }();
   for (std::size_t i = 0; i < count; ++i)
-    if (body == bodies[i]) return *by_address[i];
-  return made.at(body);
+    if (body == bodies[i]) return made[i];
+  for (std::size_t i = 0; i < count; ++i)
+    if (std::strcmp(body, bodies[i]) == 0) return made[i];
+  throw std::logic_error("procshare: not a cluster script");
 }
 
 }  // namespace procshare::detail
