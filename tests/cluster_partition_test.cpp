@@ -112,7 +112,7 @@ struct Setup {
   // Starts host k of `job` in namespace k: it runs the map and checks every result;
   // reports "ok", or what went wrong (what it threw: Hosts).
   void start(Hosts& hosts, const ClusterOptions& o) {
-    const std::string pool_name = pools.emplace_back("pool").str();
+    const std::string pool_name = pools.emplace_back("partition-pool").str();
     hosts.start([this, o, pool_name](int me) {
       net.enter(me);
       Pool pool({.workers = 1, .name = pool_name});
@@ -225,7 +225,7 @@ TEST_CASE("a host cut off past unavailable_after: its get() throws EngineUnavail
       setup.start(hosts, o);
       continue;
     }
-    const std::string pool_name = setup.pools.emplace_back("pool").str();
+    const std::string pool_name = setup.pools.emplace_back("partition-pool").str();
     hosts.start([&setup, o, pool_name](int me) {
       setup.net.enter(me);
       Pool pool({.workers = 1, .name = pool_name});
